@@ -1,0 +1,600 @@
+//! The TCP tracker: the modern kernel's state machine, packet classes, window bookkeeping and
+//! timeout choice.
+//!
+//! A packet is first reduced to its class (SYN, SYN/ACK, FIN, ACK, RST, none); the transition
+//! table below, indexed by direction, class and current state, gives the new state or one of
+//! two verdicts: invalid (`IV`) or ignore (`IG`, accepted without changing anything because our
+//! view may be out of sync with the endpoints). Special cases the table cannot express (reopen
+//! after TIME_WAIT, simultaneous open, resynchronisation on an ignored SYN, RST checks) follow it,
+//! as in `nf_conntrack_proto_tcp.c`. Sequence numbers are followed per direction as the kernel
+//! does (`td_end`, `td_maxend`, `td_maxwin`, `td_maxack`, the flags `conntrack` shows), so the
+//! PROTOINFO an event carries matches; windows are checked unless `be_liberal` is set.
+
+use super::{L4Tracker, Outcome, PacketContext, Segment};
+use crate::config::Sysctls;
+use crate::event::{EventBits, Status, TcpState};
+use crate::tuple::Direction;
+
+/// TCP header flag bits.
+pub mod flag {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+}
+
+/// Per-direction tracker flags (`IP_CT_TCP_FLAG_*`), as ctnetlink carries them.
+pub mod ct_flag {
+    pub const WINDOW_SCALE: u8 = 0x01;
+    pub const SACK_PERM: u8 = 0x02;
+    pub const CLOSE_INIT: u8 = 0x04;
+    pub const BE_LIBERAL: u8 = 0x08;
+    pub const DATA_UNACKNOWLEDGED: u8 = 0x10;
+    pub const MAXACK_SET: u8 = 0x20;
+    pub const EXP_CHALLENGE_ACK: u8 = 0x40;
+    pub const SIMULTANEOUS_OPEN: u8 = 0x80;
+}
+
+/// The TCP fields of one segment, as the engine parsed them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSegment {
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub window: u16,
+    pub wscale: Option<u8>,
+    pub sack_perm: bool,
+    /// Bytes of payload, from the IP length (captures may cut the payload itself).
+    pub payload_len: u32,
+}
+
+impl TcpSegment {
+    fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+    /// `segment_seq_plus_len`: the sequence number after this segment.
+    fn end(&self) -> u32 {
+        self.seq
+            .wrapping_add(self.payload_len)
+            .wrapping_add(self.has(flag::SYN) as u32)
+            .wrapping_add(self.has(flag::FIN) as u32)
+    }
+}
+
+/// Flag combinations the kernel accepts (`tcp_valid_flags`), after PSH, ECE and CWR are masked.
+pub fn valid_flags(flags: u8) -> bool {
+    use flag::*;
+    let f = flags & !(PSH | ECE | CWR);
+    matches!(
+        f,
+        x if x == SYN
+            || x == SYN | URG
+            || x == SYN | ACK
+            || x == RST
+            || x == RST | ACK
+            || x == FIN | ACK
+            || x == FIN | ACK | URG
+            || x == ACK
+            || x == ACK | URG
+    )
+}
+
+/// Packet classes, the table's rows, in the kernel's order (`TCP_*_SET`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Class {
+    Syn = 0,
+    SynAck = 1,
+    Fin = 2,
+    Ack = 3,
+    Rst = 4,
+    None = 5,
+}
+
+impl Class {
+    pub fn of(flags: u8) -> Class {
+        if flags & flag::RST != 0 {
+            Class::Rst
+        } else if flags & flag::SYN != 0 {
+            if flags & flag::ACK != 0 { Class::SynAck } else { Class::Syn }
+        } else if flags & flag::FIN != 0 {
+            Class::Fin
+        } else if flags & flag::ACK != 0 {
+            Class::Ack
+        } else {
+            Class::None
+        }
+    }
+}
+
+/// A cell of the transition table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    To(TcpState),
+    Invalid,
+    Ignore,
+}
+
+const SS: Next = Next::To(TcpState::SynSent);
+const SR: Next = Next::To(TcpState::SynRecv);
+const ES: Next = Next::To(TcpState::Established);
+const FW: Next = Next::To(TcpState::FinWait);
+const CW: Next = Next::To(TcpState::CloseWait);
+const LA: Next = Next::To(TcpState::LastAck);
+const TW: Next = Next::To(TcpState::TimeWait);
+const CL: Next = Next::To(TcpState::Close);
+const S2: Next = Next::To(TcpState::SynSent2);
+const IV: Next = Next::Invalid;
+const IG: Next = Next::Ignore;
+
+/// `TRANSITIONS[direction][class][state]`: the modern kernel's `tcp_conntracks`.
+#[rustfmt::skip]
+const TRANSITIONS: [[[Next; 10]; 6]; 2] = [
+    // ORIGINAL
+    [
+        //          NO  SS  SR  ES  FW  CW  LA  TW  CL  S2
+        /* syn    */ [SS, SS, IG, IG, IG, IG, IG, SS, SS, S2],
+        // A SYN to a closed or time-waiting connection reopens it; in SYN_RECV and later the
+        // endpoints may be in sync while we are not, so ignore and watch for the answer.
+        /* synack */ [IV, IV, SR, IV, IV, IV, IV, IV, IV, SR],
+        // A SYN/ACK in the original direction only makes sense in a simultaneous open.
+        /* fin    */ [IV, IV, FW, FW, LA, LA, LA, TW, CL, IV],
+        /* ack    */ [ES, IV, ES, ES, CW, CW, TW, TW, CL, IV],
+        // An ACK from NONE is a mid-stream pickup (subject to tcp_loose).
+        /* rst    */ [IV, CL, CL, CL, CL, CL, CL, CL, CL, CL],
+        /* none   */ [IV, IV, IV, IV, IV, IV, IV, IV, IV, IV],
+    ],
+    // REPLY
+    [
+        //          NO  SS  SR  ES  FW  CW  LA  TW  CL  S2
+        /* syn    */ [IV, S2, IV, IV, IV, IV, IV, SS, IV, S2],
+        // A SYN answering a SYN is a simultaneous open (SYN_SENT2).
+        /* synack */ [IV, SR, IG, IG, IG, IG, IG, IG, IG, SR],
+        /* fin    */ [IV, IV, FW, FW, LA, LA, LA, TW, CL, IV],
+        /* ack    */ [IV, IG, SR, ES, CW, CW, TW, TW, CL, IG],
+        // An ACK answering our SYN without SYN means we are out of sync: ignore.
+        /* rst    */ [IV, CL, CL, CL, CL, CL, CL, CL, CL, CL],
+        /* none   */ [IV, IV, IV, IV, IV, IV, IV, IV, IV, IV],
+    ],
+];
+
+fn lookup(dir: Direction, class: Class, state: TcpState) -> Next {
+    TRANSITIONS[dir.index()][class as usize][state as usize]
+}
+
+/// What the kernel calls `struct ip_ct_tcp_state`: one direction's sequence bookkeeping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Side {
+    pub td_end: u32,
+    pub td_maxend: u32,
+    pub td_maxwin: u32,
+    pub td_maxack: u32,
+    pub td_scale: u8,
+    pub flags: u8,
+}
+
+/// Marker for "no packet seen yet" in `last_index` (`TCP_NONE_SET`).
+const LAST_NONE: Class = Class::None;
+
+/// The TCP state of one entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpConn {
+    pub state: TcpState,
+    pub seen: [Side; 2],
+    pub last_dir: Direction,
+    pub last_index: Class,
+    pub last_seq: u32,
+    pub last_ack: u32,
+    pub last_end: u32,
+    pub last_win: u16,
+    pub last_flags: u8,
+    pub last_wscale: u8,
+    pub retrans: u32,
+}
+
+fn after(a: u32, b: u32) -> bool {
+    (b.wrapping_sub(a) as i32) < 0
+}
+fn before(a: u32, b: u32) -> bool {
+    after(b, a)
+}
+
+impl TcpConn {
+    fn blank() -> TcpConn {
+        TcpConn {
+            state: TcpState::None,
+            seen: [Side::default(); 2],
+            last_dir: Direction::Original,
+            last_index: LAST_NONE,
+            last_seq: 0,
+            last_ack: 0,
+            last_end: 0,
+            last_win: 0,
+            last_flags: 0,
+            last_wscale: 0,
+            retrans: 0,
+        }
+    }
+
+    /// Early drop and the GC may evict closing connections even when assured.
+    pub fn can_early_drop(&self) -> bool {
+        matches!(
+            self.state,
+            TcpState::FinWait
+                | TcpState::LastAck
+                | TcpState::TimeWait
+                | TcpState::Close
+                | TcpState::CloseWait
+        )
+    }
+
+    fn established(&self) -> bool {
+        self.state == TcpState::Established
+    }
+
+    /// `tcp_options`: window scale and SACK permission, read from a SYN.
+    fn read_options(side: &mut Side, seg: &TcpSegment) {
+        if seg.sack_perm {
+            side.flags |= ct_flag::SACK_PERM;
+        }
+        if let Some(ws) = seg.wscale {
+            side.flags |= ct_flag::WINDOW_SCALE;
+            side.td_scale = ws.min(14);
+        }
+    }
+
+    /// `tcp_in_window`: updates both sides' bookkeeping; returns false when the segment is
+    /// outside the window and nothing lets it pass.
+    fn in_window(&mut self, dir: Direction, class: Class, seg: &TcpSegment, sysctls: &Sysctls) -> bool {
+        let (s, r) = (dir.index(), dir.opposite().index());
+        let mut seq = seg.seq;
+        let mut ack = seg.ack;
+        let mut win = seg.window as u32;
+        let mut end = seg.end();
+        let state = self.state;
+        {
+            let (sender, receiver) = split_pair(&mut self.seen, s, r);
+            if sender.td_maxwin == 0 {
+                if seg.has(flag::SYN) {
+                    // SYN/ACK answering a SYN, or a SYN in the reply direction.
+                    sender.td_end = end;
+                    sender.td_maxend = end;
+                    sender.td_maxwin = win.max(1);
+                    Self::read_options(sender, seg);
+                    if !(sender.flags & ct_flag::WINDOW_SCALE != 0
+                        && receiver.flags & ct_flag::WINDOW_SCALE != 0)
+                    {
+                        sender.td_scale = 0;
+                        receiver.td_scale = 0;
+                    }
+                    if !seg.has(flag::ACK) {
+                        // Simultaneous open.
+                        return true;
+                    }
+                } else {
+                    // Mid-stream: the history is lost, take what the packet says.
+                    sender.td_end = end;
+                    let swin = win << sender.td_scale;
+                    sender.td_maxwin = swin.max(1);
+                    sender.td_maxend = end.wrapping_add(sender.td_maxwin);
+                    if receiver.td_maxwin == 0 {
+                        receiver.td_end = ack;
+                        receiver.td_maxend = ack;
+                    } else if ack == receiver.td_end.wrapping_add(1) {
+                        receiver.td_end = receiver.td_end.wrapping_add(1);
+                    }
+                }
+            } else if seg.has(flag::SYN)
+                && after(end, sender.td_end)
+                && matches!(state, TcpState::SynSent | TcpState::SynRecv)
+            {
+                // A reinitialised connection may reuse the tuple with higher sequence numbers.
+                sender.td_end = end;
+                sender.td_maxend = end;
+                sender.td_maxwin = win.max(1);
+                Self::read_options(sender, seg);
+            }
+            if !seg.has(flag::ACK) || (seg.has(flag::RST) && ack == 0) {
+                // No ACK (or a broken stack's RST with ack 0): pretend it acknowledges all.
+                ack = receiver.td_end;
+            }
+            if seg.has(flag::RST) && seq == 0 && state == TcpState::SynSent {
+                // RST answering a SYN.
+                seq = sender.td_end;
+                end = sender.td_end;
+            }
+            let in_recv_win = receiver.td_maxwin == 0
+                || after(end, sender.td_end.wrapping_sub(receiver.td_maxwin).wrapping_sub(1));
+            let max_ack_window = sender.td_maxwin.max(66_000);
+            let acceptable = before(seq, sender.td_maxend.wrapping_add(1))
+                && in_recv_win
+                && before(ack, receiver.td_end.wrapping_add(1))
+                && !before(ack, receiver.td_end.wrapping_sub(max_ack_window).wrapping_sub(1));
+            let liberal = sysctls.tcp_be_liberal || sender.flags & ct_flag::BE_LIBERAL != 0;
+            if !acceptable && !liberal {
+                return false;
+            }
+            if !seg.has(flag::SYN) {
+                win <<= sender.td_scale;
+            }
+            let swin = win; // SACK blocks are not read: sack == ack.
+            if sender.td_maxwin < swin {
+                sender.td_maxwin = swin;
+            }
+            if after(end, sender.td_end) {
+                sender.td_end = end;
+                sender.flags |= ct_flag::DATA_UNACKNOWLEDGED;
+            }
+            if seg.has(flag::ACK) {
+                if sender.flags & ct_flag::MAXACK_SET == 0 {
+                    sender.td_maxack = ack;
+                    sender.flags |= ct_flag::MAXACK_SET;
+                } else if after(ack, sender.td_maxack) {
+                    sender.td_maxack = ack;
+                }
+            }
+            if receiver.td_maxwin != 0 && after(end, sender.td_maxend) {
+                receiver.td_maxwin = receiver.td_maxwin.wrapping_add(end.wrapping_sub(sender.td_maxend));
+            }
+            if after(ack.wrapping_add(win), receiver.td_maxend.wrapping_sub(1)) {
+                receiver.td_maxend = ack.wrapping_add(win);
+                if win == 0 {
+                    receiver.td_maxend = receiver.td_maxend.wrapping_add(1);
+                }
+            }
+            if ack == receiver.td_end {
+                receiver.flags &= !ct_flag::DATA_UNACKNOWLEDGED;
+            }
+        }
+        if class == Class::Ack {
+            if self.last_dir == dir
+                && self.last_seq == seq
+                && self.last_ack == ack
+                && self.last_end == end
+                && self.last_win == seg.window
+            {
+                self.retrans += 1;
+            } else {
+                self.last_dir = dir;
+                self.last_seq = seq;
+                self.last_ack = ack;
+                self.last_end = end;
+                self.last_win = seg.window;
+                self.retrans = 0;
+            }
+        }
+        true
+    }
+}
+
+fn split_pair(seen: &mut [Side; 2], s: usize, r: usize) -> (&mut Side, &mut Side) {
+    let [a, b] = seen;
+    if s == 0 && r == 1 { (a, b) } else { (b, a) }
+}
+
+impl L4Tracker for TcpConn {
+    fn new_entry(segment: &Segment, sysctls: &Sysctls) -> Option<Self> {
+        let seg = segment.tcp?;
+        let class = Class::of(seg.flags);
+        let mut conn = TcpConn::blank();
+        match lookup(Direction::Original, class, TcpState::None) {
+            Next::To(TcpState::SynSent) => {
+                let side = &mut conn.seen[0];
+                side.td_end = seg.end();
+                side.td_maxwin = (seg.window as u32).max(1);
+                side.td_maxend = side.td_end;
+                Self::read_options(side, &seg);
+            }
+            Next::To(_) if sysctls.tcp_loose => {
+                // Pickup of a connection already under way: assume SACK and liberal windows.
+                let side = &mut conn.seen[0];
+                side.td_end = seg.end();
+                side.td_maxwin = (seg.window as u32).max(1);
+                side.td_maxend = side.td_end.wrapping_add(side.td_maxwin);
+                let f = ct_flag::SACK_PERM | ct_flag::BE_LIBERAL;
+                conn.seen[0].flags = f;
+                conn.seen[1].flags = f;
+            }
+            _ => return None,
+        }
+        Some(conn)
+    }
+
+    fn packet(&mut self, ctx: &mut PacketContext<'_>, segment: &Segment, dir: Direction) -> Outcome {
+        let Some(seg) = segment.tcp else { return Outcome::Invalid };
+        let class = Class::of(seg.flags);
+        let mut old = self.state;
+        let mut new = lookup(dir, class, old);
+        let seen_reply = ctx.status.contains(Status::SEEN_REPLY);
+
+        if new == SS && old >= TcpState::TimeWait {
+            // Reopen: after a close (CLOSE_INIT seen on either side) or an abort in this
+            // direction, end the old entry and let the SYN create a fresh one; else ignore.
+            let close_init = (self.seen[0].flags | self.seen[1].flags) & ct_flag::CLOSE_INIT != 0;
+            if close_init || (self.last_dir == dir && self.last_index == Class::Rst) {
+                return Outcome::Repeat;
+            }
+            new = IG;
+        }
+        match new {
+            Next::Ignore => {
+                if class == Class::SynAck
+                    && self.last_index == Class::Syn
+                    && self.last_dir != dir
+                    && seg.ack == self.last_end
+                {
+                    // This SYN/ACK answers a SYN we ignored: the endpoints are in sync, so
+                    // resynchronise from what we noted then.
+                    old = TcpState::SynSent;
+                    new = SR;
+                    let ld = self.last_dir.index();
+                    let side = &mut self.seen[ld];
+                    side.td_end = self.last_end;
+                    side.td_maxend = self.last_end;
+                    side.td_maxwin = (self.last_win as u32).max(1);
+                    side.td_scale = self.last_wscale;
+                    side.flags = self.last_flags & !ct_flag::MAXACK_SET;
+                    self.seen[dir.index()] = Side::default();
+                } else {
+                    self.last_index = class;
+                    self.last_dir = dir;
+                    self.last_seq = seg.seq;
+                    self.last_end = seg.end();
+                    self.last_win = seg.window;
+                    if class == Class::Syn && dir == Direction::Original {
+                        self.last_flags = 0;
+                        self.last_wscale = 0;
+                        if seg.sack_perm {
+                            self.last_flags |= ct_flag::SACK_PERM;
+                        }
+                        if let Some(ws) = seg.wscale {
+                            self.last_flags |= ct_flag::WINDOW_SCALE;
+                            self.last_wscale = ws.min(14);
+                        }
+                    }
+                    return Outcome::AcceptKeepTimeout;
+                }
+            }
+            Next::Invalid => return Outcome::Invalid,
+            Next::To(_) => {}
+        }
+        let Next::To(mut new_state) = new else { return Outcome::Invalid };
+
+        let mut skip_window = false;
+        match new_state {
+            TcpState::SynSent2 => self.last_flags |= ct_flag::SIMULTANEOUS_OPEN,
+            TcpState::SynRecv => {
+                if dir == Direction::Reply
+                    && class == Class::Ack
+                    && self.last_flags & ct_flag::SIMULTANEOUS_OPEN != 0
+                {
+                    new_state = TcpState::Established;
+                }
+            }
+            TcpState::Close if class == Class::Rst => {
+                if self.can_early_drop() {
+                    skip_window = true;
+                } else {
+                    let peer = dir.opposite().index();
+                    if self.seen[peer].flags & ct_flag::MAXACK_SET != 0 && self.last_index != Class::Syn {
+                        let seq = seg.seq;
+                        if seq == 0 && !self.established() {
+                            // Most likely the answer to a SYN we let through.
+                        } else if before(seq, self.seen[peer].td_maxack) {
+                            return Outcome::Invalid;
+                        } else if !self.established() || seq == self.seen[peer].td_maxack {
+                        } else if self.last_index == Class::Ack && self.last_dir == dir && seq == self.last_end {
+                            // The RST ends a train of segments we saw.
+                        } else {
+                            // Not exactly at the expected sequence: keep the state so a
+                            // challenge ACK can follow.
+                            new_state = old;
+                        }
+                    }
+                    let assured = ctx.status.contains(Status::ASSURED);
+                    if ((seen_reply && self.last_index == Class::Syn)
+                        || (!assured && self.last_index == Class::Ack))
+                        && seg.ack == self.last_end
+                    {
+                        // RST answering a SYN or ACK we let through: skip the window check.
+                        skip_window = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+
+        if !skip_window && !self.in_window(dir, class, &seg, ctx.sysctls) {
+            return Outcome::Invalid;
+        }
+        self.last_index = class;
+        self.last_dir = dir;
+        self.state = new_state;
+        if old != new_state && new_state == TcpState::FinWait {
+            self.seen[dir.index()].flags |= ct_flag::CLOSE_INIT;
+        }
+
+        let s = ctx.sysctls;
+        let timeout_of = |st: TcpState| s.tcp_timeout(st);
+        let unacked = (self.seen[0].flags | self.seen[1].flags) & ct_flag::DATA_UNACKNOWLEDGED != 0;
+        let mut timeout = if self.retrans >= s.tcp_max_retrans
+            && timeout_of(new_state) > s.tcp_timeout_max_retrans
+        {
+            s.tcp_timeout_max_retrans
+        } else if class == Class::Rst {
+            timeout_of(TcpState::Close)
+        } else if unacked && timeout_of(new_state) > s.tcp_timeout_unacknowledged {
+            s.tcp_timeout_unacknowledged
+        } else if self.last_win == 0 && timeout_of(new_state) > s.tcp_timeout_max_retrans {
+            s.tcp_timeout_max_retrans
+        } else {
+            timeout_of(new_state)
+        };
+
+        if new_state != old {
+            ctx.events.insert(EventBits::PROTOINFO);
+        }
+        if !seen_reply {
+            if seg.has(flag::RST) {
+                // The only answer is a reset: there never was a connection.
+                return Outcome::AcceptAndKill;
+            }
+            if class == Class::Syn && old == TcpState::SynSent {
+                // A retransmitted SYN does not keep the entry alive.
+                return Outcome::AcceptKeepTimeout;
+            }
+            if new_state == TcpState::Established && timeout > s.tcp_timeout_unacknowledged {
+                // Picked up mid-stream: no long timeout until the other side answers.
+                timeout = s.tcp_timeout_unacknowledged;
+            }
+        } else if !ctx.status.contains(Status::ASSURED)
+            && matches!(old, TcpState::SynRecv | TcpState::Established)
+            && new_state == TcpState::Established
+        {
+            ctx.status.insert(Status::ASSURED);
+            ctx.events.insert(EventBits::ASSURED);
+        }
+        Outcome::Accept { timeout_s: timeout }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_follow_the_kernel_precedence() {
+        assert_eq!(Class::of(flag::RST | flag::SYN), Class::Rst);
+        assert_eq!(Class::of(flag::SYN | flag::ACK), Class::SynAck);
+        assert_eq!(Class::of(flag::FIN | flag::ACK), Class::Fin);
+        assert_eq!(Class::of(flag::ACK | flag::PSH), Class::Ack);
+        assert_eq!(Class::of(0), Class::None);
+    }
+
+    #[test]
+    fn flag_validity_masks_psh_ece_cwr() {
+        assert!(valid_flags(flag::SYN | flag::ECE | flag::CWR));
+        assert!(valid_flags(flag::ACK | flag::PSH));
+        assert!(!valid_flags(flag::FIN));
+        assert!(!valid_flags(flag::SYN | flag::FIN));
+        assert!(!valid_flags(0));
+    }
+
+    #[test]
+    fn table_spot_checks_against_the_reference() {
+        use Direction::*;
+        assert_eq!(lookup(Original, Class::Syn, TcpState::TimeWait), SS);
+        assert_eq!(lookup(Reply, Class::Syn, TcpState::TimeWait), SS);
+        assert_eq!(lookup(Reply, Class::SynAck, TcpState::SynRecv), IG);
+        assert_eq!(lookup(Original, Class::SynAck, TcpState::SynRecv), SR);
+        assert_eq!(lookup(Reply, Class::Ack, TcpState::SynSent), IG);
+        assert_eq!(lookup(Original, Class::Ack, TcpState::None), ES);
+        assert_eq!(lookup(Original, Class::Fin, TcpState::CloseWait), LA);
+        assert_eq!(lookup(Reply, Class::Ack, TcpState::LastAck), TW);
+        assert_eq!(lookup(Original, Class::None, TcpState::Established), IV);
+    }
+}

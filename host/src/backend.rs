@@ -1,0 +1,457 @@
+//! One interface, two engines: the tracker linked natively, or the component under wasmtime.
+//!
+//! Everything above this module (replay, stress, the CLI, the tests) talks to a [`Backend`] and
+//! cannot tell which one it has, which is how the two are compared byte for byte and timed side
+//! by side. The component is compiled once per process (a `OnceLock`), each backend gets its own
+//! store with a cap on linear memory, and a trap — the instance is dead afterwards — is turned
+//! into an error that names it.
+
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result, anyhow, bail};
+use ctwasm_core::{
+    Addr, Config, Delivery, Direction, EntryView, Family, L4Tuple, RetryPolicy, Stats, Status,
+    TcpState, Tracker, Tuple,
+};
+use ctwasm_core::netlink::Counters;
+use wasmtime::component::{Component, Linker, ResourceAny};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "ctwasm-core",
+});
+
+use exports::ctwasm::core::conntrack as wit;
+
+/// The component built by `build.rs` from `core-guest`.
+pub const EMBEDDED_COMPONENT: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ctwasm_core.component.wasm"));
+
+/// Default cap on the guest's linear memory.
+pub const DEFAULT_MEMORY_LIMIT: usize = 4 << 30;
+
+/// What the host needs from a tracker, whichever engine runs it.
+pub trait Backend {
+    /// "native" or "component".
+    fn name(&self) -> &'static str;
+    fn set_listeners(&mut self, present: bool, reliable: bool) -> Result<()>;
+    /// Ingests a packet batch (`ctwasm_core::batch` format); appends one verdict byte each.
+    fn ingest(&mut self, now_ns: u64, packets: &[u8], verdicts: &mut Vec<u8>) -> Result<()>;
+    fn advance(&mut self, now_ns: u64) -> Result<()>;
+    fn next_deadline(&mut self) -> Result<Option<u64>>;
+    /// Appends up to `max` event frames to `out`; returns how many.
+    fn take_events(&mut self, max: u32, out: &mut Vec<u8>) -> Result<usize>;
+    fn report_delivery(&mut self, results: &[Delivery]) -> Result<()>;
+    fn listeners_drained(&mut self, now_ns: u64) -> Result<()>;
+    fn flush(&mut self, now_ns: u64) -> Result<()>;
+    fn delete(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<bool>;
+    /// Every entry, live and dying.
+    fn dump(&mut self) -> Result<Vec<EntryView>>;
+    fn stats(&mut self) -> Result<Stats>;
+    fn open(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<std::result::Result<u32, ConnError>>;
+    fn transfer(&mut self, now_ns: u64, id: u32, dir: Direction, bytes: u64) -> Result<std::result::Result<(), ConnError>>;
+    fn close(&mut self, now_ns: u64, id: u32, reset: bool) -> Result<std::result::Result<(), ConnError>>;
+}
+
+pub use ctwasm_core::ConnError;
+
+/// Which engine to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Native,
+    Component,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "native" => Ok(BackendKind::Native),
+            "component" => Ok(BackendKind::Component),
+            other => bail!("unknown backend `{other}` (expected native or component)"),
+        }
+    }
+}
+
+/// The settings a backend is built from: sysctls as `name=value` pairs, seed, retry policy.
+#[derive(Clone, Debug, Default)]
+pub struct TrackerSettings {
+    pub sysctls: Vec<(String, String)>,
+    pub seed: u64,
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+impl TrackerSettings {
+    pub fn engine_config(&self) -> Result<Config> {
+        let mut config = Config { seed: self.seed, ..Config::default() };
+        if let Some(p) = self.retry_policy {
+            config.retry_policy = p;
+        }
+        for (name, value) in &self.sysctls {
+            config.sysctls.set(name, value).map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok(config)
+    }
+}
+
+/// Builds a backend of `kind`; `component` may name a component file to use instead of the
+/// embedded one.
+pub fn open_backend(
+    kind: BackendKind,
+    settings: &TrackerSettings,
+    component: Option<&std::path::Path>,
+) -> Result<Box<dyn Backend>> {
+    Ok(match kind {
+        BackendKind::Native => Box::new(NativeBackend::new(settings.engine_config()?)),
+        BackendKind::Component => Box::new(match component {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("reading component {}", path.display()))?;
+                let compiled = Component::new(shared_engine(), &bytes)
+                    .with_context(|| format!("compiling component {}", path.display()))?;
+                ComponentBackend::with_component(&compiled, settings, DEFAULT_MEMORY_LIMIT)?
+            }
+            None => ComponentBackend::new(settings)?,
+        }),
+    })
+}
+
+// ----- native ------------------------------------------------------------------------------
+
+/// The engine linked into the host.
+#[derive(Debug)]
+pub struct NativeBackend {
+    tracker: Tracker,
+}
+
+impl NativeBackend {
+    pub fn new(config: Config) -> Self {
+        NativeBackend { tracker: Tracker::new(config) }
+    }
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+}
+
+impl Backend for NativeBackend {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+    fn set_listeners(&mut self, present: bool, reliable: bool) -> Result<()> {
+        self.tracker.set_listeners(present, reliable);
+        Ok(())
+    }
+    fn ingest(&mut self, now_ns: u64, packets: &[u8], verdicts: &mut Vec<u8>) -> Result<()> {
+        self.tracker.advance(now_ns);
+        self.tracker.ingest_batch_at(now_ns, packets, verdicts);
+        Ok(())
+    }
+    fn advance(&mut self, now_ns: u64) -> Result<()> {
+        self.tracker.advance(now_ns);
+        Ok(())
+    }
+    fn next_deadline(&mut self) -> Result<Option<u64>> {
+        Ok(self.tracker.next_deadline())
+    }
+    fn take_events(&mut self, max: u32, out: &mut Vec<u8>) -> Result<usize> {
+        Ok(self.tracker.take_events(max as usize, out))
+    }
+    fn report_delivery(&mut self, results: &[Delivery]) -> Result<()> {
+        self.tracker.report_delivery(results);
+        Ok(())
+    }
+    fn listeners_drained(&mut self, now_ns: u64) -> Result<()> {
+        self.tracker.listeners_drained(now_ns);
+        Ok(())
+    }
+    fn flush(&mut self, now_ns: u64) -> Result<()> {
+        self.tracker.flush(now_ns);
+        Ok(())
+    }
+    fn delete(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<bool> {
+        Ok(self.tracker.delete(now_ns, zone, tuple))
+    }
+    fn dump(&mut self) -> Result<Vec<EntryView>> {
+        let mut all = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let (rows, next) = self.tracker.dump(cursor, 4096);
+            all.extend(rows);
+            match next {
+                Some(c) => cursor = c,
+                None => return Ok(all),
+            }
+        }
+    }
+    fn stats(&mut self) -> Result<Stats> {
+        Ok(self.tracker.stats())
+    }
+    fn open(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<std::result::Result<u32, ConnError>> {
+        Ok(self.tracker.open(now_ns, zone, tuple))
+    }
+    fn transfer(&mut self, now_ns: u64, id: u32, dir: Direction, bytes: u64) -> Result<std::result::Result<(), ConnError>> {
+        Ok(self.tracker.transfer(now_ns, id, dir, bytes))
+    }
+    fn close(&mut self, now_ns: u64, id: u32, reset: bool) -> Result<std::result::Result<(), ConnError>> {
+        Ok(self.tracker.close(now_ns, id, reset))
+    }
+}
+
+// ----- component ---------------------------------------------------------------------------
+
+struct HostState {
+    limits: StoreLimits,
+}
+
+/// The wasmtime engine every component backend of this process shares.
+pub fn shared_engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        Engine::new(&config).expect("a wasmtime engine with the component model")
+    })
+}
+
+/// The embedded component, compiled once per process.
+pub fn embedded_component() -> Result<&'static Component> {
+    static COMPONENT: OnceLock<std::result::Result<Component, String>> = OnceLock::new();
+    COMPONENT
+        .get_or_init(|| {
+            Component::new(shared_engine(), EMBEDDED_COMPONENT).map_err(|e| format!("{e:#}"))
+        })
+        .as_ref()
+        .map_err(|e| anyhow!("compiling the embedded component: {e}"))
+}
+
+/// The engine as a component instance in its own store.
+pub struct ComponentBackend {
+    store: Store<HostState>,
+    bindings: CtwasmCore,
+    tracker: ResourceAny,
+}
+
+impl std::fmt::Debug for ComponentBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentBackend").finish_non_exhaustive()
+    }
+}
+
+impl ComponentBackend {
+    pub fn new(settings: &TrackerSettings) -> Result<Self> {
+        Self::with_component(embedded_component()?, settings, DEFAULT_MEMORY_LIMIT)
+    }
+
+    pub fn with_component(component: &Component, settings: &TrackerSettings, memory_limit: usize) -> Result<Self> {
+        let limits = StoreLimitsBuilder::new().memory_size(memory_limit).trap_on_grow_failure(true).build();
+        let mut store = Store::new(shared_engine(), HostState { limits });
+        store.limiter(|s| &mut s.limits);
+        // The world imports nothing, so the linker stays empty.
+        let linker = Linker::new(shared_engine());
+        let bindings = CtwasmCore::instantiate(&mut store, component, &linker)
+            .context("instantiating the component")?;
+        let config = wit::Config {
+            sysctls: settings
+                .sysctls
+                .iter()
+                .map(|(name, value)| wit::Sysctl { name: name.clone(), value: value.clone() })
+                .collect(),
+            seed: settings.seed,
+            retry_policy: match settings.retry_policy.unwrap_or(RetryPolicy::Grace) {
+                RetryPolicy::Grace => wit::RetryPolicy::Grace,
+                RetryPolicy::Kernel => wit::RetryPolicy::Kernel,
+                RetryPolicy::OnDrain => wit::RetryPolicy::OnDrain,
+            },
+        };
+        let tracker = bindings
+            .ctwasm_core_conntrack()
+            .tracker()
+            .call_create(&mut store, &config)
+            .map_err(trap_context)?
+            .map_err(|e| match e {
+                wit::ConfigError::UnknownSysctl(n) => anyhow!("unknown sysctl `{n}`"),
+                wit::ConfigError::BadValue(m) => anyhow!("{m}"),
+            })?;
+        Ok(ComponentBackend { store, bindings, tracker })
+    }
+
+    fn api(&self) -> wit::GuestTracker<'_> {
+        self.bindings.ctwasm_core_conntrack().tracker()
+    }
+}
+
+/// Names the trap, which `to_string` of the error hides.
+fn trap_context(e: wasmtime::Error) -> anyhow::Error {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => anyhow!("the component trapped ({trap:?}); its instance is dead: {e:#}"),
+        None => e,
+    }
+}
+
+impl Backend for ComponentBackend {
+    fn name(&self) -> &'static str {
+        "component"
+    }
+    fn set_listeners(&mut self, present: bool, reliable: bool) -> Result<()> {
+        let t = self.tracker;
+        self.api().call_set_listeners(&mut self.store, t, present, reliable).map_err(trap_context)
+    }
+    fn ingest(&mut self, now_ns: u64, packets: &[u8], verdicts: &mut Vec<u8>) -> Result<()> {
+        let t = self.tracker;
+        let v = self.api().call_ingest(&mut self.store, t, now_ns, packets).map_err(trap_context)?;
+        verdicts.extend_from_slice(&v);
+        Ok(())
+    }
+    fn advance(&mut self, now_ns: u64) -> Result<()> {
+        let t = self.tracker;
+        self.api().call_advance(&mut self.store, t, now_ns).map_err(trap_context)
+    }
+    fn next_deadline(&mut self) -> Result<Option<u64>> {
+        let t = self.tracker;
+        self.api().call_next_deadline(&mut self.store, t).map_err(trap_context)
+    }
+    fn take_events(&mut self, max: u32, out: &mut Vec<u8>) -> Result<usize> {
+        let t = self.tracker;
+        let bytes = self.api().call_take_events(&mut self.store, t, max).map_err(trap_context)?;
+        let n = ctwasm_core::batch::events(&bytes).count();
+        out.extend_from_slice(&bytes);
+        Ok(n)
+    }
+    fn report_delivery(&mut self, results: &[Delivery]) -> Result<()> {
+        let t = self.tracker;
+        let results: Vec<wit::Delivery> = results
+            .iter()
+            .map(|r| match r {
+                Delivery::Delivered => wit::Delivery::Delivered,
+                Delivery::Failed => wit::Delivery::Failed,
+            })
+            .collect();
+        self.api().call_report_delivery(&mut self.store, t, &results).map_err(trap_context)
+    }
+    fn listeners_drained(&mut self, now_ns: u64) -> Result<()> {
+        let t = self.tracker;
+        self.api().call_listeners_drained(&mut self.store, t, now_ns).map_err(trap_context)
+    }
+    fn flush(&mut self, now_ns: u64) -> Result<()> {
+        let t = self.tracker;
+        self.api().call_flush(&mut self.store, t, now_ns).map_err(trap_context)
+    }
+    fn delete(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<bool> {
+        let t = self.tracker;
+        let wt = tuple_to_wit(tuple);
+        self.api().call_delete(&mut self.store, t, now_ns, zone, &wt).map_err(trap_context)
+    }
+    fn dump(&mut self) -> Result<Vec<EntryView>> {
+        let t = self.tracker;
+        let mut all = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let page = self.api().call_dump(&mut self.store, t, cursor, 4096).map_err(trap_context)?;
+            for e in &page.entries {
+                all.push(entry_from_wit(e)?);
+            }
+            match page.next {
+                Some(c) => cursor = c,
+                None => return Ok(all),
+            }
+        }
+    }
+    fn stats(&mut self) -> Result<Stats> {
+        let t = self.tracker;
+        let s = self.api().call_stats(&mut self.store, t).map_err(trap_context)?;
+        Ok(Stats {
+            found: s.found,
+            invalid: s.invalid,
+            insert: s.insert,
+            insert_failed: s.insert_failed,
+            drop: s.drop,
+            early_drop: s.early_drop,
+            error: s.error,
+            ignore: s.ignore,
+            untracked: s.untracked,
+            entries: s.entries,
+            count: s.count,
+            max: s.max,
+            events_emitted: s.events_emitted,
+            events_delivered: s.events_delivered,
+            events_failed: s.events_failed,
+            destroy_retries: s.destroy_retries,
+            missed_pending: s.missed_pending,
+            dying: s.dying,
+            dying_peak: s.dying_peak,
+        })
+    }
+    fn open(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<std::result::Result<u32, ConnError>> {
+        let t = self.tracker;
+        let wt = tuple_to_wit(tuple);
+        let r = self.api().call_open(&mut self.store, t, now_ns, zone, &wt).map_err(trap_context)?;
+        Ok(r.map_err(conn_error))
+    }
+    fn transfer(&mut self, now_ns: u64, id: u32, dir: Direction, bytes: u64) -> Result<std::result::Result<(), ConnError>> {
+        let t = self.tracker;
+        let dir = match dir {
+            Direction::Original => wit::Direction::Original,
+            Direction::Reply => wit::Direction::Reply,
+        };
+        let r = self.api().call_transfer(&mut self.store, t, now_ns, id, dir, bytes).map_err(trap_context)?;
+        Ok(r.map_err(conn_error))
+    }
+    fn close(&mut self, now_ns: u64, id: u32, reset: bool) -> Result<std::result::Result<(), ConnError>> {
+        let t = self.tracker;
+        let r = self.api().call_close(&mut self.store, t, now_ns, id, reset).map_err(trap_context)?;
+        Ok(r.map_err(conn_error))
+    }
+}
+
+fn conn_error(e: wit::ConnError) -> ConnError {
+    match e {
+        wit::ConnError::UnknownId => ConnError::UnknownId,
+        wit::ConnError::TableFull => ConnError::TableFull,
+        wit::ConnError::BadTuple => ConnError::BadTuple,
+    }
+}
+
+fn tuple_to_wit(t: &Tuple) -> wit::ConnTuple {
+    wit::ConnTuple {
+        src: t.src.bytes(t.family).to_vec(),
+        dst: t.dst.bytes(t.family).to_vec(),
+        proto: t.proto,
+        l4: match t.l4 {
+            L4Tuple::Ports { src, dst } => wit::L4Tuple::Ports((src, dst)),
+            L4Tuple::Icmp { id, kind, code } => wit::L4Tuple::Icmp(wit::IcmpKey { id, kind, code }),
+            L4Tuple::None => wit::L4Tuple::None,
+        },
+    }
+}
+
+fn tuple_from_wit(t: &wit::ConnTuple) -> Result<Tuple> {
+    let (family, src, dst) = match (t.src.len(), t.dst.len()) {
+        (4, 4) => (Family::Ipv4, Addr::v4(t.src[..].try_into()?), Addr::v4(t.dst[..].try_into()?)),
+        (16, 16) => (Family::Ipv6, Addr::v6(t.src[..].try_into()?), Addr::v6(t.dst[..].try_into()?)),
+        (a, b) => bail!("component returned addresses of {a} and {b} bytes"),
+    };
+    let l4 = match t.l4 {
+        wit::L4Tuple::Ports((src, dst)) => L4Tuple::Ports { src, dst },
+        wit::L4Tuple::Icmp(k) => L4Tuple::Icmp { id: k.id, kind: k.kind, code: k.code },
+        wit::L4Tuple::None => L4Tuple::None,
+    };
+    Ok(Tuple { family, src, dst, proto: t.proto, l4 })
+}
+
+fn entry_from_wit(e: &wit::Entry) -> Result<EntryView> {
+    Ok(EntryView {
+        id: e.id,
+        zone: e.zone,
+        orig: tuple_from_wit(&e.orig)?,
+        reply: tuple_from_wit(&e.reply)?,
+        status: Status(e.status),
+        tcp_state: e.tcp_state.and_then(TcpState::from_u8),
+        timeout_s: e.timeout,
+        mark: e.mark,
+        counters_orig: Counters { packets: e.counters_orig.packets, bytes: e.counters_orig.bytes },
+        counters_reply: Counters { packets: e.counters_reply.packets, bytes: e.counters_reply.bytes },
+        start_ns: e.start,
+        dying: e.dying,
+    })
+}
