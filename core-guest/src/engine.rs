@@ -590,8 +590,12 @@ impl Tracker {
             }
             self.destroy(slot, now_ns, now_ns);
             self.stats.early_drop += 1;
-            // Room appears only once the DESTROY got through; with no reliable listener it
-            // cannot fail, so the host will report it delivered and the count is final now.
+            // Room appears only once the DESTROY got through. With no reliable listener it
+            // cannot fail, so the slot is free now (its report will find a new generation);
+            // with one, this packet is dropped and the room comes when the report does.
+            if !self.reliable_listener && self.slab[slot as usize].life == Life::Destroying {
+                self.release(slot);
+            }
             return self.count < max;
         }
         false
@@ -1118,3 +1122,7 @@ fn dir_verdict(dir: Direction) -> Verdict {
 fn counter_attrs(c: Counters) -> Vec<netlink::CounterAttr> {
     vec![netlink::CounterAttr::Packets(c.packets), netlink::CounterAttr::Bytes(c.bytes)]
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

@@ -1,0 +1,528 @@
+//! Scenario tests of the whole packet path on virtual time: each asserts the event sequence the
+//! live kernel emits for the same traffic (`shared/reference/kernel-oracle.md` §2.2), for IPv4
+//! and IPv6, plus the event cache's missed-bit and dying-list behaviour.
+
+use super::*;
+use crate::config::Sysctls;
+use crate::proto::tcp::flag::*;
+use crate::wire::build;
+
+const MS: u64 = 1_000_000;
+const S: u64 = 1_000_000_000;
+/// A wall-clock-like start so timestamps look like a capture's.
+const T0: u64 = 1_700_000_000 * S;
+
+/// One event as the tests compare it: type, TCP state, SEEN_REPLY, ASSURED.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Seen {
+    kind: MessageKind,
+    state: Option<TcpState>,
+    seen_reply: bool,
+    assured: bool,
+    id: u32,
+    msg: CtMessage,
+    bits: EventBits,
+}
+
+fn ev(kind: MessageKind, state: Option<TcpState>, seen_reply: bool, assured: bool) -> (MessageKind, Option<TcpState>, bool, bool) {
+    (kind, state, seen_reply, assured)
+}
+
+struct Run {
+    t: Tracker,
+    v6: bool,
+    log: Vec<Seen>,
+    /// Outcome to report for the next messages (default: delivered).
+    fail_next: usize,
+}
+
+impl Run {
+    fn new(v6: bool, tweak: impl FnOnce(&mut Sysctls)) -> Run {
+        let mut config = Config::default();
+        config.sysctls.acct = true;
+        config.sysctls.timestamp = true;
+        tweak(&mut config.sysctls);
+        Run { t: Tracker::new(config), v6, log: Vec::new(), fail_next: 0 }
+    }
+
+    fn ip(&self, from_client: bool, proto: u8, l4: &[u8]) -> Vec<u8> {
+        // Client and server share the loopback address, as in the oracle's captures.
+        if self.v6 {
+            let lo = std::net::Ipv6Addr::LOCALHOST.octets();
+            build::ipv6(lo, lo, proto, l4)
+        } else {
+            let _ = from_client;
+            build::ipv4([127, 0, 0, 1], [127, 0, 0, 1], proto, l4)
+        }
+    }
+
+    fn tcp(&mut self, at: u64, from_client: bool, seq: u32, ack: u32, flags: u8, len: usize) -> Verdict {
+        let (s, d) = if from_client { (40001, 5001) } else { (5001, 40001) };
+        let l4 = build::tcp(s, d, seq, ack, flags, 65483, len);
+        let p = self.ip(from_client, ipproto::TCP, &l4);
+        self.feed(at, &p)
+    }
+
+    fn udp(&mut self, at: u64, from_client: bool, len: usize) -> Verdict {
+        let (s, d) = if from_client { (40002, 5001) } else { (5001, 40002) };
+        let l4 = build::udp(s, d, len);
+        let p = self.ip(from_client, ipproto::UDP, &l4);
+        self.feed(at, &p)
+    }
+
+    fn echo(&mut self, at: u64, request: bool, seq: u16) -> Verdict {
+        let (l4, proto) = if self.v6 {
+            (build::icmpv6_echo(request, 0x1234, seq), ipproto::ICMPV6)
+        } else {
+            (build::icmp_echo(request, 0x1234, seq), ipproto::ICMP)
+        };
+        let p = self.ip(request, proto, &l4);
+        self.feed(at, &p)
+    }
+
+    fn feed(&mut self, at: u64, packet: &[u8]) -> Verdict {
+        let v = self.t.ingest(T0 + at, 0, packet);
+        self.pump();
+        v
+    }
+
+    fn advance(&mut self, at: u64) {
+        self.t.advance(T0 + at);
+        self.pump();
+    }
+
+    /// Takes every pending message, logs it and reports it.
+    fn pump(&mut self) {
+        loop {
+            let mut out = Vec::new();
+            let n = self.t.take_events(usize::MAX, &mut out);
+            if n == 0 {
+                return;
+            }
+            let mut results = Vec::new();
+            for frame in batch::events(&out) {
+                let frame = frame.expect("well-framed events");
+                let (msg, used) = CtMessage::parse(frame.netlink).expect("a ctnetlink message");
+                assert_eq!(used, frame.netlink.len());
+                let status = msg.status().expect("status in every event");
+                let failed = self.fail_next > 0;
+                if failed {
+                    self.fail_next -= 1;
+                    results.push(Delivery::Failed);
+                } else {
+                    results.push(Delivery::Delivered);
+                    self.log.push(Seen {
+                        kind: msg.kind().expect("an event message"),
+                        state: msg.tcp_state(),
+                        seen_reply: status.contains(Status::SEEN_REPLY),
+                        assured: status.contains(Status::ASSURED),
+                        id: msg.id().expect("id in every event"),
+                        bits: frame.events,
+                        msg,
+                    });
+                }
+            }
+            self.t.report_delivery(&results);
+            self.t.advance(self.t.now());
+        }
+    }
+
+    fn sequence(&self) -> Vec<(MessageKind, Option<TcpState>, bool, bool)> {
+        self.log.iter().map(|s| (s.kind, s.state, s.seen_reply, s.assured)).collect()
+    }
+}
+
+use MessageKind::{Destroy as D, New as N, Update as U};
+use TcpState::{Close, Established, FinWait, LastAck, SynRecv, SynSent, SynSent2, TimeWait};
+
+/// The handshake of the oracle's TCP cases: client ISN 1000, server ISN 5000.
+fn handshake(r: &mut Run) {
+    assert_eq!(r.tcp(0, true, 1000, 0, SYN, 0), Verdict::New);
+    assert_eq!(r.tcp(MS / 10, false, 5000, 1001, SYN | ACK, 0), Verdict::EstablishedReply);
+    assert_eq!(r.tcp(MS / 5, true, 1001, 5001, ACK, 0), Verdict::Established);
+}
+
+fn both_families(test: impl Fn(bool)) {
+    test(false);
+    test(true);
+}
+
+#[test]
+fn tcp_normal_close_client_first() {
+    both_families(|v6| {
+        let mut r = Run::new(v6, |s| s.set("nf_conntrack_tcp_timeout_time_wait", "3").unwrap());
+        handshake(&mut r);
+        r.tcp(MS, true, 1001, 5001, ACK | PSH, 100);
+        r.tcp(2 * MS, false, 5001, 1101, ACK, 0);
+        r.tcp(3 * MS, false, 5001, 1101, ACK | PSH, 100);
+        r.tcp(4 * MS, true, 1101, 5101, ACK, 0);
+        r.tcp(100 * MS, true, 1101, 5101, FIN | ACK, 0);
+        r.tcp(101 * MS, false, 5101, 1102, FIN | ACK, 0);
+        r.tcp(102 * MS, true, 1102, 5102, ACK, 0);
+        r.advance(10 * S);
+        assert_eq!(
+            r.sequence(),
+            [
+                ev(N, Some(SynSent), false, false),
+                ev(U, Some(SynRecv), true, false),
+                ev(U, Some(Established), true, true),
+                ev(U, Some(FinWait), true, true),
+                ev(U, Some(LastAck), true, true),
+                ev(U, Some(TimeWait), true, true),
+                ev(D, Some(TimeWait), true, true),
+            ]
+        );
+        // The kernel's timeouts when each event was raised, and 6/4 packets on DESTROY.
+        let timeouts: Vec<_> = r.log.iter().map(|s| s.msg.timeout()).collect();
+        assert_eq!(timeouts, [Some(120), Some(60), Some(432000), Some(120), Some(30), Some(3), None]);
+        let destroy = &r.log[6].msg;
+        assert_eq!(destroy.counters_orig().unwrap().packets, 6);
+        assert_eq!(destroy.counters_reply().unwrap().packets, 4);
+        let (start, stop) = destroy.timestamp().unwrap();
+        assert_eq!(start, Some(T0));
+        // The stop time is the expiry, not the moment the timer was looked at.
+        assert_eq!(stop, Some(T0 + 102 * MS + 3 * S));
+        assert!(destroy.status().unwrap().contains(Status::DYING));
+        assert!(r.log.iter().all(|s| s.id == r.log[0].id));
+        assert_eq!(r.t.stats().count, 0);
+    });
+}
+
+#[test]
+fn tcp_reset_after_established_closes_after_the_close_timeout() {
+    both_families(|v6| {
+        let mut r = Run::new(v6, |_| {});
+        handshake(&mut r);
+        r.tcp(MS, true, 1001, 5001, ACK | PSH, 100);
+        r.tcp(2 * MS, false, 5001, 1101, ACK, 0);
+        r.tcp(3 * MS, true, 1101, 5001, RST | ACK, 0);
+        r.advance(9 * S);
+        assert_eq!(r.log.len(), 4, "no DESTROY before tcp_timeout_close (10 s)");
+        r.advance(11 * S);
+        assert_eq!(
+            r.sequence(),
+            [
+                ev(N, Some(SynSent), false, false),
+                ev(U, Some(SynRecv), true, false),
+                ev(U, Some(Established), true, true),
+                ev(U, Some(Close), true, true),
+                ev(D, Some(Close), true, true),
+            ]
+        );
+    });
+}
+
+#[test]
+fn tcp_server_reset_is_the_same_as_a_client_reset() {
+    let mut r = Run::new(false, |_| {});
+    handshake(&mut r);
+    r.tcp(MS, false, 5001, 1001, RST | ACK, 0);
+    r.advance(20 * S);
+    assert_eq!(r.sequence()[3..], [ev(U, Some(Close), true, true), ev(D, Some(Close), true, true)]);
+}
+
+#[test]
+fn tcp_refused_connection_is_destroyed_at_once_without_seen_reply() {
+    both_families(|v6| {
+        let mut r = Run::new(v6, |_| {});
+        r.tcp(0, true, 1000, 0, SYN, 0);
+        r.tcp(MS / 10, false, 0, 1001, RST | ACK, 0);
+        assert_eq!(r.sequence(), [ev(N, Some(SynSent), false, false), ev(D, Some(Close), false, false)]);
+        let status = r.log[1].msg.status().unwrap();
+        assert_eq!(status, Status(Status::CONFIRMED.0 | Status::DYING.0));
+        assert_eq!(r.log[1].bits, EventBits::DESTROY);
+        assert_eq!(r.t.stats().count, 0);
+    });
+}
+
+#[test]
+fn tcp_simultaneous_open_goes_through_syn_sent2() {
+    let mut r = Run::new(false, |_| {});
+    r.tcp(0, true, 1000, 0, SYN, 0);
+    r.tcp(MS, false, 5000, 0, SYN, 0);
+    r.tcp(2 * MS, true, 1000, 5001, SYN | ACK, 0);
+    r.tcp(3 * MS, false, 5000, 1001, SYN | ACK, 0);
+    r.tcp(4 * MS, false, 5001, 1001, ACK, 0);
+    assert_eq!(
+        r.sequence(),
+        [
+            ev(N, Some(SynSent), false, false),
+            ev(U, Some(SynSent2), true, false),
+            ev(U, Some(SynRecv), true, false),
+            ev(U, Some(Established), true, true),
+        ]
+    );
+}
+
+#[test]
+fn tcp_reopen_after_time_wait_makes_a_new_entry() {
+    both_families(|v6| {
+        let mut r = Run::new(v6, |_| {});
+        handshake(&mut r);
+        r.tcp(MS, false, 5001, 1001, FIN | ACK, 0);
+        r.tcp(2 * MS, true, 1001, 5002, FIN | ACK, 0);
+        r.tcp(3 * MS, false, 5002, 1002, ACK, 0);
+        assert_eq!(r.log.last().unwrap().state, Some(TimeWait));
+        let old_id = r.log[0].id;
+        assert_eq!(r.tcp(S, true, 90_000, 0, SYN, 0), Verdict::New);
+        let tail: Vec<_> = r.sequence()[r.log.len() - 2..].to_vec();
+        assert_eq!(tail, [ev(D, Some(TimeWait), true, true), ev(N, Some(SynSent), false, false)]);
+        assert_eq!(r.log[r.log.len() - 2].id, old_id);
+        assert_ne!(r.log.last().unwrap().id, old_id);
+        assert_eq!(r.t.stats().entries, 1);
+    });
+}
+
+#[test]
+fn tcp_mid_stream_pickup_is_established_without_seen_reply() {
+    let mut r = Run::new(false, |_| {});
+    assert_eq!(r.tcp(0, true, 7000, 9000, ACK, 10), Verdict::New);
+    assert_eq!(r.sequence(), [ev(N, Some(Established), false, false)]);
+    // Capped at the unacknowledged timeout until the other side answers.
+    assert_eq!(r.log[0].msg.timeout(), Some(300));
+    let mut strict = Run::new(false, |s| s.tcp_loose = false);
+    assert_eq!(strict.tcp(0, true, 7000, 9000, ACK, 10), Verdict::Invalid);
+    assert_eq!(strict.t.stats().invalid, 1);
+    assert!(strict.log.is_empty());
+}
+
+#[test]
+fn tcp_packets_that_cannot_start_or_fit_a_connection_are_invalid() {
+    let mut r = Run::new(false, |_| {});
+    assert_eq!(r.tcp(0, true, 1, 0, FIN | ACK, 0), Verdict::Invalid);
+    assert_eq!(r.tcp(0, true, 1, 0, SYN | FIN, 0), Verdict::Invalid);
+    assert_eq!(r.tcp(0, true, 1, 0, RST, 0), Verdict::Invalid);
+    assert_eq!(r.t.stats().invalid, 3);
+    assert_eq!(r.t.stats().count, 0);
+}
+
+#[test]
+fn udp_one_way_times_out_unreplied() {
+    both_families(|v6| {
+        let mut r = Run::new(v6, |_| {});
+        assert_eq!(r.udp(0, true, 10), Verdict::New);
+        r.advance(29 * S);
+        assert_eq!(r.log.len(), 1);
+        r.advance(30 * S);
+        assert_eq!(r.sequence(), [ev(N, None, false, false), ev(D, None, false, false)]);
+        let d = &r.log[1].msg;
+        assert_eq!((d.counters_orig().unwrap().packets, d.counters_reply().unwrap().packets), (1, 0));
+        assert_eq!(r.log[0].msg.timeout(), Some(30));
+    });
+}
+
+#[test]
+fn udp_request_response_within_two_seconds_is_never_assured() {
+    both_families(|v6| {
+        let mut r = Run::new(v6, |_| {});
+        r.udp(0, true, 10);
+        r.udp(MS, false, 10);
+        r.udp(50 * MS, true, 10);
+        r.udp(51 * MS, false, 10);
+        r.advance(40 * S);
+        assert_eq!(
+            r.sequence(),
+            [ev(N, None, false, false), ev(U, None, true, false), ev(D, None, true, false)]
+        );
+    });
+}
+
+#[test]
+fn udp_stream_rule_assures_after_two_seconds() {
+    both_families(|v6| {
+        let mut r = Run::new(v6, |_| {});
+        r.udp(0, true, 10);
+        r.udp(MS, false, 10);
+        r.udp(50 * MS, true, 10);
+        r.udp(51 * MS, false, 10);
+        r.udp(2500 * MS, true, 10);
+        r.udp(2501 * MS, false, 10);
+        r.advance(100 * S);
+        assert_eq!(r.log.len(), 3, "the stream timeout (120 s) keeps it alive");
+        r.advance(2500 * MS + 121 * S);
+        assert_eq!(
+            r.sequence(),
+            [
+                ev(N, None, false, false),
+                ev(U, None, true, false),
+                ev(U, None, true, true),
+                ev(D, None, true, true),
+            ]
+        );
+        assert_eq!(r.log[2].msg.timeout(), Some(120));
+    });
+}
+
+#[test]
+fn icmp_echo_pairs_share_one_entry() {
+    both_families(|v6| {
+        let mut r = Run::new(v6, |_| {});
+        assert_eq!(r.echo(0, true, 1), Verdict::New);
+        assert_eq!(r.echo(MS, false, 1), Verdict::EstablishedReply);
+        assert_eq!(r.echo(S, true, 2), Verdict::Established);
+        assert_eq!(r.echo(S + MS, false, 2), Verdict::EstablishedReply);
+        r.advance(S + 31 * S);
+        assert_eq!(
+            r.sequence(),
+            [ev(N, None, false, false), ev(U, None, true, false), ev(D, None, true, false)]
+        );
+        let d = &r.log[2].msg;
+        assert_eq!((d.counters_orig().unwrap().packets, d.counters_reply().unwrap().packets), (2, 2));
+    });
+}
+
+#[test]
+fn an_echo_reply_alone_creates_nothing() {
+    both_families(|v6| {
+        let mut r = Run::new(v6, |_| {});
+        assert_eq!(r.echo(0, false, 1), Verdict::Invalid);
+        assert!(r.log.is_empty());
+    });
+}
+
+#[test]
+fn port_unreachable_is_related_and_raises_no_event() {
+    both_families(|v6| {
+        let mut r = Run::new(v6, |_| {});
+        r.udp(0, true, 10);
+        let quoted = {
+            let l4 = build::udp(40002, 5009, 10);
+            r.ip(true, ipproto::UDP, &l4)
+        };
+        // The datagram above went to port 5001; quote one to 5009 to show a miss is invalid.
+        let error = |r: &Run, quoted: &[u8]| {
+            let l4 = if r.v6 { build::icmpv6_error(1, 4, quoted) } else { build::icmp_error(3, 3, quoted) };
+            r.ip(false, if r.v6 { ipproto::ICMPV6 } else { ipproto::ICMP }, &l4)
+        };
+        let p = error(&r, &quoted);
+        assert_eq!(r.feed(MS, &p), Verdict::Invalid);
+        let quoted = {
+            let l4 = build::udp(40002, 5001, 10);
+            r.ip(true, ipproto::UDP, &l4)
+        };
+        let p = error(&r, &quoted);
+        assert_eq!(r.feed(MS, &p), Verdict::RelatedReply);
+        r.advance(31 * S);
+        assert_eq!(r.sequence(), [ev(N, None, false, false), ev(D, None, false, false)]);
+        let d = &r.log[1].msg;
+        assert_eq!(d.counters_reply().unwrap().packets, 0, "the error is not counted on the entry");
+        assert_eq!(r.t.stats().entries, 0);
+    });
+}
+
+#[test]
+fn icmpv6_neighbour_discovery_is_untracked() {
+    let mut r = Run::new(true, |_| {});
+    let mut ns = build::icmpv6_echo(true, 0, 0);
+    ns[0] = 135;
+    let p = r.ip(true, ipproto::ICMPV6, &ns);
+    assert_eq!(r.feed(0, &p), Verdict::Untracked);
+    assert_eq!(r.t.stats().untracked, 1);
+}
+
+#[test]
+fn unknown_protocols_use_the_generic_tracker() {
+    let mut r = Run::new(false, |_| {});
+    let p = r.ip(true, 132, &[0u8; 12]);
+    assert_eq!(r.feed(0, &p), Verdict::New);
+    assert_eq!(r.log[0].msg.timeout(), Some(600));
+}
+
+#[test]
+fn missed_events_ride_on_the_next_message_and_its_type_follows_the_union() {
+    let mut r = Run::new(false, |_| {});
+    // The NEW, SYN_RECV and ESTABLISHED updates all fail to reach the reliable listener.
+    r.fail_next = 3;
+    handshake(&mut r);
+    assert!(r.log.is_empty());
+    assert_eq!(r.t.stats().missed_pending, 1);
+    // A data packet changes nothing by itself, but carries the missed bits: one NEW.
+    r.tcp(MS, true, 1001, 5001, ACK | PSH, 100);
+    assert_eq!(r.sequence(), [ev(N, Some(Established), true, true)]);
+    let bits = r.log[0].bits;
+    for b in [EventBits::NEW, EventBits::REPLY, EventBits::ASSURED, EventBits::PROTOINFO] {
+        assert!(bits.contains(b), "{bits:?} lacks {b:?}");
+    }
+    assert_eq!(r.t.stats().missed_pending, 0);
+    // Delivered once, the bits are gone: the next data packet sends nothing.
+    r.tcp(2 * MS, false, 5001, 1101, ACK, 0);
+    assert_eq!(r.log.len(), 1);
+}
+
+#[test]
+fn a_failed_destroy_goes_to_the_dying_list_and_is_retried_after_the_grace_delay() {
+    let mut r = Run::new(false, |s| s.events_retry_timeout = 15);
+    r.udp(0, true, 10);
+    let id = r.log[0].id;
+    r.fail_next = 1;
+    r.t.flush(T0 + S);
+    r.pump();
+    let stats = r.t.stats();
+    assert_eq!((stats.entries, stats.dying, stats.count), (0, 1, 1));
+    // Out of the hash: the same tuple now makes a new entry with a new id.
+    assert_eq!(r.udp(2 * S, true, 10), Verdict::New);
+    assert_ne!(r.log.last().unwrap().id, id);
+    r.advance(17 * S);
+    let destroys: Vec<_> = r.log.iter().filter(|s| s.kind == D).map(|s| s.id).collect();
+    assert_eq!(destroys, [id], "the DESTROY got through on its retry, once");
+    assert_eq!(r.t.stats().dying, 0);
+    assert_eq!(r.t.stats().count, 1);
+}
+
+#[test]
+fn the_table_never_exceeds_the_maximum_and_refusals_are_counted() {
+    let mut r = Run::new(false, |s| s.max = 2);
+    r.t.set_listeners(true, false);
+    let pkt = |r: &mut Run, at: u64, sport: u16| {
+        let l4 = build::udp(sport, 53, 10);
+        let p = r.ip(true, ipproto::UDP, &l4);
+        r.feed(at, &p)
+    };
+    assert_eq!(pkt(&mut r, 0, 1), Verdict::New);
+    assert_eq!(pkt(&mut r, 0, 2), Verdict::New);
+    // Early drop evicts an unassured entry; its DESTROY is delivered, so there is room.
+    assert_eq!(pkt(&mut r, 0, 3), Verdict::New);
+    assert_eq!(r.t.stats().early_drop, 1);
+    assert!(r.t.stats().count <= 2);
+    // With a reliable listener whose DESTROYs fail, nothing can be evicted: new flows are
+    // dropped, and the bound holds.
+    r.t.set_listeners(true, true);
+    r.fail_next = usize::MAX;
+    assert_eq!(pkt(&mut r, 0, 4), Verdict::Drop);
+    assert_eq!(pkt(&mut r, 0, 5), Verdict::Drop);
+    let s = r.t.stats();
+    assert!(s.count <= 2, "{s:?}");
+    assert!(s.drop >= 1);
+}
+
+#[test]
+fn events_zero_sends_nothing_and_two_needs_a_listener_at_creation() {
+    let mut off = Run::new(false, |s| s.events = 0);
+    off.udp(0, true, 10);
+    off.advance(40 * S);
+    assert!(off.log.is_empty());
+
+    let mut auto = Run::new(false, |s| s.events = 2);
+    auto.t.set_listeners(false, false);
+    auto.udp(0, true, 10);
+    auto.t.set_listeners(true, true);
+    auto.advance(40 * S);
+    assert!(auto.log.is_empty(), "created with no listener: no event, not even DESTROY");
+    auto.udp(41 * S, true, 10);
+    auto.advance(80 * S);
+    assert_eq!(auto.sequence(), [ev(N, None, false, false), ev(D, None, false, false)]);
+}
+
+#[test]
+fn same_seed_same_ids_different_seed_different_ids() {
+    let ids = |seed: u64| {
+        let mut config = Config::default();
+        config.seed = seed;
+        let mut r = Run { t: Tracker::new(config), v6: false, log: Vec::new(), fail_next: 0 };
+        r.udp(0, true, 1);
+        r.echo(0, true, 1);
+        r.log.iter().map(|s| s.id).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(7), ids(7));
+    assert_ne!(ids(7), ids(8));
+}
