@@ -109,7 +109,7 @@ pub fn open_backend(
                 let bytes = std::fs::read(path)
                     .with_context(|| format!("reading component {}", path.display()))?;
                 let compiled = Component::new(shared_engine(), &bytes)
-                    .with_context(|| format!("compiling component {}", path.display()))?;
+                    .map_err(|e| anyhow!("compiling component {}: {e:?}", path.display()))?;
                 ComponentBackend::with_component(&compiled, settings, DEFAULT_MEMORY_LIMIT)?
             }
             None => ComponentBackend::new(settings)?,
@@ -250,7 +250,7 @@ impl ComponentBackend {
         // The world imports nothing, so the linker stays empty.
         let linker = Linker::new(shared_engine());
         let bindings = CtwasmCore::instantiate(&mut store, component, &linker)
-            .context("instantiating the component")?;
+            .map_err(|e| anyhow!("instantiating the component: {e:?}"))?;
         let config = wit::Config {
             sysctls: settings
                 .sysctls
@@ -276,16 +276,26 @@ impl ComponentBackend {
         Ok(ComponentBackend { store, bindings, tracker })
     }
 
-    fn api(&self) -> wit::GuestTracker<'_> {
-        self.bindings.ctwasm_core_conntrack().tracker()
-    }
+}
+
+/// Calls a method of the component's `tracker` resource (the bindings and the store are
+/// borrowed separately, which a helper method could not do).
+macro_rules! call {
+    ($backend:ident . $method:ident ( $($arg:expr),* )) => {
+        $backend
+            .bindings
+            .ctwasm_core_conntrack()
+            .tracker()
+            .$method(&mut $backend.store, $backend.tracker $(, $arg)*)
+            .map_err(trap_context)
+    };
 }
 
 /// Names the trap, which `to_string` of the error hides.
 fn trap_context(e: wasmtime::Error) -> anyhow::Error {
     match e.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => anyhow!("the component trapped ({trap:?}); its instance is dead: {e:#}"),
-        None => e,
+        Some(trap) => anyhow!("the component trapped ({trap:?}); its instance is dead: {e:?}"),
+        None => anyhow!("{e:?}"),
     }
 }
 
@@ -294,32 +304,26 @@ impl Backend for ComponentBackend {
         "component"
     }
     fn set_listeners(&mut self, present: bool, reliable: bool) -> Result<()> {
-        let t = self.tracker;
-        self.api().call_set_listeners(&mut self.store, t, present, reliable).map_err(trap_context)
+        call!(self.call_set_listeners(present, reliable))
     }
     fn ingest(&mut self, now_ns: u64, packets: &[u8], verdicts: &mut Vec<u8>) -> Result<()> {
-        let t = self.tracker;
-        let v = self.api().call_ingest(&mut self.store, t, now_ns, packets).map_err(trap_context)?;
+        let v = call!(self.call_ingest(now_ns, packets))?;
         verdicts.extend_from_slice(&v);
         Ok(())
     }
     fn advance(&mut self, now_ns: u64) -> Result<()> {
-        let t = self.tracker;
-        self.api().call_advance(&mut self.store, t, now_ns).map_err(trap_context)
+        call!(self.call_advance(now_ns))
     }
     fn next_deadline(&mut self) -> Result<Option<u64>> {
-        let t = self.tracker;
-        self.api().call_next_deadline(&mut self.store, t).map_err(trap_context)
+        call!(self.call_next_deadline())
     }
     fn take_events(&mut self, max: u32, out: &mut Vec<u8>) -> Result<usize> {
-        let t = self.tracker;
-        let bytes = self.api().call_take_events(&mut self.store, t, max).map_err(trap_context)?;
+        let bytes = call!(self.call_take_events(max))?;
         let n = ctwasm_core::batch::events(&bytes).count();
         out.extend_from_slice(&bytes);
         Ok(n)
     }
     fn report_delivery(&mut self, results: &[Delivery]) -> Result<()> {
-        let t = self.tracker;
         let results: Vec<wit::Delivery> = results
             .iter()
             .map(|r| match r {
@@ -327,27 +331,23 @@ impl Backend for ComponentBackend {
                 Delivery::Failed => wit::Delivery::Failed,
             })
             .collect();
-        self.api().call_report_delivery(&mut self.store, t, &results).map_err(trap_context)
+        call!(self.call_report_delivery(&results))
     }
     fn listeners_drained(&mut self, now_ns: u64) -> Result<()> {
-        let t = self.tracker;
-        self.api().call_listeners_drained(&mut self.store, t, now_ns).map_err(trap_context)
+        call!(self.call_listeners_drained(now_ns))
     }
     fn flush(&mut self, now_ns: u64) -> Result<()> {
-        let t = self.tracker;
-        self.api().call_flush(&mut self.store, t, now_ns).map_err(trap_context)
+        call!(self.call_flush(now_ns))
     }
     fn delete(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<bool> {
-        let t = self.tracker;
         let wt = tuple_to_wit(tuple);
-        self.api().call_delete(&mut self.store, t, now_ns, zone, &wt).map_err(trap_context)
+        call!(self.call_delete(now_ns, zone, &wt))
     }
     fn dump(&mut self) -> Result<Vec<EntryView>> {
-        let t = self.tracker;
         let mut all = Vec::new();
         let mut cursor = 0;
         loop {
-            let page = self.api().call_dump(&mut self.store, t, cursor, 4096).map_err(trap_context)?;
+            let page = call!(self.call_dump(cursor, 4096))?;
             for e in &page.entries {
                 all.push(entry_from_wit(e)?);
             }
@@ -358,8 +358,7 @@ impl Backend for ComponentBackend {
         }
     }
     fn stats(&mut self) -> Result<Stats> {
-        let t = self.tracker;
-        let s = self.api().call_stats(&mut self.store, t).map_err(trap_context)?;
+        let s = call!(self.call_stats())?;
         Ok(Stats {
             found: s.found,
             invalid: s.invalid,
@@ -383,23 +382,20 @@ impl Backend for ComponentBackend {
         })
     }
     fn open(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<std::result::Result<u32, ConnError>> {
-        let t = self.tracker;
         let wt = tuple_to_wit(tuple);
-        let r = self.api().call_open(&mut self.store, t, now_ns, zone, &wt).map_err(trap_context)?;
+        let r = call!(self.call_open(now_ns, zone, &wt))?;
         Ok(r.map_err(conn_error))
     }
     fn transfer(&mut self, now_ns: u64, id: u32, dir: Direction, bytes: u64) -> Result<std::result::Result<(), ConnError>> {
-        let t = self.tracker;
         let dir = match dir {
             Direction::Original => wit::Direction::Original,
             Direction::Reply => wit::Direction::Reply,
         };
-        let r = self.api().call_transfer(&mut self.store, t, now_ns, id, dir, bytes).map_err(trap_context)?;
+        let r = call!(self.call_transfer(now_ns, id, dir, bytes))?;
         Ok(r.map_err(conn_error))
     }
     fn close(&mut self, now_ns: u64, id: u32, reset: bool) -> Result<std::result::Result<(), ConnError>> {
-        let t = self.tracker;
-        let r = self.api().call_close(&mut self.store, t, now_ns, id, reset).map_err(trap_context)?;
+        let r = call!(self.call_close(now_ns, id, reset))?;
         Ok(r.map_err(conn_error))
     }
 }

@@ -1,0 +1,13 @@
+//! # ctwasm-host: the engine's host
+//!
+//! The engine in `core-guest` does no I/O; this crate gives it some. It runs the engine either
+//! linked natively or as the WebAssembly component under wasmtime ([`backend`]), reads captures
+//! ([`capture`]), models netlink listeners exactly as Linux treats them ([`listener`]), drives
+//! the three on simulated time ([`replay`]) and prints events as `conntrack -E` or as JSON lines
+//! ([`output`]).
+
+pub mod backend;
+pub mod capture;
+pub mod listener;
+pub mod output;
+pub mod replay;

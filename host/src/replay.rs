@@ -1,0 +1,254 @@
+//! The simulation loop: packets into a backend, event messages out to the listeners, outcomes
+//! back, on the capture's own clock.
+//!
+//! Everything happens at simulated instants: packet times, the engine's timer deadlines and the
+//! listeners' read times. Between two batches the loop steps through every such instant in
+//! order, so a slow reader drains, a grace timer fires and a retried DESTROY lands exactly when
+//! they would, whatever the batch size. Outcomes go back to the engine right after each round of
+//! deliveries — before the next packet when the batch size is 1, which is the kernel's exact
+//! order (its delivery is synchronous).
+
+use anyhow::Result;
+use ctwasm_core::batch::{self, EventFrame};
+use ctwasm_core::netlink::CtMessage;
+use ctwasm_core::{Delivery, Stats, Verdict};
+
+use crate::backend::Backend;
+use crate::capture::CapturedPacket;
+use crate::listener::{DeliveryOutcome, ListenerStats, Listeners};
+use crate::output;
+
+/// How a run goes.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    /// Packets per `ingest` call.
+    pub batch: usize,
+    /// `conntrack -F` after the last packet.
+    pub flush_at_end: bool,
+    /// After the last packet, let simulated time run until every entry has timed out.
+    pub expire_at_end: bool,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        ReplayOptions { batch: 1, flush_at_end: false, expire_at_end: false }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayReport {
+    pub packets: u64,
+    /// Packets by verdict, indexed by `Verdict as u8`.
+    pub verdicts: [u64; 8],
+    pub stats: Stats,
+    pub listeners: Vec<(String, ListenerStats)>,
+    /// Simulated time from the first packet to the last event read.
+    pub sim_ns: u64,
+}
+
+/// Receives every message the first listener reads, with its decoded form.
+pub trait EventSink {
+    fn event(&mut self, frame: &EventFrame<'_>, message: &CtMessage) -> Result<()>;
+}
+
+impl<F: FnMut(&EventFrame<'_>, &CtMessage) -> Result<()>> EventSink for F {
+    fn event(&mut self, frame: &EventFrame<'_>, message: &CtMessage) -> Result<()> {
+        self(frame, message)
+    }
+}
+
+/// Drives one backend and its listeners.
+pub struct Simulation<'a> {
+    pub backend: &'a mut dyn Backend,
+    pub listeners: Listeners,
+    now_ns: u64,
+    events: Vec<u8>,
+    results: Vec<Delivery>,
+    started: Option<u64>,
+}
+
+impl std::fmt::Debug for Simulation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulation").field("now_ns", &self.now_ns).finish_non_exhaustive()
+    }
+}
+
+impl<'a> Simulation<'a> {
+    /// The first listener should record (it is the one whose messages are printed).
+    pub fn new(backend: &'a mut dyn Backend, listeners: Listeners) -> Result<Self> {
+        let reliable = listeners.iter().any(|l| l.is_reliable());
+        backend.set_listeners(listeners.has_listeners(), reliable)?;
+        Ok(Simulation { backend, listeners, now_ns: 0, events: Vec::new(), results: Vec::new(), started: None })
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now_ns
+    }
+
+    fn start(&mut self, at: u64) {
+        if self.started.is_none() {
+            self.started = Some(at);
+            self.listeners.set_origin(at);
+            self.now_ns = at;
+        }
+    }
+
+    /// Steps through every timer and read instant up to `target`, delivering as it goes.
+    pub fn run_until(&mut self, target: u64, sink: &mut dyn EventSink) -> Result<()> {
+        self.start(target);
+        loop {
+            let next = [self.backend.next_deadline()?, self.listeners.next_read_at()]
+                .into_iter()
+                .flatten()
+                .filter(|t| *t <= target)
+                .min();
+            let Some(at) = next else { break };
+            let at = at.max(self.now_ns);
+            self.now_ns = at;
+            self.backend.advance(at)?;
+            self.pump(at, sink)?;
+            // A deadline that is only a lower bound moves on once advanced to; a read time that
+            // did not produce a read would repeat, so step past it.
+            let again = [self.backend.next_deadline()?, self.listeners.next_read_at()]
+                .into_iter()
+                .flatten()
+                .filter(|t| *t <= at)
+                .min();
+            if again.is_some() {
+                self.now_ns = at + 1;
+                if at + 1 > target {
+                    break;
+                }
+                self.listeners.advance(at + 1);
+                self.backend.advance(at + 1)?;
+                self.pump(at + 1, sink)?;
+            }
+        }
+        self.now_ns = self.now_ns.max(target);
+        self.listeners.advance(self.now_ns);
+        self.pump(self.now_ns, sink)
+    }
+
+    /// Takes the engine's messages, offers each to the listeners, reports the outcomes, hands
+    /// what the first listener read to `sink`; again until the engine has nothing more now.
+    pub fn pump(&mut self, now_ns: u64, sink: &mut dyn EventSink) -> Result<()> {
+        loop {
+            self.listeners.advance(now_ns);
+            self.print_reads(sink)?;
+            self.events.clear();
+            let n = self.backend.take_events(u32::MAX, &mut self.events)?;
+            if n == 0 {
+                break;
+            }
+            self.results.clear();
+            for frame in batch::events(&self.events) {
+                let frame = frame.map_err(|e| anyhow::anyhow!("bad event framing at {}", e.offset))?;
+                self.results.push(match self.listeners.deliver(now_ns, &frame) {
+                    DeliveryOutcome::Delivered => Delivery::Delivered,
+                    DeliveryOutcome::Failed => Delivery::Failed,
+                });
+            }
+            self.backend.report_delivery(&self.results)?;
+            self.backend.advance(now_ns)?;
+        }
+        if self.listeners.reliable_have_room() {
+            self.backend.listeners_drained(now_ns)?;
+        }
+        self.listeners.advance(now_ns);
+        self.print_reads(sink)
+    }
+
+    fn print_reads(&mut self, sink: &mut dyn EventSink) -> Result<()> {
+        let Some(first) = self.listeners.get_mut(0) else { return Ok(()) };
+        for msg in first.take_received() {
+            if let Some(frame) = msg.event_frame() {
+                let decoded = output::decode_frame(&frame)?;
+                sink.event(&frame, &decoded)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ingests one batch of packets; returns their verdicts.
+    pub fn ingest(&mut self, packets: &[CapturedPacket], sink: &mut dyn EventSink) -> Result<Vec<u8>> {
+        let Some(first) = packets.first() else { return Ok(Vec::new()) };
+        self.start(first.ts_ns);
+        self.run_until(first.ts_ns, sink)?;
+        let mut bytes = Vec::with_capacity(packets.iter().map(|p| p.l3.len() + 16).sum());
+        for p in packets {
+            batch::push_packet(&mut bytes, p.ts_ns.max(1), 0, &p.l3);
+        }
+        let mut verdicts = Vec::with_capacity(packets.len());
+        let at = first.ts_ns;
+        self.backend.ingest(at, &bytes, &mut verdicts)?;
+        let last = packets.last().map(|p| p.ts_ns).unwrap_or(at).max(self.now_ns);
+        self.now_ns = last;
+        self.pump(last, sink)?;
+        Ok(verdicts)
+    }
+
+    /// Runs simulated time on until nothing is left to happen: the dying list empty and every
+    /// listener's queue read (bounded by `horizon_ns` of simulated time).
+    pub fn settle(&mut self, horizon_ns: u64, sink: &mut dyn EventSink) -> Result<()> {
+        let end = self.now_ns.saturating_add(horizon_ns);
+        loop {
+            let stats = self.backend.stats()?;
+            let queued: usize = self.listeners.iter().map(|l| l.queued_messages()).sum();
+            if stats.dying == 0 && queued == 0 && self.backend.next_deadline()?.is_none_or(|_| stats.count == 0) {
+                return Ok(());
+            }
+            let next = [self.backend.next_deadline()?, self.listeners.next_read_at()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(t) if t <= end => self.run_until(t.max(self.now_ns + 1), sink)?,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    pub fn report(&mut self, packets: u64, verdicts: [u64; 8]) -> Result<ReplayReport> {
+        Ok(ReplayReport {
+            packets,
+            verdicts,
+            stats: self.backend.stats()?,
+            listeners: self.listeners.iter().map(|l| (l.name().to_string(), l.stats())).collect(),
+            sim_ns: self.now_ns.saturating_sub(self.started.unwrap_or(self.now_ns)),
+        })
+    }
+}
+
+/// Replays `packets` through `backend`, printing what the first listener reads to `sink`.
+pub fn replay(
+    backend: &mut dyn Backend,
+    listeners: Listeners,
+    packets: &[CapturedPacket],
+    options: &ReplayOptions,
+    sink: &mut dyn EventSink,
+    mut progress: impl FnMut(u64),
+) -> Result<ReplayReport> {
+    let mut sim = Simulation::new(backend, listeners)?;
+    let mut verdicts = [0u64; 8];
+    for chunk in packets.chunks(options.batch.max(1)) {
+        for v in sim.ingest(chunk, sink)? {
+            if let Some(v) = Verdict::from_u8(v) {
+                verdicts[v as usize] += 1;
+            }
+        }
+        progress(chunk.len() as u64);
+    }
+    const HOUR_NS: u64 = 3_600 * 1_000_000_000;
+    if options.expire_at_end {
+        // Long enough for the longest default timeout (ESTABLISHED, five days).
+        sim.settle(6 * 24 * HOUR_NS, sink)?;
+    }
+    if options.flush_at_end {
+        let now = sim.now();
+        sim.backend.flush(now)?;
+        sim.pump(now, sink)?;
+    }
+    sim.settle(HOUR_NS, sink)?;
+    sim.report(packets.len() as u64, verdicts)
+}
