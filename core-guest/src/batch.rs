@@ -88,7 +88,13 @@ impl EventFrame<'_> {
 
 /// Starts an event frame; the caller appends the netlink bytes and then calls
 /// [`finish_event`] with the returned start offset.
-pub fn begin_event(out: &mut Vec<u8>, events: EventBits, group: u8, flags: u8, ts_ns: u64) -> usize {
+pub fn begin_event(
+    out: &mut Vec<u8>,
+    events: EventBits,
+    group: u8,
+    flags: u8,
+    ts_ns: u64,
+) -> usize {
     let start = out.len();
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&events.0.to_le_bytes());
@@ -145,8 +151,22 @@ mod tests {
         push_packet(&mut b, 7, 3, &[1, 2, 3]);
         push_packet(&mut b, 9, 0, &[]);
         let got: Vec<_> = packets(&b).collect::<Result<_, _>>().unwrap();
-        assert_eq!(got[0], PacketFrame { ts_ns: 7, zone: 3, bytes: &[1, 2, 3] });
-        assert_eq!(got[1], PacketFrame { ts_ns: 9, zone: 0, bytes: &[] });
+        assert_eq!(
+            got[0],
+            PacketFrame {
+                ts_ns: 7,
+                zone: 3,
+                bytes: &[1, 2, 3]
+            }
+        );
+        assert_eq!(
+            got[1],
+            PacketFrame {
+                ts_ns: 9,
+                zone: 0,
+                bytes: &[]
+            }
+        );
         let cut = &b[..b.len() - 1];
         let last = packets(cut).last().unwrap();
         assert_eq!(last, Err(FramingError { offset: 19 }));
@@ -159,7 +179,10 @@ mod tests {
         b.extend_from_slice(&[9, 9, 9, 9]);
         finish_event(&mut b, s);
         let f = events(&b).next().unwrap().unwrap();
-        assert_eq!((f.events, f.group, f.ts_ns, f.netlink), (EventBits::NEW, 1, 42, &[9u8, 9, 9, 9][..]));
+        assert_eq!(
+            (f.events, f.group, f.ts_ns, f.netlink),
+            (EventBits::NEW, 1, 42, &[9u8, 9, 9, 9][..])
+        );
         assert!(events(&b[..10]).next().unwrap().is_err());
     }
 }

@@ -43,12 +43,19 @@ impl wit::GuestTracker for TrackerResource {
             ..Config::default()
         };
         for s in &config.sysctls {
-            engine_config.sysctls.set(&s.name, &s.value).map_err(|e| match e {
-                ConfigError::UnknownSysctl(n) => wit::ConfigError::UnknownSysctl(n),
-                other @ ConfigError::BadValue { .. } => wit::ConfigError::BadValue(other.to_string()),
-            })?;
+            engine_config
+                .sysctls
+                .set(&s.name, &s.value)
+                .map_err(|e| match e {
+                    ConfigError::UnknownSysctl(n) => wit::ConfigError::UnknownSysctl(n),
+                    other @ ConfigError::BadValue { .. } => {
+                        wit::ConfigError::BadValue(other.to_string())
+                    }
+                })?;
         }
-        Ok(wit::Tracker::new(TrackerResource { engine: RefCell::new(Engine::new(engine_config)) }))
+        Ok(wit::Tracker::new(TrackerResource {
+            engine: RefCell::new(Engine::new(engine_config)),
+        }))
     }
 
     fn set_listeners(&self, present: bool, reliable: bool) {
@@ -105,7 +112,10 @@ impl wit::GuestTracker for TrackerResource {
 
     fn dump(&self, cursor: u32, max: u32) -> wit::DumpPage {
         let (rows, next) = self.engine.borrow().dump(cursor, max as usize);
-        wit::DumpPage { entries: rows.iter().map(entry_to_wit).collect(), next }
+        wit::DumpPage {
+            entries: rows.iter().map(entry_to_wit).collect(),
+            next,
+        }
     }
 
     fn stats(&self) -> wit::Stats {
@@ -135,19 +145,34 @@ impl wit::GuestTracker for TrackerResource {
 
     fn open(&self, now: u64, zone: u16, t: wit::ConnTuple) -> Result<u32, wit::ConnError> {
         let tuple = tuple_from_wit(&t).ok_or(wit::ConnError::BadTuple)?;
-        self.engine.borrow_mut().open(now, zone, &tuple).map_err(conn_error)
+        self.engine
+            .borrow_mut()
+            .open(now, zone, &tuple)
+            .map_err(conn_error)
     }
 
-    fn transfer(&self, now: u64, id: u32, dir: wit::Direction, bytes: u64) -> Result<(), wit::ConnError> {
+    fn transfer(
+        &self,
+        now: u64,
+        id: u32,
+        dir: wit::Direction,
+        bytes: u64,
+    ) -> Result<(), wit::ConnError> {
         let dir = match dir {
             wit::Direction::Original => EngineDirection::Original,
             wit::Direction::Reply => EngineDirection::Reply,
         };
-        self.engine.borrow_mut().transfer(now, id, dir, bytes).map_err(conn_error)
+        self.engine
+            .borrow_mut()
+            .transfer(now, id, dir, bytes)
+            .map_err(conn_error)
     }
 
     fn close(&self, now: u64, id: u32, reset: bool) -> Result<(), wit::ConnError> {
-        self.engine.borrow_mut().close(now, id, reset).map_err(conn_error)
+        self.engine
+            .borrow_mut()
+            .close(now, id, reset)
+            .map_err(conn_error)
     }
 }
 
@@ -175,10 +200,20 @@ fn tuple_from_wit(t: &wit::ConnTuple) -> Option<Tuple> {
     };
     let l4 = match t.l4 {
         wit::L4Tuple::Ports((src, dst)) => L4Tuple::Ports { src, dst },
-        wit::L4Tuple::Icmp(k) => L4Tuple::Icmp { id: k.id, kind: k.kind, code: k.code },
+        wit::L4Tuple::Icmp(k) => L4Tuple::Icmp {
+            id: k.id,
+            kind: k.kind,
+            code: k.code,
+        },
         wit::L4Tuple::None => L4Tuple::None,
     };
-    Some(Tuple { family, src, dst, proto: t.proto, l4 })
+    Some(Tuple {
+        family,
+        src,
+        dst,
+        proto: t.proto,
+        l4,
+    })
 }
 
 fn tuple_to_wit(t: &Tuple) -> wit::ConnTuple {
@@ -204,8 +239,14 @@ fn entry_to_wit(e: &EntryView) -> wit::Entry {
         tcp_state: e.tcp_state.map(|s| s as u8),
         timeout: e.timeout_s,
         mark: e.mark,
-        counters_orig: wit::Counters { packets: e.counters_orig.packets, bytes: e.counters_orig.bytes },
-        counters_reply: wit::Counters { packets: e.counters_reply.packets, bytes: e.counters_reply.bytes },
+        counters_orig: wit::Counters {
+            packets: e.counters_orig.packets,
+            bytes: e.counters_orig.bytes,
+        },
+        counters_reply: wit::Counters {
+            packets: e.counters_reply.packets,
+            bytes: e.counters_reply.bytes,
+        },
         start: e.start_ns,
         dying: e.dying,
     }

@@ -102,14 +102,22 @@ impl Default for Sysctls {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConfigError {
     UnknownSysctl(String),
-    BadValue { name: String, value: String, expected: &'static str },
+    BadValue {
+        name: String,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::UnknownSysctl(n) => write!(f, "unknown sysctl `{n}`"),
-            ConfigError::BadValue { name, value, expected } => {
+            ConfigError::BadValue {
+                name,
+                value,
+                expected,
+            } => {
                 write!(f, "bad value `{value}` for `{name}`: expected {expected}")
             }
         }
@@ -154,7 +162,11 @@ impl Sysctls {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        v.extend(TCP_TIMEOUT_NAMES.iter().map(|(n, _)| format!("nf_conntrack_tcp_timeout_{n}")));
+        v.extend(
+            TCP_TIMEOUT_NAMES
+                .iter()
+                .map(|(n, _)| format!("nf_conntrack_tcp_timeout_{n}")),
+        );
         v.iter().map(|n| format!("net.netfilter.{n}")).collect()
     }
 
@@ -170,7 +182,12 @@ impl Sysctls {
             value: value.to_string(),
             expected,
         };
-        let num = || value.trim().parse::<u32>().map_err(|_| bad("a whole number"));
+        let num = || {
+            value
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| bad("a whole number"))
+        };
         let flag = || match value.trim() {
             "0" => Ok(false),
             "1" => Ok(true),
@@ -204,7 +221,10 @@ impl Sysctls {
             "expect_max" => self.expect_max = num()?,
             other => {
                 let state = other.strip_prefix("tcp_timeout_").and_then(|s| {
-                    TCP_TIMEOUT_NAMES.iter().find(|(n, _)| *n == s).map(|(_, st)| *st)
+                    TCP_TIMEOUT_NAMES
+                        .iter()
+                        .find(|(n, _)| *n == s)
+                        .map(|(_, st)| *st)
                 });
                 match state {
                     Some(st) => {
@@ -238,7 +258,11 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { sysctls: Sysctls::default(), seed: 0, retry_policy: RetryPolicy::Grace }
+        Config {
+            sysctls: Sysctls::default(),
+            seed: 0,
+            retry_policy: RetryPolicy::Grace,
+        }
     }
 }
 
@@ -249,15 +273,23 @@ mod tests {
     #[test]
     fn sysctls_take_kernel_names_with_or_without_prefix() {
         let mut s = Sysctls::default();
-        s.set("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "3").unwrap();
+        s.set("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "3")
+            .unwrap();
         s.set("nf_conntrack_udp_timeout_stream", "4").unwrap();
         s.set("net.nf_conntrack_max", "100").unwrap();
-        s.set("net.netfilter.nf_conntrack_tcp_timeout_syn_sent", "7").unwrap();
+        s.set("net.netfilter.nf_conntrack_tcp_timeout_syn_sent", "7")
+            .unwrap();
         assert_eq!(s.tcp_timeout(TcpState::TimeWait), 3);
         assert_eq!(s.tcp_timeout(TcpState::None), 7);
         assert_eq!((s.udp_timeout_stream, s.max), (4, 100));
-        assert!(matches!(s.set("nf_conntrack_events", "3"), Err(ConfigError::BadValue { .. })));
-        assert!(matches!(s.set("nf_conntrack_bogus", "1"), Err(ConfigError::UnknownSysctl(_))));
+        assert!(matches!(
+            s.set("nf_conntrack_events", "3"),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
+            s.set("nf_conntrack_bogus", "1"),
+            Err(ConfigError::UnknownSysctl(_))
+        ));
         for name in Sysctls::names() {
             let v = if name.ends_with("events") { "2" } else { "1" };
             s.set(&name, v).unwrap_or_else(|e| panic!("{name}: {e}"));

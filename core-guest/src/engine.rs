@@ -31,6 +31,17 @@ use crate::tuple::{self, Direction, L4Tuple, Tuple, ipproto};
 use crate::wire;
 
 const NS_PER_S: u64 = 1_000_000_000;
+/// The kernel counts timeouts in jiffies; ctnetlink reports whole seconds of jiffies left.
+/// CONFIG_HZ=250 (the oracle machines' kernel): one jiffy is 4 ms.
+const JIFFY_NS: u64 = NS_PER_S / 250;
+
+/// Seconds left before `deadline_ns`, as the kernel reports them (`nf_ct_expires / HZ`): whole
+/// jiffies elapsed, so an entry killed within the jiffy it was refreshed in still shows the full
+/// timeout.
+fn seconds_left(deadline_ns: u64, now_ns: u64) -> u32 {
+    let jiffies = (deadline_ns / JIFFY_NS).saturating_sub(now_ns / JIFFY_NS);
+    (jiffies * JIFFY_NS / NS_PER_S) as u32
+}
 /// Modern kernel worker: first retry one second after the first failure.
 const KERNEL_FIRST_RETRY_NS: u64 = NS_PER_S;
 /// Modern kernel worker: back-off while the listener stays congested (`ECACHE_RETRY_JIFFIES`).
@@ -65,9 +76,18 @@ pub enum Verdict {
 impl Verdict {
     pub fn from_u8(v: u8) -> Option<Verdict> {
         use Verdict::*;
-        [New, Established, Related, EstablishedReply, RelatedReply, Invalid, Drop, Untracked]
-            .get(v as usize)
-            .copied()
+        [
+            New,
+            Established,
+            Related,
+            EstablishedReply,
+            RelatedReply,
+            Invalid,
+            Drop,
+            Untracked,
+        ]
+        .get(v as usize)
+        .copied()
     }
     pub fn name(self) -> &'static str {
         match self {
@@ -293,12 +313,19 @@ impl Tracker {
     }
 
     fn ingest_one(&mut self, now_ns: u64, zone: u16, packet: &[u8]) -> Verdict {
-        let Ok(l3) = wire::parse_l3(packet) else { return Verdict::Invalid };
+        let Ok(l3) = wire::parse_l3(packet) else {
+            return Verdict::Invalid;
+        };
         let l4 = &packet[l3.l4_offset..l3.l4_offset + l3.l4_len];
-        let mut segment = Segment { wire_len: l3.wire_len, tcp: None };
+        let mut segment = Segment {
+            wire_len: l3.wire_len,
+            tcp: None,
+        };
         let l4_tuple = match l3.proto {
             ipproto::TCP => {
-                let Ok(p) = wire::tcp::Packet::new_checked(l4) else { return Verdict::Invalid };
+                let Ok(p) = wire::tcp::Packet::new_checked(l4) else {
+                    return Verdict::Invalid;
+                };
                 let r = wire::tcp::Repr::parse(&p);
                 let flags = r.flags.0;
                 if !tcp::valid_flags(flags) {
@@ -315,14 +342,24 @@ impl Tracker {
                     sack_perm: r.sack_perm,
                     payload_len: l4_wire_len.saturating_sub(header_len),
                 });
-                L4Tuple::Ports { src: r.src_port, dst: r.dst_port }
+                L4Tuple::Ports {
+                    src: r.src_port,
+                    dst: r.dst_port,
+                }
             }
             ipproto::UDP => {
-                let Ok(p) = wire::udp::Packet::new_checked(l4) else { return Verdict::Invalid };
-                L4Tuple::Ports { src: p.src_port(), dst: p.dst_port() }
+                let Ok(p) = wire::udp::Packet::new_checked(l4) else {
+                    return Verdict::Invalid;
+                };
+                L4Tuple::Ports {
+                    src: p.src_port(),
+                    dst: p.dst_port(),
+                }
             }
             ipproto::ICMP => {
-                let Ok(p) = wire::icmp::Packet::new_checked(l4) else { return Verdict::Invalid };
+                let Ok(p) = wire::icmp::Packet::new_checked(l4) else {
+                    return Verdict::Invalid;
+                };
                 let (kind, code) = (p.msg_type(), p.msg_code());
                 if p.is_error() {
                     return match p.embedded() {
@@ -333,10 +370,16 @@ impl Tracker {
                 if kind > 18 || tuple::invert_icmp_type(ipproto::ICMP, kind).is_none() {
                     return Verdict::Invalid;
                 }
-                L4Tuple::Icmp { id: p.echo_ident(), kind, code }
+                L4Tuple::Icmp {
+                    id: p.echo_ident(),
+                    kind,
+                    code,
+                }
             }
             ipproto::ICMPV6 => {
-                let Ok(p) = wire::icmpv6::Packet::new_checked(l4) else { return Verdict::Invalid };
+                let Ok(p) = wire::icmpv6::Packet::new_checked(l4) else {
+                    return Verdict::Invalid;
+                };
                 let (kind, code) = (p.msg_type(), p.msg_code());
                 if p.is_untracked_type() {
                     return Verdict::Untracked;
@@ -350,18 +393,30 @@ impl Tracker {
                 if tuple::invert_icmp_type(ipproto::ICMPV6, kind).is_none() {
                     return Verdict::Invalid;
                 }
-                L4Tuple::Icmp { id: p.echo_ident(), kind, code }
+                L4Tuple::Icmp {
+                    id: p.echo_ident(),
+                    kind,
+                    code,
+                }
             }
             _ => L4Tuple::None,
         };
-        let tuple = Tuple { family: l3.family, src: l3.src, dst: l3.dst, proto: l3.proto, l4: l4_tuple };
+        let tuple = Tuple {
+            family: l3.family,
+            src: l3.src,
+            dst: l3.dst,
+            proto: l3.proto,
+            l4: l4_tuple,
+        };
         self.track(now_ns, zone, tuple, &segment)
     }
 
     /// An ICMP error: find the entry of the packet it quotes and attach it as RELATED. It never
     /// creates an entry, refreshes nothing and raises no event.
     fn related(&mut self, zone: u16, outer: &wire::L3Info, embedded: &[u8]) -> Verdict {
-        let Ok(inner) = wire::parse_embedded_l3(embedded) else { return Verdict::Invalid };
+        let Ok(inner) = wire::parse_embedded_l3(embedded) else {
+            return Verdict::Invalid;
+        };
         let l4 = &embedded[inner.l4_offset..];
         let l4_tuple = match inner.proto {
             ipproto::TCP | ipproto::UDP => match wire::tcp::ports(l4) {
@@ -380,7 +435,13 @@ impl Tracker {
             }
             _ => L4Tuple::None,
         };
-        let quoted = Tuple { family: inner.family, src: inner.src, dst: inner.dst, proto: inner.proto, l4: l4_tuple };
+        let quoted = Tuple {
+            family: inner.family,
+            src: inner.src,
+            dst: inner.dst,
+            proto: inner.proto,
+            l4: l4_tuple,
+        };
         // The error travels back towards the sender of the quoted packet.
         if outer.dst != quoted.src || outer.family != quoted.family {
             return Verdict::Invalid;
@@ -409,16 +470,23 @@ impl Tracker {
                     (slot, dir, false)
                 }
                 None => {
-                    if matches!(tuple.l4, L4Tuple::Icmp { kind, .. } if !tuple::icmp_type_creates_entry(tuple.proto, kind)) {
+                    if matches!(tuple.l4, L4Tuple::Icmp { kind, .. } if !tuple::icmp_type_creates_entry(tuple.proto, kind))
+                    {
                         return Verdict::Invalid;
                     }
-                    let Some(proto) = ProtoState::new_entry(tuple.proto, segment, &self.config.sysctls) else {
+                    let Some(proto) =
+                        ProtoState::new_entry(tuple.proto, segment, &self.config.sysctls)
+                    else {
                         return Verdict::Invalid;
                     };
                     if !self.make_room(now_ns, &tuple) {
                         return Verdict::Drop;
                     }
-                    (self.allocate(now_ns, zone, tuple, proto), Direction::Original, true)
+                    (
+                        self.allocate(now_ns, zone, tuple, proto),
+                        Direction::Original,
+                        true,
+                    )
                 }
             };
             let outcome = self.run_tracker(slot, now_ns, segment, dir);
@@ -438,7 +506,11 @@ impl Tracker {
             if outcome == Outcome::AcceptKeepTimeout && !is_new {
                 self.stats.ignore += matches!(segment.tcp, Some(_)) as u64;
             }
-            self.account(slot, dir, segment.wire_len);
+            if outcome != Outcome::AcceptKeepTimeout {
+                // Ignored packets and SYN retransmits leave before the kernel's
+                // `nf_ct_refresh_acct`: neither the timeout nor the counters move.
+                self.account(slot, dir, segment.wire_len);
+            }
             if let Outcome::Accept { timeout_s } = outcome {
                 let deadline = now_ns.saturating_add(timeout_s as u64 * NS_PER_S);
                 self.entry_mut(slot).deadline_ns = deadline;
@@ -448,9 +520,15 @@ impl Tracker {
             }
             if outcome == Outcome::AcceptAndKill {
                 self.destroy(slot, now_ns, now_ns);
-                return if is_new { Verdict::New } else { dir_verdict(dir) };
+                return if is_new {
+                    Verdict::New
+                } else {
+                    dir_verdict(dir)
+                };
             }
-            if dir == Direction::Reply && !self.slab[slot as usize].status.contains(Status::SEEN_REPLY) {
+            if dir == Direction::Reply
+                && !self.slab[slot as usize].status.contains(Status::SEEN_REPLY)
+            {
                 let e = self.entry_mut(slot);
                 e.status.insert(Status::SEEN_REPLY);
                 e.cache_event(EventBits::REPLY);
@@ -458,12 +536,22 @@ impl Tracker {
             let deadline = self.slab[slot as usize].deadline_ns;
             self.timers.schedule(slot, deadline);
             self.deliver_cached(slot, now_ns);
-            return if is_new { Verdict::New } else { dir_verdict(dir) };
+            return if is_new {
+                Verdict::New
+            } else {
+                dir_verdict(dir)
+            };
         }
         Verdict::Invalid
     }
 
-    fn run_tracker(&mut self, slot: u32, now_ns: u64, segment: &Segment, dir: Direction) -> Outcome {
+    fn run_tracker(
+        &mut self,
+        slot: u32,
+        now_ns: u64,
+        segment: &Segment,
+        dir: Direction,
+    ) -> Outcome {
         let sysctls = &self.config.sysctls;
         let e = &mut self.slab[slot as usize];
         let mut events = EventBits::empty();
@@ -520,7 +608,10 @@ impl Tracker {
         match self.free.pop() {
             Some(slot) => {
                 let generation = self.slab[slot as usize].generation.wrapping_add(1);
-                self.slab[slot as usize] = Entry { generation, ..entry };
+                self.slab[slot as usize] = Entry {
+                    generation,
+                    ..entry
+                };
                 slot
             }
             None => {
@@ -559,7 +650,11 @@ impl Tracker {
         e.status.insert(Status::CONFIRMED);
         e.start_ns = now_ns;
         let related = e.status.contains(Status::EXPECTED);
-        e.cache_event(if related { EventBits::RELATED } else { EventBits::NEW });
+        e.cache_event(if related {
+            EventBits::RELATED
+        } else {
+            EventBits::NEW
+        });
         let (zone, orig) = (e.zone, e.orig);
         let reply = orig.invert().unwrap_or(orig);
         self.index.insert((zone, orig), (slot, Direction::Original));
@@ -626,7 +721,10 @@ impl Tracker {
     }
 
     fn queue_destroy(&mut self, slot: u32, now_ns: u64, from_worker: bool) {
-        let missed = self.slab[slot as usize].ecache.map(|c| c.missed).unwrap_or_default();
+        let missed = self.slab[slot as usize]
+            .ecache
+            .map(|c| c.missed)
+            .unwrap_or_default();
         let bits = EventBits::DESTROY.union(missed);
         self.emit(slot, now_ns, bits, missed, from_worker);
     }
@@ -639,7 +737,9 @@ impl Tracker {
             }
             return;
         }
-        let Some(c) = self.slab[slot as usize].ecache.as_mut() else { return };
+        let Some(c) = self.slab[slot as usize].ecache.as_mut() else {
+            return;
+        };
         let cache = core::mem::take(&mut c.cache);
         let missed = c.missed;
         if cache.is_empty() && missed.is_empty() {
@@ -649,8 +749,17 @@ impl Tracker {
     }
 
     /// Encodes one event message for the entry as it is now and queues it.
-    fn emit(&mut self, slot: u32, now_ns: u64, bits: EventBits, missed_sent: EventBits, from_worker: bool) {
-        let Some(kind) = bits.message_kind() else { return };
+    fn emit(
+        &mut self,
+        slot: u32,
+        now_ns: u64,
+        bits: EventBits,
+        missed_sent: EventBits,
+        from_worker: bool,
+    ) {
+        let Some(kind) = bits.message_kind() else {
+            return;
+        };
         let message = self.message_for(slot, now_ns, bits, kind);
         let e = &self.slab[slot as usize];
         let start = self.outbox.bytes.len();
@@ -697,13 +806,14 @@ impl Tracker {
         }
         attrs.push(CtAttr::Id(e.id));
         attrs.push(CtAttr::Status(e.status.0));
-        let timeout_s = (e.deadline_ns.saturating_sub(now_ns) / NS_PER_S) as u32;
+        let timeout_s = seconds_left(e.deadline_ns, now_ns);
         let tcp = match &e.proto {
             ProtoState::Tcp(c) => Some(c),
             _ => None,
         };
         if destroy {
-            if timeout_s != 0 && e.life == Life::Live {
+            // Left out when the entry timed out; an entry killed early still has time left.
+            if timeout_s != 0 {
                 attrs.push(CtAttr::Timeout(timeout_s));
             }
             if s.acct {
@@ -718,7 +828,9 @@ impl Tracker {
                 attrs.push(CtAttr::Timestamp(ts));
             }
             if let Some(c) = tcp {
-                attrs.push(CtAttr::ProtoInfo(vec![ProtoInfoAttr::Tcp(vec![TcpInfoAttr::State(c.state as u8)])]));
+                attrs.push(CtAttr::ProtoInfo(vec![ProtoInfoAttr::Tcp(vec![
+                    TcpInfoAttr::State(c.state as u8),
+                ])]));
             }
         } else {
             attrs.push(CtAttr::Timeout(timeout_s));
@@ -727,8 +839,14 @@ impl Tracker {
                     TcpInfoAttr::State(c.state as u8),
                     TcpInfoAttr::WscaleOriginal(c.seen[0].td_scale),
                     TcpInfoAttr::WscaleReply(c.seen[1].td_scale),
-                    TcpInfoAttr::FlagsOriginal { flags: c.seen[0].flags, mask: 0 },
-                    TcpInfoAttr::FlagsReply { flags: c.seen[1].flags, mask: 0 },
+                    TcpInfoAttr::FlagsOriginal {
+                        flags: c.seen[0].flags,
+                        mask: 0,
+                    },
+                    TcpInfoAttr::FlagsReply {
+                        flags: c.seen[1].flags,
+                        mask: 0,
+                    },
                 ])]));
             }
         }
@@ -803,7 +921,11 @@ impl Tracker {
     /// would divide by zero) retries on the next tick of the timer wheel.
     fn grace_delay_ns(&mut self) -> u64 {
         let bound = self.config.sysctls.events_retry_timeout as u64 * NS_PER_S;
-        let delay = if bound == 0 { 0 } else { self.grace_rng.random_range(0..bound) };
+        let delay = if bound == 0 {
+            0
+        } else {
+            self.grace_rng.random_range(0..bound)
+        };
         delay.max(1 << crate::timer::TICK_SHIFT)
     }
 
@@ -907,7 +1029,9 @@ impl Tracker {
     /// Applies the outcomes of taken messages, oldest first. Extra outcomes are ignored.
     pub fn report_delivery(&mut self, results: &[Delivery]) {
         for &result in results {
-            let Some(p) = self.outbox.in_flight.pop_front() else { break };
+            let Some(p) = self.outbox.in_flight.pop_front() else {
+                break;
+            };
             if p.from_worker {
                 self.worker_in_flight -= 1;
             }
@@ -1046,12 +1170,16 @@ impl Tracker {
 
     /// The entry with this id, live or dying.
     pub fn get(&self, id: u32) -> Option<EntryView> {
-        self.ids.get(&id).map(|&slot| self.view(&self.slab[slot as usize]))
+        self.ids
+            .get(&id)
+            .map(|&slot| self.view(&self.slab[slot as usize]))
     }
 
     /// The live entry that `tuple` finds in `zone`.
     pub fn lookup(&self, zone: u16, tuple: &Tuple) -> Option<EntryView> {
-        self.index.get(&(zone, *tuple)).map(|&(slot, _)| self.view(&self.slab[slot as usize]))
+        self.index
+            .get(&(zone, *tuple))
+            .map(|&(slot, _)| self.view(&self.slab[slot as usize]))
     }
 
     fn view(&self, e: &Entry) -> EntryView {
@@ -1063,7 +1191,7 @@ impl Tracker {
             status: e.status,
             tcp_state: e.proto.tcp_state(),
             timeout_s: if e.life == Life::Live {
-                (e.deadline_ns.saturating_sub(self.now_ns) / NS_PER_S) as u32
+                seconds_left(e.deadline_ns, self.now_ns)
             } else {
                 0
             },
@@ -1120,7 +1248,10 @@ fn dir_verdict(dir: Direction) -> Verdict {
 }
 
 fn counter_attrs(c: Counters) -> Vec<netlink::CounterAttr> {
-    vec![netlink::CounterAttr::Packets(c.packets), netlink::CounterAttr::Bytes(c.bytes)]
+    vec![
+        netlink::CounterAttr::Packets(c.packets),
+        netlink::CounterAttr::Bytes(c.bytes),
+    ]
 }
 
 #[cfg(test)]

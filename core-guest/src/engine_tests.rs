@@ -24,7 +24,12 @@ struct Seen {
     bits: EventBits,
 }
 
-fn ev(kind: MessageKind, state: Option<TcpState>, seen_reply: bool, assured: bool) -> (MessageKind, Option<TcpState>, bool, bool) {
+fn ev(
+    kind: MessageKind,
+    state: Option<TcpState>,
+    seen_reply: bool,
+    assured: bool,
+) -> (MessageKind, Option<TcpState>, bool, bool) {
     (kind, state, seen_reply, assured)
 }
 
@@ -42,7 +47,12 @@ impl Run {
         config.sysctls.acct = true;
         config.sysctls.timestamp = true;
         tweak(&mut config.sysctls);
-        Run { t: Tracker::new(config), v6, log: Vec::new(), fail_next: 0 }
+        Run {
+            t: Tracker::new(config),
+            v6,
+            log: Vec::new(),
+            fail_next: 0,
+        }
     }
 
     fn ip(&self, from_client: bool, proto: u8, l4: &[u8]) -> Vec<u8> {
@@ -56,15 +66,31 @@ impl Run {
         }
     }
 
-    fn tcp(&mut self, at: u64, from_client: bool, seq: u32, ack: u32, flags: u8, len: usize) -> Verdict {
-        let (s, d) = if from_client { (40001, 5001) } else { (5001, 40001) };
+    fn tcp(
+        &mut self,
+        at: u64,
+        from_client: bool,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        len: usize,
+    ) -> Verdict {
+        let (s, d) = if from_client {
+            (40001, 5001)
+        } else {
+            (5001, 40001)
+        };
         let l4 = build::tcp(s, d, seq, ack, flags, 65483, len);
         let p = self.ip(from_client, ipproto::TCP, &l4);
         self.feed(at, &p)
     }
 
     fn udp(&mut self, at: u64, from_client: bool, len: usize) -> Verdict {
-        let (s, d) = if from_client { (40002, 5001) } else { (5001, 40002) };
+        let (s, d) = if from_client {
+            (40002, 5001)
+        } else {
+            (5001, 40002)
+        };
         let l4 = build::udp(s, d, len);
         let p = self.ip(from_client, ipproto::UDP, &l4);
         self.feed(at, &p)
@@ -128,7 +154,10 @@ impl Run {
     }
 
     fn sequence(&self) -> Vec<(MessageKind, Option<TcpState>, bool, bool)> {
-        self.log.iter().map(|s| (s.kind, s.state, s.seen_reply, s.assured)).collect()
+        self.log
+            .iter()
+            .map(|s| (s.kind, s.state, s.seen_reply, s.assured))
+            .collect()
     }
 }
 
@@ -138,8 +167,14 @@ use TcpState::{Close, Established, FinWait, LastAck, SynRecv, SynSent, SynSent2,
 /// The handshake of the oracle's TCP cases: client ISN 1000, server ISN 5000.
 fn handshake(r: &mut Run) {
     assert_eq!(r.tcp(0, true, 1000, 0, SYN, 0), Verdict::New);
-    assert_eq!(r.tcp(MS / 10, false, 5000, 1001, SYN | ACK, 0), Verdict::EstablishedReply);
-    assert_eq!(r.tcp(MS / 5, true, 1001, 5001, ACK, 0), Verdict::Established);
+    assert_eq!(
+        r.tcp(MS / 10, false, 5000, 1001, SYN | ACK, 0),
+        Verdict::EstablishedReply
+    );
+    assert_eq!(
+        r.tcp(MS / 5, true, 1001, 5001, ACK, 0),
+        Verdict::Established
+    );
 }
 
 fn both_families(test: impl Fn(bool)) {
@@ -150,7 +185,9 @@ fn both_families(test: impl Fn(bool)) {
 #[test]
 fn tcp_normal_close_client_first() {
     both_families(|v6| {
-        let mut r = Run::new(v6, |s| s.set("nf_conntrack_tcp_timeout_time_wait", "3").unwrap());
+        let mut r = Run::new(v6, |s| {
+            s.set("nf_conntrack_tcp_timeout_time_wait", "3").unwrap()
+        });
         handshake(&mut r);
         r.tcp(MS, true, 1001, 5001, ACK | PSH, 100);
         r.tcp(2 * MS, false, 5001, 1101, ACK, 0);
@@ -174,7 +211,18 @@ fn tcp_normal_close_client_first() {
         );
         // The kernel's timeouts when each event was raised, and 6/4 packets on DESTROY.
         let timeouts: Vec<_> = r.log.iter().map(|s| s.msg.timeout()).collect();
-        assert_eq!(timeouts, [Some(120), Some(60), Some(432000), Some(120), Some(30), Some(3), None]);
+        assert_eq!(
+            timeouts,
+            [
+                Some(120),
+                Some(60),
+                Some(432000),
+                Some(120),
+                Some(30),
+                Some(3),
+                None
+            ]
+        );
         let destroy = &r.log[6].msg;
         assert_eq!(destroy.counters_orig().unwrap().packets, 6);
         assert_eq!(destroy.counters_reply().unwrap().packets, 4);
@@ -218,7 +266,13 @@ fn tcp_server_reset_is_the_same_as_a_client_reset() {
     handshake(&mut r);
     r.tcp(MS, false, 5001, 1001, RST | ACK, 0);
     r.advance(20 * S);
-    assert_eq!(r.sequence()[3..], [ev(U, Some(Close), true, true), ev(D, Some(Close), true, true)]);
+    assert_eq!(
+        r.sequence()[3..],
+        [
+            ev(U, Some(Close), true, true),
+            ev(D, Some(Close), true, true)
+        ]
+    );
 }
 
 #[test]
@@ -227,7 +281,13 @@ fn tcp_refused_connection_is_destroyed_at_once_without_seen_reply() {
         let mut r = Run::new(v6, |_| {});
         r.tcp(0, true, 1000, 0, SYN, 0);
         r.tcp(MS / 10, false, 0, 1001, RST | ACK, 0);
-        assert_eq!(r.sequence(), [ev(N, Some(SynSent), false, false), ev(D, Some(Close), false, false)]);
+        assert_eq!(
+            r.sequence(),
+            [
+                ev(N, Some(SynSent), false, false),
+                ev(D, Some(Close), false, false)
+            ]
+        );
         let status = r.log[1].msg.status().unwrap();
         assert_eq!(status, Status(Status::CONFIRMED.0 | Status::DYING.0));
         assert_eq!(r.log[1].bits, EventBits::DESTROY);
@@ -266,7 +326,13 @@ fn tcp_reopen_after_time_wait_makes_a_new_entry() {
         let old_id = r.log[0].id;
         assert_eq!(r.tcp(S, true, 90_000, 0, SYN, 0), Verdict::New);
         let tail: Vec<_> = r.sequence()[r.log.len() - 2..].to_vec();
-        assert_eq!(tail, [ev(D, Some(TimeWait), true, true), ev(N, Some(SynSent), false, false)]);
+        assert_eq!(
+            tail,
+            [
+                ev(D, Some(TimeWait), true, true),
+                ev(N, Some(SynSent), false, false)
+            ]
+        );
         assert_eq!(r.log[r.log.len() - 2].id, old_id);
         assert_ne!(r.log.last().unwrap().id, old_id);
         assert_eq!(r.t.stats().entries, 1);
@@ -304,9 +370,18 @@ fn udp_one_way_times_out_unreplied() {
         r.advance(29 * S);
         assert_eq!(r.log.len(), 1);
         r.advance(30 * S);
-        assert_eq!(r.sequence(), [ev(N, None, false, false), ev(D, None, false, false)]);
+        assert_eq!(
+            r.sequence(),
+            [ev(N, None, false, false), ev(D, None, false, false)]
+        );
         let d = &r.log[1].msg;
-        assert_eq!((d.counters_orig().unwrap().packets, d.counters_reply().unwrap().packets), (1, 0));
+        assert_eq!(
+            (
+                d.counters_orig().unwrap().packets,
+                d.counters_reply().unwrap().packets
+            ),
+            (1, 0)
+        );
         assert_eq!(r.log[0].msg.timeout(), Some(30));
     });
 }
@@ -322,7 +397,11 @@ fn udp_request_response_within_two_seconds_is_never_assured() {
         r.advance(40 * S);
         assert_eq!(
             r.sequence(),
-            [ev(N, None, false, false), ev(U, None, true, false), ev(D, None, true, false)]
+            [
+                ev(N, None, false, false),
+                ev(U, None, true, false),
+                ev(D, None, true, false)
+            ]
         );
     });
 }
@@ -364,10 +443,20 @@ fn icmp_echo_pairs_share_one_entry() {
         r.advance(S + 31 * S);
         assert_eq!(
             r.sequence(),
-            [ev(N, None, false, false), ev(U, None, true, false), ev(D, None, true, false)]
+            [
+                ev(N, None, false, false),
+                ev(U, None, true, false),
+                ev(D, None, true, false)
+            ]
         );
         let d = &r.log[2].msg;
-        assert_eq!((d.counters_orig().unwrap().packets, d.counters_reply().unwrap().packets), (2, 2));
+        assert_eq!(
+            (
+                d.counters_orig().unwrap().packets,
+                d.counters_reply().unwrap().packets
+            ),
+            (2, 2)
+        );
     });
 }
 
@@ -391,8 +480,16 @@ fn port_unreachable_is_related_and_raises_no_event() {
         };
         // The datagram above went to port 5001; quote one to 5009 to show a miss is invalid.
         let error = |r: &Run, quoted: &[u8]| {
-            let l4 = if r.v6 { build::icmpv6_error(1, 4, quoted) } else { build::icmp_error(3, 3, quoted) };
-            r.ip(false, if r.v6 { ipproto::ICMPV6 } else { ipproto::ICMP }, &l4)
+            let l4 = if r.v6 {
+                build::icmpv6_error(1, 4, quoted)
+            } else {
+                build::icmp_error(3, 3, quoted)
+            };
+            r.ip(
+                false,
+                if r.v6 { ipproto::ICMPV6 } else { ipproto::ICMP },
+                &l4,
+            )
         };
         let p = error(&r, &quoted);
         assert_eq!(r.feed(MS, &p), Verdict::Invalid);
@@ -403,9 +500,16 @@ fn port_unreachable_is_related_and_raises_no_event() {
         let p = error(&r, &quoted);
         assert_eq!(r.feed(MS, &p), Verdict::RelatedReply);
         r.advance(31 * S);
-        assert_eq!(r.sequence(), [ev(N, None, false, false), ev(D, None, false, false)]);
+        assert_eq!(
+            r.sequence(),
+            [ev(N, None, false, false), ev(D, None, false, false)]
+        );
         let d = &r.log[1].msg;
-        assert_eq!(d.counters_reply().unwrap().packets, 0, "the error is not counted on the entry");
+        assert_eq!(
+            d.counters_reply().unwrap().packets,
+            0,
+            "the error is not counted on the entry"
+        );
         assert_eq!(r.t.stats().entries, 0);
     });
 }
@@ -440,7 +544,12 @@ fn missed_events_ride_on_the_next_message_and_its_type_follows_the_union() {
     r.tcp(MS, true, 1001, 5001, ACK | PSH, 100);
     assert_eq!(r.sequence(), [ev(N, Some(Established), true, true)]);
     let bits = r.log[0].bits;
-    for b in [EventBits::NEW, EventBits::REPLY, EventBits::ASSURED, EventBits::PROTOINFO] {
+    for b in [
+        EventBits::NEW,
+        EventBits::REPLY,
+        EventBits::ASSURED,
+        EventBits::PROTOINFO,
+    ] {
         assert!(bits.contains(b), "{bits:?} lacks {b:?}");
     }
     assert_eq!(r.t.stats().missed_pending, 0);
@@ -507,10 +616,16 @@ fn events_zero_sends_nothing_and_two_needs_a_listener_at_creation() {
     auto.udp(0, true, 10);
     auto.t.set_listeners(true, true);
     auto.advance(40 * S);
-    assert!(auto.log.is_empty(), "created with no listener: no event, not even DESTROY");
+    assert!(
+        auto.log.is_empty(),
+        "created with no listener: no event, not even DESTROY"
+    );
     auto.udp(41 * S, true, 10);
     auto.advance(80 * S);
-    assert_eq!(auto.sequence(), [ev(N, None, false, false), ev(D, None, false, false)]);
+    assert_eq!(
+        auto.sequence(),
+        [ev(N, None, false, false), ev(D, None, false, false)]
+    );
 }
 
 #[test]
@@ -518,7 +633,12 @@ fn same_seed_same_ids_different_seed_different_ids() {
     let ids = |seed: u64| {
         let mut config = Config::default();
         config.seed = seed;
-        let mut r = Run { t: Tracker::new(config), v6: false, log: Vec::new(), fail_next: 0 };
+        let mut r = Run {
+            t: Tracker::new(config),
+            v6: false,
+            log: Vec::new(),
+            fail_next: 0,
+        };
         r.udp(0, true, 1);
         r.echo(0, true, 1);
         r.log.iter().map(|s| s.id).collect::<Vec<_>>()

@@ -23,8 +23,18 @@ impl EventBits {
     pub const ALL: EventBits = EventBits((1 << 12) - 1);
 
     const NAMES: [&'static str; 12] = [
-        "NEW", "RELATED", "DESTROY", "REPLY", "ASSURED", "PROTOINFO", "HELPER", "MARK", "SEQADJ",
-        "SECMARK", "LABEL", "SYNPROXY",
+        "NEW",
+        "RELATED",
+        "DESTROY",
+        "REPLY",
+        "ASSURED",
+        "PROTOINFO",
+        "HELPER",
+        "MARK",
+        "SEQADJ",
+        "SECMARK",
+        "LABEL",
+        "SYNPROXY",
     ];
 
     pub const fn empty() -> EventBits {
@@ -214,10 +224,18 @@ mod tests {
     fn message_kind_follows_the_union_of_bits() {
         let e = EventBits::REPLY.union(EventBits::PROTOINFO);
         assert_eq!(e.message_kind(), Some(MessageKind::Update));
-        assert_eq!(e.union(EventBits::NEW).message_kind(), Some(MessageKind::New));
-        assert_eq!(e.union(EventBits::RELATED).message_kind(), Some(MessageKind::New));
         assert_eq!(
-            e.union(EventBits::NEW).union(EventBits::DESTROY).message_kind(),
+            e.union(EventBits::NEW).message_kind(),
+            Some(MessageKind::New)
+        );
+        assert_eq!(
+            e.union(EventBits::RELATED).message_kind(),
+            Some(MessageKind::New)
+        );
+        assert_eq!(
+            e.union(EventBits::NEW)
+                .union(EventBits::DESTROY)
+                .message_kind(),
             Some(MessageKind::Destroy)
         );
         assert_eq!(EventBits::empty().message_kind(), None);
@@ -225,8 +243,13 @@ mod tests {
 
     #[test]
     fn names_are_the_kernel_names_in_bit_order() {
-        let e = EventBits::NEW.union(EventBits::ASSURED).union(EventBits::PROTOINFO);
-        assert_eq!(e.names().collect::<Vec<_>>(), ["NEW", "ASSURED", "PROTOINFO"]);
+        let e = EventBits::NEW
+            .union(EventBits::ASSURED)
+            .union(EventBits::PROTOINFO);
+        assert_eq!(
+            e.names().collect::<Vec<_>>(),
+            ["NEW", "ASSURED", "PROTOINFO"]
+        );
         let s = Status(Status::CONFIRMED.0 | Status::SEEN_REPLY.0);
         assert_eq!(s.names().collect::<Vec<_>>(), ["SEEN_REPLY", "CONFIRMED"]);
     }

@@ -3,15 +3,15 @@
 //! (module overview written below as the engine lands)
 
 pub mod batch;
-pub mod event;
-pub mod netlink;
-pub mod tuple;
-pub mod wire;
 pub mod config;
 pub mod engine;
+pub mod event;
+pub mod netlink;
 pub mod proto;
 pub mod stats;
 pub mod timer;
+pub mod tuple;
+pub mod wire;
 
 pub use config::{Config, RetryPolicy, Sysctls};
 pub use engine::{Delivery, EntryView, Tracker, Verdict};

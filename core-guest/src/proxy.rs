@@ -32,7 +32,12 @@ impl Tracker {
             ipproto::TCP => {
                 let v = self.feed(now_ns, zone, tuple, Segment::tcp(1, 0, flag::SYN, 0))?;
                 if v == Verdict::New {
-                    self.feed(now_ns, zone, &reply, Segment::tcp(1, 2, flag::SYN | flag::ACK, 0))?;
+                    self.feed(
+                        now_ns,
+                        zone,
+                        &reply,
+                        Segment::tcp(1, 2, flag::SYN | flag::ACK, 0),
+                    )?;
                     self.feed(now_ns, zone, tuple, Segment::tcp(2, 2, flag::ACK, 0))?;
                 }
                 v
@@ -42,12 +47,21 @@ impl Tracker {
         match verdict {
             Verdict::Drop => Err(ConnError::TableFull),
             Verdict::Invalid | Verdict::Untracked => Err(ConnError::BadTuple),
-            _ => self.lookup(zone, tuple).map(|e| e.id).ok_or(ConnError::BadTuple),
+            _ => self
+                .lookup(zone, tuple)
+                .map(|e| e.id)
+                .ok_or(ConnError::BadTuple),
         }
     }
 
     /// `bytes` of data carried in direction `dir` of connection `id`.
-    pub fn transfer(&mut self, now_ns: u64, id: u32, dir: Direction, bytes: u64) -> Result<(), ConnError> {
+    pub fn transfer(
+        &mut self,
+        now_ns: u64,
+        id: u32,
+        dir: Direction,
+        bytes: u64,
+    ) -> Result<(), ConnError> {
         let (zone, orig) = self.live_conn(id)?;
         let tuple = self.directed(&orig, dir)?;
         let mut left = bytes;
@@ -79,13 +93,28 @@ impl Tracker {
         let reply = self.directed(&orig, Direction::Reply)?;
         if reset {
             let (seq, ack) = self.next_seq(id, Direction::Original);
-            self.feed(now_ns, zone, &orig, Segment::tcp(seq, ack, flag::RST | flag::ACK, 0))?;
+            self.feed(
+                now_ns,
+                zone,
+                &orig,
+                Segment::tcp(seq, ack, flag::RST | flag::ACK, 0),
+            )?;
             return Ok(());
         }
         let (seq, ack) = self.next_seq(id, Direction::Original);
-        self.feed(now_ns, zone, &orig, Segment::tcp(seq, ack, flag::FIN | flag::ACK, 0))?;
+        self.feed(
+            now_ns,
+            zone,
+            &orig,
+            Segment::tcp(seq, ack, flag::FIN | flag::ACK, 0),
+        )?;
         let (seq, ack) = self.next_seq(id, Direction::Reply);
-        self.feed(now_ns, zone, &reply, Segment::tcp(seq, ack, flag::FIN | flag::ACK, 0))?;
+        self.feed(
+            now_ns,
+            zone,
+            &reply,
+            Segment::tcp(seq, ack, flag::FIN | flag::ACK, 0),
+        )?;
         let (seq, ack) = self.next_seq(id, Direction::Original);
         self.feed(now_ns, zone, &orig, Segment::tcp(seq, ack, flag::ACK, 0))?;
         Ok(())
@@ -106,14 +135,22 @@ impl Tracker {
     }
 
     /// Builds the packet for `seg` on `tuple` and runs it through the packet path.
-    fn feed(&mut self, now_ns: u64, zone: u16, tuple: &Tuple, seg: Segment) -> Result<Verdict, ConnError> {
+    fn feed(
+        &mut self,
+        now_ns: u64,
+        zone: u16,
+        tuple: &Tuple,
+        seg: Segment,
+    ) -> Result<Verdict, ConnError> {
         let l4 = match (tuple.proto, tuple.l4) {
             (ipproto::TCP, L4Tuple::Ports { src, dst }) => {
                 build::tcp(src, dst, seg.seq, seg.ack, seg.flags, WINDOW, 0)
             }
             (ipproto::UDP, L4Tuple::Ports { src, dst }) => build::udp(src, dst, 0),
             (ipproto::ICMP, L4Tuple::Icmp { id, kind, .. }) => build::icmp_echo(kind == 8, id, 1),
-            (ipproto::ICMPV6, L4Tuple::Icmp { id, kind, .. }) => build::icmpv6_echo(kind == 128, id, 1),
+            (ipproto::ICMPV6, L4Tuple::Icmp { id, kind, .. }) => {
+                build::icmpv6_echo(kind == 128, id, 1)
+            }
             (ipproto::TCP | ipproto::UDP | ipproto::ICMP | ipproto::ICMPV6, _) => {
                 return Err(ConnError::BadTuple);
             }
@@ -130,7 +167,9 @@ impl Tracker {
         // Stand the payload in by the IP length alone (the buffer is "cut" after the header).
         let stated = packet.len() as u64 + seg.payload as u64;
         match tuple.family {
-            Family::Ipv4 => packet[2..4].copy_from_slice(&(stated.min(65_535) as u16).to_be_bytes()),
+            Family::Ipv4 => {
+                packet[2..4].copy_from_slice(&(stated.min(65_535) as u16).to_be_bytes())
+            }
             Family::Ipv6 => {
                 packet[4..6].copy_from_slice(&((stated - 40).min(65_535) as u16).to_be_bytes())
             }
@@ -156,9 +195,19 @@ struct Segment {
 
 impl Segment {
     fn tcp(seq: u32, ack: u32, flags: u8, payload: u32) -> Segment {
-        Segment { seq, ack, flags, payload }
+        Segment {
+            seq,
+            ack,
+            flags,
+            payload,
+        }
     }
     fn data(payload: u32) -> Segment {
-        Segment { seq: 0, ack: 0, flags: 0, payload }
+        Segment {
+            seq: 0,
+            ack: 0,
+            flags: 0,
+            payload,
+        }
     }
 }

@@ -90,7 +90,12 @@ impl TimerWheel {
         if h >= self.positions.len() {
             self.positions.resize(
                 h + 1,
-                Position { level: 0, slot: 0, index: NOT_SCHEDULED, deadline_ns: 0 },
+                Position {
+                    level: 0,
+                    slot: 0,
+                    index: NOT_SCHEDULED,
+                    deadline_ns: 0,
+                },
             );
         }
         // Deadlines past the wheel's reach are filed half a last-level round ahead and re-filed
@@ -161,7 +166,11 @@ impl TimerWheel {
                 (occupied.trailing_zeros() as usize, 1u64)
             };
             let window = shift + SLOT_BITS;
-            let base = if window >= 64 { 0 } else { (self.elapsed >> window) << window };
+            let base = if window >= 64 {
+                0
+            } else {
+                (self.elapsed >> window) << window
+            };
             let round_len = if window >= 64 { 0 } else { 1u64 << window };
             let start = base + round * round_len + ((slot as u64) << shift);
             return Some((level, slot, start.max(self.elapsed)));
@@ -175,7 +184,10 @@ impl TimerWheel {
         let (level, slot, start) = self.next_slot()?;
         if level == 0 {
             // One tick: the exact earliest deadline is cheap to find.
-            self.slots[slot].iter().map(|&h| self.positions[h as usize].deadline_ns).min()
+            self.slots[slot]
+                .iter()
+                .map(|&h| self.positions[h as usize].deadline_ns)
+                .min()
         } else {
             Some(start << TICK_SHIFT)
         }

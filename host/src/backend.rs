@@ -9,11 +9,11 @@
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result, anyhow, bail};
+use ctwasm_core::netlink::Counters;
 use ctwasm_core::{
     Addr, Config, Delivery, Direction, EntryView, Family, L4Tuple, RetryPolicy, Stats, Status,
     TcpState, Tracker, Tuple,
 };
-use ctwasm_core::netlink::Counters;
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 
@@ -49,9 +49,25 @@ pub trait Backend {
     /// Every entry, live and dying.
     fn dump(&mut self) -> Result<Vec<EntryView>>;
     fn stats(&mut self) -> Result<Stats>;
-    fn open(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<std::result::Result<u32, ConnError>>;
-    fn transfer(&mut self, now_ns: u64, id: u32, dir: Direction, bytes: u64) -> Result<std::result::Result<(), ConnError>>;
-    fn close(&mut self, now_ns: u64, id: u32, reset: bool) -> Result<std::result::Result<(), ConnError>>;
+    fn open(
+        &mut self,
+        now_ns: u64,
+        zone: u16,
+        tuple: &Tuple,
+    ) -> Result<std::result::Result<u32, ConnError>>;
+    fn transfer(
+        &mut self,
+        now_ns: u64,
+        id: u32,
+        dir: Direction,
+        bytes: u64,
+    ) -> Result<std::result::Result<(), ConnError>>;
+    fn close(
+        &mut self,
+        now_ns: u64,
+        id: u32,
+        reset: bool,
+    ) -> Result<std::result::Result<(), ConnError>>;
 }
 
 pub use ctwasm_core::ConnError;
@@ -84,12 +100,18 @@ pub struct TrackerSettings {
 
 impl TrackerSettings {
     pub fn engine_config(&self) -> Result<Config> {
-        let mut config = Config { seed: self.seed, ..Config::default() };
+        let mut config = Config {
+            seed: self.seed,
+            ..Config::default()
+        };
         if let Some(p) = self.retry_policy {
             config.retry_policy = p;
         }
         for (name, value) in &self.sysctls {
-            config.sysctls.set(name, value).map_err(|e| anyhow!("{e}"))?;
+            config
+                .sysctls
+                .set(name, value)
+                .map_err(|e| anyhow!("{e}"))?;
         }
         Ok(config)
     }
@@ -127,7 +149,9 @@ pub struct NativeBackend {
 
 impl NativeBackend {
     pub fn new(config: Config) -> Self {
-        NativeBackend { tracker: Tracker::new(config) }
+        NativeBackend {
+            tracker: Tracker::new(config),
+        }
     }
     pub fn tracker(&self) -> &Tracker {
         &self.tracker
@@ -187,13 +211,29 @@ impl Backend for NativeBackend {
     fn stats(&mut self) -> Result<Stats> {
         Ok(self.tracker.stats())
     }
-    fn open(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<std::result::Result<u32, ConnError>> {
+    fn open(
+        &mut self,
+        now_ns: u64,
+        zone: u16,
+        tuple: &Tuple,
+    ) -> Result<std::result::Result<u32, ConnError>> {
         Ok(self.tracker.open(now_ns, zone, tuple))
     }
-    fn transfer(&mut self, now_ns: u64, id: u32, dir: Direction, bytes: u64) -> Result<std::result::Result<(), ConnError>> {
+    fn transfer(
+        &mut self,
+        now_ns: u64,
+        id: u32,
+        dir: Direction,
+        bytes: u64,
+    ) -> Result<std::result::Result<(), ConnError>> {
         Ok(self.tracker.transfer(now_ns, id, dir, bytes))
     }
-    fn close(&mut self, now_ns: u64, id: u32, reset: bool) -> Result<std::result::Result<(), ConnError>> {
+    fn close(
+        &mut self,
+        now_ns: u64,
+        id: u32,
+        reset: bool,
+    ) -> Result<std::result::Result<(), ConnError>> {
         Ok(self.tracker.close(now_ns, id, reset))
     }
 }
@@ -243,8 +283,15 @@ impl ComponentBackend {
         Self::with_component(embedded_component()?, settings, DEFAULT_MEMORY_LIMIT)
     }
 
-    pub fn with_component(component: &Component, settings: &TrackerSettings, memory_limit: usize) -> Result<Self> {
-        let limits = StoreLimitsBuilder::new().memory_size(memory_limit).trap_on_grow_failure(true).build();
+    pub fn with_component(
+        component: &Component,
+        settings: &TrackerSettings,
+        memory_limit: usize,
+    ) -> Result<Self> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(memory_limit)
+            .trap_on_grow_failure(true)
+            .build();
         let mut store = Store::new(shared_engine(), HostState { limits });
         store.limiter(|s| &mut s.limits);
         // The world imports nothing, so the linker stays empty.
@@ -255,7 +302,10 @@ impl ComponentBackend {
             sysctls: settings
                 .sysctls
                 .iter()
-                .map(|(name, value)| wit::Sysctl { name: name.clone(), value: value.clone() })
+                .map(|(name, value)| wit::Sysctl {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
                 .collect(),
             seed: settings.seed,
             retry_policy: match settings.retry_policy.unwrap_or(RetryPolicy::Grace) {
@@ -273,9 +323,12 @@ impl ComponentBackend {
                 wit::ConfigError::UnknownSysctl(n) => anyhow!("unknown sysctl `{n}`"),
                 wit::ConfigError::BadValue(m) => anyhow!("{m}"),
             })?;
-        Ok(ComponentBackend { store, bindings, tracker })
+        Ok(ComponentBackend {
+            store,
+            bindings,
+            tracker,
+        })
     }
-
 }
 
 /// Calls a method of the component's `tracker` resource (the bindings and the store are
@@ -381,12 +434,23 @@ impl Backend for ComponentBackend {
             dying_peak: s.dying_peak,
         })
     }
-    fn open(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<std::result::Result<u32, ConnError>> {
+    fn open(
+        &mut self,
+        now_ns: u64,
+        zone: u16,
+        tuple: &Tuple,
+    ) -> Result<std::result::Result<u32, ConnError>> {
         let wt = tuple_to_wit(tuple);
         let r = call!(self.call_open(now_ns, zone, &wt))?;
         Ok(r.map_err(conn_error))
     }
-    fn transfer(&mut self, now_ns: u64, id: u32, dir: Direction, bytes: u64) -> Result<std::result::Result<(), ConnError>> {
+    fn transfer(
+        &mut self,
+        now_ns: u64,
+        id: u32,
+        dir: Direction,
+        bytes: u64,
+    ) -> Result<std::result::Result<(), ConnError>> {
         let dir = match dir {
             Direction::Original => wit::Direction::Original,
             Direction::Reply => wit::Direction::Reply,
@@ -394,7 +458,12 @@ impl Backend for ComponentBackend {
         let r = call!(self.call_transfer(now_ns, id, dir, bytes))?;
         Ok(r.map_err(conn_error))
     }
-    fn close(&mut self, now_ns: u64, id: u32, reset: bool) -> Result<std::result::Result<(), ConnError>> {
+    fn close(
+        &mut self,
+        now_ns: u64,
+        id: u32,
+        reset: bool,
+    ) -> Result<std::result::Result<(), ConnError>> {
         let r = call!(self.call_close(now_ns, id, reset))?;
         Ok(r.map_err(conn_error))
     }
@@ -423,16 +492,34 @@ fn tuple_to_wit(t: &Tuple) -> wit::ConnTuple {
 
 fn tuple_from_wit(t: &wit::ConnTuple) -> Result<Tuple> {
     let (family, src, dst) = match (t.src.len(), t.dst.len()) {
-        (4, 4) => (Family::Ipv4, Addr::v4(t.src[..].try_into()?), Addr::v4(t.dst[..].try_into()?)),
-        (16, 16) => (Family::Ipv6, Addr::v6(t.src[..].try_into()?), Addr::v6(t.dst[..].try_into()?)),
+        (4, 4) => (
+            Family::Ipv4,
+            Addr::v4(t.src[..].try_into()?),
+            Addr::v4(t.dst[..].try_into()?),
+        ),
+        (16, 16) => (
+            Family::Ipv6,
+            Addr::v6(t.src[..].try_into()?),
+            Addr::v6(t.dst[..].try_into()?),
+        ),
         (a, b) => bail!("component returned addresses of {a} and {b} bytes"),
     };
     let l4 = match t.l4 {
         wit::L4Tuple::Ports((src, dst)) => L4Tuple::Ports { src, dst },
-        wit::L4Tuple::Icmp(k) => L4Tuple::Icmp { id: k.id, kind: k.kind, code: k.code },
+        wit::L4Tuple::Icmp(k) => L4Tuple::Icmp {
+            id: k.id,
+            kind: k.kind,
+            code: k.code,
+        },
         wit::L4Tuple::None => L4Tuple::None,
     };
-    Ok(Tuple { family, src, dst, proto: t.proto, l4 })
+    Ok(Tuple {
+        family,
+        src,
+        dst,
+        proto: t.proto,
+        l4,
+    })
 }
 
 fn entry_from_wit(e: &wit::Entry) -> Result<EntryView> {
@@ -445,8 +532,14 @@ fn entry_from_wit(e: &wit::Entry) -> Result<EntryView> {
         tcp_state: e.tcp_state.and_then(TcpState::from_u8),
         timeout_s: e.timeout,
         mark: e.mark,
-        counters_orig: Counters { packets: e.counters_orig.packets, bytes: e.counters_orig.bytes },
-        counters_reply: Counters { packets: e.counters_reply.packets, bytes: e.counters_reply.bytes },
+        counters_orig: Counters {
+            packets: e.counters_orig.packets,
+            bytes: e.counters_orig.bytes,
+        },
+        counters_reply: Counters {
+            packets: e.counters_reply.packets,
+            bytes: e.counters_reply.bytes,
+        },
         start_ns: e.start,
         dying: e.dying,
     })

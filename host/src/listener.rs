@@ -561,11 +561,13 @@ impl Listeners {
         }
     }
 
-    /// One listener on every group that never loses anything: unlimited buffer and reader.
+    /// One listener on every group that never loses anything: unlimited buffer and reader,
+    /// recording what it reads (what `ctwasm replay` prints by default).
     pub fn lossless() -> Listeners {
         Listeners::new([ListenerConfig {
             name: "lossless".to_string(),
             rcvbuf: usize::MAX,
+            record: true,
             ..ListenerConfig::default()
         }])
     }

@@ -31,7 +31,11 @@ pub struct ReplayOptions {
 
 impl Default for ReplayOptions {
     fn default() -> Self {
-        ReplayOptions { batch: 1, flush_at_end: false, expire_at_end: false }
+        ReplayOptions {
+            batch: 1,
+            flush_at_end: false,
+            expire_at_end: false,
+        }
     }
 }
 
@@ -70,7 +74,9 @@ pub struct Simulation<'a> {
 
 impl std::fmt::Debug for Simulation<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Simulation").field("now_ns", &self.now_ns).finish_non_exhaustive()
+        f.debug_struct("Simulation")
+            .field("now_ns", &self.now_ns)
+            .finish_non_exhaustive()
     }
 }
 
@@ -79,7 +85,14 @@ impl<'a> Simulation<'a> {
     pub fn new(backend: &'a mut dyn Backend, listeners: Listeners) -> Result<Self> {
         let reliable = listeners.iter().any(|l| l.is_reliable());
         backend.set_listeners(listeners.has_listeners(), reliable)?;
-        Ok(Simulation { backend, listeners, now_ns: 0, events: Vec::new(), results: Vec::new(), started: None })
+        Ok(Simulation {
+            backend,
+            listeners,
+            now_ns: 0,
+            events: Vec::new(),
+            results: Vec::new(),
+            started: None,
+        })
     }
 
     pub fn now(&self) -> u64 {
@@ -143,11 +156,13 @@ impl<'a> Simulation<'a> {
             }
             self.results.clear();
             for frame in batch::events(&self.events) {
-                let frame = frame.map_err(|e| anyhow::anyhow!("bad event framing at {}", e.offset))?;
-                self.results.push(match self.listeners.deliver(now_ns, &frame) {
-                    DeliveryOutcome::Delivered => Delivery::Delivered,
-                    DeliveryOutcome::Failed => Delivery::Failed,
-                });
+                let frame =
+                    frame.map_err(|e| anyhow::anyhow!("bad event framing at {}", e.offset))?;
+                self.results
+                    .push(match self.listeners.deliver(now_ns, &frame) {
+                        DeliveryOutcome::Delivered => Delivery::Delivered,
+                        DeliveryOutcome::Failed => Delivery::Failed,
+                    });
             }
             self.backend.report_delivery(&self.results)?;
             self.backend.advance(now_ns)?;
@@ -160,7 +175,9 @@ impl<'a> Simulation<'a> {
     }
 
     fn print_reads(&mut self, sink: &mut dyn EventSink) -> Result<()> {
-        let Some(first) = self.listeners.get_mut(0) else { return Ok(()) };
+        let Some(first) = self.listeners.get_mut(0) else {
+            return Ok(());
+        };
         for msg in first.take_received() {
             if let Some(frame) = msg.event_frame() {
                 let decoded = output::decode_frame(&frame)?;
@@ -171,8 +188,14 @@ impl<'a> Simulation<'a> {
     }
 
     /// Ingests one batch of packets; returns their verdicts.
-    pub fn ingest(&mut self, packets: &[CapturedPacket], sink: &mut dyn EventSink) -> Result<Vec<u8>> {
-        let Some(first) = packets.first() else { return Ok(Vec::new()) };
+    pub fn ingest(
+        &mut self,
+        packets: &[CapturedPacket],
+        sink: &mut dyn EventSink,
+    ) -> Result<Vec<u8>> {
+        let Some(first) = packets.first() else {
+            return Ok(Vec::new());
+        };
         self.start(first.ts_ns);
         self.run_until(first.ts_ns, sink)?;
         let mut bytes = Vec::with_capacity(packets.iter().map(|p| p.l3.len() + 16).sum());
@@ -182,7 +205,11 @@ impl<'a> Simulation<'a> {
         let mut verdicts = Vec::with_capacity(packets.len());
         let at = first.ts_ns;
         self.backend.ingest(at, &bytes, &mut verdicts)?;
-        let last = packets.last().map(|p| p.ts_ns).unwrap_or(at).max(self.now_ns);
+        let last = packets
+            .last()
+            .map(|p| p.ts_ns)
+            .unwrap_or(at)
+            .max(self.now_ns);
         self.now_ns = last;
         self.pump(last, sink)?;
         Ok(verdicts)
@@ -195,7 +222,13 @@ impl<'a> Simulation<'a> {
         loop {
             let stats = self.backend.stats()?;
             let queued: usize = self.listeners.iter().map(|l| l.queued_messages()).sum();
-            if stats.dying == 0 && queued == 0 && self.backend.next_deadline()?.is_none_or(|_| stats.count == 0) {
+            if stats.dying == 0
+                && queued == 0
+                && self
+                    .backend
+                    .next_deadline()?
+                    .is_none_or(|_| stats.count == 0)
+            {
                 return Ok(());
             }
             let next = [self.backend.next_deadline()?, self.listeners.next_read_at()]
@@ -214,8 +247,14 @@ impl<'a> Simulation<'a> {
             packets,
             verdicts,
             stats: self.backend.stats()?,
-            listeners: self.listeners.iter().map(|l| (l.name().to_string(), l.stats())).collect(),
-            sim_ns: self.now_ns.saturating_sub(self.started.unwrap_or(self.now_ns)),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| (l.name().to_string(), l.stats()))
+                .collect(),
+            sim_ns: self
+                .now_ns
+                .saturating_sub(self.started.unwrap_or(self.now_ns)),
         })
     }
 }

@@ -14,8 +14,8 @@
 //! Panic contract: `CtMessage::parse` accepts any byte slice and returns a typed error for
 //! anything malformed; nothing in this module panics on input.
 
-pub mod consts;
 mod codec;
+pub mod consts;
 
 pub use codec::{DecodeError, parse_messages};
 pub use codec::{
@@ -87,8 +87,14 @@ pub enum TcpInfoAttr {
     WscaleOriginal(u8),
     WscaleReply(u8),
     /// `struct nf_ct_tcp_flags { flags, mask }`.
-    FlagsOriginal { flags: u8, mask: u8 },
-    FlagsReply { flags: u8, mask: u8 },
+    FlagsOriginal {
+        flags: u8,
+        mask: u8,
+    },
+    FlagsReply {
+        flags: u8,
+        mask: u8,
+    },
     Other(RawAttr),
 }
 
@@ -332,10 +338,20 @@ pub fn tuple_from_attrs(family: Family, attrs: &[TupleAttr]) -> Option<Tuple> {
     }
     let l4 = match (sport, dport, icmp_id, icmp_type) {
         (Some(src), Some(dst), _, _) => L4Tuple::Ports { src, dst },
-        (_, _, Some(id), Some(kind)) => L4Tuple::Icmp { id, kind, code: icmp_code.unwrap_or(0) },
+        (_, _, Some(id), Some(kind)) => L4Tuple::Icmp {
+            id,
+            kind,
+            code: icmp_code.unwrap_or(0),
+        },
         _ => L4Tuple::None,
     };
-    Some(Tuple { family, src: src?, dst: dst?, proto: proto?, l4 })
+    Some(Tuple {
+        family,
+        src: src?,
+        dst: dst?,
+        proto: proto?,
+        l4,
+    })
 }
 
 /// Builds the tuple nest the kernel emits for `tuple` (`ctnetlink_dump_tuples`): IP addresses,

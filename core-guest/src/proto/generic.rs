@@ -12,7 +12,14 @@ impl L4Tracker for GenericConn {
     fn new_entry(_segment: &Segment, _sysctls: &Sysctls) -> Option<Self> {
         Some(GenericConn)
     }
-    fn packet(&mut self, ctx: &mut PacketContext<'_>, _segment: &Segment, _dir: Direction) -> Outcome {
-        Outcome::Accept { timeout_s: ctx.sysctls.generic_timeout }
+    fn packet(
+        &mut self,
+        ctx: &mut PacketContext<'_>,
+        _segment: &Segment,
+        _dir: Direction,
+    ) -> Outcome {
+        Outcome::Accept {
+            timeout_s: ctx.sysctls.generic_timeout,
+        }
     }
 }

@@ -30,8 +30,17 @@ impl L4Tracker for IcmpConn {
         Some(IcmpConn::default())
     }
 
-    fn packet(&mut self, ctx: &mut PacketContext<'_>, _segment: &Segment, _dir: Direction) -> Outcome {
-        let timeout_s = if self.v6 { ctx.sysctls.icmpv6_timeout } else { ctx.sysctls.icmp_timeout };
+    fn packet(
+        &mut self,
+        ctx: &mut PacketContext<'_>,
+        _segment: &Segment,
+        _dir: Direction,
+    ) -> Outcome {
+        let timeout_s = if self.v6 {
+            ctx.sysctls.icmpv6_timeout
+        } else {
+            ctx.sysctls.icmp_timeout
+        };
         Outcome::Accept { timeout_s }
     }
 }

@@ -56,7 +56,8 @@ pub trait L4Tracker: Sized {
     /// gives the initial state; `None` means the packet is invalid and no entry is made.
     fn new_entry(segment: &Segment, sysctls: &Sysctls) -> Option<Self>;
     /// Handles one packet on an entry (the first one included, right after `new_entry`).
-    fn packet(&mut self, ctx: &mut PacketContext<'_>, segment: &Segment, dir: Direction) -> Outcome;
+    fn packet(&mut self, ctx: &mut PacketContext<'_>, segment: &Segment, dir: Direction)
+    -> Outcome;
 }
 
 /// The per-entry protocol state, inline in the entry.
@@ -84,7 +85,12 @@ impl ProtoState {
         }
     }
 
-    pub fn packet(&mut self, ctx: &mut PacketContext<'_>, segment: &Segment, dir: Direction) -> Outcome {
+    pub fn packet(
+        &mut self,
+        ctx: &mut PacketContext<'_>,
+        segment: &Segment,
+        dir: Direction,
+    ) -> Outcome {
         match self {
             ProtoState::Tcp(c) => c.packet(ctx, segment, dir),
             ProtoState::Udp(c) => c.packet(ctx, segment, dir),

@@ -100,7 +100,11 @@ impl Class {
         if flags & flag::RST != 0 {
             Class::Rst
         } else if flags & flag::SYN != 0 {
-            if flags & flag::ACK != 0 { Class::SynAck } else { Class::Syn }
+            if flags & flag::ACK != 0 {
+                Class::SynAck
+            } else {
+                Class::Syn
+            }
         } else if flags & flag::FIN != 0 {
             Class::Fin
         } else if flags & flag::ACK != 0 {
@@ -249,7 +253,13 @@ impl TcpConn {
 
     /// `tcp_in_window`: updates both sides' bookkeeping; returns false when the segment is
     /// outside the window and nothing lets it pass.
-    fn in_window(&mut self, dir: Direction, class: Class, seg: &TcpSegment, sysctls: &Sysctls) -> bool {
+    fn in_window(
+        &mut self,
+        dir: Direction,
+        class: Class,
+        seg: &TcpSegment,
+        sysctls: &Sysctls,
+    ) -> bool {
         let (s, r) = (dir.index(), dir.opposite().index());
         let mut seq = seg.seq;
         let mut ack = seg.ack;
@@ -308,12 +318,21 @@ impl TcpConn {
                 end = sender.td_end;
             }
             let in_recv_win = receiver.td_maxwin == 0
-                || after(end, sender.td_end.wrapping_sub(receiver.td_maxwin).wrapping_sub(1));
+                || after(
+                    end,
+                    sender
+                        .td_end
+                        .wrapping_sub(receiver.td_maxwin)
+                        .wrapping_sub(1),
+                );
             let max_ack_window = sender.td_maxwin.max(66_000);
             let acceptable = before(seq, sender.td_maxend.wrapping_add(1))
                 && in_recv_win
                 && before(ack, receiver.td_end.wrapping_add(1))
-                && !before(ack, receiver.td_end.wrapping_sub(max_ack_window).wrapping_sub(1));
+                && !before(
+                    ack,
+                    receiver.td_end.wrapping_sub(max_ack_window).wrapping_sub(1),
+                );
             let liberal = sysctls.tcp_be_liberal || sender.flags & ct_flag::BE_LIBERAL != 0;
             if !acceptable && !liberal {
                 return false;
@@ -338,7 +357,9 @@ impl TcpConn {
                 }
             }
             if receiver.td_maxwin != 0 && after(end, sender.td_maxend) {
-                receiver.td_maxwin = receiver.td_maxwin.wrapping_add(end.wrapping_sub(sender.td_maxend));
+                receiver.td_maxwin = receiver
+                    .td_maxwin
+                    .wrapping_add(end.wrapping_sub(sender.td_maxend));
             }
             if after(ack.wrapping_add(win), receiver.td_maxend.wrapping_sub(1)) {
                 receiver.td_maxend = ack.wrapping_add(win);
@@ -404,8 +425,15 @@ impl L4Tracker for TcpConn {
         Some(conn)
     }
 
-    fn packet(&mut self, ctx: &mut PacketContext<'_>, segment: &Segment, dir: Direction) -> Outcome {
-        let Some(seg) = segment.tcp else { return Outcome::Invalid };
+    fn packet(
+        &mut self,
+        ctx: &mut PacketContext<'_>,
+        segment: &Segment,
+        dir: Direction,
+    ) -> Outcome {
+        let Some(seg) = segment.tcp else {
+            return Outcome::Invalid;
+        };
         let class = Class::of(seg.flags);
         let mut old = self.state;
         let mut new = lookup(dir, class, old);
@@ -462,7 +490,9 @@ impl L4Tracker for TcpConn {
             Next::Invalid => return Outcome::Invalid,
             Next::To(_) => {}
         }
-        let Next::To(mut new_state) = new else { return Outcome::Invalid };
+        let Next::To(mut new_state) = new else {
+            return Outcome::Invalid;
+        };
 
         let mut skip_window = false;
         match new_state {
@@ -480,14 +510,19 @@ impl L4Tracker for TcpConn {
                     skip_window = true;
                 } else {
                     let peer = dir.opposite().index();
-                    if self.seen[peer].flags & ct_flag::MAXACK_SET != 0 && self.last_index != Class::Syn {
+                    if self.seen[peer].flags & ct_flag::MAXACK_SET != 0
+                        && self.last_index != Class::Syn
+                    {
                         let seq = seg.seq;
                         if seq == 0 && !self.established() {
                             // Most likely the answer to a SYN we let through.
                         } else if before(seq, self.seen[peer].td_maxack) {
                             return Outcome::Invalid;
                         } else if !self.established() || seq == self.seen[peer].td_maxack {
-                        } else if self.last_index == Class::Ack && self.last_dir == dir && seq == self.last_end {
+                        } else if self.last_index == Class::Ack
+                            && self.last_dir == dir
+                            && seq == self.last_end
+                        {
                             // The RST ends a train of segments we saw.
                         } else {
                             // Not exactly at the expected sequence: keep the state so a

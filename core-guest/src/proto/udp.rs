@@ -21,11 +21,18 @@ impl L4Tracker for UdpConn {
         Some(UdpConn)
     }
 
-    fn packet(&mut self, ctx: &mut PacketContext<'_>, _segment: &Segment, _dir: Direction) -> Outcome {
+    fn packet(
+        &mut self,
+        ctx: &mut PacketContext<'_>,
+        _segment: &Segment,
+        _dir: Direction,
+    ) -> Outcome {
         // SEEN_REPLY is set by the engine after the tracker ran, so the first reply itself still
         // gets the unreplied timeout, as in the kernel.
         if !ctx.status.contains(Status::SEEN_REPLY) {
-            return Outcome::Accept { timeout_s: ctx.sysctls.udp_timeout };
+            return Outcome::Accept {
+                timeout_s: ctx.sysctls.udp_timeout,
+            };
         }
         // `time_after(jiffies, stream_ts)`: strictly after creation + 2 s.
         if ctx.now_ns > ctx.created_ns.saturating_add(STREAM_AFTER_NS) {
@@ -33,9 +40,13 @@ impl L4Tracker for UdpConn {
                 ctx.status.insert(Status::ASSURED);
                 ctx.events.insert(EventBits::ASSURED);
             }
-            Outcome::Accept { timeout_s: ctx.sysctls.udp_timeout_stream }
+            Outcome::Accept {
+                timeout_s: ctx.sysctls.udp_timeout_stream,
+            }
         } else {
-            Outcome::Accept { timeout_s: ctx.sysctls.udp_timeout }
+            Outcome::Accept {
+                timeout_s: ctx.sysctls.udp_timeout,
+            }
         }
     }
 }

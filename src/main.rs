@@ -1,0 +1,249 @@
+//! `ctwasm`: Linux connection tracking as a WebAssembly component, from the command line.
+//!
+//! `replay` feeds a capture through the engine (natively or as the component) and prints the
+//! events a listener would read, as `conntrack -E` or as JSON lines; a summary with the kernel's
+//! statistics goes to stderr.
+
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use ctwasm_core::{RetryPolicy, Verdict};
+use ctwasm_host::backend::{BackendKind, TrackerSettings, open_backend};
+use ctwasm_host::capture::read_capture;
+use ctwasm_host::listener::{ListenerConfig, Listeners};
+use ctwasm_host::output::{self, ConntrackOptions};
+use ctwasm_host::replay::{ReplayOptions, ReplayReport, replay};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ctwasm",
+    version,
+    about = "Linux netfilter connection tracking as a WebAssembly component"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Replay a pcap or pcapng capture through the tracker and print its events.
+    Replay(ReplayArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// As `conntrack -E` prints them.
+    Conntrack,
+    /// One JSON object per event message.
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Policy {
+    Grace,
+    Kernel,
+    OnDrain,
+}
+
+#[derive(clap::Args, Debug)]
+struct ReplayArgs {
+    /// The capture (pcap or pcapng; Ethernet, Linux cooked v1/v2, raw IP or loopback).
+    capture: PathBuf,
+    /// Output format of the events.
+    #[arg(long, value_enum, default_value = "conntrack")]
+    format: Format,
+    /// `conntrack -o` options for the conntrack format: extended, id, timestamp, ktimestamp.
+    #[arg(long, short = 'o', default_value = "")]
+    output: String,
+    /// A kernel sysctl, e.g. net.netfilter.nf_conntrack_tcp_timeout_time_wait=3 (repeatable).
+    #[arg(long = "sysctl", value_name = "NAME=VALUE")]
+    sysctls: Vec<String>,
+    /// A simulated netlink listener, e.g. rcvbuf=2048,reliable,drain=100/s (repeatable; the
+    /// first one's reads are printed). Default: one lossless listener.
+    #[arg(long = "listener", value_name = "SPEC")]
+    listeners: Vec<String>,
+    /// Flush the table (conntrack -F) after the last packet.
+    #[arg(long)]
+    flush_at_end: bool,
+    /// After the last packet, let simulated time run until every entry has timed out.
+    #[arg(long)]
+    expire_at_end: bool,
+    /// Seed of the tracker's random choices (ids, grace delays).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Packets per ingest call.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Run the engine natively or as the WebAssembly component under wasmtime.
+    #[arg(long, value_parser = clap::value_parser!(BackendKind), default_value = "component")]
+    backend: BackendKind,
+    /// Use this component file instead of the embedded one.
+    #[arg(long, value_name = "FILE.wasm")]
+    component: Option<PathBuf>,
+    /// How a DESTROY that failed is retried.
+    #[arg(long, value_enum, default_value = "grace")]
+    retry_policy: Policy,
+    /// No summary on stderr.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Replay(args) => run_replay(args),
+    };
+    if let Err(e) = result {
+        eprintln!("ctwasm: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn settings(sysctls: &[String], seed: u64, policy: Policy) -> Result<TrackerSettings> {
+    let sysctls = sysctls
+        .iter()
+        .map(|s| {
+            let (name, value) = s
+                .split_once('=')
+                .with_context(|| format!("--sysctl `{s}`: expected NAME=VALUE"))?;
+            Ok((name.trim().to_string(), value.trim().to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let retry_policy = Some(match policy {
+        Policy::Grace => RetryPolicy::Grace,
+        Policy::Kernel => RetryPolicy::Kernel,
+        Policy::OnDrain => RetryPolicy::OnDrain,
+    });
+    Ok(TrackerSettings {
+        sysctls,
+        seed,
+        retry_policy,
+    })
+}
+
+fn run_replay(args: ReplayArgs) -> Result<()> {
+    let options = ConntrackOptions::parse(&args.output)?;
+    let settings = settings(&args.sysctls, args.seed, args.retry_policy)?;
+    let capture = read_capture(&args.capture)?;
+    let mut listeners: Vec<ListenerConfig> = args
+        .listeners
+        .iter()
+        .map(|s| ListenerConfig::parse(s))
+        .collect::<Result<_>>()?;
+    let listeners = if listeners.is_empty() {
+        Listeners::lossless()
+    } else {
+        listeners[0].record = true;
+        Listeners::new(listeners)
+    };
+    let mut backend = open_backend(args.backend, &settings, args.component.as_deref())?;
+
+    let progress = if capture.packets.len() >= 100_000 && std::io::stderr().is_terminal() {
+        let bar = ProgressBar::with_draw_target(
+            Some(capture.packets.len() as u64),
+            ProgressDrawTarget::stderr(),
+        );
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} replay [{bar:40}] {pos}/{len} packets {per_sec} eta {eta}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let format = args.format;
+    let mut sink = |frame: &ctwasm_core::batch::EventFrame<'_>,
+                    msg: &ctwasm_core::netlink::CtMessage|
+     -> Result<()> {
+        let line = match format {
+            Format::Conntrack => output::format_conntrack_with(frame, msg, options),
+            Format::Json => output::format_json(frame, msg),
+        };
+        writeln!(out, "{line}")?;
+        Ok(())
+    };
+    let replay_options = ReplayOptions {
+        batch: args.batch,
+        flush_at_end: args.flush_at_end,
+        expire_at_end: args.expire_at_end,
+    };
+    let report = replay(
+        backend.as_mut(),
+        listeners,
+        &capture.packets,
+        &replay_options,
+        &mut sink,
+        |n| progress.inc(n),
+    )?;
+    progress.finish_and_clear();
+    drop(sink);
+    out.flush()?;
+    if !args.quiet {
+        print_summary(
+            &args.capture,
+            backend.name(),
+            capture.skipped_total(),
+            &report,
+        );
+    }
+    Ok(())
+}
+
+fn print_summary(path: &std::path::Path, backend: &str, skipped: u64, r: &ReplayReport) {
+    let s = &r.stats;
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(
+        e,
+        "ctwasm: {}: {} packets ({} frames skipped) through the {backend} engine, {:.3} s simulated",
+        path.display(),
+        r.packets,
+        skipped,
+        r.sim_ns as f64 / 1e9
+    );
+    let verdicts: Vec<String> = (0u8..8)
+        .filter_map(|v| Verdict::from_u8(v).map(|verdict| (verdict, r.verdicts[v as usize])))
+        .filter(|(_, n)| *n > 0)
+        .map(|(v, n)| format!("{}={n}", v.name()))
+        .collect();
+    let _ = writeln!(e, "  verdicts: {}", verdicts.join(" "));
+    let _ = writeln!(
+        e,
+        "  conntrack: entries={} count={} max={} found={} invalid={} ignore={} insert={} insert_failed={} drop={} early_drop={} error={} untracked={}",
+        s.entries,
+        s.count,
+        s.max,
+        s.found,
+        s.invalid,
+        s.ignore,
+        s.insert,
+        s.insert_failed,
+        s.drop,
+        s.early_drop,
+        s.error,
+        s.untracked
+    );
+    let _ = writeln!(
+        e,
+        "  events: emitted={} delivered={} failed={} destroy_retries={} missed_pending={} dying={} dying_peak={}",
+        s.events_emitted,
+        s.events_delivered,
+        s.events_failed,
+        s.destroy_retries,
+        s.missed_pending,
+        s.dying,
+        s.dying_peak
+    );
+    for (name, l) in &r.listeners {
+        let _ = writeln!(e, "  listener {name}: {l}");
+    }
+}
