@@ -1006,6 +1006,11 @@ impl Tracker {
 
     // ----- the outbox ----------------------------------------------------------------------
 
+    /// Entries whose DESTROY is out with the host, not yet reported.
+    pub fn pending_destroys(&self) -> u64 {
+        self.slab.iter().filter(|e| e.life == Life::Destroying).count() as u64
+    }
+
     /// Number of messages waiting to be taken.
     pub fn pending_events(&self) -> usize {
         self.outbox.queued.len()

@@ -646,3 +646,96 @@ fn same_seed_same_ids_different_seed_different_ids() {
     assert_eq!(ids(7), ids(7));
     assert_ne!(ids(7), ids(8));
 }
+
+/// Valid packets of every kind the engine parses, for the bad-input tests to cut and mutate.
+fn sample_packets() -> Vec<Vec<u8>> {
+    let v4 = |proto, l4: &[u8]| build::ipv4([192, 0, 2, 1], [198, 51, 100, 7], proto, l4);
+    let v6 = |proto, l4: &[u8]| {
+        let mut a = [0u8; 16];
+        a[0] = 0x20;
+        a[1] = 0x01;
+        a[15] = 1;
+        let mut b = a;
+        b[15] = 2;
+        build::ipv6(a, b, proto, l4)
+    };
+    let quoted = v4(ipproto::UDP, &build::udp(40000, 53, 20));
+    vec![
+        v4(ipproto::TCP, &build::tcp(40001, 80, 1, 0, SYN, 65535, 0)),
+        v4(ipproto::UDP, &build::udp(40000, 53, 20)),
+        v4(ipproto::ICMP, &build::icmp_echo(true, 7, 1)),
+        v4(ipproto::ICMP, &build::icmp_error(3, 3, &quoted)),
+        v6(ipproto::TCP, &build::tcp(40001, 80, 1, 0, SYN, 65535, 10)),
+        v6(ipproto::ICMPV6, &build::icmpv6_echo(true, 7, 1)),
+        build::ipv6_with_ext([1; 16], [2; 16], &[(0, vec![0; 6]), (60, vec![0; 14])], ipproto::UDP, &build::udp(1, 2, 3)),
+        v4(47, &[0u8; 8]),
+    ]
+}
+
+#[test]
+fn every_prefix_of_a_valid_packet_is_counted_not_panicked_on() {
+    for packet in sample_packets() {
+        let mut t = Tracker::new(Config::default());
+        let mut invalid = 0;
+        for len in 0..packet.len() {
+            let v = t.ingest(T0 + len as u64, 0, &packet[..len]);
+            if v == Verdict::Invalid {
+                invalid += 1;
+            }
+        }
+        let s = t.stats();
+        assert_eq!(s.invalid, invalid);
+        // Cut headers are invalid; once the headers are whole, a cut payload is fine.
+        assert!(invalid >= 20, "{invalid} of {} prefixes invalid", packet.len());
+        assert_eq!(s.count, s.entries + s.dying + t.pending_destroys());
+    }
+}
+
+#[test]
+fn bogus_lengths_and_unknown_versions_are_invalid() {
+    let mut t = Tracker::new(Config::default());
+    let good = build::ipv4([192, 0, 2, 1], [192, 0, 2, 2], ipproto::UDP, &build::udp(1, 2, 3));
+    let mut short_total = good.clone();
+    short_total[2..4].copy_from_slice(&10u16.to_be_bytes());
+    let mut bad_ihl = good.clone();
+    bad_ihl[0] = 0x43;
+    let mut v5 = good.clone();
+    v5[0] = 0x55;
+    let mut fragment = good.clone();
+    build::set_ipv4_fragment(&mut fragment, 8, false);
+    for p in [short_total, bad_ihl, v5, fragment, Vec::new(), vec![0x45]] {
+        assert_eq!(t.ingest(T0, 0, &p), Verdict::Invalid, "{p:02x?}");
+    }
+    assert_eq!(t.stats().invalid, 6);
+    assert_eq!(t.stats().count, 0);
+}
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic_the_engine(packets in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120), 1..40)) {
+        let mut t = Tracker::new(Config::default());
+        let mut out = Vec::new();
+        for (i, p) in packets.iter().enumerate() {
+            t.ingest(T0 + i as u64 * MS, 0, p);
+            t.take_events(usize::MAX, &mut out);
+        }
+        let n = batch::events(&out).count();
+        t.report_delivery(&vec![Delivery::Delivered; n]);
+        t.flush(T0 + S);
+        let s = t.stats();
+        proptest::prop_assert_eq!(s.entries, 0);
+    }
+
+    #[test]
+    fn mutated_valid_packets_never_panic_the_engine(which in 0usize..8, at in 0usize..80, byte in proptest::prelude::any::<u8>(), cut in 0usize..120) {
+        let mut p = sample_packets().swap_remove(which);
+        if at < p.len() {
+            p[at] = byte;
+        }
+        p.truncate(cut.max(1));
+        let mut t = Tracker::new(Config::default());
+        let v = t.ingest(T0, 0, &p);
+        let s = t.stats();
+        proptest::prop_assert_eq!(v == Verdict::Invalid, s.invalid == 1);
+    }
+}

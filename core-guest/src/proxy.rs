@@ -3,7 +3,7 @@
 //! A proxy knows that a connection opened, carried so many bytes each way and closed; the table
 //! and its events must look exactly as if the kernel had watched the packets. So each call is
 //! turned into the packets a TCP stack would have sent (handshake, one segment per 64 KiB of
-//! data, FIN exchange or reset) and fed through the ordinary packet path: one code path, the
+//! data and the peer's ACK of it, FIN exchange or reset) and fed through the ordinary packet path: one code path, the
 //! same entries, the same events. The synthetic segments carry no payload bytes; their IP
 //! length says how much data they stand for, which is all the trackers and counters read.
 
@@ -67,14 +67,20 @@ impl Tracker {
         let mut left = bytes;
         loop {
             let chunk = left.min(SEGMENT_BYTES);
-            let seg = match orig.proto {
+            match orig.proto {
                 ipproto::TCP => {
                     let (seq, ack) = self.next_seq(id, dir);
-                    Segment::tcp(seq, ack, flag::ACK | flag::PSH, chunk as u32)
+                    self.feed(now_ns, zone, &tuple, Segment::tcp(seq, ack, flag::ACK | flag::PSH, chunk as u32))?;
+                    // The peer acknowledges each segment, as a stack would, which also opens
+                    // the window for the next one.
+                    let peer = self.directed(&orig, dir.opposite())?;
+                    let (seq, ack) = self.next_seq(id, dir.opposite());
+                    self.feed(now_ns, zone, &peer, Segment::tcp(seq, ack, flag::ACK, 0))?;
                 }
-                _ => Segment::data(chunk as u32),
-            };
-            self.feed(now_ns, zone, &tuple, seg)?;
+                _ => {
+                    self.feed(now_ns, zone, &tuple, Segment::data(chunk as u32))?;
+                }
+            }
             left -= chunk;
             if left == 0 {
                 return Ok(());

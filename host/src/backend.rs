@@ -348,7 +348,7 @@ macro_rules! call {
 fn trap_context(e: wasmtime::Error) -> anyhow::Error {
     match e.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => anyhow!("the component trapped ({trap:?}); its instance is dead: {e:?}"),
-        None => anyhow!("{e:?}"),
+        None => anyhow!("the component call failed; its instance is dead: {e:?}"),
     }
 }
 
@@ -543,4 +543,79 @@ fn entry_from_wit(e: &wit::Entry) -> Result<EntryView> {
         start_ns: e.start,
         dying: e.dying,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_component_imports_nothing_and_exports_the_conntrack_interface() {
+        let component = embedded_component().unwrap();
+        let ty = component.component_type();
+        let imports: Vec<String> = ty.imports(shared_engine()).map(|(name, _)| name.to_string()).collect();
+        assert!(imports.is_empty(), "the component must import nothing, it imports {imports:?}");
+        let exports: Vec<String> = ty.exports(shared_engine()).map(|(name, _)| name.to_string()).collect();
+        assert_eq!(exports, ["ctwasm:core/conntrack@0.1.0"]);
+    }
+
+    #[test]
+    fn a_bad_sysctl_is_refused_by_both_backends() {
+        let settings = TrackerSettings {
+            sysctls: vec![("net.netfilter.nf_conntrack_bogus".into(), "1".into())],
+            ..TrackerSettings::default()
+        };
+        for kind in [BackendKind::Native, BackendKind::Component] {
+            let err = open_backend(kind, &settings, None).err().expect("refused");
+            assert!(format!("{err:#}").contains("nf_conntrack_bogus"), "{kind:?}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn a_memory_cap_turns_growth_into_a_named_trap() {
+        // 4 MiB is less than the guest needs for twenty thousand entries.
+        let mut backend =
+            ComponentBackend::with_component(embedded_component().unwrap(), &TrackerSettings::default(), 4 << 20)
+                .unwrap();
+        let mut batch = Vec::new();
+        for i in 0..20_000u32 {
+            let l4 = ctwasm_core::wire::build::udp((i % 60_000) as u16 + 1, 53, 0);
+            let p = ctwasm_core::wire::build::ipv4([10, 0, (i >> 8) as u8, i as u8], [10, 1, 0, 1], 17, &l4);
+            ctwasm_core::batch::push_packet(&mut batch, 1 + i as u64, 0, &p);
+        }
+        let mut verdicts = Vec::new();
+        let err = backend.ingest(1, &batch, &mut verdicts).err().expect("the cap is hit");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("instance is dead") && msg.contains("growing memory"), "{msg}");
+    }
+
+    #[test]
+    fn the_proxy_calls_give_the_same_table_in_both_backends() {
+        let tuple = Tuple {
+            family: Family::Ipv4,
+            src: Addr::v4([10, 0, 0, 1]),
+            dst: Addr::v4([10, 0, 0, 2]),
+            proto: 6,
+            l4: L4Tuple::Ports { src: 40000, dst: 443 },
+        };
+        let mut tables = Vec::new();
+        for kind in [BackendKind::Native, BackendKind::Component] {
+            let mut b = open_backend(kind, &TrackerSettings::default(), None).unwrap();
+            let id = b.open(1_000, 0, &tuple).unwrap().unwrap();
+            b.transfer(2_000, id, Direction::Original, 1_000_000).unwrap().unwrap();
+            b.transfer(3_000, id, Direction::Reply, 10).unwrap().unwrap();
+            let rows = b.dump().unwrap();
+            assert_eq!(rows.len(), 1);
+            assert_eq!(rows[0].tcp_state, Some(TcpState::Established));
+            assert!(rows[0].status.contains(Status::ASSURED));
+            assert!(rows[0].counters_orig.bytes > 1_000_000);
+            b.close(4_000, id, false).unwrap().unwrap();
+            assert_eq!(b.dump().unwrap()[0].tcp_state, Some(TcpState::TimeWait));
+            assert_eq!(b.transfer(5_000, 77, Direction::Original, 1).unwrap(), Err(ConnError::UnknownId));
+            let mut events = Vec::new();
+            b.take_events(u32::MAX, &mut events).unwrap();
+            tables.push((rows, events));
+        }
+        assert_eq!(tables[0], tables[1]);
+    }
 }
