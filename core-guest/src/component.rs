@@ -58,6 +58,17 @@ impl wit::GuestTracker for TrackerResource {
         }))
     }
 
+    fn restore(bytes: Vec<u8>) -> Result<wit::Tracker, String> {
+        let engine = Engine::restore(&bytes).map_err(|e| e.to_string())?;
+        Ok(wit::Tracker::new(TrackerResource {
+            engine: RefCell::new(engine),
+        }))
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.engine.borrow().snapshot()
+    }
+
     fn set_listeners(&self, present: bool, reliable: bool) {
         self.engine.borrow_mut().set_listeners(present, reliable);
     }

@@ -1008,7 +1008,10 @@ impl Tracker {
 
     /// Entries whose DESTROY is out with the host, not yet reported.
     pub fn pending_destroys(&self) -> u64 {
-        self.slab.iter().filter(|e| e.life == Life::Destroying).count() as u64
+        self.slab
+            .iter()
+            .filter(|e| e.life == Life::Destroying)
+            .count() as u64
     }
 
     /// Number of messages waiting to be taken.
@@ -1262,3 +1265,6 @@ fn counter_attrs(c: Counters) -> Vec<netlink::CounterAttr> {
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+#[path = "engine_snapshot.rs"]
+mod snapshot;

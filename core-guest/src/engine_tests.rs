@@ -667,7 +667,13 @@ fn sample_packets() -> Vec<Vec<u8>> {
         v4(ipproto::ICMP, &build::icmp_error(3, 3, &quoted)),
         v6(ipproto::TCP, &build::tcp(40001, 80, 1, 0, SYN, 65535, 10)),
         v6(ipproto::ICMPV6, &build::icmpv6_echo(true, 7, 1)),
-        build::ipv6_with_ext([1; 16], [2; 16], &[(0, vec![0; 6]), (60, vec![0; 14])], ipproto::UDP, &build::udp(1, 2, 3)),
+        build::ipv6_with_ext(
+            [1; 16],
+            [2; 16],
+            &[(0, vec![0; 6]), (60, vec![0; 14])],
+            ipproto::UDP,
+            &build::udp(1, 2, 3),
+        ),
         v4(47, &[0u8; 8]),
     ]
 }
@@ -686,7 +692,11 @@ fn every_prefix_of_a_valid_packet_is_counted_not_panicked_on() {
         let s = t.stats();
         assert_eq!(s.invalid, invalid);
         // Cut headers are invalid; once the headers are whole, a cut payload is fine.
-        assert!(invalid >= 20, "{invalid} of {} prefixes invalid", packet.len());
+        assert!(
+            invalid >= 20,
+            "{invalid} of {} prefixes invalid",
+            packet.len()
+        );
         assert_eq!(s.count, s.entries + s.dying + t.pending_destroys());
     }
 }
@@ -694,7 +704,12 @@ fn every_prefix_of_a_valid_packet_is_counted_not_panicked_on() {
 #[test]
 fn bogus_lengths_and_unknown_versions_are_invalid() {
     let mut t = Tracker::new(Config::default());
-    let good = build::ipv4([192, 0, 2, 1], [192, 0, 2, 2], ipproto::UDP, &build::udp(1, 2, 3));
+    let good = build::ipv4(
+        [192, 0, 2, 1],
+        [192, 0, 2, 2],
+        ipproto::UDP,
+        &build::udp(1, 2, 3),
+    );
     let mut short_total = good.clone();
     short_total[2..4].copy_from_slice(&10u16.to_be_bytes());
     let mut bad_ihl = good.clone();
@@ -738,4 +753,86 @@ proptest::proptest! {
         let s = t.stats();
         proptest::prop_assert_eq!(v == Verdict::Invalid, s.invalid == 1);
     }
+}
+
+/// Runs the same traffic twice: straight through, and with a snapshot/restore in the middle
+/// (with a DESTROY failed onto the dying list and a message left unreported); every event after
+/// the cut and the final statistics must be the same.
+#[test]
+fn a_restored_tracker_continues_exactly_where_the_snapshot_was_taken() {
+    let run = |cut: bool| {
+        let mut r = Run::new(false, |s| s.events_retry_timeout = 5);
+        handshake(&mut r);
+        r.udp(MS, true, 10);
+        r.echo(2 * MS, true, 1);
+        r.fail_next = 1;
+        r.t.flush(T0 + 10 * MS);
+        // Leave one message taken but unreported across the cut.
+        r.tcp(20 * MS, true, 1000, 0, SYN, 0);
+        let mut taken = Vec::new();
+        r.t.take_events(1, &mut taken);
+        if cut {
+            let bytes = r.t.snapshot();
+            r.t = Tracker::restore(&bytes).expect("a snapshot restores");
+            assert_eq!(
+                r.t.snapshot(),
+                bytes,
+                "restore then snapshot gives the same bytes"
+            );
+        }
+        r.t.report_delivery(&[Delivery::Delivered]);
+        r.pump();
+        r.tcp(30 * MS, false, 5000, 1001, SYN | ACK, 0);
+        r.advance(200 * S);
+        let seq: Vec<_> = r
+            .log
+            .iter()
+            .map(|s| (s.kind, s.state, s.id, s.msg.clone()))
+            .collect();
+        (seq, r.t.stats())
+    };
+    let (straight, straight_stats) = run(false);
+    let (restored, restored_stats) = run(true);
+    assert_eq!(straight, restored);
+    assert_eq!(straight_stats, restored_stats);
+    assert!(
+        straight_stats.destroy_retries >= 1,
+        "the dying entry was retried after the restore"
+    );
+    assert_eq!(straight_stats.count, 0);
+}
+
+#[test]
+fn hostile_snapshots_are_errors_not_panics() {
+    let mut r = Run::new(false, |_| {});
+    handshake(&mut r);
+    r.udp(MS, true, 10);
+    r.fail_next = 1;
+    r.t.flush(T0 + S);
+    r.pump();
+    let good = r.t.snapshot();
+    for len in 0..good.len() {
+        assert!(
+            Tracker::restore(&good[..len]).is_err(),
+            "a {len}-byte prefix restored"
+        );
+    }
+    let mut rejected = 0;
+    for at in 0..good.len() {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut bad = good.clone();
+            bad[at] ^= flip;
+            if let Ok(mut t) = Tracker::restore(&bad) {
+                // Whatever was accepted must keep working.
+                t.ingest(T0 + 2 * S, 0, &sample_packets()[0]);
+                t.advance(T0 + 100 * S);
+                let mut out = Vec::new();
+                let n = t.take_events(usize::MAX, &mut out);
+                t.report_delivery(&vec![Delivery::Delivered; n]);
+            } else {
+                rejected += 1;
+            }
+        }
+    }
+    assert!(rejected > 0);
 }

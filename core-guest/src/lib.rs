@@ -19,7 +19,9 @@ pub use event::{EventBits, MessageKind, Status, TcpState};
 pub use stats::Stats;
 pub use tuple::{Addr, Direction, Family, L4Tuple, Tuple};
 pub mod proxy;
+pub mod snapshot;
 pub use proxy::ConnError;
+pub use snapshot::SnapshotError;
 
 #[cfg(target_arch = "wasm32")]
 mod component;

@@ -70,7 +70,12 @@ impl Tracker {
             match orig.proto {
                 ipproto::TCP => {
                     let (seq, ack) = self.next_seq(id, dir);
-                    self.feed(now_ns, zone, &tuple, Segment::tcp(seq, ack, flag::ACK | flag::PSH, chunk as u32))?;
+                    self.feed(
+                        now_ns,
+                        zone,
+                        &tuple,
+                        Segment::tcp(seq, ack, flag::ACK | flag::PSH, chunk as u32),
+                    )?;
                     // The peer acknowledges each segment, as a stack would, which also opens
                     // the window for the next one.
                     let peer = self.directed(&orig, dir.opposite())?;

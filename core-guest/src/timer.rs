@@ -231,6 +231,67 @@ impl TimerWheel {
     }
 }
 
+impl TimerWheel {
+    /// Writes the wheel slot by slot, keeping the order timers fire in within a tick.
+    pub(crate) fn encode(&self, w: &mut crate::snapshot::Writer) {
+        w.u64(self.elapsed);
+        for list in &self.slots {
+            w.u64(list.len() as u64);
+            for &h in list {
+                w.u32(h);
+                w.u64(self.positions[h as usize].deadline_ns);
+            }
+        }
+    }
+
+    /// Reads a wheel written by [`TimerWheel::encode`]; every handle must be below `handles`
+    /// and appear once.
+    pub(crate) fn decode(
+        r: &mut crate::snapshot::Reader<'_>,
+        handles: usize,
+    ) -> Result<TimerWheel, crate::snapshot::SnapshotError> {
+        use crate::snapshot::SnapshotError::Invalid;
+        let mut wheel = TimerWheel::new();
+        wheel.elapsed = r.u64()?;
+        if wheel.elapsed > u64::MAX >> (TICK_SHIFT + 1) {
+            return Err(Invalid("timer wheel's clock"));
+        }
+        wheel.positions = vec![
+            Position {
+                level: 0,
+                slot: 0,
+                index: NOT_SCHEDULED,
+                deadline_ns: 0
+            };
+            handles
+        ];
+        for i in 0..LEVELS * SLOTS {
+            let n = r.len()?;
+            for index in 0..n {
+                let h = r.u32()?;
+                let deadline_ns = r.u64()?;
+                let p = wheel
+                    .positions
+                    .get_mut(h as usize)
+                    .ok_or(Invalid("timer handle"))?;
+                if p.index != NOT_SCHEDULED {
+                    return Err(Invalid("timer wheel (a timer twice)"));
+                }
+                *p = Position {
+                    level: (i / SLOTS) as u8,
+                    slot: (i % SLOTS) as u8,
+                    index: index as u32,
+                    deadline_ns,
+                };
+                wheel.slots[i].push(h);
+                wheel.occupied[i / SLOTS] |= 1 << (i % SLOTS);
+                wheel.len += 1;
+            }
+        }
+        Ok(wheel)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

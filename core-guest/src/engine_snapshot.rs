@@ -1,0 +1,556 @@
+//! [`Tracker::snapshot`] and [`Tracker::restore`]: the encoding of every part of the tracker
+//! (the format's rationale is in `crate::snapshot`).
+
+use super::*;
+use crate::config::Sysctls;
+use crate::netlink::Counters;
+use crate::proto::generic::GenericConn;
+use crate::proto::icmp::IcmpConn;
+use crate::proto::tcp::{Class, Side, TcpConn};
+use crate::proto::udp::UdpConn;
+use crate::snapshot::{MAGIC, Reader, SnapshotError, SnapshotError::Invalid, Writer};
+use crate::tuple::{Addr, Family};
+
+impl Tracker {
+    /// The tracker's whole state as bytes; [`Tracker::restore`] continues from them.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.buf.extend_from_slice(MAGIC);
+        write_config(&mut w, &self.config);
+        w.u64(self.slab.len() as u64);
+        for e in &self.slab {
+            write_entry(&mut w, e);
+        }
+        w.u64(self.free.len() as u64);
+        for &f in &self.free {
+            w.u32(f);
+        }
+        self.timers.encode(&mut w);
+        w.bytes(&self.outbox.bytes);
+        for list in [&self.outbox.queued, &self.outbox.in_flight] {
+            w.u64(list.len() as u64);
+            for p in list {
+                w.u32(p.slot);
+                w.u32(p.generation);
+                w.u16(p.bits.0);
+                w.u16(p.missed_sent.0);
+                w.u8(p.kind as u8);
+                w.bool(p.from_worker);
+                w.u64(p.start as u64);
+                w.u64(p.len as u64);
+            }
+        }
+        w.u32(self.dying_head);
+        w.u32(self.dying_tail);
+        w.u64(self.dying_len);
+        w.u64(self.count);
+        w.u64(self.live);
+        for v in stats_fields(&self.stats) {
+            w.u64(v);
+        }
+        w.rng(&self.grace_rng);
+        w.rng(&self.id_rng);
+        w.bool(self.listener_present);
+        w.bool(self.reliable_listener);
+        w.opt_u64(self.worker_at);
+        w.u64(self.worker_in_flight as u64);
+        w.u64(self.now_ns);
+        w.buf
+    }
+
+    /// A tracker from [`Tracker::snapshot`] bytes. Hostile bytes give an error, never a panic.
+    pub fn restore(bytes: &[u8]) -> Result<Tracker, SnapshotError> {
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(SnapshotError::BadHeader);
+        }
+        let mut r = Reader::new(&bytes[MAGIC.len()..]);
+        let config = read_config(&mut r)?;
+        let mut t = Tracker::new(config);
+        let n = r.len()?;
+        for _ in 0..n {
+            t.slab.push(read_entry(&mut r)?);
+        }
+        let slab_len = t.slab.len();
+        let slot_ok = |s: u32| (s as usize) < slab_len;
+        let n = r.len()?;
+        for _ in 0..n {
+            let f = r.u32()?;
+            if !slot_ok(f) || t.slab[f as usize].life != Life::Free {
+                return Err(Invalid("free list"));
+            }
+            t.free.push(f);
+        }
+        t.timers = TimerWheel::decode(&mut r, slab_len)?;
+        t.outbox.bytes = r.bytes()?.to_vec();
+        for which in 0..2 {
+            let n = r.len()?;
+            for _ in 0..n {
+                let p = Pending {
+                    slot: r.u32()?,
+                    generation: r.u32()?,
+                    bits: EventBits(r.u16()?),
+                    missed_sent: EventBits(r.u16()?),
+                    kind: match r.u8()? {
+                        0 => MessageKind::New,
+                        1 => MessageKind::Update,
+                        2 => MessageKind::Destroy,
+                        _ => return Err(Invalid("message kind")),
+                    },
+                    from_worker: r.bool()?,
+                    start: r.u64()? as usize,
+                    len: r.u64()? as usize,
+                };
+                let in_bytes = p
+                    .start
+                    .checked_add(p.len)
+                    .is_some_and(|end| end <= t.outbox.bytes.len());
+                if !slot_ok(p.slot) || (which == 0 && !in_bytes) {
+                    return Err(Invalid("outbox"));
+                }
+                if which == 0 {
+                    t.outbox.queued.push_back(p)
+                } else {
+                    t.outbox.in_flight.push_back(p)
+                }
+            }
+        }
+        t.dying_head = r.u32()?;
+        t.dying_tail = r.u32()?;
+        t.dying_len = r.u64()?;
+        t.count = r.u64()?;
+        t.live = r.u64()?;
+        let mut fields = [0u64; STATS_FIELDS];
+        for f in &mut fields {
+            *f = r.u64()?;
+        }
+        t.stats = stats_from_fields(fields);
+        t.grace_rng = r.rng()?;
+        t.id_rng = r.rng()?;
+        t.listener_present = r.bool()?;
+        t.reliable_listener = r.bool()?;
+        t.worker_at = r.opt_u64()?;
+        t.worker_in_flight = r.u64()? as usize;
+        t.now_ns = r.u64()?;
+        if !r.is_empty() {
+            return Err(Invalid("length (bytes after the end)"));
+        }
+        t.rebuild_indexes()?;
+        Ok(t)
+    }
+
+    /// Rebuilds the hash index and the id map from the entries and checks that the counts and
+    /// the dying list agree with them.
+    fn rebuild_indexes(&mut self) -> Result<(), SnapshotError> {
+        let (mut live, mut counted, mut dying) = (0u64, 0u64, 0u64);
+        for (slot, e) in self.slab.iter().enumerate() {
+            let slot = slot as u32;
+            if e.life == Life::Free {
+                continue;
+            }
+            counted += 1;
+            if e.id == 0 || self.ids.insert(e.id, slot).is_some() {
+                return Err(Invalid("entry ids"));
+            }
+            match e.life {
+                Life::Live => {
+                    live += 1;
+                    let reply = e.orig.invert().unwrap_or(e.orig);
+                    self.index
+                        .insert((e.zone, e.orig), (slot, Direction::Original));
+                    if self
+                        .index
+                        .insert((e.zone, reply), (slot, Direction::Reply))
+                        .is_some()
+                    {
+                        return Err(Invalid("tuples (two entries with one tuple)"));
+                    }
+                }
+                Life::Dying => dying += 1,
+                Life::Destroying | Life::Free => {}
+            }
+        }
+        // Walk the dying list: it must visit every dying entry once, in range.
+        let mut seen = 0u64;
+        let mut at = self.dying_head;
+        let mut prev = NIL;
+        while at != NIL {
+            let e = self.slab.get(at as usize).ok_or(Invalid("dying list"))?;
+            if e.life != Life::Dying || e.dying_prev != prev || seen >= dying {
+                return Err(Invalid("dying list"));
+            }
+            seen += 1;
+            prev = at;
+            at = e.dying_next;
+        }
+        if seen != dying || prev != self.dying_tail || self.dying_len != dying {
+            return Err(Invalid("dying list"));
+        }
+        if live != self.live || counted != self.count {
+            return Err(Invalid("entry counts"));
+        }
+        let from_worker = self
+            .outbox
+            .queued
+            .iter()
+            .chain(&self.outbox.in_flight)
+            .filter(|p| p.from_worker)
+            .count();
+        if from_worker != self.worker_in_flight {
+            return Err(Invalid("retry worker"));
+        }
+        Ok(())
+    }
+}
+
+const STATS_FIELDS: usize = 19;
+
+fn stats_fields(s: &Stats) -> [u64; STATS_FIELDS] {
+    [
+        s.found,
+        s.invalid,
+        s.insert,
+        s.insert_failed,
+        s.drop,
+        s.early_drop,
+        s.error,
+        s.ignore,
+        s.untracked,
+        s.entries,
+        s.count,
+        s.max,
+        s.events_emitted,
+        s.events_delivered,
+        s.events_failed,
+        s.destroy_retries,
+        s.missed_pending,
+        s.dying,
+        s.dying_peak,
+    ]
+}
+
+fn stats_from_fields(f: [u64; STATS_FIELDS]) -> Stats {
+    Stats {
+        found: f[0],
+        invalid: f[1],
+        insert: f[2],
+        insert_failed: f[3],
+        drop: f[4],
+        early_drop: f[5],
+        error: f[6],
+        ignore: f[7],
+        untracked: f[8],
+        entries: f[9],
+        count: f[10],
+        max: f[11],
+        events_emitted: f[12],
+        events_delivered: f[13],
+        events_failed: f[14],
+        destroy_retries: f[15],
+        missed_pending: f[16],
+        dying: f[17],
+        dying_peak: f[18],
+    }
+}
+
+fn write_config(w: &mut Writer, c: &Config) {
+    let s = &c.sysctls;
+    w.u64(c.seed);
+    w.u8(match c.retry_policy {
+        RetryPolicy::Grace => 0,
+        RetryPolicy::Kernel => 1,
+        RetryPolicy::OnDrain => 2,
+    });
+    for v in [
+        s.max,
+        s.events as u32,
+        s.events_retry_timeout,
+        s.acct as u32,
+        s.timestamp as u32,
+        s.tcp_loose as u32,
+        s.tcp_be_liberal as u32,
+        s.tcp_max_retrans,
+        s.tcp_timeout_max_retrans,
+        s.tcp_timeout_unacknowledged,
+        s.udp_timeout,
+        s.udp_timeout_stream,
+        s.icmp_timeout,
+        s.icmpv6_timeout,
+        s.generic_timeout,
+        s.expect_max,
+    ] {
+        w.u32(v);
+    }
+    for v in s.tcp_timeouts {
+        w.u32(v);
+    }
+}
+
+fn read_config(r: &mut Reader<'_>) -> Result<Config, SnapshotError> {
+    let seed = r.u64()?;
+    let retry_policy = match r.u8()? {
+        0 => RetryPolicy::Grace,
+        1 => RetryPolicy::Kernel,
+        2 => RetryPolicy::OnDrain,
+        _ => return Err(Invalid("retry policy")),
+    };
+    let mut v = [0u32; 16];
+    for x in &mut v {
+        *x = r.u32()?;
+    }
+    let flag = |x: u32| match x {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(Invalid("sysctl switch")),
+    };
+    if v[1] > 2 {
+        return Err(Invalid("nf_conntrack_events"));
+    }
+    let mut tcp_timeouts = [0u32; 10];
+    for x in &mut tcp_timeouts {
+        *x = r.u32()?;
+    }
+    let sysctls = Sysctls {
+        max: v[0],
+        events: v[1] as u8,
+        events_retry_timeout: v[2],
+        acct: flag(v[3])?,
+        timestamp: flag(v[4])?,
+        tcp_loose: flag(v[5])?,
+        tcp_be_liberal: flag(v[6])?,
+        tcp_max_retrans: v[7],
+        tcp_timeouts,
+        tcp_timeout_max_retrans: v[8],
+        tcp_timeout_unacknowledged: v[9],
+        udp_timeout: v[10],
+        udp_timeout_stream: v[11],
+        icmp_timeout: v[12],
+        icmpv6_timeout: v[13],
+        generic_timeout: v[14],
+        expect_max: v[15],
+    };
+    Ok(Config {
+        sysctls,
+        seed,
+        retry_policy,
+    })
+}
+
+fn write_tuple(w: &mut Writer, t: &Tuple) {
+    w.u8(t.family as u8);
+    w.buf.extend_from_slice(&t.src.0);
+    w.buf.extend_from_slice(&t.dst.0);
+    w.u8(t.proto);
+    match t.l4 {
+        L4Tuple::Ports { src, dst } => {
+            w.u8(0);
+            w.u16(src);
+            w.u16(dst);
+        }
+        L4Tuple::Icmp { id, kind, code } => {
+            w.u8(1);
+            w.u16(id);
+            w.u16(u16::from_le_bytes([kind, code]));
+        }
+        L4Tuple::None => {
+            w.u8(2);
+            w.u32(0);
+        }
+    }
+}
+
+fn read_addr(r: &mut Reader<'_>) -> Result<Addr, SnapshotError> {
+    let mut a = [0u8; 16];
+    for b in &mut a {
+        *b = r.u8()?;
+    }
+    Ok(Addr(a))
+}
+
+fn read_tuple(r: &mut Reader<'_>) -> Result<Tuple, SnapshotError> {
+    let family = Family::from_af(r.u8()?).ok_or(Invalid("address family"))?;
+    let src = read_addr(r)?;
+    let dst = read_addr(r)?;
+    let proto = r.u8()?;
+    let kind = r.u8()?;
+    let a = r.u16()?;
+    let b = r.u16()?;
+    let l4 = match kind {
+        0 => L4Tuple::Ports { src: a, dst: b },
+        1 => {
+            let [kind, code] = b.to_le_bytes();
+            L4Tuple::Icmp { id: a, kind, code }
+        }
+        2 => L4Tuple::None,
+        _ => return Err(Invalid("tuple")),
+    };
+    Ok(Tuple {
+        family,
+        src,
+        dst,
+        proto,
+        l4,
+    })
+}
+
+fn write_side(w: &mut Writer, s: &Side) {
+    for v in [s.td_end, s.td_maxend, s.td_maxwin, s.td_maxack] {
+        w.u32(v);
+    }
+    w.u8(s.td_scale);
+    w.u8(s.flags);
+}
+
+fn read_side(r: &mut Reader<'_>) -> Result<Side, SnapshotError> {
+    Ok(Side {
+        td_end: r.u32()?,
+        td_maxend: r.u32()?,
+        td_maxwin: r.u32()?,
+        td_maxack: r.u32()?,
+        td_scale: r.u8()?,
+        flags: r.u8()?,
+    })
+}
+
+fn read_direction(r: &mut Reader<'_>) -> Result<Direction, SnapshotError> {
+    match r.u8()? {
+        0 => Ok(Direction::Original),
+        1 => Ok(Direction::Reply),
+        _ => Err(Invalid("direction")),
+    }
+}
+
+fn write_proto(w: &mut Writer, p: &ProtoState) {
+    match p {
+        ProtoState::Tcp(c) => {
+            w.u8(0);
+            w.u8(c.state as u8);
+            write_side(w, &c.seen[0]);
+            write_side(w, &c.seen[1]);
+            w.u8(c.last_dir as u8);
+            w.u8(c.last_index as u8);
+            for v in [c.last_seq, c.last_ack, c.last_end] {
+                w.u32(v);
+            }
+            w.u16(c.last_win);
+            w.u8(c.last_flags);
+            w.u8(c.last_wscale);
+            w.u32(c.retrans);
+        }
+        ProtoState::Udp(_) => w.u8(1),
+        ProtoState::Icmp(c) => {
+            w.u8(2);
+            w.bool(c.v6);
+        }
+        ProtoState::Generic(_) => w.u8(3),
+    }
+}
+
+fn read_proto(r: &mut Reader<'_>) -> Result<ProtoState, SnapshotError> {
+    Ok(match r.u8()? {
+        0 => {
+            let state = TcpState::from_u8(r.u8()?).ok_or(Invalid("TCP state"))?;
+            let seen = [read_side(r)?, read_side(r)?];
+            let last_dir = read_direction(r)?;
+            let last_index = match r.u8()? {
+                0 => Class::Syn,
+                1 => Class::SynAck,
+                2 => Class::Fin,
+                3 => Class::Ack,
+                4 => Class::Rst,
+                5 => Class::None,
+                _ => return Err(Invalid("TCP packet class")),
+            };
+            ProtoState::Tcp(TcpConn {
+                state,
+                seen,
+                last_dir,
+                last_index,
+                last_seq: r.u32()?,
+                last_ack: r.u32()?,
+                last_end: r.u32()?,
+                last_win: r.u16()?,
+                last_flags: r.u8()?,
+                last_wscale: r.u8()?,
+                retrans: r.u32()?,
+            })
+        }
+        1 => ProtoState::Udp(UdpConn),
+        2 => ProtoState::Icmp(IcmpConn { v6: r.bool()? }),
+        3 => ProtoState::Generic(GenericConn),
+        _ => return Err(Invalid("protocol state")),
+    })
+}
+
+fn write_entry(w: &mut Writer, e: &Entry) {
+    w.u32(e.generation);
+    write_tuple(w, &e.orig);
+    w.u16(e.zone);
+    w.u32(e.id);
+    w.u32(e.status.0);
+    w.u32(e.mark);
+    write_proto(w, &e.proto);
+    for c in &e.counters {
+        w.u64(c.packets);
+        w.u64(c.bytes);
+    }
+    w.u64(e.start_ns);
+    w.u64(e.stop_ns);
+    w.u64(e.deadline_ns);
+    w.bool(e.ecache.is_some());
+    let c = e.ecache.unwrap_or_default();
+    w.u16(c.cache.0);
+    w.u16(c.missed.0);
+    w.u8(match e.life {
+        Life::Free => 0,
+        Life::Live => 1,
+        Life::Destroying => 2,
+        Life::Dying => 3,
+    });
+    w.u32(e.dying_prev);
+    w.u32(e.dying_next);
+}
+
+fn read_entry(r: &mut Reader<'_>) -> Result<Entry, SnapshotError> {
+    let generation = r.u32()?;
+    let orig = read_tuple(r)?;
+    let zone = r.u16()?;
+    let id = r.u32()?;
+    let status = Status(r.u32()?);
+    let mark = r.u32()?;
+    let proto = read_proto(r)?;
+    let mut counters = [Counters::default(); 2];
+    for c in &mut counters {
+        c.packets = r.u64()?;
+        c.bytes = r.u64()?;
+    }
+    let start_ns = r.u64()?;
+    let stop_ns = r.u64()?;
+    let deadline_ns = r.u64()?;
+    let has_ecache = r.bool()?;
+    let cache = EventBits(r.u16()?);
+    let missed = EventBits(r.u16()?);
+    let life = match r.u8()? {
+        0 => Life::Free,
+        1 => Life::Live,
+        2 => Life::Destroying,
+        3 => Life::Dying,
+        _ => return Err(Invalid("entry state")),
+    };
+    Ok(Entry {
+        generation,
+        orig,
+        zone,
+        id,
+        status,
+        mark,
+        proto,
+        counters,
+        start_ns,
+        stop_ns,
+        deadline_ns,
+        ecache: has_ecache.then_some(Ecache { cache, missed }),
+        life,
+        dying_prev: r.u32()?,
+        dying_next: r.u32()?,
+    })
+}
