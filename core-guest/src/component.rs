@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 
 use crate::config::{Config, ConfigError, RetryPolicy};
+use crate::engine::expect::{ExpectError, ExpectMask};
 use crate::engine::{Delivery, EntryView, Tracker as Engine};
 use crate::proxy::ConnError as EngineConnError;
 use crate::tuple::{Addr, Direction as EngineDirection, Family, L4Tuple, Tuple};
@@ -63,6 +64,38 @@ impl wit::GuestTracker for TrackerResource {
         Ok(wit::Tracker::new(TrackerResource {
             engine: RefCell::new(engine),
         }))
+    }
+
+    fn expect(
+        &self,
+        now: u64,
+        master_id: u32,
+        t: wit::ConnTuple,
+        mask: wit::ExpectMask,
+        timeout: u32,
+        flags: u32,
+    ) -> Result<u32, wit::ExpectError> {
+        let tuple = tuple_from_wit(&t).ok_or(wit::ExpectError::UnknownMaster)?;
+        let mask = ExpectMask { src_addr: mask.src_addr, src_port: mask.src_port };
+        self.engine.borrow_mut().expect(now, master_id, &tuple, mask, timeout, flags).map_err(|e| match e {
+            ExpectError::UnknownMaster => wit::ExpectError::UnknownMaster,
+            ExpectError::TableFull => wit::ExpectError::TableFull,
+            ExpectError::Exists => wit::ExpectError::Exists,
+        })
+    }
+
+    fn unexpect(&self, now: u64, id: u32) -> bool {
+        self.engine.borrow_mut().unexpect(now, id)
+    }
+
+    fn expect_stats(&self) -> wit::ExpectStats {
+        let s = self.engine.borrow().expect_stats();
+        wit::ExpectStats {
+            expect_new: s.expect_new,
+            expect_create: s.expect_create,
+            expect_delete: s.expect_delete,
+            expectations: s.expectations,
+        }
     }
 
     fn snapshot(&self) -> Vec<u8> {

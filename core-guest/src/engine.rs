@@ -144,6 +144,8 @@ struct Entry {
     /// Intrusive dying-list links (slab indices).
     dying_prev: u32,
     dying_next: u32,
+    /// The master's original tuple, for an entry an expectation created (RELATED).
+    master: Option<Tuple>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -167,6 +169,8 @@ struct Pending {
     kind: MessageKind,
     /// Sent by the dying-list worker (kernel and on-drain policies).
     from_worker: bool,
+    /// An expectation event (`slot` indexes the expectation table).
+    expect: bool,
     /// Byte range of the frame in `Outbox::bytes`.
     start: usize,
     len: usize,
@@ -227,6 +231,7 @@ pub struct Tracker {
     worker_in_flight: usize,
     now_ns: u64,
     msg_buf: Vec<u8>,
+    expectations: expect::Expectations,
 }
 
 impl Tracker {
@@ -259,6 +264,7 @@ impl Tracker {
             worker_in_flight: 0,
             now_ns: 0,
             msg_buf: Vec::new(),
+            expectations: expect::Expectations::new(seed),
         }
     }
 
@@ -482,11 +488,13 @@ impl Tracker {
                     if !self.make_room(now_ns, &tuple) {
                         return Verdict::Drop;
                     }
-                    (
-                        self.allocate(now_ns, zone, tuple, proto),
-                        Direction::Original,
-                        true,
-                    )
+                    let slot = self.allocate(now_ns, zone, tuple, proto);
+                    if let Some(master) = self.claim_expectation(now_ns, zone, &tuple) {
+                        let e = self.entry_mut(slot);
+                        e.status.insert(Status::EXPECTED);
+                        e.master = Some(master);
+                    }
+                    (slot, Direction::Original, true)
                 }
             };
             let outcome = self.run_tracker(slot, now_ns, segment, dir);
@@ -603,6 +611,7 @@ impl Tracker {
             life: Life::Live,
             dying_prev: NIL,
             dying_next: NIL,
+            master: None,
         };
         self.count += 1;
         match self.free.pop() {
@@ -701,6 +710,7 @@ impl Tracker {
     /// Ends a live entry: out of the hash at once, DYING, and its DESTROY into the outbox. The
     /// entry keeps its slot (and counts against the maximum) until the DESTROY is delivered.
     fn destroy(&mut self, slot: u32, now_ns: u64, stop_ns: u64) {
+        self.remove_expectations_of(slot, now_ns);
         self.timers.cancel(slot);
         let e = &mut self.slab[slot as usize];
         debug_assert_eq!(e.life, Life::Live);
@@ -781,6 +791,7 @@ impl Tracker {
             missed_sent,
             kind,
             from_worker,
+            expect: false,
             start,
             len,
         });
@@ -849,6 +860,11 @@ impl Tracker {
                     },
                 ])]));
             }
+        }
+        if let (false, Some(master)) = (destroy, &e.master)
+            && bits.contains(EventBits::RELATED)
+        {
+            attrs.push(CtAttr::TupleMaster(netlink::tuple_attrs(master)));
         }
         if e.mark != 0 || bits.contains(EventBits::MARK) {
             attrs.push(CtAttr::Mark(e.mark));
@@ -963,6 +979,7 @@ impl Tracker {
             }
         }
         self.fired = fired;
+        self.expire_expectations(now_ns);
         if let Some(at) = self.worker_at
             && at <= now_ns
             && self.worker_in_flight == 0
@@ -1046,6 +1063,10 @@ impl Tracker {
             match result {
                 Delivery::Delivered => self.stats.events_delivered += 1,
                 Delivery::Failed => self.stats.events_failed += 1,
+            }
+            if p.expect {
+                self.expect_delivery(p.slot, p.generation, p.bits, p.missed_sent, result);
+                continue;
             }
             let e = &self.slab[p.slot as usize];
             if e.generation != p.generation {
@@ -1268,3 +1289,6 @@ mod tests;
 
 #[path = "engine_snapshot.rs"]
 mod snapshot;
+
+#[path = "expect.rs"]
+pub mod expect;

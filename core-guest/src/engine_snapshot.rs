@@ -36,6 +36,7 @@ impl Tracker {
                 w.u16(p.missed_sent.0);
                 w.u8(p.kind as u8);
                 w.bool(p.from_worker);
+                w.bool(p.expect);
                 w.u64(p.start as u64);
                 w.u64(p.len as u64);
             }
@@ -55,6 +56,7 @@ impl Tracker {
         w.opt_u64(self.worker_at);
         w.u64(self.worker_in_flight as u64);
         w.u64(self.now_ns);
+        self.expectations.encode(&mut w);
         w.buf
     }
 
@@ -97,6 +99,7 @@ impl Tracker {
                         _ => return Err(Invalid("message kind")),
                     },
                     from_worker: r.bool()?,
+                    expect: r.bool()?,
                     start: r.u64()? as usize,
                     len: r.u64()? as usize,
                 };
@@ -104,7 +107,7 @@ impl Tracker {
                     .start
                     .checked_add(p.len)
                     .is_some_and(|end| end <= t.outbox.bytes.len());
-                if !slot_ok(p.slot) || (which == 0 && !in_bytes) {
+                if (!p.expect && !slot_ok(p.slot)) || (which == 0 && !in_bytes) {
                     return Err(Invalid("outbox"));
                 }
                 if which == 0 {
@@ -131,6 +134,10 @@ impl Tracker {
         t.worker_at = r.opt_u64()?;
         t.worker_in_flight = r.u64()? as usize;
         t.now_ns = r.u64()?;
+        t.expectations = expect::Expectations::decode(&mut r, t.config.seed, slab_len)?;
+        if t.outbox.queued.iter().chain(&t.outbox.in_flight).any(|p| p.expect && p.slot as usize >= t.expectations.len()) {
+            return Err(Invalid("outbox"));
+        }
         if !r.is_empty() {
             return Err(Invalid("length (bytes after the end)"));
         }
@@ -335,7 +342,7 @@ fn read_config(r: &mut Reader<'_>) -> Result<Config, SnapshotError> {
     })
 }
 
-fn write_tuple(w: &mut Writer, t: &Tuple) {
+pub(super) fn write_tuple(w: &mut Writer, t: &Tuple) {
     w.u8(t.family as u8);
     w.buf.extend_from_slice(&t.src.0);
     w.buf.extend_from_slice(&t.dst.0);
@@ -366,7 +373,7 @@ fn read_addr(r: &mut Reader<'_>) -> Result<Addr, SnapshotError> {
     Ok(Addr(a))
 }
 
-fn read_tuple(r: &mut Reader<'_>) -> Result<Tuple, SnapshotError> {
+pub(super) fn read_tuple(r: &mut Reader<'_>) -> Result<Tuple, SnapshotError> {
     let family = Family::from_af(r.u8()?).ok_or(Invalid("address family"))?;
     let src = read_addr(r)?;
     let dst = read_addr(r)?;
@@ -508,6 +515,10 @@ fn write_entry(w: &mut Writer, e: &Entry) {
     });
     w.u32(e.dying_prev);
     w.u32(e.dying_next);
+    w.bool(e.master.is_some());
+    if let Some(m) = &e.master {
+        write_tuple(w, m);
+    }
 }
 
 fn read_entry(r: &mut Reader<'_>) -> Result<Entry, SnapshotError> {
@@ -552,5 +563,6 @@ fn read_entry(r: &mut Reader<'_>) -> Result<Entry, SnapshotError> {
         life,
         dying_prev: r.u32()?,
         dying_next: r.u32()?,
+        master: if r.bool()? { Some(read_tuple(r)?) } else { None },
     })
 }

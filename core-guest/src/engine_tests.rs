@@ -39,6 +39,8 @@ struct Run {
     log: Vec<Seen>,
     /// Outcome to report for the next messages (default: delivered).
     fail_next: usize,
+    /// Expectation events received: kind, expectation id, bits.
+    expect_log: Vec<(MessageKind, u32, EventBits)>,
 }
 
 impl Run {
@@ -52,6 +54,7 @@ impl Run {
             v6,
             log: Vec::new(),
             fail_next: 0,
+            expect_log: Vec::new(),
         }
     }
 
@@ -128,6 +131,18 @@ impl Run {
             let mut results = Vec::new();
             for frame in batch::events(&out) {
                 let frame = frame.expect("well-framed events");
+                if frame.group >= crate::engine::expect::GROUP_EXP_NEW {
+                    let (msg, _) = crate::netlink::ExpMessage::parse(frame.netlink).expect("an expectation message");
+                    let failed = self.fail_next > 0;
+                    if failed {
+                        self.fail_next -= 1;
+                        results.push(Delivery::Failed);
+                    } else {
+                        results.push(Delivery::Delivered);
+                        self.expect_log.push((msg.kind().expect("NEW or DESTROY"), msg.id().unwrap(), frame.events));
+                    }
+                    continue;
+                }
                 let (msg, used) = CtMessage::parse(frame.netlink).expect("a ctnetlink message");
                 assert_eq!(used, frame.netlink.len());
                 let status = msg.status().expect("status in every event");
@@ -638,6 +653,7 @@ fn same_seed_same_ids_different_seed_different_ids() {
             v6: false,
             log: Vec::new(),
             fail_next: 0,
+            expect_log: Vec::new(),
         };
         r.udp(0, true, 1);
         r.echo(0, true, 1);
@@ -835,4 +851,104 @@ fn hostile_snapshots_are_errors_not_panics() {
         }
     }
     assert!(rejected > 0);
+}
+
+mod expectations {
+    use super::*;
+    use crate::engine::expect::{EXP_DESTROY, EXP_NEW, ExpectError, ExpectMask, FLAG_PERMANENT};
+
+    fn data_tuple(sport: u16) -> Tuple {
+        // The server's data connection back to the client (active FTP style).
+        Tuple {
+            family: crate::tuple::Family::Ipv4,
+            src: crate::tuple::Addr::v4([127, 0, 0, 1]),
+            dst: crate::tuple::Addr::v4([127, 0, 0, 1]),
+            proto: ipproto::TCP,
+            l4: L4Tuple::Ports { src: sport, dst: 40100 },
+        }
+    }
+
+    fn data_syn(r: &mut Run, at: u64, sport: u16) -> Verdict {
+        let l4 = build::tcp(sport, 40100, 7000, 0, SYN, 65535, 0);
+        let p = r.ip(false, ipproto::TCP, &l4);
+        r.feed(at, &p)
+    }
+
+    #[test]
+    fn an_expected_connection_is_related_to_its_master() {
+        let mut r = Run::new(false, |_| {});
+        handshake(&mut r);
+        let master = r.log[0].id;
+        let any_port = ExpectMask { src_addr: true, src_port: false };
+        let exp = r.t.expect(T0 + MS, master, &data_tuple(0), any_port, 30, 0).unwrap();
+        r.pump();
+        assert_eq!(r.expect_log, [(MessageKind::New, exp, EXP_NEW)]);
+        assert_eq!(data_syn(&mut r, 2 * MS, 20), Verdict::New);
+        let related = r.log.last().unwrap();
+        assert!(related.bits.contains(EventBits::RELATED) && !related.bits.contains(EventBits::NEW));
+        assert!(related.msg.status().unwrap().contains(Status::EXPECTED));
+        let master_attr = related.msg.attrs.iter().any(|a| matches!(a, CtAttr::TupleMaster(_)));
+        assert!(master_attr, "a RELATED event names its master");
+        assert_eq!(r.expect_log[1], (MessageKind::Destroy, exp, EXP_DESTROY), "consumed on match");
+        let s = r.t.expect_stats();
+        assert_eq!((s.expect_create, s.expect_new, s.expect_delete, s.expectations), (1, 1, 1, 0));
+        // A second connection to the same port is not expected any more: a plain NEW.
+        assert_eq!(data_syn(&mut r, 3 * MS, 21), Verdict::New);
+        assert!(r.log.last().unwrap().bits.contains(EventBits::NEW));
+    }
+
+    #[test]
+    fn expectations_time_out_die_with_their_master_and_are_bounded() {
+        let mut r = Run::new(false, |s| s.expect_max = 2);
+        handshake(&mut r);
+        let master = r.log[0].id;
+        let m = ExpectMask { src_addr: true, src_port: true };
+        let short = r.t.expect(T0 + MS, master, &data_tuple(1), m, 5, 0).unwrap();
+        let long = r.t.expect(T0 + MS, master, &data_tuple(2), m, 500, FLAG_PERMANENT).unwrap();
+        assert_eq!(r.t.expect(T0 + MS, master, &data_tuple(3), m, 5, 0), Err(ExpectError::TableFull));
+        assert_eq!(r.t.expect(T0 + MS, 12345, &data_tuple(3), m, 5, 0), Err(ExpectError::UnknownMaster));
+        r.advance(10 * S);
+        assert!(r.expect_log.contains(&(MessageKind::Destroy, short, EXP_DESTROY)));
+        assert_eq!(r.t.expect_stats().expectations, 1);
+        // Permanent: it stays after a match.
+        data_syn(&mut r, 11 * S, 2);
+        assert_eq!(r.t.expect_stats().expectations, 1);
+        r.t.flush(T0 + 12 * S);
+        r.pump();
+        assert!(r.expect_log.contains(&(MessageKind::Destroy, long, EXP_DESTROY)), "gone with the master");
+        assert_eq!(r.t.expect_stats().expectations, 0);
+    }
+
+    #[test]
+    fn expectation_events_are_reliable() {
+        let mut r = Run::new(false, |s| s.events_retry_timeout = 2);
+        handshake(&mut r);
+        let master = r.log[0].id;
+        r.fail_next = 1;
+        let exp = r.t.expect(T0 + MS, master, &data_tuple(9), ExpectMask::default(), 5, 0).unwrap();
+        r.pump();
+        assert!(r.expect_log.is_empty(), "the NEW failed");
+        r.fail_next = 1;
+        r.advance(6 * S);
+        assert!(r.expect_log.is_empty(), "the DESTROY failed too, and waits on its retry");
+        assert_eq!(r.t.expect_stats().expectations, 1);
+        r.advance(10 * S);
+        // The retried DESTROY carries the missed NEW.
+        assert_eq!(r.expect_log, [(MessageKind::Destroy, exp, EXP_NEW.union(EXP_DESTROY))]);
+        assert_eq!(r.t.expect_stats().expectations, 0);
+    }
+
+    #[test]
+    fn expectations_survive_a_snapshot() {
+        let mut r = Run::new(false, |_| {});
+        handshake(&mut r);
+        let master = r.log[0].id;
+        r.t.expect(T0 + MS, master, &data_tuple(0), ExpectMask { src_addr: true, src_port: false }, 30, 0).unwrap();
+        r.pump();
+        let bytes = r.t.snapshot();
+        r.t = Tracker::restore(&bytes).unwrap();
+        assert_eq!(r.t.snapshot(), bytes);
+        assert_eq!(data_syn(&mut r, 2 * MS, 20), Verdict::New);
+        assert!(r.log.last().unwrap().bits.contains(EventBits::RELATED));
+    }
 }

@@ -14,6 +14,7 @@ pub mod tuple;
 pub mod wire;
 
 pub use config::{Config, RetryPolicy, Sysctls};
+pub use engine::expect::{ExpectError, ExpectMask, ExpectStats};
 pub use engine::{Delivery, EntryView, Tracker, Verdict};
 pub use event::{EventBits, MessageKind, Status, TcpState};
 pub use stats::Stats;

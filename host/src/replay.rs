@@ -15,7 +15,7 @@ use ctwasm_core::{Delivery, Stats, Verdict};
 
 use crate::backend::Backend;
 use crate::capture::CapturedPacket;
-use crate::listener::{DeliveryOutcome, ListenerStats, Listeners};
+use crate::listener::{DeliveryOutcome, ListenerStats, Listeners, ReceivedMessage};
 use crate::output;
 
 /// How a run goes.
@@ -54,6 +54,16 @@ pub struct ReplayReport {
 /// Receives every message the first listener reads, with its decoded form.
 pub trait EventSink {
     fn event(&mut self, frame: &EventFrame<'_>, message: &CtMessage) -> Result<()>;
+    /// The same, with the read itself (when it was queued and read); by default just the event.
+    fn read(
+        &mut self,
+        read: &ReceivedMessage,
+        frame: &EventFrame<'_>,
+        message: &CtMessage,
+    ) -> Result<()> {
+        let _ = read;
+        self.event(frame, message)
+    }
 }
 
 impl<F: FnMut(&EventFrame<'_>, &CtMessage) -> Result<()>> EventSink for F {
@@ -179,9 +189,11 @@ impl<'a> Simulation<'a> {
             return Ok(());
         };
         for msg in first.take_received() {
-            if let Some(frame) = msg.event_frame() {
+            // Expectation events (groups 4 and 6) are counted by the listeners but not printed:
+            // the text and JSON formats describe conntrack entries.
+            if let Some(frame) = msg.event_frame().filter(|f| f.group <= 3) {
                 let decoded = output::decode_frame(&frame)?;
-                sink.event(&frame, &decoded)?;
+                sink.read(&msg, &frame, &decoded)?;
             }
         }
         Ok(())

@@ -989,3 +989,91 @@ pub fn follows_order(attrs: &[CtAttr], order: &[u16]) -> bool {
 #[cfg(test)]
 #[path = "tests.rs"]
 mod tests;
+
+// ---- expectation messages ---------------------------------------------------------------------
+
+const CTA_EXPECT_MASTER: u16 = 1;
+const CTA_EXPECT_TUPLE: u16 = 2;
+const CTA_EXPECT_MASK: u16 = 3;
+const CTA_EXPECT_TIMEOUT: u16 = 4;
+const CTA_EXPECT_ID: u16 = 5;
+const CTA_EXPECT_ZONE: u16 = 7;
+const CTA_EXPECT_FLAGS: u16 = 8;
+const CTA_EXPECT_CLASS: u16 = 9;
+
+emitable_attr!(super::ExpAttr, TupleAttr, |a| match a {
+    super::ExpAttr::Master(t) => Wire::Nest(CTA_EXPECT_MASTER, t),
+    super::ExpAttr::Tuple(t) => Wire::Nest(CTA_EXPECT_TUPLE, t),
+    super::ExpAttr::Mask(t) => Wire::Nest(CTA_EXPECT_MASK, t),
+    super::ExpAttr::Timeout(v) => Wire::Leaf(CTA_EXPECT_TIMEOUT, Value::U32(*v)),
+    super::ExpAttr::Id(v) => Wire::Leaf(CTA_EXPECT_ID, Value::U32(*v)),
+    super::ExpAttr::Zone(v) => Wire::Leaf(CTA_EXPECT_ZONE, Value::U16(*v)),
+    super::ExpAttr::Flags(v) => Wire::Leaf(CTA_EXPECT_FLAGS, Value::U32(*v)),
+    super::ExpAttr::Class(v) => Wire::Leaf(CTA_EXPECT_CLASS, Value::U32(*v)),
+    super::ExpAttr::Other(r) => raw_wire(r),
+});
+
+impl ParseNla for super::ExpAttr {
+    fn parse_nla(kind: u16, p: &[u8], depth: usize) -> Result<Self, DecodeError> {
+        use super::ExpAttr;
+        Ok(match nest_kind(kind) {
+            Some(CTA_EXPECT_MASTER) => ExpAttr::Master(parse_list(p, depth + 1)?),
+            Some(CTA_EXPECT_TUPLE) => ExpAttr::Tuple(parse_list(p, depth + 1)?),
+            Some(CTA_EXPECT_MASK) => ExpAttr::Mask(parse_list(p, depth + 1)?),
+            _ => match kind {
+                CTA_EXPECT_TIMEOUT => ExpAttr::Timeout(be_u32(kind, p)?),
+                CTA_EXPECT_ID => ExpAttr::Id(be_u32(kind, p)?),
+                CTA_EXPECT_ZONE => ExpAttr::Zone(be_u16(kind, p)?),
+                CTA_EXPECT_FLAGS => ExpAttr::Flags(be_u32(kind, p)?),
+                CTA_EXPECT_CLASS => ExpAttr::Class(be_u32(kind, p)?),
+                _ => ExpAttr::Other(raw(kind, p, depth)?),
+            },
+        })
+    }
+}
+
+impl Emitable for super::ExpMessage {
+    fn buffer_len(&self) -> usize {
+        NLMSG_HDRLEN + NFGENMSG_LEN + list_len(&self.attrs)
+    }
+
+    fn emit(&self, buf: &mut [u8]) {
+        let len = self.buffer_len();
+        buf[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+        buf[4..6].copy_from_slice(&self.header.msg_type.to_ne_bytes());
+        buf[6..8].copy_from_slice(&self.header.flags.to_ne_bytes());
+        buf[8..12].copy_from_slice(&self.header.seq.to_ne_bytes());
+        buf[12..16].copy_from_slice(&self.header.port_id.to_ne_bytes());
+        buf[16] = self.family;
+        buf[17] = self.version;
+        buf[18..20].copy_from_slice(&self.res_id.to_be_bytes());
+        emit_list(&self.attrs, &mut buf[NLMSG_HDRLEN + NFGENMSG_LEN..len]);
+    }
+}
+
+impl super::ExpMessage {
+    pub fn emit_to_vec(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.resize(start + self.buffer_len(), 0);
+        self.emit(&mut out[start..]);
+    }
+
+    /// Parses one expectation message (subsystem `CTNETLINK_EXP`) at the start of `buf`.
+    pub fn parse(buf: &[u8]) -> Result<(super::ExpMessage, usize), DecodeError> {
+        let (header, len) = frame(buf)?;
+        let msg = &buf[..len];
+        if header.msg_type >> 8 != NFNL_SUBSYS_CTNETLINK_EXP as u16 {
+            return Err(DecodeError::NotConntrack { msg_type: header.msg_type });
+        }
+        let nfgen = msg.get(NLMSG_HDRLEN..NLMSG_HDRLEN + NFGENMSG_LEN).ok_or(DecodeError::ShortHeader)?;
+        let attrs = parse_list(&msg[NLMSG_HDRLEN + NFGENMSG_LEN..], 1)?;
+        let message = super::ExpMessage {
+            header,
+            family: nfgen[0],
+            version: nfgen[1],
+            res_id: u16::from_be_bytes([nfgen[2], nfgen[3]]),
+            attrs,
+        };
+        Ok((message, align4(len).min(buf.len())))
+    }
+}

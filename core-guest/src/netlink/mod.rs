@@ -386,3 +386,65 @@ pub fn tuple_attrs(tuple: &Tuple) -> Vec<TupleAttr> {
     }
     vec![TupleAttr::Ip(ip), TupleAttr::Proto(proto)]
 }
+
+/// `CTA_EXPECT_*`: attributes of expectation messages (subsystem `CTNETLINK_EXP`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExpAttr {
+    /// The master connection's original tuple.
+    Master(Vec<TupleAttr>),
+    /// The tuple the expected connection will have.
+    Tuple(Vec<TupleAttr>),
+    /// Which parts of `Tuple` must match (all-ones bytes must, zeroes are wildcards).
+    Mask(Vec<TupleAttr>),
+    /// Seconds left.
+    Timeout(u32),
+    Id(u32),
+    Zone(u16),
+    Flags(u32),
+    Class(u32),
+    Other(RawAttr),
+}
+
+/// One expectation message: netlink header, `nfgenmsg`, attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpMessage {
+    pub header: NlHeader,
+    pub family: u8,
+    pub version: u8,
+    pub res_id: u16,
+    pub attrs: Vec<ExpAttr>,
+}
+
+impl ExpMessage {
+    /// NEW or DESTROY, from the message type.
+    pub fn kind(&self) -> Option<MessageKind> {
+        use consts::*;
+        if self.header.msg_type >> 8 != NFNL_SUBSYS_CTNETLINK_EXP as u16 {
+            return None;
+        }
+        match (self.header.msg_type & 0xff) as u8 {
+            IPCTNL_MSG_EXP_NEW => Some(MessageKind::New),
+            IPCTNL_MSG_EXP_DELETE => Some(MessageKind::Destroy),
+            _ => None,
+        }
+    }
+    pub fn id(&self) -> Option<u32> {
+        self.attrs.iter().find_map(|a| match a {
+            ExpAttr::Id(v) => Some(*v),
+            _ => None,
+        })
+    }
+    pub fn tuple(&self) -> Option<Tuple> {
+        self.attrs.iter().find_map(|a| match a {
+            ExpAttr::Tuple(t) => tuple_from_attrs(Family::from_af(self.family)?, t),
+            _ => None,
+        })
+    }
+    pub fn master(&self) -> Option<Tuple> {
+        self.attrs.iter().find_map(|a| match a {
+            ExpAttr::Master(t) => tuple_from_attrs(Family::from_af(self.family)?, t),
+            _ => None,
+        })
+    }
+}
