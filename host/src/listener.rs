@@ -17,6 +17,11 @@
 //!   without that flag never make a delivery fail, and with no listener at all nothing fails.
 //! - The reader drains its queue in FIFO order at a configured pace: all at once, a fixed rate, or
 //!   a script of rates and pauses over time.
+//! - Fault injection (a test device, not a kernel rule): a seeded share of the offers to a
+//!   listener fails to queue as if the buffer were full — counted as a drop, and failing the
+//!   delivery when the listener is reliable. It models a transient failure (an skb that could not
+//!   be cloned under memory pressure), so it neither congests the socket nor leaves ENOBUFS: a
+//!   congested socket with nothing queued would wait for a read that never comes.
 //!
 //! Every listener is plain state driven by `now` in nanoseconds (the capture's clock): no threads,
 //! no sleeps, no wall clock, so the same inputs always give the same losses.
@@ -43,10 +48,12 @@
 //!                       told about, normally the first packet).
 //! name=NAME             a label for reports (default: listener)
 //! record                keep every message read, for tests and mirrors
+//! faults=P              fail a share P (0 to 1) of the offers, drawn from a seeded generator
+//! seed=N                seed of the fault generator (default 0): same seed, same faults
 //! ```
 //!
 //! Examples: `rcvbuf=2048,reliable,drain=100/s` (the seed's stress test),
-//! `rcvbuf=4M,groups=destroy,drain=unlimited+pause@2..5`.
+//! `rcvbuf=4M,groups=destroy,drain=unlimited+pause@2..5`, `rcvbuf=64K,reliable,faults=0.1,seed=7`.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -54,6 +61,8 @@ use std::str::FromStr;
 
 use anyhow::{Context, bail};
 use ctwasm_core::batch::{self, EventFrame};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 /// The netlink multicast groups of conntrack events (`NFNLGRP_CONNTRACK_*`).
 pub const GROUP_NEW: u8 = 1;
@@ -153,6 +162,10 @@ pub struct ListenerConfig {
     pub drain: DrainPolicy,
     /// Keep every message read (see [`Listener::received`]).
     pub record: bool,
+    /// Share of offers (0 to 1) that fail as if the buffer were full (fault injection).
+    pub faults: f64,
+    /// Seed of the fault generator.
+    pub fault_seed: u64,
 }
 
 impl Default for ListenerConfig {
@@ -165,6 +178,8 @@ impl Default for ListenerConfig {
             no_enobufs: false,
             drain: DrainPolicy::Unlimited,
             record: false,
+            faults: 0.0,
+            fault_seed: 0,
         }
     }
 }
@@ -198,7 +213,13 @@ fn parse_spec(spec: &str) -> anyhow::Result<ListenerConfig> {
             ("drain", Some(v)) => config.drain = parse_drain(v)?,
             ("name", Some(v)) if !v.is_empty() => config.name = v.to_string(),
             ("record", None) => config.record = true,
-            ("rcvbuf" | "groups" | "drain" | "name", _) => {
+            ("faults", Some(v)) => config.faults = parse_probability(v)?,
+            ("seed", Some(v)) => {
+                config.fault_seed = v
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("seed `{v}` is not a whole number"))?
+            }
+            ("rcvbuf" | "groups" | "drain" | "name" | "faults" | "seed", _) => {
                 bail!("`{key}` needs a value: `{key}=...`")
             }
             ("reliable" | "broadcast-error" | "no-enobufs" | "record", Some(_)) => {
@@ -206,7 +227,7 @@ fn parse_spec(spec: &str) -> anyhow::Result<ListenerConfig> {
             }
             _ => bail!(
                 "unknown option `{part}` (expected rcvbuf=BYTES, reliable, no-enobufs, \
-                 groups=new+update+destroy, drain=..., name=NAME, record)"
+                 groups=new+update+destroy, drain=..., name=NAME, record, faults=P, seed=N)"
             ),
         }
     }
@@ -228,6 +249,13 @@ fn parse_bytes(v: &str) -> anyhow::Result<usize> {
         .map_err(|_| anyhow::anyhow!("rcvbuf `{v}` is not a byte count (e.g. 2048, 64K, 4M)"))?;
     n.checked_mul(scale)
         .ok_or_else(|| anyhow::anyhow!("rcvbuf `{v}` is too large"))
+}
+
+fn parse_probability(v: &str) -> anyhow::Result<f64> {
+    match v.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => bail!("faults `{v}` is not a probability between 0 and 1"),
+    }
 }
 
 fn parse_groups(v: &str) -> anyhow::Result<u8> {
@@ -343,6 +371,15 @@ pub enum Offer {
     /// Refused: the buffer was over its limit or the socket congested. `first_overrun` is true
     /// when this refusal congested the socket and left ENOBUFS for the reader.
     Dropped { first_overrun: bool },
+    /// Refused by fault injection: counted as a drop, the socket left as it was.
+    Faulted,
+}
+
+impl Offer {
+    /// Whether the listener missed the message (what fails a reliable delivery).
+    pub fn missed(self) -> bool {
+        matches!(self, Offer::Dropped { .. } | Offer::Faulted)
+    }
 }
 
 /// A message the reader has read (kept when the listener records).
@@ -375,6 +412,8 @@ pub struct ListenerStats {
     pub dropped: u64,
     /// Overruns reported to the reader as ENOBUFS (one per congestion episode).
     pub enobufs: u64,
+    /// Of the drops, those made by fault injection.
+    pub faults: u64,
     /// The most bytes ever queued at once.
     pub peak_queued_bytes: usize,
 }
@@ -400,11 +439,15 @@ pub struct Listener {
     origin_ns: Option<u64>,
     stats: ListenerStats,
     received: Vec<ReceivedMessage>,
+    /// Draws the injected faults (present when `faults > 0`).
+    fault_rng: Option<ChaCha8Rng>,
 }
 
 impl Listener {
     pub fn new(config: ListenerConfig) -> Listener {
+        let fault_rng = (config.faults > 0.0).then(|| ChaCha8Rng::seed_from_u64(config.fault_seed));
         Listener {
+            fault_rng,
             config,
             queue: VecDeque::new(),
             queued_bytes: 0,
@@ -471,6 +514,14 @@ impl Listener {
             return Offer::NotSubscribed;
         }
         self.advance(now_ns);
+        let faults = self.config.faults;
+        if let Some(rng) = self.fault_rng.as_mut()
+            && rng.random::<f64>() < faults
+        {
+            self.stats.dropped += 1;
+            self.stats.faults += 1;
+            return Offer::Faulted;
+        }
         if !self.has_room() {
             self.stats.dropped += 1;
             let first_overrun = !self.config.no_enobufs && !self.congested;
@@ -644,7 +695,7 @@ impl Listeners {
         let mut outcome = DeliveryOutcome::Delivered;
         for l in &mut self.listeners {
             let offer = l.offer(now_ns, frame.group, cost, &recorded);
-            if matches!(offer, Offer::Dropped { .. }) && l.config.broadcast_error {
+            if offer.missed() && l.config.broadcast_error {
                 outcome = DeliveryOutcome::Failed;
             }
         }
@@ -673,7 +724,11 @@ impl fmt::Display for ListenerStats {
             f,
             "received {} read {} dropped {} enobufs {} peak {} bytes",
             self.received, self.read, self.dropped, self.enobufs, self.peak_queued_bytes
-        )
+        )?;
+        if self.faults > 0 {
+            write!(f, " (faults injected {})", self.faults)?;
+        }
+        Ok(())
     }
 }
 
@@ -953,6 +1008,8 @@ mod tests {
                     msgs_per_sec: 100.0
                 },
                 record: false,
+                faults: 0.0,
+                fault_seed: 0,
             }
         );
         assert_eq!(ListenerConfig::parse("rcvbuf=4M").unwrap().rcvbuf, 4 << 20);
@@ -997,6 +1054,43 @@ mod tests {
         assert!(err("drain=-1/s").contains("non-negative"));
         assert!(err("reliable=yes").contains("takes no value"));
         assert!(err("rcvbuf").contains("needs a value"));
+        assert!(err("faults=1.5").contains("not a probability"));
+        assert!(err("seed=x").contains("not a whole number"));
+    }
+
+    #[test]
+    fn injected_faults_are_seeded_counted_as_drops_and_fail_only_reliable_deliveries() {
+        let spec = "rcvbuf=unlimited,faults=0.25,seed=7";
+        let c = ListenerConfig::parse(spec).unwrap();
+        assert_eq!((c.faults, c.fault_seed), (0.25, 7));
+        let run = |spec: &str| {
+            let mut l = listener(spec);
+            let offers: Vec<Offer> = (0..400).map(|i| l.offer(i, GROUP_NEW, 10, &[])).collect();
+            (offers, l.stats())
+        };
+        let (offers, stats) = run(spec);
+        // Same seed, same faults; another seed, other faults.
+        assert_eq!(run(spec).0, offers);
+        assert_ne!(run("rcvbuf=unlimited,faults=0.25,seed=8").0, offers);
+        let faulted = offers.iter().filter(|o| **o == Offer::Faulted).count() as u64;
+        assert!(
+            (60..140).contains(&faulted),
+            "{faulted} faults in 400 at 25 %"
+        );
+        assert_eq!(
+            (stats.faults, stats.dropped, stats.enobufs),
+            (faulted, faulted, 0)
+        );
+        assert_eq!(stats.received, 400 - faulted);
+
+        // A fault fails the delivery only for a reliable listener, and never congests it.
+        for (spec, failing) in [("faults=1,reliable", true), ("faults=1", false)] {
+            let mut set = Listeners::new([ListenerConfig::parse(spec).unwrap()]);
+            let outcome = set.deliver(0, &frame(GROUP_NEW, &[0; 8]));
+            assert_eq!(outcome == DeliveryOutcome::Failed, failing, "{spec}");
+            let l = set.get(0).unwrap();
+            assert!(!l.is_congested() && l.has_room());
+        }
     }
 
     #[derive(Clone, Debug)]
@@ -1049,6 +1143,7 @@ mod tests {
                                 proptest::prop_assert!(!(first_overrun && no_enobufs));
                                 proptest::prop_assert!(before > rcvbuf || l.is_congested());
                             }
+                            Offer::Faulted => proptest::prop_assert!(false, "no faults asked for"),
                         }
                         proptest::prop_assert!(l.queued_bytes() <= rcvbuf + cost || l.queued_bytes() <= before);
                     }
