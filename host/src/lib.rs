@@ -9,5 +9,7 @@
 pub mod backend;
 pub mod capture;
 pub mod listener;
+pub mod mirror;
 pub mod output;
 pub mod replay;
+pub mod stress;
