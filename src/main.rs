@@ -17,6 +17,8 @@ use ctwasm_host::output::{self, ConntrackOptions};
 use ctwasm_host::replay::{ReplayOptions, ReplayReport, replay};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+mod stress_cmd;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ctwasm",
@@ -32,6 +34,8 @@ struct Cli {
 enum Command {
     /// Replay a pcap or pcapng capture through the tracker and print its events.
     Replay(ReplayArgs),
+    /// The seed's stress test, simulated: short connections, a tiny reliable buffer, a flush.
+    Stress(stress_cmd::StressArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -96,6 +100,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay(args) => run_replay(args),
+        Command::Stress(args) => stress_cmd::run(args),
     };
     if let Err(e) = result {
         eprintln!("ctwasm: {e:#}");
