@@ -76,12 +76,18 @@ impl wit::GuestTracker for TrackerResource {
         flags: u32,
     ) -> Result<u32, wit::ExpectError> {
         let tuple = tuple_from_wit(&t).ok_or(wit::ExpectError::UnknownMaster)?;
-        let mask = ExpectMask { src_addr: mask.src_addr, src_port: mask.src_port };
-        self.engine.borrow_mut().expect(now, master_id, &tuple, mask, timeout, flags).map_err(|e| match e {
-            ExpectError::UnknownMaster => wit::ExpectError::UnknownMaster,
-            ExpectError::TableFull => wit::ExpectError::TableFull,
-            ExpectError::Exists => wit::ExpectError::Exists,
-        })
+        let mask = ExpectMask {
+            src_addr: mask.src_addr,
+            src_port: mask.src_port,
+        };
+        self.engine
+            .borrow_mut()
+            .expect(now, master_id, &tuple, mask, timeout, flags)
+            .map_err(|e| match e {
+                ExpectError::UnknownMaster => wit::ExpectError::UnknownMaster,
+                ExpectError::TableFull => wit::ExpectError::TableFull,
+                ExpectError::Exists => wit::ExpectError::Exists,
+            })
     }
 
     fn unexpect(&self, now: u64, id: u32) -> bool {

@@ -512,7 +512,7 @@ impl Tracker {
                 _ => {}
             }
             if outcome == Outcome::AcceptKeepTimeout && !is_new {
-                self.stats.ignore += matches!(segment.tcp, Some(_)) as u64;
+                self.stats.ignore += segment.tcp.is_some() as u64;
             }
             if outcome != Outcome::AcceptKeepTimeout {
                 // Ignored packets and SYN retransmits leave before the kernel's

@@ -135,7 +135,12 @@ impl Tracker {
         t.worker_in_flight = r.u64()? as usize;
         t.now_ns = r.u64()?;
         t.expectations = expect::Expectations::decode(&mut r, t.config.seed, slab_len)?;
-        if t.outbox.queued.iter().chain(&t.outbox.in_flight).any(|p| p.expect && p.slot as usize >= t.expectations.len()) {
+        if t.outbox
+            .queued
+            .iter()
+            .chain(&t.outbox.in_flight)
+            .any(|p| p.expect && p.slot as usize >= t.expectations.len())
+        {
             return Err(Invalid("outbox"));
         }
         if !r.is_empty() {
@@ -563,6 +568,10 @@ fn read_entry(r: &mut Reader<'_>) -> Result<Entry, SnapshotError> {
         life,
         dying_prev: r.u32()?,
         dying_next: r.u32()?,
-        master: if r.bool()? { Some(read_tuple(r)?) } else { None },
+        master: if r.bool()? {
+            Some(read_tuple(r)?)
+        } else {
+            None
+        },
     })
 }

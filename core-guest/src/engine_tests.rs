@@ -132,14 +132,19 @@ impl Run {
             for frame in batch::events(&out) {
                 let frame = frame.expect("well-framed events");
                 if frame.group >= crate::engine::expect::GROUP_EXP_NEW {
-                    let (msg, _) = crate::netlink::ExpMessage::parse(frame.netlink).expect("an expectation message");
+                    let (msg, _) = crate::netlink::ExpMessage::parse(frame.netlink)
+                        .expect("an expectation message");
                     let failed = self.fail_next > 0;
                     if failed {
                         self.fail_next -= 1;
                         results.push(Delivery::Failed);
                     } else {
                         results.push(Delivery::Delivered);
-                        self.expect_log.push((msg.kind().expect("NEW or DESTROY"), msg.id().unwrap(), frame.events));
+                        self.expect_log.push((
+                            msg.kind().expect("NEW or DESTROY"),
+                            msg.id().unwrap(),
+                            frame.events,
+                        ));
                     }
                     continue;
                 }
@@ -646,8 +651,10 @@ fn events_zero_sends_nothing_and_two_needs_a_listener_at_creation() {
 #[test]
 fn same_seed_same_ids_different_seed_different_ids() {
     let ids = |seed: u64| {
-        let mut config = Config::default();
-        config.seed = seed;
+        let config = Config {
+            seed,
+            ..Config::default()
+        };
         let mut r = Run {
             t: Tracker::new(config),
             v6: false,
@@ -864,7 +871,10 @@ mod expectations {
             src: crate::tuple::Addr::v4([127, 0, 0, 1]),
             dst: crate::tuple::Addr::v4([127, 0, 0, 1]),
             proto: ipproto::TCP,
-            l4: L4Tuple::Ports { src: sport, dst: 40100 },
+            l4: L4Tuple::Ports {
+                src: sport,
+                dst: 40100,
+            },
         }
     }
 
@@ -879,19 +889,42 @@ mod expectations {
         let mut r = Run::new(false, |_| {});
         handshake(&mut r);
         let master = r.log[0].id;
-        let any_port = ExpectMask { src_addr: true, src_port: false };
-        let exp = r.t.expect(T0 + MS, master, &data_tuple(0), any_port, 30, 0).unwrap();
+        let any_port = ExpectMask {
+            src_addr: true,
+            src_port: false,
+        };
+        let exp =
+            r.t.expect(T0 + MS, master, &data_tuple(0), any_port, 30, 0)
+                .unwrap();
         r.pump();
         assert_eq!(r.expect_log, [(MessageKind::New, exp, EXP_NEW)]);
         assert_eq!(data_syn(&mut r, 2 * MS, 20), Verdict::New);
         let related = r.log.last().unwrap();
-        assert!(related.bits.contains(EventBits::RELATED) && !related.bits.contains(EventBits::NEW));
+        assert!(
+            related.bits.contains(EventBits::RELATED) && !related.bits.contains(EventBits::NEW)
+        );
         assert!(related.msg.status().unwrap().contains(Status::EXPECTED));
-        let master_attr = related.msg.attrs.iter().any(|a| matches!(a, CtAttr::TupleMaster(_)));
+        let master_attr = related
+            .msg
+            .attrs
+            .iter()
+            .any(|a| matches!(a, CtAttr::TupleMaster(_)));
         assert!(master_attr, "a RELATED event names its master");
-        assert_eq!(r.expect_log[1], (MessageKind::Destroy, exp, EXP_DESTROY), "consumed on match");
+        assert_eq!(
+            r.expect_log[1],
+            (MessageKind::Destroy, exp, EXP_DESTROY),
+            "consumed on match"
+        );
         let s = r.t.expect_stats();
-        assert_eq!((s.expect_create, s.expect_new, s.expect_delete, s.expectations), (1, 1, 1, 0));
+        assert_eq!(
+            (
+                s.expect_create,
+                s.expect_new,
+                s.expect_delete,
+                s.expectations
+            ),
+            (1, 1, 1, 0)
+        );
         // A second connection to the same port is not expected any more: a plain NEW.
         assert_eq!(data_syn(&mut r, 3 * MS, 21), Verdict::New);
         assert!(r.log.last().unwrap().bits.contains(EventBits::NEW));
@@ -902,20 +935,40 @@ mod expectations {
         let mut r = Run::new(false, |s| s.expect_max = 2);
         handshake(&mut r);
         let master = r.log[0].id;
-        let m = ExpectMask { src_addr: true, src_port: true };
-        let short = r.t.expect(T0 + MS, master, &data_tuple(1), m, 5, 0).unwrap();
-        let long = r.t.expect(T0 + MS, master, &data_tuple(2), m, 500, FLAG_PERMANENT).unwrap();
-        assert_eq!(r.t.expect(T0 + MS, master, &data_tuple(3), m, 5, 0), Err(ExpectError::TableFull));
-        assert_eq!(r.t.expect(T0 + MS, 12345, &data_tuple(3), m, 5, 0), Err(ExpectError::UnknownMaster));
+        let m = ExpectMask {
+            src_addr: true,
+            src_port: true,
+        };
+        let short =
+            r.t.expect(T0 + MS, master, &data_tuple(1), m, 5, 0)
+                .unwrap();
+        let long =
+            r.t.expect(T0 + MS, master, &data_tuple(2), m, 500, FLAG_PERMANENT)
+                .unwrap();
+        assert_eq!(
+            r.t.expect(T0 + MS, master, &data_tuple(3), m, 5, 0),
+            Err(ExpectError::TableFull)
+        );
+        assert_eq!(
+            r.t.expect(T0 + MS, 12345, &data_tuple(3), m, 5, 0),
+            Err(ExpectError::UnknownMaster)
+        );
         r.advance(10 * S);
-        assert!(r.expect_log.contains(&(MessageKind::Destroy, short, EXP_DESTROY)));
+        assert!(
+            r.expect_log
+                .contains(&(MessageKind::Destroy, short, EXP_DESTROY))
+        );
         assert_eq!(r.t.expect_stats().expectations, 1);
         // Permanent: it stays after a match.
         data_syn(&mut r, 11 * S, 2);
         assert_eq!(r.t.expect_stats().expectations, 1);
         r.t.flush(T0 + 12 * S);
         r.pump();
-        assert!(r.expect_log.contains(&(MessageKind::Destroy, long, EXP_DESTROY)), "gone with the master");
+        assert!(
+            r.expect_log
+                .contains(&(MessageKind::Destroy, long, EXP_DESTROY)),
+            "gone with the master"
+        );
         assert_eq!(r.t.expect_stats().expectations, 0);
     }
 
@@ -925,16 +978,24 @@ mod expectations {
         handshake(&mut r);
         let master = r.log[0].id;
         r.fail_next = 1;
-        let exp = r.t.expect(T0 + MS, master, &data_tuple(9), ExpectMask::default(), 5, 0).unwrap();
+        let exp =
+            r.t.expect(T0 + MS, master, &data_tuple(9), ExpectMask::default(), 5, 0)
+                .unwrap();
         r.pump();
         assert!(r.expect_log.is_empty(), "the NEW failed");
         r.fail_next = 1;
         r.advance(6 * S);
-        assert!(r.expect_log.is_empty(), "the DESTROY failed too, and waits on its retry");
+        assert!(
+            r.expect_log.is_empty(),
+            "the DESTROY failed too, and waits on its retry"
+        );
         assert_eq!(r.t.expect_stats().expectations, 1);
         r.advance(10 * S);
         // The retried DESTROY carries the missed NEW.
-        assert_eq!(r.expect_log, [(MessageKind::Destroy, exp, EXP_NEW.union(EXP_DESTROY))]);
+        assert_eq!(
+            r.expect_log,
+            [(MessageKind::Destroy, exp, EXP_NEW.union(EXP_DESTROY))]
+        );
         assert_eq!(r.t.expect_stats().expectations, 0);
     }
 
@@ -943,7 +1004,18 @@ mod expectations {
         let mut r = Run::new(false, |_| {});
         handshake(&mut r);
         let master = r.log[0].id;
-        r.t.expect(T0 + MS, master, &data_tuple(0), ExpectMask { src_addr: true, src_port: false }, 30, 0).unwrap();
+        r.t.expect(
+            T0 + MS,
+            master,
+            &data_tuple(0),
+            ExpectMask {
+                src_addr: true,
+                src_port: false,
+            },
+            30,
+            0,
+        )
+        .unwrap();
         r.pump();
         let bytes = r.t.snapshot();
         r.t = Tracker::restore(&bytes).unwrap();

@@ -21,8 +21,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::*;
 use crate::netlink::{ExpAttr, ExpMessage};
-use crate::tuple::{Addr, Family};
 use crate::snapshot::{Reader, SnapshotError, Writer};
+use crate::tuple::{Addr, Family};
 
 /// Expectation event bits (`IPEXP_*`), carried in the frame header's event field.
 pub const EXP_NEW: EventBits = EventBits(1 << 0);
@@ -230,13 +230,20 @@ impl Tracker {
 
     /// The live expectation `tuple` fulfils in `zone`, consumed (unless permanent): the new
     /// entry becomes EXPECTED with this master tuple.
-    pub(super) fn claim_expectation(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Option<Tuple> {
+    pub(super) fn claim_expectation(
+        &mut self,
+        now_ns: u64,
+        zone: u16,
+        tuple: &Tuple,
+    ) -> Option<Tuple> {
         if self.expectations.live == 0 {
             return None;
         }
         let x = &self.expectations;
         let list = x.index.get(&key_of(zone, tuple))?;
-        let slot = *list.iter().find(|&&s| Expectations::matches(&x.slab[s as usize], tuple))?;
+        let slot = *list
+            .iter()
+            .find(|&&s| Expectations::matches(&x.slab[s as usize], tuple))?;
         let exp = &x.slab[slot as usize];
         let master = exp.master_tuple;
         let permanent = exp.flags & FLAG_PERMANENT != 0;
@@ -314,8 +321,17 @@ impl Tracker {
     }
 
     /// Applies the outcome of an expectation event.
-    pub(super) fn expect_delivery(&mut self, slot: u32, generation: u32, bits: EventBits, missed_sent: EventBits, result: Delivery) {
-        let Some(e) = self.expectations.slab.get_mut(slot as usize) else { return };
+    pub(super) fn expect_delivery(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        bits: EventBits,
+        missed_sent: EventBits,
+        result: Delivery,
+    ) {
+        let Some(e) = self.expectations.slab.get_mut(slot as usize) else {
+            return;
+        };
         if e.generation != generation {
             return;
         }
@@ -349,9 +365,16 @@ impl Tracker {
         let destroy = bits.contains(EXP_DESTROY);
         let mask_tuple = {
             let mut m = e.tuple;
-            m.src = if e.mask.src_addr { Addr([0xff; 16]) } else { Addr::default() };
+            m.src = if e.mask.src_addr {
+                Addr([0xff; 16])
+            } else {
+                Addr::default()
+            };
             if let L4Tuple::Ports { dst, .. } = m.l4 {
-                m.l4 = L4Tuple::Ports { src: if e.mask.src_port { 0xffff } else { 0 }, dst: dst | 0xffff };
+                m.l4 = L4Tuple::Ports {
+                    src: if e.mask.src_port { 0xffff } else { 0 },
+                    dst: dst | 0xffff,
+                };
             }
             m.dst = Addr([0xff; 16]);
             m
@@ -374,7 +397,12 @@ impl Tracker {
             (IPCTNL_MSG_EXP_NEW, NLM_F_CREATE | NLM_F_EXCL, GROUP_EXP_NEW)
         };
         let message = ExpMessage {
-            header: NlHeader { msg_type: ((NFNL_SUBSYS_CTNETLINK_EXP as u16) << 8) | msg as u16, flags, seq: 0, port_id: 0 },
+            header: NlHeader {
+                msg_type: ((NFNL_SUBSYS_CTNETLINK_EXP as u16) << 8) | msg as u16,
+                flags,
+                seq: 0,
+                port_id: 0,
+            },
             family: e.tuple.family as u8,
             version: 0,
             res_id: 0,
@@ -392,7 +420,11 @@ impl Tracker {
             generation,
             bits,
             missed_sent,
-            kind: if destroy { MessageKind::Destroy } else { MessageKind::New },
+            kind: if destroy {
+                MessageKind::Destroy
+            } else {
+                MessageKind::New
+            },
             from_worker: false,
             expect: true,
             start,
@@ -432,12 +464,20 @@ impl Expectations {
         }
         self.timers.encode(w);
         w.rng(&self.rng);
-        for v in [self.stats.expect_new, self.stats.expect_create, self.stats.expect_delete] {
+        for v in [
+            self.stats.expect_new,
+            self.stats.expect_create,
+            self.stats.expect_delete,
+        ] {
             w.u64(v);
         }
     }
 
-    pub(super) fn decode(r: &mut Reader<'_>, seed: u64, entries: usize) -> Result<Self, SnapshotError> {
+    pub(super) fn decode(
+        r: &mut Reader<'_>,
+        seed: u64,
+        entries: usize,
+    ) -> Result<Self, SnapshotError> {
         use SnapshotError::Invalid;
         let mut x = Expectations::new(seed);
         let n = r.len()?;
@@ -449,7 +489,10 @@ impl Expectations {
                 master_slot: r.u32()?,
                 master_tuple: super::snapshot::read_tuple(r)?,
                 tuple: super::snapshot::read_tuple(r)?,
-                mask: ExpectMask { src_addr: r.bool()?, src_port: r.bool()? },
+                mask: ExpectMask {
+                    src_addr: r.bool()?,
+                    src_port: r.bool()?,
+                },
                 flags: r.u32()?,
                 deadline_ns: r.u64()?,
                 missed: EventBits(r.u16()?),
@@ -469,7 +512,10 @@ impl Expectations {
         let n = r.len()?;
         for _ in 0..n {
             let f = r.u32()?;
-            if x.slab.get(f as usize).is_none_or(|e| e.life != ExpLife::Free) {
+            if x.slab
+                .get(f as usize)
+                .is_none_or(|e| e.life != ExpLife::Free)
+            {
                 return Err(Invalid("expectation free list"));
             }
             x.free.push(f);
@@ -484,7 +530,10 @@ impl Expectations {
                 ExpLife::Free => continue,
                 ExpLife::Live => {
                     x.live += 1;
-                    x.index.entry(key_of(e.zone, &e.tuple)).or_default().push(slot as u32);
+                    x.index
+                        .entry(key_of(e.zone, &e.tuple))
+                        .or_default()
+                        .push(slot as u32);
                 }
                 ExpLife::Destroying | ExpLife::Dying => {}
             }

@@ -329,7 +329,7 @@ mod tests {
         for h in 0..10 {
             w.schedule(h, 10 * S);
         }
-        w.schedule(3, 1 * S);
+        w.schedule(3, S);
         w.cancel(5);
         w.schedule(7, 20 * S);
         let mut fired = Vec::new();

@@ -1063,9 +1063,13 @@ impl super::ExpMessage {
         let (header, len) = frame(buf)?;
         let msg = &buf[..len];
         if header.msg_type >> 8 != NFNL_SUBSYS_CTNETLINK_EXP as u16 {
-            return Err(DecodeError::NotConntrack { msg_type: header.msg_type });
+            return Err(DecodeError::NotConntrack {
+                msg_type: header.msg_type,
+            });
         }
-        let nfgen = msg.get(NLMSG_HDRLEN..NLMSG_HDRLEN + NFGENMSG_LEN).ok_or(DecodeError::ShortHeader)?;
+        let nfgen = msg
+            .get(NLMSG_HDRLEN..NLMSG_HDRLEN + NFGENMSG_LEN)
+            .ok_or(DecodeError::ShortHeader)?;
         let attrs = parse_list(&msg[NLMSG_HDRLEN + NFGENMSG_LEN..], 1)?;
         let message = super::ExpMessage {
             header,

@@ -497,13 +497,13 @@ impl L4Tracker for TcpConn {
         let mut skip_window = false;
         match new_state {
             TcpState::SynSent2 => self.last_flags |= ct_flag::SIMULTANEOUS_OPEN,
-            TcpState::SynRecv => {
+            // The reply's ACK completing a simultaneous open.
+            TcpState::SynRecv
                 if dir == Direction::Reply
                     && class == Class::Ack
-                    && self.last_flags & ct_flag::SIMULTANEOUS_OPEN != 0
-                {
-                    new_state = TcpState::Established;
-                }
+                    && self.last_flags & ct_flag::SIMULTANEOUS_OPEN != 0 =>
+            {
+                new_state = TcpState::Established;
             }
             TcpState::Close if class == Class::Rst => {
                 if self.can_early_drop() {
