@@ -4,10 +4,12 @@
 //! linked natively or as the WebAssembly component under wasmtime ([`backend`]), reads captures
 //! ([`capture`]), models netlink listeners exactly as Linux treats them ([`listener`]), drives
 //! the three on simulated time ([`replay`]) and prints events as `conntrack -E` or as JSON lines
-//! ([`output`]).
+//! ([`output`]). On Linux, [`ctnetlink`] talks to the live kernel's conntrack instead.
 
 pub mod backend;
 pub mod capture;
+#[cfg(target_os = "linux")]
+pub mod ctnetlink;
 pub mod listener;
 pub mod mirror;
 pub mod output;

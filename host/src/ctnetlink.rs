@@ -1,0 +1,1002 @@
+//! The live kernel's conntrack over a real `NETLINK_NETFILTER` socket (Linux only).
+//!
+//! Everything else in this crate models the kernel; this module talks to it. It exists so an
+//! operator can watch, list, flush and count the kernel's own connections with the same codec and
+//! the same output as the engine's, and so the tests can hold the engine's semantics — above all
+//! the seed's promise that a reliable listener gets every DESTROY exactly once — against the
+//! real thing.
+//!
+//! Two kinds of socket, never mixed:
+//!
+//! * [`EventSocket`] subscribes to the conntrack multicast groups (NEW, UPDATE, DESTROY) with the
+//!   receive buffer, `NETLINK_BROADCAST_ERROR` and `NETLINK_NO_ENOBUFS` the caller asked for. A
+//!   buffer overrun shows up as `recv` failing with `ENOBUFS` before the queued data; it is
+//!   counted and reported as [`Received::Overrun`], and the socket stays usable (the caller may
+//!   resync by a dump, as conntrackd does, see [`EventSocket::resync`]).
+//! * [`Conntrack`] is a request socket, subscribed to nothing, for dumps, get, delete, flush,
+//!   the dying list and the statistics. Keeping requests off the event socket means a dump reply
+//!   can never be taken for an event, and a small event buffer never throttles a dump.
+//!
+//! # Network namespaces
+//!
+//! A netlink socket belongs to the network namespace of the thread that created it, for life.
+//! So `--netns NAME` is done by [`in_netns`]: a dedicated, short-lived thread enters
+//! `/run/netns/NAME` with `setns(CLONE_NEWNET)`, creates the socket (or runs the caller's
+//! closure, which is how the tests make traffic inside a namespace), and exits. The caller's
+//! own threads never change namespace, so nothing else in the process is affected, and a socket
+//! opened that way keeps talking to the namespace after the thread is gone.
+//!
+//! # Why `libc` beside `netlink-sys`
+//!
+//! `netlink-sys` opens, binds and reads the socket and sets the netlink options it knows
+//! (`NETLINK_BROADCAST_ERROR`, `NETLINK_NO_ENOBUFS`, memberships). It has no call for
+//! `SO_RCVBUFFORCE` (its `set_rx_buf_sz` is `SO_RCVBUF`, capped by `rmem_max`), none for
+//! `SO_MEMINFO` (the socket's drop counter), no `poll` with a timeout, and nothing for `setns`;
+//! those four are raw `libc` calls below, each in one small function.
+//!
+//! # Hostile input
+//!
+//! Only messages whose sender is the kernel (netlink port 0) are read; anything else that reaches
+//! the socket is counted and dropped. Every datagram goes through the codec's
+//! codec ([`CtMessage::parse`]), which returns typed errors for broken bytes, so nothing here panics on
+//! what arrives.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ctwasm_core::batch::EventFrame;
+use ctwasm_core::event::{EventBits, MessageKind};
+use ctwasm_core::netlink::consts::*;
+use ctwasm_core::netlink::{CtAttr, CtMessage, DecodeError, NlHeader, request, tuple_attrs};
+use ctwasm_core::tuple::Tuple;
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER as PROTO_NETFILTER};
+
+/// `SO_RCVBUFFORCE` (asm-generic, as on x86 and arm): `SO_RCVBUF` without the `rmem_max` cap,
+/// for CAP_NET_ADMIN. The kernel still doubles the value and enforces `SOCK_MIN_RCVBUF`.
+const SO_RCVBUFFORCE: libc::c_int = 33;
+/// `SO_MEMINFO` (asm-generic): the socket's memory figures, `SK_MEMINFO_DROPS` among them.
+const SO_MEMINFO: libc::c_int = 55;
+/// Number of `u32`s `SO_MEMINFO` fills (`SK_MEMINFO_VARS`).
+const SK_MEMINFO_VARS: usize = 9;
+
+/// The receive buffer for request replies: a dump skb is at most 32 KiB plus headers, so one
+/// `recv` of this size never truncates.
+const REQUEST_BUF: usize = 64 * 1024;
+/// One event message is a few hundred bytes; one datagram carries one message.
+const EVENT_BUF: usize = 16 * 1024;
+
+/// What went wrong talking to the kernel.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CtnlError {
+    /// `/run/netns/NAME` could not be opened or entered.
+    Netns { name: String, source: io::Error },
+    /// A socket call failed (`op` names it).
+    Socket { op: &'static str, source: io::Error },
+    /// The kernel answered a request with an error (a positive errno: 2 = ENOENT, 1 = EPERM).
+    Kernel { request: &'static str, errno: i32 },
+    /// A reply did not decode.
+    Decode {
+        request: &'static str,
+        error: DecodeError,
+    },
+    /// A reply datagram was larger than the receive buffer.
+    Truncated { len: usize },
+    /// The kernel closed a request without the expected reply.
+    NoReply { request: &'static str },
+    /// The thread that entered the namespace panicked (a bug in the closure given to it).
+    ThreadPanicked,
+}
+
+impl fmt::Display for CtnlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CtnlError::Netns { name, source } => {
+                write!(f, "cannot enter network namespace `{name}`: {source}")
+            }
+            CtnlError::Socket { op, source } => write!(f, "netlink {op}: {source}"),
+            CtnlError::Kernel { request, errno } => write!(
+                f,
+                "ctnetlink {request}: {}",
+                io::Error::from_raw_os_error(*errno)
+            ),
+            CtnlError::Decode { request, error } => {
+                write!(f, "ctnetlink {request}: reply does not decode: {error}")
+            }
+            CtnlError::Truncated { len } => {
+                write!(
+                    f,
+                    "netlink datagram of {len} bytes is larger than the receive buffer"
+                )
+            }
+            CtnlError::NoReply { request } => write!(f, "ctnetlink {request}: no reply"),
+            CtnlError::ThreadPanicked => write!(f, "the namespace thread panicked"),
+        }
+    }
+}
+
+impl std::error::Error for CtnlError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CtnlError::Netns { source, .. } | CtnlError::Socket { source, .. } => Some(source),
+            CtnlError::Decode { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+fn sock_err(op: &'static str) -> impl FnOnce(io::Error) -> CtnlError {
+    move |source| CtnlError::Socket { op, source }
+}
+
+// ---- network namespaces -------------------------------------------------------------------
+
+/// The file of a named namespace: `/run/netns/NAME`, or `NAME` itself when it is a path.
+pub fn netns_path(name: &str) -> PathBuf {
+    if name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        PathBuf::from("/run/netns").join(name)
+    }
+}
+
+/// Runs `f` in the network namespace `netns` (or here, for `None`) and returns its result.
+///
+/// With a namespace, `f` runs on a new thread that first enters it with
+/// `setns(CLONE_NEWNET)`; the thread ends with `f`, so the namespace change never leaks into
+/// the caller's threads. Sockets `f` creates stay in that namespace.
+pub fn in_netns<T, F>(netns: Option<&str>, f: F) -> Result<T, CtnlError>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    let Some(name) = netns else {
+        return Ok(f());
+    };
+    let file = File::open(netns_path(name)).map_err(|source| CtnlError::Netns {
+        name: name.to_string(),
+        source,
+    })?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // SAFETY: plain system call on a file descriptor we own for its duration; it
+                // changes only this thread's namespace, and this thread ends with `f`.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                if rc != 0 {
+                    return Err(CtnlError::Netns {
+                        name: name.to_string(),
+                        source: io::Error::last_os_error(),
+                    });
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| CtnlError::ThreadPanicked)?
+    })
+}
+
+fn open_socket(netns: Option<&str>) -> Result<Socket, CtnlError> {
+    in_netns(netns, || Socket::new(PROTO_NETFILTER))?.map_err(sock_err("socket"))
+}
+
+// ---- raw socket options (see the module docs for why) -------------------------------------
+
+fn setsockopt_int(
+    socket: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the pointer and length describe a live `c_int`.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The socket's drop counter (`sk_drops`): broadcasts the kernel could not queue for it.
+fn socket_drops(socket: &Socket) -> io::Result<u32> {
+    let mut info = [0u32; SK_MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: the pointer and length describe `info`, which outlives the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info[libc::SK_MEMINFO_DROPS as usize])
+}
+
+/// Waits until the socket is readable: `Ok(true)` when it is, `Ok(false)` on timeout or when a
+/// signal interrupted the wait.
+fn wait_readable(socket: &Socket, timeout: Option<Duration>) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = match timeout {
+        None => -1,
+        Some(t) => libc::c_int::try_from(t.as_millis().max(1)).unwrap_or(libc::c_int::MAX),
+    };
+    // SAFETY: one valid pollfd.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(rc > 0)
+}
+
+// ---- signals --------------------------------------------------------------------------------
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGINT and SIGTERM set a flag instead of killing the process, so a long `watch` can
+/// print its counts when stopped. Returns the flag; a blocking [`EventSocket::recv`] returns
+/// [`Received::Interrupted`] once it is set.
+pub fn stop_on_signals() -> &'static AtomicBool {
+    let handler = on_stop_signal as extern "C" fn(libc::c_int);
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+    }
+    &STOP
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+// ---- messages ---------------------------------------------------------------------------------
+
+/// One conntrack message from the kernel, an event or a dump entry, with its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelMessage {
+    pub message: CtMessage,
+    /// The message's bytes as received (`nlmsghdr` first).
+    pub bytes: Vec<u8>,
+    /// Wall-clock receive time, ns since the epoch.
+    pub received_ns: u64,
+}
+
+impl KernelMessage {
+    fn new(message: CtMessage, bytes: &[u8], received_ns: u64) -> KernelMessage {
+        let bytes = bytes.to_vec();
+        KernelMessage {
+            message,
+            bytes,
+            received_ns,
+        }
+    }
+
+    /// NEW, UPDATE or DESTROY for an event; a dump entry reads as UPDATE (its type is
+    /// `IPCTNL_MSG_CT_NEW` without flags).
+    pub fn kind(&self) -> Option<MessageKind> {
+        self.message.kind()
+    }
+
+    /// The event time: `CTA_TIMESTAMP_EVENT` when the kernel sent it (≥ 6.14 with
+    /// `nf_conntrack_timestamp=1`), else the receive time.
+    pub fn ts_ns(&self) -> u64 {
+        self.message.timestamp_event().unwrap_or(self.received_ns)
+    }
+
+    /// The `IPCT_*` bits this message proves. The kernel does not send its event mask, so only
+    /// these are known: the kind's own bit (NEW, DESTROY) and PROTOINFO, whose attribute the
+    /// kernel adds exactly when that bit is set (on NEW and UPDATE; a DESTROY always carries
+    /// the TCP state).
+    pub fn events(&self) -> EventBits {
+        let protoinfo = self
+            .message
+            .attrs
+            .iter()
+            .any(|a| matches!(a, CtAttr::ProtoInfo(_)));
+        match self.kind() {
+            Some(MessageKind::Destroy) => EventBits::DESTROY,
+            Some(MessageKind::New) if protoinfo => EventBits::NEW.union(EventBits::PROTOINFO),
+            Some(MessageKind::New) => EventBits::NEW,
+            Some(MessageKind::Update) if protoinfo => EventBits::PROTOINFO,
+            _ => EventBits(0),
+        }
+    }
+
+    /// The frame the output formatters take.
+    pub fn frame(&self) -> EventFrame<'_> {
+        EventFrame {
+            events: self.events(),
+            group: match self.kind() {
+                Some(MessageKind::New) => NFNLGRP_CONNTRACK_NEW as u8,
+                Some(MessageKind::Update) => NFNLGRP_CONNTRACK_UPDATE as u8,
+                Some(MessageKind::Destroy) => NFNLGRP_CONNTRACK_DESTROY as u8,
+                None => 0,
+            },
+            flags: 0,
+            ts_ns: self.ts_ns(),
+            netlink: &self.bytes,
+        }
+    }
+}
+
+// ---- the event socket -------------------------------------------------------------------------
+
+/// Which conntrack event groups to join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Groups {
+    pub new: bool,
+    pub update: bool,
+    pub destroy: bool,
+}
+
+impl Groups {
+    pub const ALL: Groups = Groups {
+        new: true,
+        update: true,
+        destroy: true,
+    };
+    pub const DESTROY: Groups = Groups {
+        new: false,
+        update: false,
+        destroy: true,
+    };
+
+    fn numbers(self) -> impl Iterator<Item = u32> {
+        [
+            (self.new, NFNLGRP_CONNTRACK_NEW),
+            (self.update, NFNLGRP_CONNTRACK_UPDATE),
+            (self.destroy, NFNLGRP_CONNTRACK_DESTROY),
+        ]
+        .into_iter()
+        .filter_map(|(on, g)| on.then_some(g))
+    }
+}
+
+impl Default for Groups {
+    fn default() -> Groups {
+        Groups::ALL
+    }
+}
+
+/// How to subscribe.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    pub groups: Groups,
+    /// Receive buffer to ask for with `SO_RCVBUFFORCE` (the kernel doubles it; at least 2304
+    /// bytes result). `None` keeps `net.core.rmem_default`.
+    pub rcvbuf: Option<usize>,
+    /// `NETLINK_BROADCAST_ERROR`: an event this socket cannot take fails the kernel's delivery,
+    /// which makes conntrack keep and redeliver it (reliable events).
+    pub reliable: bool,
+    /// `NETLINK_NO_ENOBUFS`: never report overruns (and never mark the socket congested).
+    pub no_enobufs: bool,
+    /// Network namespace name (under `/run/netns`) or path.
+    pub netns: Option<String>,
+}
+
+/// What one [`EventSocket::recv`] got.
+#[derive(Debug)]
+pub enum Received {
+    /// Messages from one datagram (possibly none, if it held only broken or foreign ones).
+    Messages(Vec<KernelMessage>),
+    /// `ENOBUFS`: the kernel dropped messages for this socket since the last read.
+    Overrun,
+    /// Nothing arrived within the timeout.
+    TimedOut,
+    /// A signal arrived and [`stop_on_signals`]'s flag is set.
+    Interrupted,
+}
+
+/// What an [`EventSocket`] has seen so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    pub new: u64,
+    pub update: u64,
+    pub destroy: u64,
+    /// `recv` failures with `ENOBUFS` (errno 105): each is one overrun, not one lost message.
+    pub enobufs: u64,
+    /// Datagrams or messages that did not decode.
+    pub decode_errors: u64,
+    /// Well-formed messages that are not conntrack events, or datagrams not from the kernel.
+    pub foreign: u64,
+}
+
+impl EventCounts {
+    pub fn messages(&self) -> u64 {
+        self.new + self.update + self.destroy
+    }
+}
+
+/// A socket subscribed to the kernel's conntrack events.
+#[derive(Debug)]
+pub struct EventSocket {
+    socket: Socket,
+    buf: Vec<u8>,
+    counts: EventCounts,
+    rcvbuf: usize,
+    netns: Option<String>,
+}
+
+impl EventSocket {
+    /// Opens the socket (in the namespace, if any), sets the options and joins the groups. The
+    /// options are set before joining, so no event reaches a half-configured socket.
+    pub fn subscribe(options: &SubscribeOptions) -> Result<EventSocket, CtnlError> {
+        let mut socket = open_socket(options.netns.as_deref())?;
+        if let Some(size) = options.rcvbuf {
+            let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+            setsockopt_int(&socket, libc::SOL_SOCKET, SO_RCVBUFFORCE, size)
+                .map_err(sock_err("setsockopt(SO_RCVBUFFORCE)"))?;
+        }
+        if options.reliable {
+            socket
+                .set_broadcast_error(true)
+                .map_err(sock_err("setsockopt(NETLINK_BROADCAST_ERROR)"))?;
+        }
+        if options.no_enobufs {
+            socket
+                .set_no_enobufs(true)
+                .map_err(sock_err("setsockopt(NETLINK_NO_ENOBUFS)"))?;
+        }
+        socket.bind_auto().map_err(sock_err("bind"))?;
+        for group in options.groups.numbers() {
+            socket
+                .add_membership(group)
+                .map_err(sock_err("setsockopt(NETLINK_ADD_MEMBERSHIP)"))?;
+        }
+        let rcvbuf = socket.get_rx_buf_sz().map_err(sock_err("getsockopt"))?;
+        Ok(EventSocket {
+            socket,
+            buf: Vec::with_capacity(EVENT_BUF),
+            counts: EventCounts::default(),
+            rcvbuf,
+            netns: options.netns.clone(),
+        })
+    }
+
+    /// The receive buffer the kernel actually uses (`sk_rcvbuf`, after doubling).
+    pub fn effective_rcvbuf(&self) -> usize {
+        self.rcvbuf
+    }
+
+    pub fn counts(&self) -> EventCounts {
+        self.counts
+    }
+
+    /// The kernel's drop counter for this socket: every broadcast it could not queue here.
+    pub fn kernel_drops(&self) -> Result<u32, CtnlError> {
+        socket_drops(&self.socket).map_err(sock_err("getsockopt(SO_MEMINFO)"))
+    }
+
+    /// Reads one datagram, waiting at most `timeout` (`None`: until something arrives or the
+    /// stop flag is set by a signal).
+    pub fn recv(&mut self, timeout: Option<Duration>) -> Result<Received, CtnlError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if STOP.load(Ordering::SeqCst) {
+                return Ok(Received::Interrupted);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(Received::TimedOut);
+            }
+            if !wait_readable(&self.socket, left).map_err(sock_err("poll"))? {
+                continue;
+            }
+            self.buf.clear();
+            let flags = libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+            match self.socket.recv_from(&mut self.buf, flags) {
+                Ok((len, from)) => return Ok(self.take(len, &from)),
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    self.counts.enobufs += 1;
+                    return Ok(Received::Overrun);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    return Err(CtnlError::Socket {
+                        op: "recv",
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, len: usize, from: &SocketAddr) -> Received {
+        if from.port_number() != 0 || len > self.buf.len() {
+            // Not from the kernel, or cut short: neither can be trusted as an event.
+            if len > self.buf.len() {
+                self.counts.decode_errors += 1;
+            } else {
+                self.counts.foreign += 1;
+            }
+            return Received::Messages(Vec::new());
+        }
+        let received_ns = now_ns();
+        let mut out = Vec::new();
+        for item in framed(&self.buf[..len]) {
+            let Ok(f) = item else {
+                self.counts.decode_errors += 1;
+                break;
+            };
+            match f.parsed {
+                Ok(message) => match message.kind() {
+                    Some(kind) => {
+                        match kind {
+                            MessageKind::New => self.counts.new += 1,
+                            MessageKind::Update => self.counts.update += 1,
+                            MessageKind::Destroy => self.counts.destroy += 1,
+                        }
+                        out.push(KernelMessage::new(message, f.bytes, received_ns));
+                    }
+                    None => self.counts.foreign += 1,
+                },
+                Err(DecodeError::NotConntrack { .. })
+                | Err(DecodeError::Done)
+                | Err(DecodeError::NetlinkError(_)) => self.counts.foreign += 1,
+                Err(_) => self.counts.decode_errors += 1,
+            }
+        }
+        Received::Messages(out)
+    }
+
+    /// The table as the kernel has it now, through a fresh request socket in the same namespace:
+    /// what a listener does after an overrun to get back in sync.
+    pub fn resync(&self) -> Result<Vec<KernelMessage>, CtnlError> {
+        Conntrack::open(self.netns.as_deref())?.dump()
+    }
+}
+
+// ---- requests -----------------------------------------------------------------------------------
+
+/// The kernel's per-CPU conntrack statistics (`IPCTNL_MSG_CT_GET_STATS_CPU`), as sent: the
+/// counters present in the reply, in its order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    pub cpu: u16,
+    /// `(CTA_STATS_*, value)`.
+    pub counters: Vec<(u16, u32)>,
+}
+
+impl CpuStats {
+    pub fn get(&self, kind: u16) -> Option<u32> {
+        self.counters
+            .iter()
+            .find_map(|&(k, v)| (k == kind).then_some(v))
+    }
+}
+
+/// The name `conntrack -S` prints for a `CTA_STATS_*` counter.
+pub fn cpu_stat_name(kind: u16) -> Option<&'static str> {
+    Some(match kind {
+        CTA_STATS_SEARCHED => "searched",
+        CTA_STATS_FOUND => "found",
+        CTA_STATS_NEW => "new",
+        CTA_STATS_INVALID => "invalid",
+        CTA_STATS_IGNORE => "ignore",
+        CTA_STATS_DELETE => "delete",
+        CTA_STATS_DELETE_LIST => "delete_list",
+        CTA_STATS_INSERT => "insert",
+        CTA_STATS_INSERT_FAILED => "insert_failed",
+        CTA_STATS_DROP => "drop",
+        CTA_STATS_EARLY_DROP => "early_drop",
+        CTA_STATS_ERROR => "error",
+        CTA_STATS_SEARCH_RESTART => "search_restart",
+        CTA_STATS_CLASH_RESOLVE => "clash_resolve",
+        CTA_STATS_CHAIN_TOOLONG => "chaintoolong",
+        _ => return None,
+    })
+}
+
+/// The kernel's global conntrack figures (`IPCTNL_MSG_CT_GET_STATS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalStats {
+    /// `nf_conntrack_count` of the namespace (dying entries included).
+    pub entries: u32,
+    /// `nf_conntrack_max` (global).
+    pub max_entries: u32,
+}
+
+/// The `be32` payloads of a statistics reply (`CtAttr::Other`, since `CTA_STATS_*` numbers
+/// overlap `CTA_*`); other sizes are skipped.
+fn stats_attrs(msg: &CtMessage) -> Vec<(u16, u32)> {
+    msg.attrs
+        .iter()
+        .filter_map(|a| match a {
+            CtAttr::Other(raw) => {
+                let v: [u8; 4] = raw.payload.as_slice().try_into().ok()?;
+                Some((raw.kind & NLA_TYPE_MASK, u32::from_be_bytes(v)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A request socket for the kernel's conntrack table.
+#[derive(Debug)]
+pub struct Conntrack {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Conntrack {
+    /// Opens a request socket in `netns` (or the current namespace).
+    pub fn open(netns: Option<&str>) -> Result<Conntrack, CtnlError> {
+        let mut socket = open_socket(netns)?;
+        socket.bind_auto().map_err(sock_err("bind"))?;
+        Ok(Conntrack {
+            socket,
+            seq: 0,
+            buf: Vec::with_capacity(REQUEST_BUF),
+        })
+    }
+
+    /// Every entry of the table, both families (`IPCTNL_MSG_CT_GET`, `NLM_F_DUMP`).
+    pub fn dump(&mut self) -> Result<Vec<KernelMessage>, CtnlError> {
+        self.exchange_raw("dump", IPCTNL_MSG_CT_GET, NLM_F_DUMP, AF_UNSPEC, Vec::new())
+    }
+
+    /// The dying list: entries whose DESTROY is still waiting for a reliable listener
+    /// (`IPCTNL_MSG_CT_GET_DYING`).
+    pub fn dump_dying(&mut self) -> Result<Vec<KernelMessage>, CtnlError> {
+        self.exchange_raw(
+            "dump dying",
+            IPCTNL_MSG_CT_GET_DYING,
+            NLM_F_DUMP,
+            AF_UNSPEC,
+            Vec::new(),
+        )
+    }
+
+    /// The entry with original tuple `orig` in `zone`; `None` if the kernel has none.
+    pub fn get(&mut self, orig: &Tuple, zone: u16) -> Result<Option<KernelMessage>, CtnlError> {
+        match self.exchange_raw(
+            "get",
+            IPCTNL_MSG_CT_GET,
+            NLM_F_ACK,
+            orig.family as u8,
+            tuple_request(orig, zone, None),
+        ) {
+            Ok(mut found) => Ok(found.pop()),
+            Err(CtnlError::Kernel { errno, .. }) if errno == libc::ENOENT => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the entry with original tuple `orig` in `zone` (only if its id is `id`, when
+    /// given). `false` if there was no such entry.
+    pub fn delete(&mut self, orig: &Tuple, zone: u16, id: Option<u32>) -> Result<bool, CtnlError> {
+        match self.exchange_raw(
+            "delete",
+            IPCTNL_MSG_CT_DELETE,
+            NLM_F_ACK,
+            orig.family as u8,
+            tuple_request(orig, zone, id),
+        ) {
+            Ok(_) => Ok(true),
+            Err(CtnlError::Kernel { errno, .. }) if errno == libc::ENOENT => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Empties the table, both families (`IPCTNL_MSG_CT_DELETE` without a tuple). Entries whose
+    /// DESTROY a reliable listener cannot take yet go to the dying list.
+    pub fn flush(&mut self) -> Result<(), CtnlError> {
+        self.exchange_raw(
+            "flush",
+            IPCTNL_MSG_CT_DELETE,
+            NLM_F_ACK,
+            AF_UNSPEC,
+            Vec::new(),
+        )
+        .map(drop)
+    }
+
+    /// The per-CPU counters, one entry per possible CPU.
+    pub fn stats_cpu(&mut self) -> Result<Vec<CpuStats>, CtnlError> {
+        let replies = self.exchange_raw(
+            "stats",
+            IPCTNL_MSG_CT_GET_STATS_CPU,
+            NLM_F_DUMP,
+            AF_UNSPEC,
+            Vec::new(),
+        )?;
+        Ok(replies
+            .iter()
+            .map(|m| CpuStats {
+                cpu: m.message.res_id,
+                counters: stats_attrs(&m.message),
+            })
+            .collect())
+    }
+
+    /// The namespace's entry count and the global maximum.
+    pub fn stats_global(&mut self) -> Result<GlobalStats, CtnlError> {
+        let replies = self.exchange_raw(
+            "global stats",
+            IPCTNL_MSG_CT_GET_STATS,
+            NLM_F_ACK,
+            AF_UNSPEC,
+            Vec::new(),
+        )?;
+        let msg = replies.first().ok_or(CtnlError::NoReply {
+            request: "global stats",
+        })?;
+        let mut g = GlobalStats::default();
+        for (kind, value) in stats_attrs(&msg.message) {
+            match kind {
+                CTA_STATS_GLOBAL_ENTRIES => g.entries = value,
+                CTA_STATS_GLOBAL_MAX_ENTRIES => g.max_entries = value,
+                _ => {}
+            }
+        }
+        Ok(g)
+    }
+
+    /// Sends one request and reads its replies: until `NLMSG_DONE` for a dump, until the ACK
+    /// (or error) otherwise. Replies to other sequence numbers (a stale request) are skipped.
+    fn exchange_raw(
+        &mut self,
+        name: &'static str,
+        msg: u8,
+        flags: u16,
+        family: u8,
+        attrs: Vec<CtAttr>,
+    ) -> Result<Vec<KernelMessage>, CtnlError> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let req = request(
+            nfnl_msg_type(NFNL_SUBSYS_CTNETLINK, msg),
+            flags,
+            seq,
+            family,
+            attrs,
+        );
+        self.socket
+            .send(&req.to_vec(), 0)
+            .map_err(sock_err("send"))?;
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut replies = Vec::new();
+        loop {
+            self.buf.clear();
+            let (len, from) = match self.socket.recv_from(&mut self.buf, libc::MSG_TRUNC) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(sock_err("recv")(e)),
+            };
+            if from.port_number() != 0 {
+                continue;
+            }
+            if len > self.buf.len() {
+                return Err(CtnlError::Truncated { len });
+            }
+            let received_ns = now_ns();
+            for item in framed(&self.buf[..len]) {
+                let f = item.map_err(|error| CtnlError::Decode {
+                    request: name,
+                    error,
+                })?;
+                if f.header.seq != seq {
+                    continue;
+                }
+                match f.parsed {
+                    Ok(m) => replies.push(KernelMessage::new(m, f.bytes, received_ns)),
+                    Err(DecodeError::Done) => return Ok(replies),
+                    Err(DecodeError::NetlinkError(0)) if !dump => return Ok(replies),
+                    Err(DecodeError::NetlinkError(0)) => {}
+                    Err(DecodeError::NetlinkError(e)) => {
+                        return Err(CtnlError::Kernel {
+                            request: name,
+                            errno: e.saturating_neg(),
+                        });
+                    }
+                    Err(DecodeError::NotConntrack { .. }) => {}
+                    Err(error) => {
+                        return Err(CtnlError::Decode {
+                            request: name,
+                            error,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One message of a datagram: its header (so replies can be matched by sequence number,
+/// control messages included), its bytes, and what the codec made of them.
+struct Framed<'a> {
+    header: NlHeader,
+    bytes: &'a [u8],
+    parsed: Result<CtMessage, DecodeError>,
+}
+
+/// Splits a datagram into messages. An `Err` means the framing itself is broken and the rest
+/// of the datagram cannot be read (it ends the iteration); a message whose body is broken is
+/// an `Ok` with a failed `parsed`, and the next message is still read.
+fn framed(mut buf: &[u8]) -> impl Iterator<Item = Result<Framed<'_>, DecodeError>> {
+    std::iter::from_fn(move || {
+        if buf.is_empty() {
+            return None;
+        }
+        let (header, len) = match header_of(buf) {
+            Ok(h) => h,
+            Err(e) => {
+                buf = &[];
+                return Some(Err(e));
+            }
+        };
+        let bytes = &buf[..len];
+        let parsed = CtMessage::parse(bytes).map(|(m, _)| m);
+        // `len` is at least a header and at most the buffer (checked by `header_of`), so this
+        // always moves on.
+        buf = buf
+            .get(len.div_ceil(NLMSG_ALIGNTO) * NLMSG_ALIGNTO..)
+            .unwrap_or(&[]);
+        Some(Ok(Framed {
+            header,
+            bytes,
+            parsed,
+        }))
+    })
+}
+
+fn header_of(buf: &[u8]) -> Result<(NlHeader, usize), DecodeError> {
+    let field = |at: usize, n: usize| buf.get(at..at + n).ok_or(DecodeError::ShortHeader);
+    let len = u32::from_ne_bytes(field(0, 4)?.try_into().expect("4 bytes")) as usize;
+    if len < NLMSG_HDRLEN {
+        return Err(DecodeError::ShortHeader);
+    }
+    if len > buf.len() {
+        return Err(DecodeError::LengthPastEnd);
+    }
+    let header = NlHeader {
+        msg_type: u16::from_ne_bytes(field(4, 2)?.try_into().expect("2 bytes")),
+        flags: u16::from_ne_bytes(field(6, 2)?.try_into().expect("2 bytes")),
+        seq: u32::from_ne_bytes(field(8, 4)?.try_into().expect("4 bytes")),
+        port_id: u32::from_ne_bytes(field(12, 4)?.try_into().expect("4 bytes")),
+    };
+    Ok((header, len))
+}
+
+/// The attributes of a get/delete request: the original tuple, the zone when not the default,
+/// the id when the caller pins one.
+fn tuple_request(orig: &Tuple, zone: u16, id: Option<u32>) -> Vec<CtAttr> {
+    let mut attrs = vec![CtAttr::TupleOrig(tuple_attrs(orig))];
+    if zone != 0 {
+        attrs.push(CtAttr::Zone(zone));
+    }
+    if let Some(id) = id {
+        attrs.push(CtAttr::Id(id));
+    }
+    attrs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ctwasm_core::netlink::RawAttr;
+    use proptest::prelude::*;
+
+    fn stats_reply(cpu: u16, counters: &[(u16, u32)], seq: u32) -> Vec<u8> {
+        let mut m = request(
+            nfnl_msg_type(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET_STATS_CPU),
+            NLM_F_MULTI,
+            seq,
+            AF_UNSPEC,
+            counters
+                .iter()
+                .map(|&(kind, v)| {
+                    CtAttr::Other(RawAttr {
+                        kind,
+                        payload: v.to_be_bytes().to_vec(),
+                    })
+                })
+                .collect(),
+        );
+        m.res_id = cpu;
+        m.to_vec()
+    }
+
+    #[test]
+    fn statistics_replies_decode_their_be32_counters() {
+        let bytes = stats_reply(1, &[(CTA_STATS_FOUND, 7), (CTA_STATS_DROP, 3)], 9);
+        let (msg, _) = CtMessage::parse(&bytes).expect("parses");
+        assert_eq!(msg.res_id, 1);
+        assert_eq!(
+            stats_attrs(&msg),
+            vec![(CTA_STATS_FOUND, 7), (CTA_STATS_DROP, 3)]
+        );
+        assert_eq!(cpu_stat_name(CTA_STATS_CHAIN_TOOLONG), Some("chaintoolong"));
+        assert_eq!(cpu_stat_name(99), None);
+    }
+
+    #[test]
+    fn framed_reports_sequence_numbers_of_control_messages_and_skips_broken_bodies() {
+        let mut buf = stats_reply(0, &[(CTA_STATS_FOUND, 1)], 5);
+        // A DONE for seq 5.
+        let mut done = vec![0u8; 20];
+        done[0..4].copy_from_slice(&20u32.to_ne_bytes());
+        done[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
+        done[8..12].copy_from_slice(&5u32.to_ne_bytes());
+        buf.extend_from_slice(&done);
+        let items: Vec<_> = framed(&buf).collect();
+        assert_eq!(items.len(), 2);
+        let f = items[1].as_ref().expect("framing ok");
+        assert_eq!(f.header.seq, 5);
+        assert_eq!(f.bytes, &done[..]);
+        assert_eq!(f.parsed, Err(DecodeError::Done));
+    }
+
+    #[test]
+    fn events_are_derived_from_the_kind() {
+        let mut m = request(
+            nfnl_msg_type(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE),
+            0,
+            0,
+            AF_INET,
+            vec![CtAttr::TimestampEvent(42)],
+        );
+        m.header.flags = 0;
+        let bytes = m.to_vec();
+        let k = KernelMessage::new(m, &bytes, 7);
+        assert_eq!(k.kind(), Some(MessageKind::Destroy));
+        assert_eq!(k.events(), EventBits::DESTROY);
+        assert_eq!(k.ts_ns(), 42);
+        assert_eq!(k.frame().group, NFNLGRP_CONNTRACK_DESTROY as u8);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_datagrams_never_panic_the_reply_reader(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            for item in framed(&bytes) {
+                let _ = item;
+            }
+        }
+
+        #[test]
+        fn framed_never_loops_on_any_length_field(len in any::<u32>(), rest in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut bytes = len.to_ne_bytes().to_vec();
+            bytes.extend_from_slice(&[0x10, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            bytes.extend_from_slice(&rest);
+            prop_assert!(framed(&bytes).count() <= bytes.len() / NLMSG_HDRLEN + 1);
+        }
+    }
+}
