@@ -17,6 +17,7 @@ use ctwasm_host::output::{self, ConntrackOptions};
 use ctwasm_host::replay::{ReplayOptions, ReplayReport, replay};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+mod kernel_cmd;
 mod stress_cmd;
 
 #[derive(Parser, Debug)]
@@ -36,6 +37,14 @@ enum Command {
     Replay(ReplayArgs),
     /// The seed's stress test, simulated: short connections, a tiny reliable buffer, a flush.
     Stress(stress_cmd::StressArgs),
+    /// Print the kernel's conntrack events (conntrack -E), with ENOBUFS and drop counts.
+    Watch(kernel_cmd::WatchArgs),
+    /// List the kernel's conntrack table or dying list (conntrack -L).
+    List(kernel_cmd::ListArgs),
+    /// Print the kernel's conntrack statistics (conntrack -S).
+    Stats(kernel_cmd::StatsArgs),
+    /// Empty the kernel's conntrack table (conntrack -F).
+    Flush(kernel_cmd::FlushArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -101,6 +110,10 @@ fn main() {
     let result = match cli.command {
         Command::Replay(args) => run_replay(args),
         Command::Stress(args) => stress_cmd::run(args),
+        Command::Watch(args) => kernel_cmd::run_watch(args),
+        Command::List(args) => kernel_cmd::run_list(args),
+        Command::Stats(args) => kernel_cmd::run_stats(args),
+        Command::Flush(args) => kernel_cmd::run_flush(args),
     };
     if let Err(e) = result {
         eprintln!("ctwasm: {e:#}");
