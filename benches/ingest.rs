@@ -10,9 +10,9 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ctwasm_core::Delivery;
 use ctwasm_core::batch::push_packet;
 use ctwasm_core::wire::build;
-use ctwasm_core::Delivery;
 use ctwasm_host::backend::{Backend, BackendKind, TrackerSettings, open_backend};
 
 const S: u64 = 1_000_000_000;
@@ -86,7 +86,12 @@ fn established(c: &mut Criterion) {
                 bench.iter(|| {
                     verdicts.clear();
                     // Same instant: the flows never time out while being measured.
-                    b.ingest(S + 1, black_box(&batches[next % batches.len()]), &mut verdicts).unwrap();
+                    b.ingest(
+                        S + 1,
+                        black_box(&batches[next % batches.len()]),
+                        &mut verdicts,
+                    )
+                    .unwrap();
                     next += 1;
                     drain(b.as_mut(), &mut events, &mut results);
                     black_box(&verdicts);

@@ -204,7 +204,6 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
         |n| progress.inc(n),
     )?;
     progress.finish_and_clear();
-    drop(sink);
     out.flush()?;
     if !args.quiet {
         print_summary(

@@ -76,7 +76,8 @@ pub trait Backend {
 pub fn restore_backend(kind: BackendKind, snapshot: &[u8]) -> Result<Box<dyn Backend>> {
     Ok(match kind {
         BackendKind::Native => Box::new(NativeBackend {
-            tracker: Tracker::restore(snapshot).map_err(|e| anyhow!("restoring a snapshot: {e}"))?,
+            tracker: Tracker::restore(snapshot)
+                .map_err(|e| anyhow!("restoring a snapshot: {e}"))?,
         }),
         BackendKind::Component => Box::new(ComponentBackend::restore(snapshot)?),
     })
@@ -325,7 +326,11 @@ impl ComponentBackend {
             .call_restore(&mut store, snapshot)
             .map_err(trap_context)?
             .map_err(|e| anyhow!("restoring a snapshot: {e}"))?;
-        Ok(ComponentBackend { store, bindings, tracker })
+        Ok(ComponentBackend {
+            store,
+            bindings,
+            tracker,
+        })
     }
 
     pub fn with_component(
@@ -592,9 +597,18 @@ mod tests {
     fn the_component_imports_nothing_and_exports_the_conntrack_interface() {
         let component = embedded_component().unwrap();
         let ty = component.component_type();
-        let imports: Vec<String> = ty.imports(shared_engine()).map(|(name, _)| name.to_string()).collect();
-        assert!(imports.is_empty(), "the component must import nothing, it imports {imports:?}");
-        let exports: Vec<String> = ty.exports(shared_engine()).map(|(name, _)| name.to_string()).collect();
+        let imports: Vec<String> = ty
+            .imports(shared_engine())
+            .map(|(name, _)| name.to_string())
+            .collect();
+        assert!(
+            imports.is_empty(),
+            "the component must import nothing, it imports {imports:?}"
+        );
+        let exports: Vec<String> = ty
+            .exports(shared_engine())
+            .map(|(name, _)| name.to_string())
+            .collect();
         assert_eq!(exports, ["ctwasm:core/conntrack@0.1.0"]);
     }
 
@@ -606,26 +620,42 @@ mod tests {
         };
         for kind in [BackendKind::Native, BackendKind::Component] {
             let err = open_backend(kind, &settings, None).err().expect("refused");
-            assert!(format!("{err:#}").contains("nf_conntrack_bogus"), "{kind:?}: {err:#}");
+            assert!(
+                format!("{err:#}").contains("nf_conntrack_bogus"),
+                "{kind:?}: {err:#}"
+            );
         }
     }
 
     #[test]
     fn a_memory_cap_turns_growth_into_a_named_trap() {
         // 4 MiB is less than the guest needs for twenty thousand entries.
-        let mut backend =
-            ComponentBackend::with_component(embedded_component().unwrap(), &TrackerSettings::default(), 4 << 20)
-                .unwrap();
+        let mut backend = ComponentBackend::with_component(
+            embedded_component().unwrap(),
+            &TrackerSettings::default(),
+            4 << 20,
+        )
+        .unwrap();
         let mut batch = Vec::new();
         for i in 0..20_000u32 {
             let l4 = ctwasm_core::wire::build::udp((i % 60_000) as u16 + 1, 53, 0);
-            let p = ctwasm_core::wire::build::ipv4([10, 0, (i >> 8) as u8, i as u8], [10, 1, 0, 1], 17, &l4);
+            let p = ctwasm_core::wire::build::ipv4(
+                [10, 0, (i >> 8) as u8, i as u8],
+                [10, 1, 0, 1],
+                17,
+                &l4,
+            );
             ctwasm_core::batch::push_packet(&mut batch, 1 + i as u64, 0, &p);
         }
         let mut verdicts = Vec::new();
-        let err = backend.ingest(1, &batch, &mut verdicts).err().expect("the cap is hit");
+        let err = backend
+            .ingest(1, &batch, &mut verdicts)
+            .expect_err("the cap is hit");
         let msg = format!("{err:#}");
-        assert!(msg.contains("instance is dead") && msg.contains("growing memory"), "{msg}");
+        assert!(
+            msg.contains("instance is dead") && msg.contains("growing memory"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -635,14 +665,21 @@ mod tests {
             src: Addr::v4([10, 0, 0, 1]),
             dst: Addr::v4([10, 0, 0, 2]),
             proto: 6,
-            l4: L4Tuple::Ports { src: 40000, dst: 443 },
+            l4: L4Tuple::Ports {
+                src: 40000,
+                dst: 443,
+            },
         };
         let mut tables = Vec::new();
         for kind in [BackendKind::Native, BackendKind::Component] {
             let mut b = open_backend(kind, &TrackerSettings::default(), None).unwrap();
             let id = b.open(1_000, 0, &tuple).unwrap().unwrap();
-            b.transfer(2_000, id, Direction::Original, 1_000_000).unwrap().unwrap();
-            b.transfer(3_000, id, Direction::Reply, 10).unwrap().unwrap();
+            b.transfer(2_000, id, Direction::Original, 1_000_000)
+                .unwrap()
+                .unwrap();
+            b.transfer(3_000, id, Direction::Reply, 10)
+                .unwrap()
+                .unwrap();
             let rows = b.dump().unwrap();
             assert_eq!(rows.len(), 1);
             assert_eq!(rows[0].tcp_state, Some(TcpState::Established));
@@ -650,7 +687,10 @@ mod tests {
             assert!(rows[0].counters_orig.bytes > 1_000_000);
             b.close(4_000, id, false).unwrap().unwrap();
             assert_eq!(b.dump().unwrap()[0].tcp_state, Some(TcpState::TimeWait));
-            assert_eq!(b.transfer(5_000, 77, Direction::Original, 1).unwrap(), Err(ConnError::UnknownId));
+            assert_eq!(
+                b.transfer(5_000, 77, Direction::Original, 1).unwrap(),
+                Err(ConnError::UnknownId)
+            );
             let mut events = Vec::new();
             b.take_events(u32::MAX, &mut events).unwrap();
             tables.push((rows, events));
@@ -685,7 +725,8 @@ mod snapshot_tests {
             }
         };
         let mut straight = Vec::new();
-        let mut whole = open_backend(BackendKind::Native, &TrackerSettings::default(), None).unwrap();
+        let mut whole =
+            open_backend(BackendKind::Native, &TrackerSettings::default(), None).unwrap();
         feed(whole.as_mut(), 0..50, &mut straight);
         whole.flush(10_000_000).unwrap();
         whole.take_events(u32::MAX, &mut straight).unwrap();
@@ -703,7 +744,10 @@ mod snapshot_tests {
             feed(second.as_mut(), 20..50, &mut events);
             second.flush(10_000_000).unwrap();
             second.take_events(u32::MAX, &mut events).unwrap();
-            assert!(events == straight, "{from:?} -> {to:?}: the restored run's events differ");
+            assert!(
+                events == straight,
+                "{from:?} -> {to:?}: the restored run's events differ"
+            );
         }
         assert!(restore_backend(BackendKind::Component, b"not a snapshot").is_err());
     }
