@@ -747,7 +747,6 @@ fn events_2_forgets_entries_created_before_the_listener_subscribed() {
 /// hosts and on wasm32 (it is documented as not portable), so the two backends evict different
 /// entries and their DESTROY streams part ways. Reported to the lead (engine code).
 #[test]
-#[ignore = "engine bug: early drop's scan start comes from foldhash, which differs between wasm32 and 64-bit"]
 fn early_drop_picks_the_same_victim_on_both_backends() {
     let mut victims = Vec::new();
     for kind in [BackendKind::Native, BackendKind::Component] {

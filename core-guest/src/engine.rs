@@ -15,8 +15,6 @@
 use std::collections::{HashMap, VecDeque};
 
 use foldhash::fast::FixedState;
-use std::hash::BuildHasher;
-
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -683,7 +681,7 @@ impl Tracker {
         }
         // Look at a window of the table starting from a place the new tuple picks, as the
         // kernel scans the buckets after the new tuple's hash.
-        let start = (self.index.hasher().hash_one(tuple) % self.slab.len() as u64) as usize;
+        let start = (portable_hash(self.config.seed, tuple) % self.slab.len() as u64) as usize;
         for i in 0..EARLY_DROP_SCAN.min(self.slab.len()) {
             let slot = ((start + i) % self.slab.len()) as u32;
             let e = &self.slab[slot as usize];
@@ -1267,6 +1265,27 @@ impl Entry {
             c.cache.insert(bits);
         }
     }
+}
+
+/// A hash of a tuple that is the same on every platform (foldhash's output depends on the
+/// pointer width, so it must not decide anything visible, such as early drop's victim).
+fn portable_hash(seed: u64, t: &Tuple) -> u64 {
+    // splitmix64 steps over the tuple's fields.
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let (a, b) = match t.l4 {
+        L4Tuple::Ports { src, dst } => (src as u64, dst as u64),
+        L4Tuple::Icmp { id, kind, code } => (id as u64, ((kind as u64) << 8) | code as u64),
+        L4Tuple::None => (0, 0),
+    };
+    let mut h = mix(seed ^ 0x9e37_79b9_7f4a_7c15);
+    for chunk in t.src.0.chunks(8).chain(t.dst.0.chunks(8)) {
+        h = mix(h ^ u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+    }
+    mix(h ^ (a << 32) ^ (b << 16) ^ ((t.proto as u64) << 8) ^ t.family as u64)
 }
 
 fn dir_verdict(dir: Direction) -> Verdict {
