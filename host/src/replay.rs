@@ -18,6 +18,11 @@ use crate::capture::CapturedPacket;
 use crate::listener::{DeliveryOutcome, ListenerStats, Listeners, ReceivedMessage};
 use crate::output;
 
+/// Messages taken from the engine per call. A flush of a million entries queues a million
+/// DESTROYs; taking them all at once would copy hundreds of megabytes out of the component in
+/// one call, past what wasmtime lets a call copy.
+const TAKE_CHUNK: u32 = 4096;
+
 /// How a run goes.
 #[derive(Clone, Debug)]
 pub struct ReplayOptions {
@@ -160,7 +165,7 @@ impl<'a> Simulation<'a> {
             self.listeners.advance(now_ns);
             self.print_reads(sink)?;
             self.events.clear();
-            let n = self.backend.take_events(u32::MAX, &mut self.events)?;
+            let n = self.backend.take_events(TAKE_CHUNK, &mut self.events)?;
             if n == 0 {
                 break;
             }
