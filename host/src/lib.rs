@@ -3,7 +3,8 @@
 //! The engine in `core-guest` does no I/O; this crate gives it some. It runs the engine either
 //! linked natively or as the WebAssembly component under wasmtime ([`backend`]), reads captures
 //! ([`capture`]), models netlink listeners exactly as Linux treats them ([`listener`]), drives
-//! the three on simulated time ([`replay`]) and prints events as `conntrack -E` or as JSON lines
+//! the three on simulated time ([`replay`]) — or with a real kernel socket buffer deciding
+//! deliveries ([`socket_listener`], Linux) — and prints events as `conntrack -E` or as JSON lines
 //! ([`output`]). On Linux, [`ctnetlink`] talks to the live kernel's conntrack instead.
 
 pub mod backend;
@@ -14,4 +15,6 @@ pub mod listener;
 pub mod mirror;
 pub mod output;
 pub mod replay;
+#[cfg(target_os = "linux")]
+pub mod socket_listener;
 pub mod stress;

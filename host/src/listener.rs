@@ -26,6 +26,12 @@
 //! Every listener is plain state driven by `now` in nanoseconds (the capture's clock): no threads,
 //! no sleeps, no wall clock, so the same inputs always give the same losses.
 //!
+//! Beside them, [`Listeners`] can hold [`ExternalListener`]s: listeners outside the model whose
+//! deliveries a real kernel decides (`socket_listener` sends each message to a real local socket
+//! and reports whether the kernel took it). They join the same broadcast with the same rule — a
+//! miss by a broadcast-error listener fails the delivery — but they live in real time, so a run
+//! that uses them is only as repeatable as its reader.
+//!
 //! # Listener spec (`--listener`)
 //!
 //! A comma-separated list; every part but `rcvbuf` is optional, in any order:
@@ -234,7 +240,7 @@ fn parse_spec(spec: &str) -> anyhow::Result<ListenerConfig> {
     Ok(config)
 }
 
-fn parse_bytes(v: &str) -> anyhow::Result<usize> {
+pub(crate) fn parse_bytes(v: &str) -> anyhow::Result<usize> {
     if v.eq_ignore_ascii_case("unlimited") {
         return Ok(usize::MAX);
     }
@@ -258,7 +264,7 @@ fn parse_probability(v: &str) -> anyhow::Result<f64> {
     }
 }
 
-fn parse_groups(v: &str) -> anyhow::Result<u8> {
+pub(crate) fn parse_groups(v: &str) -> anyhow::Result<u8> {
     let mut groups = 0u8;
     for name in v.split('+').map(str::trim) {
         groups |= match name.to_ascii_lowercase().as_str() {
@@ -599,17 +605,70 @@ pub enum DeliveryOutcome {
     Failed,
 }
 
+/// A listener outside the simulation: a real socket whose kernel decides each delivery.
+///
+/// [`Listeners::deliver`] offers it the message's ctnetlink bytes after the simulated listeners;
+/// a miss ([`Offer::missed`]) by one that [`is_reliable`](ExternalListener::is_reliable) fails the
+/// delivery. It has no simulated read times: its reader runs on the wall clock.
+pub trait ExternalListener: fmt::Debug {
+    fn name(&self) -> &str;
+    /// `NETLINK_BROADCAST_ERROR`: a message it misses fails the delivery.
+    fn is_reliable(&self) -> bool;
+    fn is_subscribed(&self, group: u8) -> bool;
+    /// Offers one message (its ctnetlink bytes) multicast to `group` at simulated `now_ns`.
+    fn offer(&mut self, now_ns: u64, group: u8, netlink: &[u8]) -> Offer;
+    /// Whether the next message would probably be taken now (a hint for retry policies).
+    fn has_room(&self) -> bool;
+    /// The simulated instant the run starts at.
+    fn set_origin(&mut self, origin_ns: u64) {
+        let _ = origin_ns;
+    }
+    /// Simulated time has reached `now_ns` (a listener that paces the run may wait here).
+    fn advance(&mut self, now_ns: u64) {
+        let _ = now_ns;
+    }
+    fn stats(&self) -> ListenerStats;
+}
+
 /// All the listeners of one simulated network namespace.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Listeners {
     listeners: Vec<Listener>,
+    external: Vec<Box<dyn ExternalListener>>,
 }
 
 impl Listeners {
     pub fn new(configs: impl IntoIterator<Item = ListenerConfig>) -> Listeners {
         Listeners {
             listeners: configs.into_iter().map(Listener::new).collect(),
+            external: Vec::new(),
         }
+    }
+
+    /// Adds a listener whose deliveries a real kernel decides (offered after the simulated ones).
+    pub fn push_external(&mut self, listener: Box<dyn ExternalListener>) {
+        self.external.push(listener);
+    }
+    /// The external listeners, in the order they were added.
+    pub fn external(&self) -> impl Iterator<Item = &dyn ExternalListener> {
+        self.external.iter().map(|l| l.as_ref())
+    }
+    /// Every listener's name and counters, simulated ones first.
+    pub fn all_stats(&self) -> Vec<(String, ListenerStats)> {
+        self.listeners
+            .iter()
+            .map(|l| (l.name().to_string(), l.stats()))
+            .chain(
+                self.external
+                    .iter()
+                    .map(|l| (l.name().to_string(), l.stats())),
+            )
+            .collect()
+    }
+    /// Whether any listener, simulated or external, set broadcast-error.
+    pub fn has_reliable(&self) -> bool {
+        self.listeners.iter().any(Listener::is_reliable)
+            || self.external.iter().any(|l| l.is_reliable())
     }
 
     /// One listener on every group that never loses anything: unlimited buffer and reader,
@@ -651,11 +710,17 @@ impl Listeners {
         self.listeners
             .iter()
             .any(|l| l.config.groups & ALL_GROUPS != 0)
+            || self.external.iter().any(|l| {
+                [GROUP_NEW, GROUP_UPDATE, GROUP_DESTROY]
+                    .into_iter()
+                    .any(|g| l.is_subscribed(g))
+            })
     }
 
     /// Whether anyone listens to `group`.
     pub fn has_listeners_for(&self, group: u8) -> bool {
         self.listeners.iter().any(|l| l.is_subscribed(group))
+            || self.external.iter().any(|l| l.is_subscribed(group))
     }
 
     /// Whether every reliable listener would queue a message now (for retry policies; call
@@ -665,11 +730,19 @@ impl Listeners {
             .iter()
             .filter(|l| l.is_reliable())
             .all(Listener::has_room)
+            && self
+                .external
+                .iter()
+                .filter(|l| l.is_reliable())
+                .all(|l| l.has_room())
     }
 
     /// Sets the instant every listener's drain schedule counts from.
     pub fn set_origin(&mut self, origin_ns: u64) {
         for l in &mut self.listeners {
+            l.set_origin(origin_ns);
+        }
+        for l in &mut self.external {
             l.set_origin(origin_ns);
         }
     }
@@ -699,12 +772,21 @@ impl Listeners {
                 outcome = DeliveryOutcome::Failed;
             }
         }
+        for l in &mut self.external {
+            let offer = l.offer(now_ns, frame.group, frame.netlink);
+            if offer.missed() && l.is_reliable() {
+                outcome = DeliveryOutcome::Failed;
+            }
+        }
         outcome
     }
 
     /// Lets every reader catch up to `now_ns`.
     pub fn advance(&mut self, now_ns: u64) {
         for l in &mut self.listeners {
+            l.advance(now_ns);
+        }
+        for l in &mut self.external {
             l.advance(now_ns);
         }
     }

@@ -98,8 +98,7 @@ impl std::fmt::Debug for Simulation<'_> {
 impl<'a> Simulation<'a> {
     /// The first listener should record (it is the one whose messages are printed).
     pub fn new(backend: &'a mut dyn Backend, listeners: Listeners) -> Result<Self> {
-        let reliable = listeners.iter().any(|l| l.is_reliable());
-        backend.set_listeners(listeners.has_listeners(), reliable)?;
+        backend.set_listeners(listeners.has_listeners(), listeners.has_reliable())?;
         Ok(Simulation {
             backend,
             listeners,
@@ -264,11 +263,7 @@ impl<'a> Simulation<'a> {
             packets,
             verdicts,
             stats: self.backend.stats()?,
-            listeners: self
-                .listeners
-                .iter()
-                .map(|l| (l.name().to_string(), l.stats()))
-                .collect(),
+            listeners: self.listeners.all_stats(),
             sim_ns: self
                 .now_ns
                 .saturating_sub(self.started.unwrap_or(self.now_ns)),

@@ -244,8 +244,26 @@ pub fn run_with(
     options: &StressOptions,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<StressReport> {
+    run_with_listeners(
+        backend,
+        options,
+        Listeners::new([options.listener()]),
+        progress,
+    )
+}
+
+/// The same run with other listeners, e.g. an external one whose kernel buffer decides. The
+/// summary's DESTROY counts come from the first *simulated* listener's reads (none without one:
+/// an external listener's reader counts its own); its `listener` stats are the first listener's,
+/// external ones after the simulated.
+pub fn run_with_listeners(
+    backend: &mut dyn Backend,
+    options: &StressOptions,
+    listeners: Listeners,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<StressReport> {
     let name = backend.name();
-    let mut sim = Simulation::new(backend, Listeners::new([options.listener()]))?;
+    let mut sim = Simulation::new(backend, listeners)?;
     let mut reads = Reads {
         mirror: options.mirror.then(Mirror::new),
         ..Reads::default()
@@ -318,7 +336,12 @@ pub fn run_with(
     }
 
     let stats = sim.backend.stats()?;
-    let listener = sim.listeners.get(0).map(|l| l.stats()).unwrap_or_default();
+    let listener = sim
+        .listeners
+        .all_stats()
+        .first()
+        .map(|(_, s)| *s)
+        .unwrap_or_default();
     let end_ns = sim.now();
     let mirror = match reads.mirror.take() {
         Some(m) => {
