@@ -18,6 +18,8 @@ use ctwasm_host::replay::{ReplayOptions, ReplayReport, replay};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 mod kernel_cmd;
+mod listen_cmd;
+mod shadow_cmd;
 mod stress_cmd;
 
 #[derive(Parser, Debug)]
@@ -45,6 +47,11 @@ enum Command {
     Stats(kernel_cmd::StatsArgs),
     /// Empty the kernel's conntrack table (conntrack -F).
     Flush(kernel_cmd::FlushArgs),
+    /// Read a socket listener's event messages from its Unix socket at a chosen pace; print them.
+    Listen(listen_cmd::ListenArgs),
+    /// Run the engine beside the kernel on a namespace's live packets; report, flow by flow,
+    /// whether their events agree.
+    Shadow(shadow_cmd::ShadowArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -114,6 +121,8 @@ fn main() {
         Command::List(args) => kernel_cmd::run_list(args),
         Command::Stats(args) => kernel_cmd::run_stats(args),
         Command::Flush(args) => kernel_cmd::run_flush(args),
+        Command::Listen(args) => listen_cmd::run(args),
+        Command::Shadow(args) => shadow_cmd::run(args),
     };
     if let Err(e) = result {
         eprintln!("ctwasm: {e:#}");
