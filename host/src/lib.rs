@@ -9,9 +9,12 @@
 
 pub mod backend;
 pub mod capture;
+pub mod conformance;
 #[cfg(target_os = "linux")]
 pub mod ctnetlink;
 pub mod listener;
+#[cfg(target_os = "linux")]
+pub mod live_capture;
 pub mod mirror;
 pub mod output;
 pub mod replay;

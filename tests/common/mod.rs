@@ -1,0 +1,259 @@
+//! Live-kernel test helpers: the skip-or-fail rule, the global lock, and network namespaces
+//! that are always deleted.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ctwasm_host::ctnetlink::in_netns;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static NEXT_NS: AtomicU32 = AtomicU32::new(0);
+
+/// Live tests run one at a time: the kernel's GC and event worker are shared, and parallel runs
+/// disturb each other's timing (kernel-oracle §11).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether this machine can run live tests. When it cannot: a loud skip, or a panic under
+/// `CTWASM_REQUIRE_LIVE=1`.
+pub fn require_live(test: &str) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        == Some("0");
+    let reason = if !root {
+        Some("not running as root".to_string())
+    } else {
+        match Command::new("ip").args(["netns", "list"]).output() {
+            Ok(o) if o.status.success() => None,
+            Ok(o) => Some(format!(
+                "`ip netns list` failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => Some(format!("cannot run `ip`: {e}")),
+        }
+    };
+    let Some(reason) = reason else { return true };
+    if std::env::var("CTWASM_REQUIRE_LIVE").as_deref() == Ok("1") {
+        panic!("{test}: live kernel required (CTWASM_REQUIRE_LIVE=1) but {reason}");
+    }
+    eprintln!("\n*** SKIPPED (needs root and network namespaces): {test}: {reason} ***\n");
+    false
+}
+
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An `inet` table whose `ct state` rules make conntrack track everything in the namespace;
+/// `@INPUT@` is replaced by extra rules for the input chain (empty for none).
+pub const RULESET: &str = "table inet ctwasm_test {
+    chain out {
+        type filter hook output priority 0;
+        ct state new counter
+        ct state established counter
+        ct state related counter
+        ct state invalid counter
+    }
+    chain in {
+        type filter hook input priority 0;
+        ct state new counter
+        ct state established counter
+        ct state related counter
+        ct state invalid counter
+        @INPUT@
+    }
+}
+";
+
+/// One namespace with lo up, or two joined by a veth pair (`vA` 10.200.0.1 / fd00:200::1 in the
+/// first, `vB` 10.200.0.2 / fd00:200::2 in the second, static neighbours and no link-local
+/// addresses, so no ARP, NDP or router solicitations disturb the capture). All deleted on drop,
+/// whatever happened.
+#[derive(Debug)]
+pub struct Lab {
+    names: Vec<String>,
+}
+
+fn fresh_name() -> String {
+    format!(
+        "ctwasm-c-{}-{}",
+        std::process::id(),
+        NEXT_NS.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+impl Lab {
+    fn with(n: usize) -> Lab {
+        let mut lab = Lab { names: Vec::new() };
+        for _ in 0..n {
+            let name = fresh_name();
+            run(Command::new("ip").args(["netns", "add", &name]));
+            // From here on the guard deletes it, even if the setup below fails.
+            lab.names.push(name);
+        }
+        for i in 0..n {
+            lab.exec(i, &["ip", "link", "set", "lo", "up"]);
+        }
+        lab
+    }
+
+    pub fn loopback() -> Lab {
+        Lab::with(1)
+    }
+
+    pub fn veth() -> Lab {
+        let lab = Lab::with(2);
+        let (a, b) = (&lab.names[0], &lab.names[1]);
+        run(Command::new("ip").args([
+            "-n",
+            a,
+            "link",
+            "add",
+            "vA",
+            "address",
+            "02:00:00:00:02:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vB",
+            "address",
+            "02:00:00:00:02:02",
+            "netns",
+            b,
+        ]));
+        for (i, dev, me, peer, peer_mac) in [
+            (0, "vA", "1", "2", "02:00:00:00:02:02"),
+            (1, "vB", "2", "1", "02:00:00:00:02:01"),
+        ] {
+            lab.exec(
+                i,
+                &["sysctl", "-qw", "net.ipv6.conf.all.router_solicitations=0"],
+            );
+            lab.exec(i, &["ip", "link", "set", dev, "addrgenmode", "none"]);
+            lab.exec(
+                i,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("10.200.0.{me}/24"),
+                    "dev",
+                    dev,
+                ],
+            );
+            lab.exec(
+                i,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("fd00:200::{me}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ],
+            );
+            lab.exec(i, &["ip", "link", "set", dev, "up"]);
+            for addr in [format!("10.200.0.{peer}"), format!("fd00:200::{peer}")] {
+                lab.exec(
+                    i,
+                    &[
+                        "ip",
+                        "neigh",
+                        "replace",
+                        &addr,
+                        "lladdr",
+                        peer_mac,
+                        "dev",
+                        dev,
+                        "nud",
+                        "permanent",
+                    ],
+                );
+            }
+        }
+        lab
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
+    }
+
+    pub fn name(&self, i: usize) -> &str {
+        &self.names[i]
+    }
+
+    pub fn exec(&self, i: usize, argv: &[&str]) -> String {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.names[i]])
+            .args(argv))
+    }
+
+    /// Loads an nft ruleset into namespace `i`.
+    pub fn nft(&self, i: usize, ruleset: &str) {
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", &self.names[i], "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nft runs");
+        nft.stdin
+            .take()
+            .expect("stdin")
+            .write_all(ruleset.as_bytes())
+            .expect("ruleset written");
+        let out = nft.wait_with_output().expect("nft ends");
+        assert!(
+            out.status.success(),
+            "nft ruleset: {}\n{ruleset}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Whether a netlink socket inside namespace `i` has joined all three conntrack groups:
+    /// the "listener is ready" signal, without sleeping.
+    pub fn has_conntrack_listener(&self, i: usize) -> bool {
+        self.inside(i, || {
+            std::fs::read_to_string("/proc/thread-self/net/netlink")
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.get(1) == Some(&"12") && f.get(3) == Some(&"00000007")
+                })
+        })
+    }
+
+    /// Runs `f` inside namespace `i` (on a thread that entered it).
+    pub fn inside<T: Send>(&self, i: usize, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(Some(&self.names[i]), f).expect("entering the test namespace")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}

@@ -1,0 +1,687 @@
+//! The kernel as the judge: real traffic in a network namespace, the kernel's own conntrack
+//! events read live, the same packets captured and replayed through the engine, and the two
+//! compared flow by flow (event type, TCP state, SEEN_REPLY, ASSURED; see
+//! `ctwasm_host::conformance`). A difference prints both sequences side by side.
+//!
+//! Each scenario gets fresh namespaces (deleted on drop, even when a step panics), short
+//! per-namespace timeouts, `nf_conntrack_events=1`, a lossless reliable listener subscribed and
+//! a capturer bound before the first packet; after the traffic it waits past the timeouts and
+//! dumps the table, which evicts expired entries so their DESTROYs come now (kernel-oracle §5).
+//! The engine is then run on the capture up to the instant of that dump. Scenarios run one at
+//! a time (kernel-oracle §11.8).
+//!
+//! `CTWASM_CONFORMANCE=substring` runs only the scenarios whose name contains it.
+
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{Lab, RULESET, require_live, serial};
+use ctwasm_host::capture::CapturedPacket;
+use ctwasm_host::conformance::{Comparison, FlowLog, replay_capture};
+use ctwasm_host::ctnetlink::{Conntrack, KernelMessage};
+use ctwasm_host::live_capture::{Observed, Observer};
+
+/// The per-namespace sysctls every scenario sets, on the kernel and on the engine alike.
+const BASE_SYSCTLS: &[(&str, &str)] = &[
+    ("nf_conntrack_events", "1"),
+    ("nf_conntrack_timestamp", "1"),
+    ("nf_conntrack_acct", "1"),
+    ("nf_conntrack_tcp_timeout_time_wait", "2"),
+    ("nf_conntrack_tcp_timeout_close", "2"),
+    ("nf_conntrack_udp_timeout", "2"),
+    ("nf_conntrack_udp_timeout_stream", "3"),
+    ("nf_conntrack_icmp_timeout", "2"),
+    ("nf_conntrack_icmpv6_timeout", "2"),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fam {
+    V4,
+    V6,
+}
+
+impl Fam {
+    fn lo(self) -> IpAddr {
+        match self {
+            Fam::V4 => "127.0.0.1".parse().unwrap(),
+            Fam::V6 => "::1".parse().unwrap(),
+        }
+    }
+    fn tag(self) -> &'static str {
+        match self {
+            Fam::V4 => "v4",
+            Fam::V6 => "v6",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topology {
+    Loopback,
+    Veth,
+}
+
+/// One scenario: its traffic, and what it changes in the common setup.
+struct Scenario {
+    name: &'static str,
+    topology: Topology,
+    /// Sysctls set on top of [`BASE_SYSCTLS`].
+    sysctls: &'static [(&'static str, &'static str)],
+    /// Extra rules for the input chain (after the lo tap saw the packet, after conntrack).
+    input_rules: &'static str,
+    /// The traffic; it calls [`Run::observe`] itself when tracking must start mid-way.
+    traffic: fn(&mut Run, Fam),
+    /// Whether the runner turns tracking on and starts observing before the traffic.
+    observe_first: bool,
+}
+
+/// A scenario in progress.
+struct Run {
+    lab: Lab,
+    input_rules: &'static str,
+    observer: Option<Observer>,
+}
+
+impl Run {
+    /// Loads the ruleset (conntrack starts tracking) and starts the listener and capturer.
+    fn observe(&mut self) {
+        for i in 0..self.lab.len() {
+            self.lab
+                .nft(i, &RULESET.replace("@INPUT@", self.input_rules));
+        }
+        let names: Vec<&str> = self.lab.names().collect();
+        let captures: Vec<(&str, &str)> = match self.lab.len() {
+            1 => vec![(names[0], "lo")],
+            _ => vec![(names[0], "vA"), (names[1], "vB")],
+        };
+        self.observer = Some(Observer::start(&names, &captures).expect("observer starts"));
+    }
+
+    fn inside<T: Send>(&self, ns: usize, f: impl FnOnce() -> T + Send) -> T {
+        self.lab.inside(ns, f)
+    }
+}
+
+/// What one scenario found.
+struct Outcome {
+    name: String,
+    comparison: Comparison,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn run_scenario(s: &Scenario, fam: Fam) -> Outcome {
+    let sysctls: Vec<(String, String)> = BASE_SYSCTLS
+        .iter()
+        .chain(s.sysctls)
+        .map(|(n, v)| (format!("net.netfilter.{n}"), v.to_string()))
+        .collect();
+    let lab = match s.topology {
+        Topology::Loopback => Lab::loopback(),
+        Topology::Veth => Lab::veth(),
+    };
+    for i in 0..lab.len() {
+        for (n, v) in &sysctls {
+            lab.exec(i, &["sysctl", "-qw", &format!("{n}={v}")]);
+        }
+    }
+    let mut run = Run {
+        lab,
+        input_rules: s.input_rules,
+        observer: None,
+    };
+    if s.observe_first {
+        run.observe();
+    }
+    (s.traffic)(&mut run, fam);
+    // Past every short timeout, then a dump per namespace: expired entries go now.
+    let longest: u64 = sysctls
+        .iter()
+        .filter(|(n, _)| n.contains("timeout"))
+        .filter_map(|(_, v)| v.parse().ok())
+        .max()
+        .unwrap_or(2);
+    std::thread::sleep(Duration::from_millis(longest * 1000 + 1500));
+    let until_ns = now_ns();
+    for name in run.lab.names() {
+        Conntrack::open(Some(name))
+            .expect("request socket")
+            .dump()
+            .expect("dump");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let observed = run.observer.take().expect("observing").finish();
+
+    let n = run.lab.len();
+    let mut events: Vec<Vec<KernelMessage>> = vec![Vec::new(); n];
+    let mut packets: Vec<Vec<CapturedPacket>> = vec![Vec::new(); n];
+    for o in observed {
+        match o {
+            Observed::Event(i, m) => events[i].push(m),
+            Observed::Packet(i, p) => packets[i].push(p),
+            Observed::Trouble(t) => panic!("{}: {t}", s.name),
+        }
+    }
+    let mut kernel = FlowLog::new();
+    let mut ours = FlowLog::new();
+    for i in 0..n {
+        // Each namespace has its own table; name its flows apart.
+        let mut k = FlowLog::new();
+        k.extend(events[i].iter().map(|m| &m.message));
+        let replayed = replay_capture(&packets[i], &sysctls, until_ns).expect("replay");
+        let mut o = FlowLog::new();
+        o.extend(&replayed);
+        for (flow, steps) in k.flows() {
+            kernel.insert(format!("ns{i} {flow}"), steps.clone());
+        }
+        for (flow, steps) in o.flows() {
+            ours.insert(format!("ns{i} {flow}"), steps.clone());
+        }
+    }
+    Outcome {
+        name: format!("{} ({})", s.name, fam.tag()),
+        comparison: Comparison::new(&kernel, &ours),
+    }
+}
+
+// ---- traffic --------------------------------------------------------------------------------
+
+fn sa(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
+
+/// `SO_LINGER` 0: `close` sends RST.
+fn abort(s: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the pointer and length describe `l`.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER");
+    drop(s);
+}
+
+/// A TCP connection from a fixed local port (for reusing a 4-tuple).
+fn connect_from(local: SocketAddr, remote: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let af = if local.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain system calls on a descriptor we own; the sockaddr buffers are built below
+    // and outlive the calls.
+    unsafe {
+        let fd = libc::socket(af, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            4,
+        );
+        let stream = TcpStream::from_raw_fd(fd);
+        let (l, ll) = sockaddr(local);
+        if libc::bind(fd, (&l as *const libc::sockaddr_storage).cast(), ll) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (r, rl) = sockaddr(remote);
+        if libc::connect(fd, (&r as *const libc::sockaddr_storage).cast(), rl) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage; the casts write within its size.
+    unsafe {
+        let mut s: libc::sockaddr_storage = std::mem::zeroed();
+        match a {
+            SocketAddr::V4(v4) => {
+                let p = (&mut s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                (*p).sin_family = libc::AF_INET as u16;
+                (*p).sin_port = v4.port().to_be();
+                (*p).sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+                (
+                    s,
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+            SocketAddr::V6(v6) => {
+                let p = (&mut s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                (*p).sin6_family = libc::AF_INET6 as u16;
+                (*p).sin6_port = v6.port().to_be();
+                (*p).sin6_addr.s6_addr = v6.ip().octets();
+                (
+                    s,
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
+    }
+}
+
+fn pair(ip: IpAddr, port: u16) -> (TcpStream, TcpStream, TcpListener) {
+    let listener = TcpListener::bind(sa(ip, port)).expect("listen");
+    let client = TcpStream::connect(sa(ip, port)).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    (client, server, listener)
+}
+
+fn exchange(a: &mut TcpStream, b: &mut TcpStream, n: usize) {
+    let msg = vec![b'x'; n];
+    a.write_all(&msg).expect("send");
+    let mut buf = vec![0; n];
+    b.read_exact(&mut buf).expect("recv");
+}
+
+/// Reads until the peer's FIN.
+fn drain(s: &mut TcpStream) {
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+}
+
+fn tcp_close_client_first(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        let (mut c, mut s, _l) = pair(f.lo(), 5001);
+        exchange(&mut c, &mut s, 100);
+        exchange(&mut s, &mut c, 100);
+        drop(c);
+        drain(&mut s);
+        drop(s);
+    });
+}
+
+fn tcp_close_server_first(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        let (mut c, mut s, _l) = pair(f.lo(), 5001);
+        exchange(&mut c, &mut s, 100);
+        exchange(&mut s, &mut c, 100);
+        drop(s);
+        drain(&mut c);
+        drop(c);
+    });
+}
+
+fn tcp_rst_client(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        let (mut c, mut s, _l) = pair(f.lo(), 5001);
+        exchange(&mut c, &mut s, 10);
+        abort(c);
+        drain(&mut s);
+    });
+}
+
+fn tcp_rst_server(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        let (mut c, mut s, _l) = pair(f.lo(), 5001);
+        exchange(&mut c, &mut s, 10);
+        exchange(&mut s, &mut c, 10);
+        abort(s);
+        drain(&mut c);
+    });
+}
+
+fn tcp_refused(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        assert!(TcpStream::connect(sa(f.lo(), 5009)).is_err());
+    });
+}
+
+/// The client half-closes (FIN), the server goes on sending, then aborts.
+fn tcp_half_closed_then_reset(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        let (mut c, mut s, _l) = pair(f.lo(), 5001);
+        exchange(&mut c, &mut s, 10);
+        c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let mut buf = [0u8; 1];
+        assert_eq!(s.read(&mut buf).expect("eof"), 0);
+        exchange(&mut s, &mut c, 50);
+        std::thread::sleep(Duration::from_millis(50));
+        abort(s);
+        let _ = c.read(&mut buf);
+    });
+}
+
+/// Small writes with pauses longer than the delayed-ACK timer: bare ACKs on the wire.
+fn tcp_delayed_acks(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        let (mut c, mut s, _l) = pair(f.lo(), 5001);
+        for i in 0..6 {
+            exchange(&mut c, &mut s, 20 + i);
+            std::thread::sleep(Duration::from_millis(60));
+            exchange(&mut s, &mut c, 200 + i);
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        drop(c);
+        std::thread::sleep(Duration::from_millis(60));
+        drain(&mut s);
+        drop(s);
+    });
+}
+
+/// 16 connections open at once, data interleaved, closed by different sides and ways.
+fn tcp_interleaved(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        let listener = TcpListener::bind(sa(f.lo(), 5001)).expect("listen");
+        let mut conns: Vec<(TcpStream, TcpStream)> = (0..16)
+            .map(|_| {
+                let c = TcpStream::connect(sa(f.lo(), 5001)).expect("connect");
+                let (s, _) = listener.accept().expect("accept");
+                (c, s)
+            })
+            .collect();
+        for round in 0..3 {
+            for (c, s) in conns.iter_mut() {
+                exchange(c, s, 10 + round);
+                exchange(s, c, 30 + round);
+            }
+        }
+        for (i, (mut c, mut s)) in conns.into_iter().enumerate() {
+            match i % 4 {
+                0 => {
+                    drop(c);
+                    drain(&mut s);
+                }
+                1 => {
+                    drop(s);
+                    drain(&mut c);
+                }
+                2 => {
+                    abort(c);
+                    drain(&mut s);
+                }
+                _ => {
+                    abort(s);
+                    drain(&mut c);
+                }
+            }
+        }
+    });
+}
+
+/// The server closes first (its socket keeps the TIME_WAIT), and the client connects again
+/// from the same port while conntrack still holds the old entry in TIME_WAIT.
+fn tcp_reopen_after_time_wait(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        let listener = TcpListener::bind(sa(f.lo(), 5001)).expect("listen");
+        for round in 0..2 {
+            let mut c = connect_from(sa(f.lo(), 40100), sa(f.lo(), 5001)).expect("connect");
+            let (mut s, _) = listener.accept().expect("accept");
+            exchange(&mut c, &mut s, 10 + round);
+            drop(s);
+            drain(&mut c);
+            drop(c);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+}
+
+/// The connection is up and has carried data before any ruleset exists; tracking starts
+/// while it is idle, and conntrack picks it up from its next segment.
+fn tcp_mid_stream_pickup(run: &mut Run, f: Fam) {
+    let (mut c, mut s, l) = run.inside(0, || {
+        let (mut c, mut s, l) = pair(f.lo(), 5001);
+        exchange(&mut c, &mut s, 100);
+        exchange(&mut s, &mut c, 100);
+        (c, s, l)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    run.observe();
+    exchange(&mut c, &mut s, 10);
+    exchange(&mut s, &mut c, 10);
+    exchange(&mut c, &mut s, 10);
+    drop(c);
+    drain(&mut s);
+    drop((s, l));
+}
+
+/// The first SYN is dropped after conntrack saw it (input chain); the client retransmits.
+fn tcp_retransmitted_syn(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        let (mut c, mut s, _l) = pair(f.lo(), 5011);
+        exchange(&mut c, &mut s, 10);
+        drop(c);
+        drain(&mut s);
+    });
+}
+
+/// The first SYN/ACK is dropped after conntrack saw it: the client retransmits its SYN into
+/// SYN_RECV and the server its SYN/ACK.
+fn tcp_retransmitted_synack(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        let (mut c, mut s, _l) = pair(f.lo(), 5012);
+        exchange(&mut c, &mut s, 10);
+        drop(c);
+        drain(&mut s);
+    });
+}
+
+fn udp_pair(ip: IpAddr) -> (UdpSocket, UdpSocket) {
+    let a = UdpSocket::bind(sa(ip, 40002)).expect("udp a");
+    let b = UdpSocket::bind(sa(ip, 5002)).expect("udp b");
+    b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    a.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    (a, b)
+}
+
+fn udp_round(a: &UdpSocket, b: &UdpSocket) {
+    let mut buf = [0u8; 64];
+    a.send_to(b"ping", b.local_addr().unwrap()).expect("send");
+    let (n, from) = b.recv_from(&mut buf).expect("recv");
+    b.send_to(&buf[..n], from).expect("reply");
+    a.recv_from(&mut buf).expect("reply recv");
+}
+
+fn udp_one_way(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        let (a, b) = udp_pair(f.lo());
+        a.send_to(b"one", b.local_addr().unwrap()).expect("send");
+        let mut buf = [0u8; 8];
+        b.recv_from(&mut buf).expect("recv");
+    });
+}
+
+fn udp_request_response(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        let (a, b) = udp_pair(f.lo());
+        udp_round(&a, &b);
+        udp_round(&a, &b);
+    });
+}
+
+/// A third exchange 2.5 s after the first: the stream rule makes the entry ASSURED.
+fn udp_stream(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        let (a, b) = udp_pair(f.lo());
+        udp_round(&a, &b);
+        udp_round(&a, &b);
+        std::thread::sleep(Duration::from_millis(2500));
+        udp_round(&a, &b);
+    });
+}
+
+/// A datagram to a closed port: the ICMP port-unreachable is RELATED to the UDP entry.
+fn udp_port_unreachable(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        let a = UdpSocket::bind(sa(f.lo(), 40004)).expect("udp");
+        a.send_to(b"anyone?", sa(f.lo(), 5009)).expect("send");
+        std::thread::sleep(Duration::from_millis(100));
+    });
+}
+
+fn icmp_echo(run: &mut Run, f: Fam) {
+    let target = f.lo().to_string();
+    let flag = if f == Fam::V6 { "-6" } else { "-4" };
+    run.lab.exec(
+        0,
+        &["ping", flag, "-c", "2", "-i", "0.2", "-W", "1", &target],
+    );
+}
+
+/// TCP, UDP and ping from ns0 to ns1 over a veth pair; each namespace's table is compared with
+/// its own interface's capture.
+fn veth_mixed(run: &mut Run, f: Fam) {
+    let (client_ip, server_ip): (IpAddr, IpAddr) = match f {
+        Fam::V4 => ("10.200.0.1".parse().unwrap(), "10.200.0.2".parse().unwrap()),
+        Fam::V6 => (
+            "fd00:200::1".parse().unwrap(),
+            "fd00:200::2".parse().unwrap(),
+        ),
+    };
+    let (listener, udp) = run.inside(1, || {
+        let l = TcpListener::bind(sa(server_ip, 5001)).expect("listen");
+        let u = UdpSocket::bind(sa(server_ip, 5002)).expect("udp");
+        u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        (l, u)
+    });
+    let (mut c, a) = run.inside(0, || {
+        let c = TcpStream::connect(sa(server_ip, 5001)).expect("connect");
+        let a = UdpSocket::bind(sa(client_ip, 40002)).expect("udp");
+        a.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        (c, a)
+    });
+    let (mut s, _) = listener.accept().expect("accept");
+    exchange(&mut c, &mut s, 100);
+    exchange(&mut s, &mut c, 100);
+    drop(c);
+    drain(&mut s);
+    drop(s);
+    udp_round(&a, &udp);
+    udp_round(&a, &udp);
+    let target = server_ip.to_string();
+    run.lab
+        .exec(0, &["ping", "-c", "2", "-i", "0.2", "-W", "1", &target]);
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let lo = |name, traffic: fn(&mut Run, Fam)| Scenario {
+        name,
+        topology: Topology::Loopback,
+        sysctls: &[],
+        input_rules: "",
+        traffic,
+        observe_first: true,
+    };
+    vec![
+        lo("tcp close, client first", tcp_close_client_first),
+        lo("tcp close, server first", tcp_close_server_first),
+        lo("tcp rst from the client", tcp_rst_client),
+        lo("tcp rst from the server", tcp_rst_server),
+        lo("tcp refused", tcp_refused),
+        lo("tcp half-closed then reset", tcp_half_closed_then_reset),
+        lo("tcp data both ways, delayed acks", tcp_delayed_acks),
+        lo("tcp 16 interleaved connections", tcp_interleaved),
+        lo("tcp reopen in time_wait", tcp_reopen_after_time_wait),
+        Scenario {
+            observe_first: false,
+            ..lo("tcp mid-stream pickup", tcp_mid_stream_pickup)
+        },
+        Scenario {
+            input_rules: "tcp dport 5011 tcp flags & (syn | ack) == syn numgen inc mod 2 0 drop",
+            ..lo("tcp retransmitted syn", tcp_retransmitted_syn)
+        },
+        Scenario {
+            input_rules: "tcp sport 5012 tcp flags & (syn | ack) == syn | ack numgen inc mod 2 0 drop",
+            ..lo("tcp retransmitted syn/ack", tcp_retransmitted_synack)
+        },
+        lo("udp one way", udp_one_way),
+        lo("udp request/response", udp_request_response),
+        Scenario {
+            sysctls: &[("nf_conntrack_udp_timeout", "4")],
+            ..lo("udp stream (2 s rule)", udp_stream)
+        },
+        lo("udp port unreachable (related)", udp_port_unreachable),
+        lo("icmp echo", icmp_echo),
+        Scenario {
+            topology: Topology::Veth,
+            ..lo("veth: tcp, udp, ping", veth_mixed)
+        },
+    ]
+}
+
+#[test]
+fn every_scenario_matches_the_kernel_flow_for_flow() {
+    let _serial = serial();
+    if !require_live("conformance") {
+        return;
+    }
+    let only = std::env::var("CTWASM_CONFORMANCE").ok();
+    let mut outcomes = Vec::new();
+    let mut failures = Vec::new();
+    for s in scenarios() {
+        if only.as_deref().is_some_and(|o| !s.name.contains(o)) {
+            continue;
+        }
+        for fam in [Fam::V4, Fam::V6] {
+            let started = std::time::Instant::now();
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_scenario(&s, fam)));
+            match result {
+                Ok(o) => {
+                    let diff = o.comparison.diff_text();
+                    eprintln!(
+                        "{}: {} flows, {} identical ({:.1} s)\n{}",
+                        o.name,
+                        o.comparison.compared(),
+                        o.comparison.identical(),
+                        started.elapsed().as_secs_f64(),
+                        if diff.is_empty() {
+                            o.comparison.full_text()
+                        } else {
+                            diff.clone()
+                        }
+                    );
+                    if !diff.is_empty() || o.comparison.compared() == 0 {
+                        failures.push(format!("{}:\n{diff}", o.name));
+                    }
+                    outcomes.push(o);
+                }
+                Err(_) => failures.push(format!("{} ({}): panicked", s.name, fam.tag())),
+            }
+        }
+    }
+    eprintln!("\nCONFORMANCE (flows compared / identical, per scenario)");
+    eprintln!("| Scenario | Flows compared | Flows identical |");
+    eprintln!("|---|---|---|");
+    let (mut total, mut same) = (0, 0);
+    for o in &outcomes {
+        eprintln!(
+            "| {} | {} | {} |",
+            o.name,
+            o.comparison.compared(),
+            o.comparison.identical()
+        );
+        total += o.comparison.compared();
+        same += o.comparison.identical();
+    }
+    eprintln!("| **all** | {total} | {same} |");
+    assert!(
+        failures.is_empty(),
+        "scenarios that differ from the kernel:\n{}",
+        failures.join("\n")
+    );
+}
