@@ -685,3 +685,113 @@ fn every_scenario_matches_the_kernel_flow_for_flow() {
         failures.join("\n")
     );
 }
+
+// ---- ctwasm shadow ----------------------------------------------------------------------------
+
+/// Runs `ctwasm shadow` on a fresh namespace carrying a TCP connection (client closes first),
+/// a UDP exchange and a ping; returns its exit code, stdout and stderr.
+fn shadow(duration: &str, extra: &[&str]) -> (i32, String, String) {
+    use std::process::{Command, Stdio};
+    let lab = Lab::loopback();
+    for (n, v) in BASE_SYSCTLS {
+        lab.exec(0, &["sysctl", "-qw", &format!("net.netfilter.{n}={v}")]);
+    }
+    lab.nft(0, &RULESET.replace("@INPUT@", ""));
+    let child = Command::new(env!("CARGO_BIN_EXE_ctwasm"))
+        .args([
+            "shadow",
+            "--netns",
+            lab.name(0),
+            "--duration",
+            duration,
+            "--report-every",
+            "1",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ctwasm shadow starts");
+    let ready_by = std::time::Instant::now() + Duration::from_secs(10);
+    while !lab.has_conntrack_listener(0) {
+        assert!(
+            std::time::Instant::now() < ready_by,
+            "ctwasm shadow never subscribed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The capturer is opened right after the listener.
+    std::thread::sleep(Duration::from_millis(500));
+    lab.inside(0, || {
+        let ip = Fam::V4.lo();
+        let (mut c, mut s, _l) = pair(ip, 5001);
+        exchange(&mut c, &mut s, 100);
+        exchange(&mut s, &mut c, 100);
+        drop(c);
+        drain(&mut s);
+        drop(s);
+        let (a, b) = udp_pair(ip);
+        udp_round(&a, &b);
+        udp_round(&a, &b);
+    });
+    lab.exec(0, &["ping", "-c", "2", "-i", "0.2", "-W", "1", "127.0.0.1"]);
+    let out = child.wait_with_output().expect("shadow ends");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    eprintln!("--- shadow stdout\n{stdout}--- shadow stderr\n{stderr}");
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+#[test]
+fn shadow_reports_that_every_flow_agrees_with_the_kernel() {
+    let _serial = serial();
+    if !require_live("shadow (agreement)") {
+        return;
+    }
+    let (code, stdout, stderr) = shadow("7", &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("3 flows compared: 3 agree, 0 diverge"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("all 3 flows agree"), "{stdout}");
+    assert!(
+        stderr.contains("agree"),
+        "running counts on stderr: {stderr}"
+    );
+    assert!(!stderr.contains("DIVERGED"), "{stderr}");
+}
+
+#[test]
+fn shadow_reports_a_flow_whose_engine_timeout_differs_from_the_kernels() {
+    let _serial = serial();
+    if !require_live("shadow (divergence)") {
+        return;
+    }
+    // The kernel keeps TIME_WAIT for 2 s; the engine is told 30: the kernel's DESTROY has no
+    // counterpart.
+    let (code, stdout, stderr) = shadow(
+        "10",
+        &[
+            "--sysctl",
+            "net.netfilter.nf_conntrack_tcp_timeout_time_wait=30",
+        ],
+    );
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("3 flows compared: 2 agree, 1 diverge"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("DIVERGES tcp 127.0.0.1:")
+            && stdout
+                .contains("step 7: kernel DESTROY TIME_WAIT SEEN_REPLY ASSURED, ours (nothing)"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("DIVERGED tcp 127.0.0.1:"),
+        "first divergence reported live: {stderr}"
+    );
+}

@@ -19,5 +19,7 @@ pub mod mirror;
 pub mod output;
 pub mod replay;
 #[cfg(target_os = "linux")]
+pub mod shadow;
+#[cfg(target_os = "linux")]
 pub mod socket_listener;
 pub mod stress;

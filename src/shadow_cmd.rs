@@ -1,0 +1,100 @@
+//! `ctwasm shadow`: does the engine match this kernel? The engine runs beside the kernel on the
+//! packets of one namespace's interface, and each flow's events are compared as they come (see
+//! `ctwasm_host::shadow`). A running count goes to stderr, with the first divergence of each
+//! flow that disagrees; the final report goes to stdout. Exit status 0 when every flow agreed,
+//! 2 when some diverged (1 is an error).
+
+use anyhow::Result;
+
+/// `ctwasm shadow`: compare the engine with the live kernel, flow by flow.
+#[derive(clap::Args, Debug)]
+pub struct ShadowArgs {
+    /// The network namespace (/run/netns/NAME) whose conntrack to shadow.
+    #[arg(long, value_name = "NAME")]
+    netns: String,
+    /// The interface to capture inside it.
+    #[arg(long, default_value = "lo")]
+    interface: String,
+    /// Stop after this many seconds (default: at SIGINT or SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Run the engine with this sysctl instead of the kernel's (repeatable), e.g.
+    /// net.netfilter.nf_conntrack_tcp_timeout_time_wait=30.
+    #[arg(long = "sysctl", value_name = "NAME=VALUE")]
+    sysctls: Vec<String>,
+    /// Seconds between running counts.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    report_every: f64,
+    /// Print every flow side by side at the end, not only the divergent ones.
+    #[arg(long, short = 'v')]
+    verbose: bool,
+}
+
+#[cfg(target_os = "linux")]
+pub fn run(args: ShadowArgs) -> Result<()> {
+    use std::io::Write;
+    use std::time::Duration;
+
+    use ctwasm_host::conformance::parse_sysctls;
+    use ctwasm_host::ctnetlink::stop_on_signals;
+    use ctwasm_host::shadow::{ShadowOptions, ShadowProgress, run_shadow};
+
+    let stop = stop_on_signals();
+    let options = ShadowOptions {
+        netns: args.netns.clone(),
+        interface: args.interface.clone(),
+        duration: args.duration.map(Duration::from_secs_f64),
+        overrides: parse_sysctls(&args.sysctls)?,
+        report_every: Duration::from_secs_f64(args.report_every.max(0.1)),
+    };
+    let mut progress = |p: &ShadowProgress| match p {
+        ShadowProgress::Counts { elapsed, counts: c } => eprintln!(
+            "shadow {}: {:.0} s: {} packets, {} kernel events, {} flows: {} agree, {} pending, {} diverge",
+            args.netns,
+            elapsed.as_secs_f64(),
+            c.packets,
+            c.events,
+            c.flows,
+            c.agree,
+            c.pending,
+            c.diverge
+        ),
+        ShadowProgress::Diverged(line) => eprintln!("shadow {}: DIVERGED {line}", args.netns),
+    };
+    let report = run_shadow(&options, stop, &mut progress)?;
+    let c = &report.counts;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "shadow {}: {} packets, {} kernel events; {} flows compared: {} agree, {} diverge ({} flows that existed before the start left out)",
+        args.netns, c.packets, c.events, c.flows, c.agree, c.diverge, report.preexisting
+    )?;
+    if !args.sysctls.is_empty() {
+        writeln!(
+            out,
+            "engine settings that differ from the kernel's: {}",
+            args.sysctls.join(" ")
+        )?;
+    }
+    for f in report.comparison.divergent(true) {
+        if let Some(line) = f.first_divergence() {
+            writeln!(out, "DIVERGES {line}")?;
+        }
+        write!(out, "{}", f.render())?;
+    }
+    if args.verbose {
+        write!(out, "{}", report.comparison.full_text())?;
+    }
+    if c.diverge == 0 {
+        writeln!(out, "all {} flows agree", c.flows)?;
+        Ok(())
+    } else {
+        out.flush()?;
+        std::process::exit(2);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn run(_: ShadowArgs) -> Result<()> {
+    anyhow::bail!("`ctwasm shadow` needs Linux (AF_PACKET and ctnetlink)")
+}
