@@ -480,6 +480,49 @@ fn tcp_retransmitted_synack(run: &mut Run, f: Fam) {
     });
 }
 
+/// The server closes with data still unread: Linux answers with RST instead of FIN.
+fn tcp_close_with_unread_data(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        let (mut c, s, _l) = pair(f.lo(), 5001);
+        c.write_all(&[b'x'; 100]).expect("send");
+        std::thread::sleep(Duration::from_millis(50));
+        drop(s);
+        let mut buf = [0u8; 1];
+        let _ = c.read(&mut buf);
+    });
+}
+
+/// Both sides shut down their write side at once: FINs cross.
+fn tcp_simultaneous_close(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        let (mut c, mut s, _l) = pair(f.lo(), 5001);
+        exchange(&mut c, &mut s, 10);
+        let c2 = c.try_clone().expect("clone");
+        let t = std::thread::spawn(move || c2.shutdown(std::net::Shutdown::Write));
+        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        t.join().expect("thread").expect("shutdown");
+        drain(&mut c);
+        drain(&mut s);
+    });
+}
+
+/// Bulk data, far more than one window, one way, with a small receive buffer on the reader.
+fn tcp_bulk(run: &mut Run, f: Fam) {
+    run.inside(0, || {
+        let (mut c, mut s, _l) = pair(f.lo(), 5001);
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![b'y'; 64 * 1024];
+            for _ in 0..64 {
+                c.write_all(&chunk).expect("bulk send");
+            }
+            drop(c);
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        drain(&mut s);
+        writer.join().expect("writer");
+    });
+}
+
 fn udp_pair(ip: IpAddr) -> (UdpSocket, UdpSocket) {
     let a = UdpSocket::bind(sa(ip, 40002)).expect("udp a");
     let b = UdpSocket::bind(sa(ip, 5002)).expect("udp b");
@@ -596,6 +639,16 @@ fn scenarios() -> Vec<Scenario> {
         lo("tcp data both ways, delayed acks", tcp_delayed_acks),
         lo("tcp 16 interleaved connections", tcp_interleaved),
         lo("tcp reopen in time_wait", tcp_reopen_after_time_wait),
+        lo(
+            "tcp close with unread data (rst)",
+            tcp_close_with_unread_data,
+        ),
+        lo("tcp simultaneous close", tcp_simultaneous_close),
+        lo("tcp bulk, 4 MiB one way", tcp_bulk),
+        Scenario {
+            sysctls: &[("nf_conntrack_tcp_be_liberal", "1")],
+            ..lo("tcp close, be_liberal=1", tcp_close_client_first)
+        },
         Scenario {
             observe_first: false,
             ..lo("tcp mid-stream pickup", tcp_mid_stream_pickup)

@@ -4,8 +4,10 @@
 //! both: the kernel saw them live (its events come from a ctnetlink listener), the engine sees
 //! them from a capture taken at the same time (see [`crate::live_capture`]). What is compared is
 //! what a listener can rely on and what the trackers decide: per flow, the ordered sequence of
-//! (message type, TCP state, SEEN_REPLY, ASSURED) — a [`Step`]. Ids, timeouts, counters and
-//! timestamps are left out: they are checked by the replay tests against recorded captures.
+//! (message type, TCP state, SEEN_REPLY, ASSURED) and the timeout the entry was given — a
+//! [`Step`]. Timeouts match within a second (the kernel reads the remaining time a moment after
+//! setting it, and a jiffy may tick in between). Ids, counters and timestamps are left out: they
+//! are checked by the replay tests against recorded captures.
 //!
 //! A flow is the original tuple plus a generation number: a tuple that is reused after a
 //! DESTROY (a reopen after TIME_WAIT) is a new flow, `#1`, `#2`, ... The kernel prints
@@ -29,12 +31,28 @@ use crate::listener::Listeners;
 use crate::replay::Simulation;
 
 /// One event message, reduced to what the trackers decide.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct Step {
     pub kind: MessageKind,
     pub tcp_state: Option<TcpState>,
     pub seen_reply: bool,
     pub assured: bool,
+    /// Seconds left when the message was made (DESTROY carries none).
+    pub timeout: Option<u32>,
+}
+
+/// Equal when everything but the timeout is, and the timeouts are within a second.
+impl PartialEq for Step {
+    fn eq(&self, o: &Step) -> bool {
+        self.kind == o.kind
+            && self.tcp_state == o.tcp_state
+            && self.seen_reply == o.seen_reply
+            && self.assured == o.assured
+            && match (self.timeout, o.timeout) {
+                (Some(a), Some(b)) => a.abs_diff(b) <= 1,
+                (a, b) => a == b,
+            }
+    }
 }
 
 impl Step {
@@ -45,6 +63,7 @@ impl Step {
             tcp_state: msg.tcp_state(),
             seen_reply: status.contains(Status::SEEN_REPLY),
             assured: status.contains(Status::ASSURED),
+            timeout: msg.timeout(),
         })
     }
 }
@@ -65,6 +84,9 @@ impl fmt::Display for Step {
         }
         if self.assured {
             write!(f, " ASSURED")?;
+        }
+        if let Some(t) = self.timeout {
+            write!(f, " {t}s")?;
         }
         Ok(())
     }
@@ -93,7 +115,7 @@ pub fn flow_name(t: &Tuple) -> String {
 }
 
 /// Event messages grouped by flow, each flow's steps in order.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct FlowLog {
     flows: BTreeMap<String, Vec<Step>>,
     generation: BTreeMap<String, usize>,
@@ -143,7 +165,7 @@ impl FlowLog {
 }
 
 /// One flow as both sides saw it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct FlowDiff {
     pub flow: String,
     pub kernel: Vec<Step>,
@@ -181,7 +203,7 @@ impl FlowDiff {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "  {}", self.flow);
-        let _ = writeln!(s, "      {:<44} | ours", "kernel");
+        let _ = writeln!(s, "      {:<50} | ours", "kernel");
         let first = match self.agreement(true) {
             Agreement::DivergesAt(i) => Some(i),
             _ => None,
@@ -196,7 +218,7 @@ impl FlowDiff {
             } else {
                 "  "
             };
-            let _ = writeln!(s, "  {mark}  {k:<44} | {o}");
+            let _ = writeln!(s, "  {mark}  {k:<50} | {o}");
         }
         s
     }
@@ -218,7 +240,7 @@ impl FlowDiff {
 }
 
 /// Every flow either side saw.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Comparison {
     pub flows: Vec<FlowDiff>,
 }
@@ -327,7 +349,26 @@ mod tests {
             tcp_state: st,
             seen_reply: r,
             assured: a,
+            timeout: None,
         }
+    }
+
+    #[test]
+    fn timeouts_match_within_a_second() {
+        let at = |t| Step {
+            timeout: Some(t),
+            ..step(MessageKind::Update, Some(TcpState::Established), true, true)
+        };
+        assert_eq!(at(432000), at(431999));
+        assert_ne!(at(120), at(300));
+        assert_ne!(
+            at(120),
+            step(MessageKind::Update, Some(TcpState::Established), true, true)
+        );
+        assert_eq!(
+            at(60).to_string(),
+            "UPDATE ESTABLISHED SEEN_REPLY ASSURED 60s"
+        );
     }
 
     #[test]
