@@ -7,7 +7,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use clap::ValueEnum;
 use ctwasm_host::backend::{BackendKind, open_backend};
 use ctwasm_host::stress::{self, Progress, Sample, StressOptions, StressReport};
@@ -77,6 +77,17 @@ pub struct StressArgs {
     /// Draw the dying list, the table count and DESTROYs delivered over simulated time.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Also send every event to a real Unix datagram socket where `ctwasm listen PATH` reads:
+    /// the kernel's socket buffer then decides which deliveries fail.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The socket listener's setup (buffer=BYTES, reliable, groups=..., pace=SPEED).
+    #[arg(
+        long,
+        value_name = "SPEC",
+        default_value = "buffer=2048,reliable,pace=1"
+    )]
+    socket_spec: String,
 }
 
 pub fn run(args: StressArgs) -> Result<()> {
@@ -130,20 +141,55 @@ pub fn run(args: StressArgs) -> Result<()> {
         ProgressBar::hidden()
     };
     let started = Instant::now();
-    let report = stress::run_with(backend.as_mut(), &options, &mut |p| match p {
-        Progress::Creating { done, total } => {
-            bar.set_message("creating");
-            bar.set_length(total);
-            bar.set_position(done);
-        }
-        Progress::Draining { read, total } => {
-            bar.set_message("draining");
-            bar.set_length(total);
-            bar.set_position(read);
-        }
-    })?;
+    let mut first = options.listener();
+    if args.socket.is_some() {
+        // The socket's reader decides and counts; the in-process listener only watches, and
+        // sees every retry the socket's refusals cause (as a second netlink listener would).
+        first.broadcast_error = false;
+        first.rcvbuf = usize::MAX;
+        first.drain = ctwasm_host::listener::DrainPolicy::Unlimited;
+    }
+    let mut listeners = ctwasm_host::listener::Listeners::new([first]);
+    let mut stream_end = None;
+    if let Some(path) = &args.socket {
+        use ctwasm_host::socket_listener::{SocketListener, SocketListenerConfig};
+        let config = SocketListenerConfig::parse(&args.socket_spec)?;
+        let listener = SocketListener::connect(path, config).with_context(|| {
+            format!(
+                "connecting to the reader at {} (is `ctwasm listen` running?)",
+                path.display()
+            )
+        })?;
+        stream_end = Some(listener.end_handle()?);
+        listeners.push_external(Box::new(listener));
+    }
+    let report =
+        stress::run_with_listeners(backend.as_mut(), &options, listeners, &mut |p| match p {
+            Progress::Creating { done, total } => {
+                bar.set_message("creating");
+                bar.set_length(total);
+                bar.set_position(done);
+            }
+            Progress::Draining { read, total } => {
+                bar.set_message("draining");
+                bar.set_length(total);
+                bar.set_position(read);
+            }
+        })?;
     let wall = started.elapsed();
     bar.finish_and_clear();
+    if let Some(end) = stream_end {
+        // Tell the reader the stream is over once it has read everything sent before.
+        end.finish(Instant::now() + std::time::Duration::from_secs(60))?;
+        eprintln!(
+            "ctwasm stress: events also went to {}; its reader's summary counts the DESTROYs the \
+             kernel buffer let through (the counts below are the in-process observer's)",
+            args.socket
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+    }
 
     if let Some(path) = &args.plot {
         plot(path, &report, &options)?;
