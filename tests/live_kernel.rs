@@ -17,56 +17,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ctwasm_core::event::MessageKind;
 use ctwasm_host::ctnetlink::{Conntrack, EventSocket, Received, SubscribeOptions, in_netns};
 
-static SERIAL: Mutex<()> = Mutex::new(());
+mod common;
+use common::{require_live, run, serial};
+
 static NEXT_NS: AtomicU32 = AtomicU32::new(0);
 
 const BIN: &str = env!("CARGO_BIN_EXE_ctwasm");
-
-/// Whether this machine can run live tests. When it cannot: a loud skip, or a panic under
-/// `CTWASM_REQUIRE_LIVE=1`.
-fn require_live(test: &str) -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        == Some("0");
-    let reason = if !root {
-        Some("not running as root".to_string())
-    } else {
-        match Command::new("ip").args(["netns", "list"]).output() {
-            Ok(o) if o.status.success() => None,
-            Ok(o) => Some(format!(
-                "`ip netns list` failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
-            Err(e) => Some(format!("cannot run `ip`: {e}")),
-        }
-    };
-    let Some(reason) = reason else { return true };
-    if std::env::var("CTWASM_REQUIRE_LIVE").as_deref() == Ok("1") {
-        panic!("{test}: live kernel required (CTWASM_REQUIRE_LIVE=1) but {reason}");
-    }
-    eprintln!("\n*** SKIPPED (needs root and network namespaces): {test}: {reason} ***\n");
-    false
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A network namespace with conntrack switched on; deleted on drop.
 struct Netns {
@@ -169,10 +131,6 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .status();
     }
-}
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// TCP connect / data / close, a two-packet UDP exchange, and a ping, all on 127.0.0.1.
