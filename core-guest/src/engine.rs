@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::batch;
 use crate::config::{Config, RetryPolicy};
 use crate::event::{EventBits, MessageKind, Status, TcpState};
-use crate::netlink::{self, Counters, CtAttr, CtMessage, NlHeader, ProtoInfoAttr, TcpInfoAttr};
+use crate::netlink::{self, Counters, NlHeader};
 use crate::proto::{Outcome, PacketContext, ProtoState, Segment, tcp};
 use crate::stats::Stats;
 use crate::timer::TimerWheel;
@@ -228,7 +228,6 @@ pub struct Tracker {
     worker_at: Option<u64>,
     worker_in_flight: usize,
     now_ns: u64,
-    msg_buf: Vec<u8>,
     expectations: expect::Expectations,
 }
 
@@ -261,7 +260,6 @@ impl Tracker {
             worker_at: None,
             worker_in_flight: 0,
             now_ns: 0,
-            msg_buf: Vec::new(),
             expectations: expect::Expectations::new(seed),
         }
     }
@@ -722,19 +720,19 @@ impl Tracker {
         let has_ecache = e.ecache.is_some();
         if has_ecache && self.config.sysctls.events != 0 {
             e.life = Life::Destroying;
-            self.queue_destroy(slot, now_ns, false);
+            self.queue_destroy(slot, now_ns, false, false);
         } else {
             self.release(slot);
         }
     }
 
-    fn queue_destroy(&mut self, slot: u32, now_ns: u64, from_worker: bool) {
+    fn queue_destroy(&mut self, slot: u32, now_ns: u64, from_worker: bool, redelivery: bool) {
         let missed = self.slab[slot as usize]
             .ecache
             .map(|c| c.missed)
             .unwrap_or_default();
         let bits = EventBits::DESTROY.union(missed);
-        self.emit(slot, now_ns, bits, missed, from_worker);
+        self.emit(slot, now_ns, bits, missed, from_worker, redelivery);
     }
 
     /// Sends the bits cached while this packet was processed, plus the missed ones.
@@ -753,7 +751,7 @@ impl Tracker {
         if cache.is_empty() && missed.is_empty() {
             return;
         }
-        self.emit(slot, now_ns, cache.union(missed), missed, false);
+        self.emit(slot, now_ns, cache.union(missed), missed, false, false);
     }
 
     /// Encodes one event message for the entry as it is now and queues it.
@@ -764,27 +762,42 @@ impl Tracker {
         bits: EventBits,
         missed_sent: EventBits,
         from_worker: bool,
+        redelivery: bool,
     ) {
         let Some(kind) = bits.message_kind() else {
             return;
         };
-        let message = self.message_for(slot, now_ns, bits, kind);
-        let e = &self.slab[slot as usize];
-        let start = self.outbox.bytes.len();
-        let flags = if from_worker || (kind == MessageKind::Destroy && e.life == Life::Dying) {
+        let generation = self.slab[slot as usize].generation;
+        let flags = if redelivery {
             batch::EVENT_FLAG_REDELIVERY
         } else {
             0
         };
-        let frame = batch::begin_event(&mut self.outbox.bytes, bits, kind.group(), flags, now_ns);
-        self.msg_buf.clear();
-        message.emit_to_vec(&mut self.msg_buf);
-        self.outbox.bytes.extend_from_slice(&self.msg_buf);
-        batch::finish_event(&mut self.outbox.bytes, frame);
-        let len = self.outbox.bytes.len() - start;
+        let mut out = core::mem::take(&mut self.outbox.bytes);
+        let start = out.len();
+        let frame = batch::begin_event(&mut out, bits, kind.group(), flags, now_ns);
+        let message_at = out.len();
+        self.write_event(slot, now_ns, bits, kind, &mut out);
+        #[cfg(test)]
+        {
+            // Every event the tests produce is checked against the typed codec path, which is
+            // itself checked against bytes captured from Linux.
+            let mut reference = Vec::new();
+            self.message_for(slot, now_ns, bits, kind)
+                .emit_to_vec(&mut reference);
+            assert_eq!(
+                &out[message_at..],
+                &reference[..],
+                "direct and typed encodings differ"
+            );
+        }
+        let _ = message_at;
+        batch::finish_event(&mut out, frame);
+        let len = out.len() - start;
+        self.outbox.bytes = out;
         self.outbox.queued.push_back(Pending {
             slot,
-            generation: e.generation,
+            generation,
             bits,
             missed_sent,
             kind,
@@ -799,94 +812,97 @@ impl Tracker {
         self.stats.events_emitted += 1;
     }
 
-    /// The ctnetlink message the kernel would send for this entry and these bits
-    /// (`ctnetlink_conntrack_event`).
-    fn message_for(&self, slot: u32, now_ns: u64, bits: EventBits, kind: MessageKind) -> CtMessage {
+    /// Writes the ctnetlink message the kernel would send for this entry and these bits
+    /// (`ctnetlink_conntrack_event`), straight into `out`; [`Tracker::message_for`] builds the
+    /// same message as a typed value.
+    fn write_event(
+        &self,
+        slot: u32,
+        now_ns: u64,
+        bits: EventBits,
+        kind: MessageKind,
+        out: &mut Vec<u8>,
+    ) {
         use netlink::consts::*;
         let e = &self.slab[slot as usize];
         let s = &self.config.sysctls;
         let destroy = kind == MessageKind::Destroy;
+        let (msg, flags) = match kind {
+            MessageKind::Destroy => (IPCTNL_MSG_CT_DELETE, 0),
+            MessageKind::New => (IPCTNL_MSG_CT_NEW, NLM_F_CREATE | NLM_F_EXCL),
+            MessageKind::Update => (IPCTNL_MSG_CT_NEW, 0),
+        };
+        let msg_type = ((NFNL_SUBSYS_CTNETLINK as u16) << 8) | msg as u16;
+        let mut w = netlink::MessageWriter::begin(out, msg_type, flags, 0, 0, e.orig.family as u8);
         let reply = e.orig.invert().unwrap_or(e.orig);
-        let mut attrs = Vec::with_capacity(12);
-        attrs.push(CtAttr::TupleOrig(netlink::tuple_attrs(&e.orig)));
-        attrs.push(CtAttr::TupleReply(netlink::tuple_attrs(&reply)));
+        write_tuple(&mut w, CTA_TUPLE_ORIG, &e.orig);
+        write_tuple(&mut w, CTA_TUPLE_REPLY, &reply);
         if e.zone != 0 {
-            attrs.push(CtAttr::Zone(e.zone));
+            w.u16(CTA_ZONE, e.zone);
         }
-        attrs.push(CtAttr::Id(e.id));
-        attrs.push(CtAttr::Status(e.status.0));
+        w.u32(CTA_ID, e.id);
+        w.u32(CTA_STATUS, e.status.0);
         let timeout_s = seconds_left(e.deadline_ns, now_ns);
         let tcp = match &e.proto {
             ProtoState::Tcp(c) => Some(c),
             _ => None,
         };
         if destroy {
-            // Left out when the entry timed out; an entry killed early still has time left.
             if timeout_s != 0 {
-                attrs.push(CtAttr::Timeout(timeout_s));
+                w.u32(CTA_TIMEOUT, timeout_s);
             }
             if s.acct {
-                attrs.push(CtAttr::CountersOrig(counter_attrs(e.counters[0])));
-                attrs.push(CtAttr::CountersReply(counter_attrs(e.counters[1])));
+                for (kind, c) in [
+                    (CTA_COUNTERS_ORIG, e.counters[0]),
+                    (CTA_COUNTERS_REPLY, e.counters[1]),
+                ] {
+                    let n = w.begin_nest(kind);
+                    w.u64(CTA_COUNTERS_PACKETS, c.packets);
+                    w.u64(CTA_COUNTERS_BYTES, c.bytes);
+                    w.end_nest(n);
+                }
             }
             if s.timestamp {
-                let mut ts = vec![netlink::TimestampAttr::Start(e.start_ns)];
+                let n = w.begin_nest(CTA_TIMESTAMP);
+                w.u64(CTA_TIMESTAMP_START, e.start_ns);
                 if e.stop_ns != 0 {
-                    ts.push(netlink::TimestampAttr::Stop(e.stop_ns));
+                    w.u64(CTA_TIMESTAMP_STOP, e.stop_ns);
                 }
-                attrs.push(CtAttr::Timestamp(ts));
+                w.end_nest(n);
             }
             if let Some(c) = tcp {
-                attrs.push(CtAttr::ProtoInfo(vec![ProtoInfoAttr::Tcp(vec![
-                    TcpInfoAttr::State(c.state as u8),
-                ])]));
+                let n = w.begin_nest(CTA_PROTOINFO);
+                let t = w.begin_nest(CTA_PROTOINFO_TCP);
+                w.u8(CTA_PROTOINFO_TCP_STATE, c.state as u8);
+                w.end_nest(t);
+                w.end_nest(n);
             }
         } else {
-            attrs.push(CtAttr::Timeout(timeout_s));
+            w.u32(CTA_TIMEOUT, timeout_s);
             if let (Some(c), true) = (tcp, bits.contains(EventBits::PROTOINFO)) {
-                attrs.push(CtAttr::ProtoInfo(vec![ProtoInfoAttr::Tcp(vec![
-                    TcpInfoAttr::State(c.state as u8),
-                    TcpInfoAttr::WscaleOriginal(c.seen[0].td_scale),
-                    TcpInfoAttr::WscaleReply(c.seen[1].td_scale),
-                    TcpInfoAttr::FlagsOriginal {
-                        flags: c.seen[0].flags,
-                        mask: 0,
-                    },
-                    TcpInfoAttr::FlagsReply {
-                        flags: c.seen[1].flags,
-                        mask: 0,
-                    },
-                ])]));
+                let n = w.begin_nest(CTA_PROTOINFO);
+                let t = w.begin_nest(CTA_PROTOINFO_TCP);
+                w.u8(CTA_PROTOINFO_TCP_STATE, c.state as u8);
+                w.u8(CTA_PROTOINFO_TCP_WSCALE_ORIGINAL, c.seen[0].td_scale);
+                w.u8(CTA_PROTOINFO_TCP_WSCALE_REPLY, c.seen[1].td_scale);
+                w.bytes(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, &[c.seen[0].flags, 0]);
+                w.bytes(CTA_PROTOINFO_TCP_FLAGS_REPLY, &[c.seen[1].flags, 0]);
+                w.end_nest(t);
+                w.end_nest(n);
+            }
+            if let Some(master) = &e.master
+                && bits.contains(EventBits::RELATED)
+            {
+                write_tuple(&mut w, CTA_TUPLE_MASTER, master);
             }
         }
-        if let (false, Some(master)) = (destroy, &e.master)
-            && bits.contains(EventBits::RELATED)
-        {
-            attrs.push(CtAttr::TupleMaster(netlink::tuple_attrs(master)));
-        }
         if e.mark != 0 || bits.contains(EventBits::MARK) {
-            attrs.push(CtAttr::Mark(e.mark));
+            w.u32(CTA_MARK, e.mark);
         }
         if s.timestamp {
-            attrs.push(CtAttr::TimestampEvent(now_ns));
+            w.u64(CTA_TIMESTAMP_EVENT, now_ns);
         }
-        let (msg, flags) = match kind {
-            MessageKind::Destroy => (IPCTNL_MSG_CT_DELETE, 0),
-            MessageKind::New => (IPCTNL_MSG_CT_NEW, NLM_F_CREATE | NLM_F_EXCL),
-            MessageKind::Update => (IPCTNL_MSG_CT_NEW, 0),
-        };
-        CtMessage {
-            header: NlHeader {
-                msg_type: ((NFNL_SUBSYS_CTNETLINK as u16) << 8) | msg as u16,
-                flags,
-                seq: 0,
-                port_id: 0,
-            },
-            family: e.orig.family as u8,
-            version: 0,
-            res_id: 0,
-            attrs,
-        }
+        w.finish();
     }
 
     // ----- dying list ----------------------------------------------------------------------
@@ -971,7 +987,7 @@ impl Tracker {
                     self.dying_unlink(slot);
                     self.slab[slot as usize].life = Life::Destroying;
                     self.stats.destroy_retries += 1;
-                    self.queue_destroy(slot, now_ns, false);
+                    self.queue_destroy(slot, now_ns, false, true);
                 }
                 Life::Destroying | Life::Free => {}
             }
@@ -997,7 +1013,7 @@ impl Tracker {
             self.dying_unlink(slot);
             self.slab[slot as usize].life = Life::Destroying;
             self.stats.destroy_retries += 1;
-            self.queue_destroy(slot, now_ns, true);
+            self.queue_destroy(slot, now_ns, true, true);
         }
     }
 
@@ -1288,18 +1304,50 @@ fn portable_hash(seed: u64, t: &Tuple) -> u64 {
     mix(h ^ (a << 32) ^ (b << 16) ^ ((t.proto as u64) << 8) ^ t.family as u64)
 }
 
+/// A tuple nest as `ctnetlink_dump_tuples` writes it (see [`netlink::tuple_attrs`]).
+fn write_tuple(w: &mut netlink::MessageWriter<'_>, nest: u16, t: &Tuple) {
+    use netlink::consts::*;
+    let n = w.begin_nest(nest);
+    let ip = w.begin_nest(CTA_TUPLE_IP);
+    match t.family {
+        tuple::Family::Ipv4 => {
+            w.bytes(CTA_IP_V4_SRC, &t.src.0[..4]);
+            w.bytes(CTA_IP_V4_DST, &t.dst.0[..4]);
+        }
+        tuple::Family::Ipv6 => {
+            w.bytes(CTA_IP_V6_SRC, &t.src.0);
+            w.bytes(CTA_IP_V6_DST, &t.dst.0);
+        }
+    }
+    w.end_nest(ip);
+    let p = w.begin_nest(CTA_TUPLE_PROTO);
+    w.u8(CTA_PROTO_NUM, t.proto);
+    match t.l4 {
+        L4Tuple::Ports { src, dst } => {
+            w.u16(CTA_PROTO_SRC_PORT, src);
+            w.u16(CTA_PROTO_DST_PORT, dst);
+        }
+        L4Tuple::Icmp { id, kind, code } if t.proto == ipproto::ICMPV6 => {
+            w.u16(CTA_PROTO_ICMPV6_ID, id);
+            w.u8(CTA_PROTO_ICMPV6_TYPE, kind);
+            w.u8(CTA_PROTO_ICMPV6_CODE, code);
+        }
+        L4Tuple::Icmp { id, kind, code } => {
+            w.u16(CTA_PROTO_ICMP_ID, id);
+            w.u8(CTA_PROTO_ICMP_TYPE, kind);
+            w.u8(CTA_PROTO_ICMP_CODE, code);
+        }
+        L4Tuple::None => {}
+    }
+    w.end_nest(p);
+    w.end_nest(n);
+}
+
 fn dir_verdict(dir: Direction) -> Verdict {
     match dir {
         Direction::Original => Verdict::Established,
         Direction::Reply => Verdict::EstablishedReply,
     }
-}
-
-fn counter_attrs(c: Counters) -> Vec<netlink::CounterAttr> {
-    vec![
-        netlink::CounterAttr::Packets(c.packets),
-        netlink::CounterAttr::Bytes(c.bytes),
-    ]
 }
 
 #[cfg(test)]

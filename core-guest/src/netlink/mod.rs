@@ -15,6 +15,8 @@
 //! anything malformed; nothing in this module panics on input.
 
 mod codec;
+mod writer;
+pub use writer::MessageWriter;
 pub mod consts;
 
 pub use codec::{DecodeError, parse_messages};
