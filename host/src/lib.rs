@@ -5,7 +5,12 @@
 //! ([`capture`]), models netlink listeners exactly as Linux treats them ([`listener`]), drives
 //! the three on simulated time ([`replay`]) — or with a real kernel socket buffer deciding
 //! deliveries ([`socket_listener`], Linux) — and prints events as `conntrack -E` or as JSON lines
-//! ([`output`]). On Linux, [`ctnetlink`] talks to the live kernel's conntrack instead.
+//! ([`output`]). [`mirror`] keeps a consumer's view of the table the way conntrackd does, and
+//! [`stress`] runs the seed's stress test on simulated time.
+//!
+//! On Linux, [`ctnetlink`] talks to the live kernel's conntrack; [`live_capture`],
+//! [`conformance`] and [`shadow`] put the engine beside the kernel on the same packets and
+//! compare their events flow by flow.
 
 pub mod backend;
 pub mod capture;
