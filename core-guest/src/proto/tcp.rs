@@ -236,6 +236,25 @@ impl TcpConn {
         )
     }
 
+    /// `nf_tcp_handle_invalid`, the part that is bookkeeping: on an assured entry, an
+    /// out-of-window FIN or RST is noted as the last packet unless it answers one from the
+    /// other direction. (In that second case the kernel also shortens the timeout to
+    /// `tcp_timeout_unacknowledged` when more than 120 s are left, without an event; an invalid
+    /// outcome cannot carry a timeout yet.)
+    fn handle_invalid(&mut self, status: &Status, dir: Direction, class: Class) {
+        if !status.contains(Status::ASSURED)
+            || status.contains(Status::FIXED_TIMEOUT)
+            || !matches!(class, Class::Fin | Class::Rst)
+        {
+            return;
+        }
+        let answers = self.last_dir != dir && matches!(self.last_index, Class::Fin | Class::Rst);
+        if !answers {
+            self.last_index = class;
+            self.last_dir = dir;
+        }
+    }
+
     fn established(&self) -> bool {
         self.state == TcpState::Established
     }
@@ -251,15 +270,22 @@ impl TcpConn {
         }
     }
 
-    /// `tcp_in_window`: updates both sides' bookkeeping; returns false when the segment is
-    /// outside the window and nothing lets it pass.
+    /// `tcp_in_window`: checks the segment against both sides' windows and, when it fits,
+    /// updates their bookkeeping.
+    ///
+    /// As in the modern kernel, a segment that does not fit is either invalid (beyond what the
+    /// receiver allowed, or acknowledging data never seen) or ignored (an old retransmission,
+    /// an overly delayed ACK, or a few bytes more than the window, whose end is still noted so
+    /// the peer's ACK for them is believed). Under `be_liberal` (the sysctl or the direction's
+    /// flag) such a segment is accepted instead, but it updates nothing: `nf_tcp_log_invalid`
+    /// answers ACCEPT and `tcp_in_window` returns at once.
     fn in_window(
         &mut self,
         dir: Direction,
         class: Class,
         seg: &TcpSegment,
         sysctls: &Sysctls,
-    ) -> bool {
+    ) -> Window {
         let (s, r) = (dir.index(), dir.opposite().index());
         let mut seq = seg.seq;
         let mut ack = seg.ack;
@@ -283,7 +309,7 @@ impl TcpConn {
                     }
                     if !seg.has(flag::ACK) {
                         // Simultaneous open.
-                        return true;
+                        return Window::Accept;
                     }
                 } else {
                     // Mid-stream: the history is lost, take what the packet says.
@@ -326,16 +352,31 @@ impl TcpConn {
                         .wrapping_sub(1),
                 );
             let max_ack_window = sender.td_maxwin.max(66_000);
-            let acceptable = before(seq, sender.td_maxend.wrapping_add(1))
-                && in_recv_win
-                && before(ack, receiver.td_end.wrapping_add(1))
-                && !before(
-                    ack,
-                    receiver.td_end.wrapping_sub(max_ack_window).wrapping_sub(1),
-                );
+            let ack_ok = after(
+                ack,
+                receiver.td_end.wrapping_sub(max_ack_window).wrapping_sub(1),
+            );
+            let ack_seen = before(ack, receiver.td_end.wrapping_add(1));
             let liberal = sysctls.tcp_be_liberal || sender.flags & ct_flag::BE_LIBERAL != 0;
-            if !acceptable && !liberal {
-                return false;
+            // `nf_tcp_log_invalid`: liberal windows accept what the checks refuse.
+            let refuse = |verdict: Window| if liberal { Window::Accept } else { verdict };
+            if !before(seq, sender.td_maxend.wrapping_add(1)) {
+                let overshot = end.wrapping_sub(sender.td_maxend).wrapping_add(1);
+                if in_recv_win && ack_ok && overshot <= receiver.td_maxwin && ack_seen {
+                    // Some bytes more than the window allowed: note their end, so the peer's
+                    // ACK for them is not "over the upper bound" later.
+                    sender.td_end = end;
+                    sender.flags |= ct_flag::DATA_UNACKNOWLEDGED;
+                    return refuse(Window::Ignore);
+                }
+                return refuse(Window::Invalid);
+            }
+            if !ack_seen {
+                return refuse(Window::Invalid);
+            }
+            if !in_recv_win || !ack_ok {
+                // Already acknowledged data again, or an overly delayed ACK.
+                return refuse(Window::Ignore);
             }
             if !seg.has(flag::SYN) {
                 win <<= sender.td_scale;
@@ -388,8 +429,19 @@ impl TcpConn {
                 self.retrans = 0;
             }
         }
-        true
+        Window::Accept
     }
+}
+
+/// What `tcp_in_window` makes of a segment (`enum nf_ct_tcp_action`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Window {
+    /// In the window (or let through by `be_liberal`): the state machine goes on.
+    Accept,
+    /// Accepted without changing the state or the timeout (`NFCT_TCP_IGNORE`).
+    Ignore,
+    /// Marked invalid (`NFCT_TCP_INVALID`).
+    Invalid,
 }
 
 fn split_pair(seen: &mut [Side; 2], s: usize, r: usize) -> (&mut Side, &mut Side) {
@@ -543,8 +595,15 @@ impl L4Tracker for TcpConn {
             _ => {}
         }
 
-        if !skip_window && !self.in_window(dir, class, &seg, ctx.sysctls) {
-            return Outcome::Invalid;
+        if !skip_window {
+            match self.in_window(dir, class, &seg, ctx.sysctls) {
+                Window::Accept => {}
+                Window::Ignore => return Outcome::AcceptKeepTimeout,
+                Window::Invalid => {
+                    self.handle_invalid(ctx.status, dir, class);
+                    return Outcome::Invalid;
+                }
+            }
         }
         self.last_index = class;
         self.last_dir = dir;
@@ -631,5 +690,251 @@ mod tests {
         assert_eq!(lookup(Original, Class::Fin, TcpState::CloseWait), LA);
         assert_eq!(lookup(Reply, Class::Ack, TcpState::LastAck), TW);
         assert_eq!(lookup(Original, Class::None, TcpState::Established), IV);
+    }
+
+    /// A tiny driver: one connection, packets from either side, the entry's status kept as the
+    /// engine keeps it (SEEN_REPLY on an accepted reply).
+    struct Conn {
+        tcp: TcpConn,
+        status: Status,
+        sysctls: Sysctls,
+    }
+
+    const C0: u32 = 1_000;
+    const S0: u32 = 5_000_000;
+    const WIN: u16 = 64_000;
+
+    fn seg(seq: u32, ack: u32, flags: u8, window: u16, payload_len: u32) -> Segment {
+        Segment {
+            wire_len: 40 + payload_len,
+            tcp: Some(TcpSegment {
+                seq,
+                ack,
+                flags,
+                window,
+                wscale: None,
+                sack_perm: false,
+                payload_len,
+            }),
+        }
+    }
+
+    impl Conn {
+        fn syn(sysctls: Sysctls) -> Conn {
+            let first = seg(C0, 0, flag::SYN, WIN, 0);
+            let mut conn = Conn {
+                tcp: TcpConn::new_entry(&first, &sysctls).expect("a SYN makes an entry"),
+                status: Status(0),
+                sysctls,
+            };
+            assert!(matches!(
+                conn.send(Direction::Original, first),
+                Outcome::Accept { .. }
+            ));
+            conn
+        }
+
+        fn established(sysctls: Sysctls) -> Conn {
+            let mut conn = Conn::syn(sysctls);
+            conn.reply(S0, C0 + 1, flag::SYN | flag::ACK, WIN, 0);
+            conn.orig(C0 + 1, S0 + 1, flag::ACK, WIN, 0);
+            assert_eq!(conn.tcp.state, TcpState::Established);
+            assert!(conn.status.contains(Status::ASSURED));
+            conn
+        }
+
+        fn send(&mut self, dir: Direction, segment: Segment) -> Outcome {
+            let mut events = EventBits::empty();
+            let mut ctx = PacketContext {
+                now_ns: 0,
+                status: &mut self.status,
+                events: &mut events,
+                created_ns: 0,
+                sysctls: &self.sysctls,
+            };
+            let out = self.tcp.packet(&mut ctx, &segment, dir);
+            if dir == Direction::Reply
+                && !matches!(
+                    out,
+                    Outcome::Invalid | Outcome::Repeat | Outcome::AcceptAndKill
+                )
+            {
+                self.status.insert(Status::SEEN_REPLY);
+            }
+            out
+        }
+
+        fn orig(&mut self, seq: u32, ack: u32, flags: u8, win: u16, len: u32) -> Outcome {
+            self.send(Direction::Original, seg(seq, ack, flags, win, len))
+        }
+
+        fn reply(&mut self, seq: u32, ack: u32, flags: u8, win: u16, len: u32) -> Outcome {
+            self.send(Direction::Reply, seg(seq, ack, flags, win, len))
+        }
+    }
+
+    fn short_timeouts() -> Sysctls {
+        Sysctls {
+            tcp_timeout_max_retrans: 5,
+            tcp_timeout_unacknowledged: 4,
+            ..Sysctls::default()
+        }
+    }
+
+    #[test]
+    fn out_of_window_data_under_be_liberal_is_accepted_but_changes_no_bookkeeping() {
+        // Kernel: nf_tcp_log_invalid answers ACCEPT under be_liberal and tcp_in_window returns
+        // at once. The FIN's ACK then acknowledges everything, and CLOSE_WAIT gets its own 60 s
+        // rather than the unacknowledged cap (live: "out-of-window data, then close,
+        // be_liberal=1").
+        let mut c = Conn::established(Sysctls {
+            tcp_be_liberal: true,
+            ..short_timeouts()
+        });
+        let before = c.tcp.seen;
+        let (cs, ss) = (C0 + 1, S0 + 1);
+        let far = cs.wrapping_add(10_000_000);
+        assert!(matches!(
+            c.orig(far, ss, flag::ACK | flag::PSH, WIN, 100),
+            Outcome::Accept { .. }
+        ));
+        assert_eq!(
+            c.tcp.seen, before,
+            "nothing noted from an out-of-window segment"
+        );
+        assert_eq!(
+            c.orig(cs, ss, flag::FIN | flag::ACK, WIN, 0),
+            Outcome::Accept { timeout_s: 4 }
+        );
+        assert_eq!(
+            c.reply(ss, cs + 1, flag::ACK, WIN, 0),
+            Outcome::Accept { timeout_s: 60 }
+        );
+        assert_eq!(c.tcp.state, TcpState::CloseWait);
+    }
+
+    #[test]
+    fn out_of_window_data_is_invalid_without_be_liberal() {
+        let mut c = Conn::established(short_timeouts());
+        let far = (C0 + 1).wrapping_add(10_000_000);
+        assert_eq!(
+            c.orig(far, S0 + 1, flag::ACK | flag::PSH, WIN, 100),
+            Outcome::Invalid
+        );
+        assert_eq!(c.tcp.state, TcpState::Established);
+    }
+
+    #[test]
+    fn a_few_bytes_beyond_the_window_are_ignored_but_their_end_is_noted() {
+        // Kernel: "%u bytes more than expected": td_end moves, IGNORE; the peer's ACK for those
+        // bytes is then in the window (live: "bytes beyond the window, then acked").
+        let mut c = Conn::established(short_timeouts());
+        let (cs, ss) = (C0 + 1, S0 + 1);
+        let seq = cs + WIN as u32 + 10;
+        assert_eq!(
+            c.orig(seq, ss, flag::ACK | flag::PSH, WIN, 100),
+            Outcome::AcceptKeepTimeout
+        );
+        assert_eq!(c.tcp.seen[0].td_end, seq + 100);
+        assert_ne!(c.tcp.seen[0].flags & ct_flag::DATA_UNACKNOWLEDGED, 0);
+        assert!(matches!(
+            c.reply(ss, seq + 100, flag::FIN | flag::ACK, WIN, 0),
+            Outcome::Accept { .. }
+        ));
+        assert_eq!(c.tcp.state, TcpState::FinWait);
+    }
+
+    #[test]
+    fn an_old_retransmission_is_ignored_not_invalid() {
+        // Kernel: "SEQ is under lower bound (already ACKed data retransmitted)" → IGNORE.
+        let mut c = Conn::established(short_timeouts());
+        let (cs, ss) = (C0 + 1, S0 + 1);
+        let big = 70_000u32;
+        // Move the client far ahead in steps the server acknowledges.
+        let mut at = cs;
+        while at < cs + big {
+            c.orig(at, ss, flag::ACK | flag::PSH, WIN, 30_000);
+            at += 30_000;
+            c.reply(ss, at, flag::ACK, WIN, 0);
+        }
+        assert_eq!(
+            c.orig(cs, ss, flag::ACK | flag::PSH, WIN, 100),
+            Outcome::AcceptKeepTimeout
+        );
+    }
+
+    #[test]
+    fn an_out_of_window_fin_on_an_assured_entry_is_noted_as_the_last_packet() {
+        // Kernel: nf_tcp_handle_invalid records index and direction of an invalid FIN/RST
+        // unless it answers one from the other direction.
+        let mut c = Conn::established(short_timeouts());
+        let far = (S0 + 1).wrapping_add(10_000_000);
+        assert_eq!(
+            c.reply(far, C0 + 1, flag::RST | flag::ACK, WIN, 0),
+            Outcome::Invalid
+        );
+        assert_eq!(
+            (c.tcp.last_index, c.tcp.last_dir),
+            (Class::Rst, Direction::Reply)
+        );
+        let far = (C0 + 1).wrapping_add(10_000_000);
+        assert_eq!(
+            c.orig(far, S0 + 1, flag::FIN | flag::ACK, WIN, 0),
+            Outcome::Invalid
+        );
+        assert_eq!(
+            (c.tcp.last_index, c.tcp.last_dir),
+            (Class::Rst, Direction::Reply),
+            "an answer to the reply's RST is not noted"
+        );
+    }
+
+    #[test]
+    fn timeout_rules_in_order_retrans_unacked_zero_window() {
+        // Live: "data retransmitted 4 times, then fin" (5 s), "unacknowledged data, then fin"
+        // (4 s), "zero window, then close" (5 s).
+        let (cs, ss) = (C0 + 1, S0 + 1);
+        let mut c = Conn::established(short_timeouts());
+        for _ in 0..5 {
+            c.orig(cs, ss, flag::ACK | flag::PSH, WIN, 100);
+        }
+        assert!(c.tcp.retrans >= 3);
+        assert_eq!(
+            c.orig(cs + 100, ss, flag::FIN | flag::ACK, WIN, 0),
+            Outcome::Accept { timeout_s: 5 }
+        );
+
+        let mut c = Conn::established(short_timeouts());
+        c.orig(cs, ss, flag::ACK | flag::PSH, WIN, 100);
+        assert_eq!(
+            c.reply(ss, cs, flag::FIN | flag::ACK, WIN, 0),
+            Outcome::Accept { timeout_s: 4 }
+        );
+
+        let mut c = Conn::established(short_timeouts());
+        c.orig(cs, ss, flag::ACK | flag::PSH, WIN, 100);
+        c.reply(ss, cs + 100, flag::ACK, 0, 0);
+        c.orig(cs + 100, ss, flag::FIN | flag::ACK, WIN, 0);
+        assert_eq!(
+            c.reply(ss, cs + 101, flag::ACK, 0, 0),
+            Outcome::Accept { timeout_s: 5 }
+        );
+        assert_eq!(c.tcp.state, TcpState::CloseWait);
+    }
+
+    #[test]
+    fn syn_retransmit_keeps_the_timeout_and_a_synack_with_a_wrong_ack_is_invalid() {
+        let mut c = Conn::syn(short_timeouts());
+        assert_eq!(c.orig(C0, 0, flag::SYN, WIN, 0), Outcome::AcceptKeepTimeout);
+        assert_eq!(
+            c.reply(S0, C0 + 5_001, flag::SYN | flag::ACK, WIN, 0),
+            Outcome::Invalid
+        );
+        assert_eq!(c.tcp.state, TcpState::SynSent);
+        assert!(matches!(
+            c.reply(S0, C0 + 1, flag::SYN | flag::ACK, WIN, 0),
+            Outcome::Accept { .. }
+        ));
+        assert_eq!(c.tcp.state, TcpState::SynRecv);
     }
 }
