@@ -74,6 +74,8 @@ struct Scenario {
     sysctls: &'static [(&'static str, &'static str)],
     /// Extra rules for the input chain (after the lo tap saw the packet, after conntrack).
     input_rules: &'static str,
+    /// A further ruleset loaded with the common one (empty for none).
+    extra_ruleset: &'static str,
     /// The traffic; it calls [`Run::observe`] itself when tracking must start mid-way.
     traffic: fn(&mut Run, Fam),
     /// Whether the runner turns tracking on and starts observing before the traffic.
@@ -84,6 +86,7 @@ struct Scenario {
 struct Run {
     lab: Lab,
     input_rules: &'static str,
+    extra_ruleset: &'static str,
     observer: Option<Observer>,
 }
 
@@ -93,6 +96,9 @@ impl Run {
         for i in 0..self.lab.len() {
             self.lab
                 .nft(i, &RULESET.replace("@INPUT@", self.input_rules));
+            if !self.extra_ruleset.is_empty() {
+                self.lab.nft(i, self.extra_ruleset);
+            }
         }
         let names: Vec<&str> = self.lab.names().collect();
         let captures: Vec<(&str, &str)> = match self.lab.len() {
@@ -138,6 +144,7 @@ fn run_scenario(s: &Scenario, fam: Fam) -> Outcome {
     let mut run = Run {
         lab,
         input_rules: s.input_rules,
+        extra_ruleset: s.extra_ruleset,
         observer: None,
     };
     if s.observe_first {
@@ -620,14 +627,248 @@ fn veth_mixed(run: &mut Run, f: Fam) {
         .exec(0, &["ping", "-c", "2", "-i", "0.2", "-W", "1", &target]);
 }
 
+// ---- crafted segments -----------------------------------------------------------------------
+//
+// Both ends of these connections are played by the test: TCP segments built with
+// `ctwasm_core::wire::build`, injected into the namespace's loopback (AF_PACKET, see
+// `PacketInjector`), so conntrack sees each exactly once at PREROUTING, like a packet from a
+// real peer. Nothing listens on the ports; the local stack answers with RSTs, which
+// [`CRAFTED_RULESET`] drops in the output hook before conntrack (priority -300) sees them.
+
+/// The crafted connection's ports.
+const CRAFTED_CLIENT_PORT: u16 = 40500;
+const CRAFTED_SERVER_PORT: u16 = 6000;
+
+/// Drops the local stack's answers to the crafted segments before conntrack sees them.
+const CRAFTED_RULESET: &str = "table inet ctwasm_crafted {
+    chain out {
+        type filter hook output priority -300;
+        tcp sport 6000 drop
+        tcp dport 6000 drop
+        tcp sport 40500 drop
+        tcp dport 40500 drop
+    }
+}
+";
+
+/// Short timeouts that tell the timeout rules apart in the events: a state change under
+/// retransmissions gets 5 s, with unacknowledged data 4 s, otherwise its state's own.
+const CRAFTED_SYSCTLS: &[(&str, &str)] = &[
+    ("nf_conntrack_tcp_timeout_max_retrans", "5"),
+    ("nf_conntrack_tcp_timeout_unacknowledged", "4"),
+];
+
+const CRAFTED_LIBERAL_SYSCTLS: &[(&str, &str)] = &[
+    ("nf_conntrack_tcp_timeout_max_retrans", "5"),
+    ("nf_conntrack_tcp_timeout_unacknowledged", "4"),
+    ("nf_conntrack_tcp_be_liberal", "1"),
+];
+
+/// The client's and the server's initial sequence numbers, and the window both announce.
+const C0: u32 = 1_000;
+const S0: u32 = 5_000_000;
+const WIN: u16 = 64_000;
+
+/// Flag bits for [`Wire::c`] and [`Wire::s`].
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const FIN_ACK: u8 = 0x11;
+const RST: u8 = 0x04;
+const RST_ACK: u8 = 0x14;
+const PSH_ACK: u8 = 0x18;
+
+/// Sends segments of one connection from either end.
+struct Wire {
+    inj: ctwasm_host::live_capture::PacketInjector,
+    fam: Fam,
+}
+
+impl Wire {
+    fn open(run: &Run, fam: Fam) -> Wire {
+        if fam == Fam::V4 {
+            // An IPv4 packet from 127.0.0.1 that arrives (rather than being sent through lo)
+            // is a martian unless these allow it; it would pass PREROUTING, fail routing, and
+            // its conntrack would never be confirmed.
+            for knob in ["route_localnet", "accept_local"] {
+                run.lab
+                    .exec(0, &["sysctl", "-qw", &format!("net.ipv4.conf.lo.{knob}=1")]);
+                run.lab.exec(
+                    0,
+                    &["sysctl", "-qw", &format!("net.ipv4.conf.all.{knob}=1")],
+                );
+            }
+        }
+        Wire {
+            inj: ctwasm_host::live_capture::PacketInjector::open(Some(run.lab.name(0)), "lo")
+                .expect("injector"),
+            fam,
+        }
+    }
+
+    fn send(&self, from_client: bool, seq: u32, ack: u32, flags: u8, win: u16, len: usize) {
+        use ctwasm_core::wire::build;
+        let (sp, dp) = if from_client {
+            (CRAFTED_CLIENT_PORT, CRAFTED_SERVER_PORT)
+        } else {
+            (CRAFTED_SERVER_PORT, CRAFTED_CLIENT_PORT)
+        };
+        let l4 = build::tcp_with_options(sp, dp, seq, ack, flags, win, &[], len);
+        let packet = match self.fam {
+            Fam::V4 => build::ipv4([127, 0, 0, 1], [127, 0, 0, 1], 6, &l4),
+            Fam::V6 => build::ipv6(
+                std::net::Ipv6Addr::LOCALHOST.octets(),
+                std::net::Ipv6Addr::LOCALHOST.octets(),
+                6,
+                &l4,
+            ),
+        };
+        self.inj.send(&packet).expect("inject");
+        // Apart enough that the capture's order is the kernel's.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    /// A segment from the client.
+    fn c(&self, seq: u32, ack: u32, flags: u8, win: u16, len: usize) {
+        self.send(true, seq, ack, flags, win, len);
+    }
+
+    /// A segment from the server.
+    fn s(&self, seq: u32, ack: u32, flags: u8, win: u16, len: usize) {
+        self.send(false, seq, ack, flags, win, len);
+    }
+
+    /// SYN, SYN/ACK, ACK; the next sequence numbers are `C0 + 1` and `S0 + 1`.
+    fn handshake(&self) {
+        self.c(C0, 0, SYN, WIN, 0);
+        self.s(S0, C0 + 1, SYN | ACK, WIN, 0);
+        self.c(C0 + 1, S0 + 1, ACK, WIN, 0);
+    }
+
+    /// The client closes first, the server answers, from sequence numbers `c` and `s`.
+    fn close_client_first(&self, c: u32, s: u32) {
+        self.c(c, s, FIN_ACK, WIN, 0);
+        self.s(s, c + 1, ACK, WIN, 0);
+        self.s(s, c + 1, FIN_ACK, WIN, 0);
+        self.c(c + 1, s + 1, ACK, WIN, 0);
+    }
+}
+
+/// Established, then a data segment far beyond the server's window (invalid: no state change,
+/// no timeout refresh, no bookkeeping), then an ordinary close.
+fn crafted_out_of_window_data(run: &mut Run, f: Fam) {
+    let w = Wire::open(run, f);
+    w.handshake();
+    let (c, s) = (C0 + 1, S0 + 1);
+    w.c(c.wrapping_add(10_000_000), s, PSH_ACK, WIN, 100);
+    w.close_client_first(c, s);
+}
+
+/// Established with data acknowledged, then an RST from the server far outside the window
+/// (invalid), then an ordinary close.
+fn crafted_out_of_window_rst(run: &mut Run, f: Fam) {
+    let w = Wire::open(run, f);
+    w.handshake();
+    let (c, s) = (C0 + 1, S0 + 1);
+    w.c(c, s, PSH_ACK, WIN, 100);
+    w.s(s, c + 100, ACK, WIN, 0);
+    w.s(s.wrapping_add(10_000_000), c + 100, RST_ACK, WIN, 0);
+    w.close_client_first(c + 100, s);
+}
+
+/// The same data segment five times (four retransmissions, more than max_retrans = 3), then
+/// the client's FIN: FIN_WAIT gets the max_retrans timeout; nothing answers.
+fn crafted_retransmissions(run: &mut Run, f: Fam) {
+    let w = Wire::open(run, f);
+    w.handshake();
+    let (c, s) = (C0 + 1, S0 + 1);
+    for _ in 0..5 {
+        w.c(c, s, PSH_ACK, WIN, 100);
+    }
+    w.c(c + 100, s, FIN_ACK, WIN, 0);
+}
+
+/// Data the server never acknowledges, then the server's FIN: FIN_WAIT gets the
+/// unacknowledged timeout.
+fn crafted_unacknowledged(run: &mut Run, f: Fam) {
+    let w = Wire::open(run, f);
+    w.handshake();
+    let (c, s) = (C0 + 1, S0 + 1);
+    w.c(c, s, PSH_ACK, WIN, 100);
+    w.s(s, c, FIN_ACK, WIN, 0);
+}
+
+/// The server acknowledges everything with a zero window, the client closes, the server
+/// acknowledges the FIN with a zero window: nothing is unacknowledged, the last window is 0,
+/// so CLOSE_WAIT gets the max_retrans timeout.
+fn crafted_zero_window(run: &mut Run, f: Fam) {
+    let w = Wire::open(run, f);
+    w.handshake();
+    let (c, s) = (C0 + 1, S0 + 1);
+    w.c(c, s, PSH_ACK, WIN, 100);
+    w.s(s, c + 100, ACK, 0, 0);
+    w.c(c + 100, s, FIN_ACK, WIN, 0);
+    w.s(s, c + 101, ACK, 0, 0);
+}
+
+/// Data a few bytes beyond the server's window (ignored, but its end is noted), then the
+/// server's FIN acknowledging exactly those bytes: in the window, FIN_WAIT.
+fn crafted_bytes_beyond_window(run: &mut Run, f: Fam) {
+    let w = Wire::open(run, f);
+    w.handshake();
+    let (c, s) = (C0 + 1, S0 + 1);
+    let seq = c + u32::from(WIN) + 10;
+    w.c(seq, s, PSH_ACK, WIN, 100);
+    w.s(s, seq + 100, FIN_ACK, WIN, 0);
+}
+
+/// An RST from the server inside the window but not at the expected sequence number: the
+/// state stays ESTABLISHED (room for a challenge ACK) but the timeout becomes CLOSE's, so the
+/// entry ends without another state change.
+fn crafted_rst_in_window_not_exact(run: &mut Run, f: Fam) {
+    let w = Wire::open(run, f);
+    w.handshake();
+    let (c, s) = (C0 + 1, S0 + 1);
+    w.c(c, s, PSH_ACK, WIN, 100);
+    w.s(s, c + 100, ACK, WIN, 0);
+    w.s(s + 50, c + 100, RST_ACK, WIN, 0);
+}
+
+/// A SYN, its retransmission 1.5 s later (SYN_SENT's 3 s are not renewed), and a SYN/ACK after
+/// the first SYN's 3 s: the entry is gone by then, and a SYN/ACK makes none.
+fn crafted_syn_retransmit(run: &mut Run, f: Fam) {
+    let w = Wire::open(run, f);
+    w.c(C0, 0, SYN, WIN, 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    w.c(C0, 0, SYN, WIN, 0);
+    std::thread::sleep(Duration::from_millis(2000));
+    w.s(S0, C0 + 1, SYN | ACK, WIN, 0);
+}
+
+/// A SYN/ACK acknowledging more than the SYN (invalid), then the right one, the ACK, and an
+/// RST from the client.
+fn crafted_synack_wrong_ack(run: &mut Run, f: Fam) {
+    let w = Wire::open(run, f);
+    w.c(C0, 0, SYN, WIN, 0);
+    w.s(S0, C0 + 5_001, SYN | ACK, WIN, 0);
+    w.s(S0, C0 + 1, SYN | ACK, WIN, 0);
+    w.c(C0 + 1, S0 + 1, ACK, WIN, 0);
+    w.c(C0 + 1, S0 + 1, RST, 0, 0);
+}
+
 fn scenarios() -> Vec<Scenario> {
     let lo = |name, traffic: fn(&mut Run, Fam)| Scenario {
         name,
         topology: Topology::Loopback,
         sysctls: &[],
         input_rules: "",
+        extra_ruleset: "",
         traffic,
         observe_first: true,
+    };
+    let crafted = |name, traffic: fn(&mut Run, Fam)| Scenario {
+        sysctls: CRAFTED_SYSCTLS,
+        extra_ruleset: CRAFTED_RULESET,
+        ..lo(name, traffic)
     };
     vec![
         lo("tcp close, client first", tcp_close_client_first),
@@ -673,6 +914,49 @@ fn scenarios() -> Vec<Scenario> {
             topology: Topology::Veth,
             ..lo("veth: tcp, udp, ping", veth_mixed)
         },
+        crafted(
+            "crafted: out-of-window data, then close",
+            crafted_out_of_window_data,
+        ),
+        Scenario {
+            sysctls: CRAFTED_LIBERAL_SYSCTLS,
+            ..crafted(
+                "crafted: out-of-window data, then close, be_liberal=1",
+                crafted_out_of_window_data,
+            )
+        },
+        crafted(
+            "crafted: out-of-window rst, then close",
+            crafted_out_of_window_rst,
+        ),
+        crafted(
+            "crafted: data retransmitted 4 times, then fin",
+            crafted_retransmissions,
+        ),
+        crafted(
+            "crafted: unacknowledged data, then fin",
+            crafted_unacknowledged,
+        ),
+        crafted("crafted: zero window, then close", crafted_zero_window),
+        crafted(
+            "crafted: bytes beyond the window, then acked",
+            crafted_bytes_beyond_window,
+        ),
+        crafted(
+            "crafted: rst in the window, not at the expected seq",
+            crafted_rst_in_window_not_exact,
+        ),
+        Scenario {
+            sysctls: &[("nf_conntrack_tcp_timeout_syn_sent", "3")],
+            ..crafted(
+                "crafted: syn retransmitted in syn_sent",
+                crafted_syn_retransmit,
+            )
+        },
+        crafted(
+            "crafted: syn/ack with a wrong ack",
+            crafted_synack_wrong_ack,
+        ),
     ]
 }
 

@@ -201,6 +201,88 @@ impl PacketSocket {
     }
 }
 
+/// Sends hand-built IP packets into an interface as if they had arrived on it: an AF_PACKET
+/// `SOCK_DGRAM` socket, so the kernel adds the link header. On loopback the packet is looped
+/// back at once and enters the stack through PREROUTING: conntrack handles it exactly once, as
+/// it does a packet from a real peer, and the capturer sees its incoming copy. Conformance
+/// scenarios use it to drive both ends of a TCP connection with segments no socket would send
+/// (out-of-window data, retransmissions, wrong acknowledgements).
+#[derive(Debug)]
+pub struct PacketInjector {
+    fd: OwnedFd,
+    ifindex: i32,
+}
+
+impl PacketInjector {
+    /// Opens an injector on `ifname` inside `netns` (or here).
+    pub fn open(netns: Option<&str>, ifname: &str) -> io::Result<PacketInjector> {
+        let ifname = ifname.to_string();
+        in_netns(netns, move || {
+            let name = std::ffi::CString::new(ifname.as_str()).map_err(io::Error::other)?;
+            // SAFETY: a NUL-terminated string that outlives the call.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if ifindex == 0 {
+                return Err(last_err(&format!("interface `{ifname}`")));
+            }
+            // Protocol 0: the socket only sends, it never receives.
+            // SAFETY: plain system call.
+            let raw =
+                unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            if raw < 0 {
+                return Err(last_err("socket(AF_PACKET)"));
+            }
+            Ok(PacketInjector {
+                // SAFETY: `raw` is a fresh descriptor we own.
+                fd: unsafe { OwnedFd::from_raw_fd(raw) },
+                ifindex: ifindex as i32,
+            })
+        })
+        .map_err(io::Error::other)?
+    }
+
+    /// Sends one IPv4 or IPv6 packet (the version nibble decides the link protocol).
+    pub fn send(&self, l3: &[u8]) -> io::Result<()> {
+        let proto = match l3.first().map(|b| b >> 4) {
+            Some(4) => ETH_P_IP,
+            Some(6) => ETH_P_IPV6,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not an IPv4 or IPv6 packet",
+                ));
+            }
+        };
+        // SAFETY: all-zero is a valid sockaddr_ll.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = proto.to_be();
+        addr.sll_ifindex = self.ifindex;
+        // Destination MAC all zeros: loopback's own address.
+        addr.sll_halen = 6;
+        // SAFETY: the buffer and the address describe live memory of the stated lengths.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                l3.as_ptr().cast(),
+                l3.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(last_err("sendto(AF_PACKET)"));
+        }
+        if n as usize != l3.len() {
+            return Err(io::Error::other(format!(
+                "sendto(AF_PACKET): {n} of {} bytes sent",
+                l3.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
 fn wall_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
