@@ -775,6 +775,19 @@ fn crafted_out_of_window_rst(run: &mut Run, f: Fam) {
     w.close_client_first(c + 100, s);
 }
 
+/// The server's out-of-window RST, answered by the client's out-of-window FIN: both invalid,
+/// and the second cuts the entry's five days to the unacknowledged timeout (no event): the
+/// kernel lets such a connection go soon, and only its DESTROY shows it.
+fn crafted_out_of_window_rst_and_fin(run: &mut Run, f: Fam) {
+    let w = Wire::open(run, f);
+    w.handshake();
+    let (c, s) = (C0 + 1, S0 + 1);
+    w.c(c, s, PSH_ACK, WIN, 100);
+    w.s(s, c + 100, ACK, WIN, 0);
+    w.s(s.wrapping_add(10_000_000), c + 100, RST_ACK, WIN, 0);
+    w.c((c + 100).wrapping_add(10_000_000), s, FIN_ACK, WIN, 0);
+}
+
 /// The same data segment five times (four retransmissions, more than max_retrans = 3), then
 /// the client's FIN: FIN_WAIT gets the max_retrans timeout; nothing answers.
 fn crafted_retransmissions(run: &mut Run, f: Fam) {
@@ -928,6 +941,10 @@ fn scenarios() -> Vec<Scenario> {
         crafted(
             "crafted: out-of-window rst, then close",
             crafted_out_of_window_rst,
+        ),
+        crafted(
+            "crafted: out-of-window rst answered by an out-of-window fin",
+            crafted_out_of_window_rst_and_fin,
         ),
         crafted(
             "crafted: data retransmitted 4 times, then fin",

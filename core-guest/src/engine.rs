@@ -505,6 +505,13 @@ impl Tracker {
                     }
                     return Verdict::Invalid;
                 }
+                Outcome::InvalidShortenTimeout { timeout_s } => {
+                    // Only assured entries get here, so never a new one.
+                    let deadline = now_ns.saturating_add(timeout_s as u64 * NS_PER_S);
+                    self.entry_mut(slot).deadline_ns = deadline;
+                    self.timers.schedule(slot, deadline);
+                    return Verdict::Invalid;
+                }
                 _ => {}
             }
             if outcome == Outcome::AcceptKeepTimeout && !is_new {
@@ -564,10 +571,14 @@ impl Tracker {
             status: &mut e.status,
             events: &mut events,
             created_ns: e.start_ns,
+            deadline_ns: e.deadline_ns,
             sysctls,
         };
         let outcome = e.proto.packet(&mut ctx, segment, dir);
-        if !matches!(outcome, Outcome::Invalid | Outcome::Repeat) {
+        if !matches!(
+            outcome,
+            Outcome::Invalid | Outcome::InvalidShortenTimeout { .. } | Outcome::Repeat
+        ) {
             e.cache_event(events);
         }
         outcome

@@ -32,6 +32,8 @@ pub struct PacketContext<'a> {
     pub events: &'a mut EventBits,
     /// When the entry was created, for the UDP two-second rule.
     pub created_ns: u64,
+    /// When the entry times out as things stand.
+    pub deadline_ns: u64,
     pub sysctls: &'a Sysctls,
 }
 
@@ -46,6 +48,9 @@ pub enum Outcome {
     AcceptAndKill,
     /// The packet does not fit the entry: the kernel's `-NF_ACCEPT`, counted as invalid.
     Invalid,
+    /// Invalid, and the entry's timeout is cut to this many seconds from now (TCP: an
+    /// out-of-window FIN/RST answering one from the other side, on an entry with long to live).
+    InvalidShortenTimeout { timeout_s: u32 },
     /// The entry is over (TCP reopen after TIME_WAIT): end it and look the packet up again.
     Repeat,
 }

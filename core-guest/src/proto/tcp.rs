@@ -236,23 +236,31 @@ impl TcpConn {
         )
     }
 
-    /// `nf_tcp_handle_invalid`, the part that is bookkeeping: on an assured entry, an
-    /// out-of-window FIN or RST is noted as the last packet unless it answers one from the
-    /// other direction. (In that second case the kernel also shortens the timeout to
-    /// `tcp_timeout_unacknowledged` when more than 120 s are left, without an event; an invalid
-    /// outcome cannot carry a timeout yet.)
-    fn handle_invalid(&mut self, status: &Status, dir: Direction, class: Class) {
+    /// `nf_tcp_handle_invalid`: on an assured entry, an out-of-window FIN or RST is noted as the
+    /// last packet, unless it answers one from the other direction; then the two ends have
+    /// evidently given up while we are out of sync, so an entry with more than 120 s left is cut
+    /// to `tcp_timeout_unacknowledged` (no event), to be evicted soon.
+    fn handle_invalid(&mut self, ctx: &PacketContext<'_>, dir: Direction, class: Class) -> Outcome {
+        let status = &*ctx.status;
         if !status.contains(Status::ASSURED)
             || status.contains(Status::FIXED_TIMEOUT)
             || !matches!(class, Class::Fin | Class::Rst)
         {
-            return;
+            return Outcome::Invalid;
         }
         let answers = self.last_dir != dir && matches!(self.last_index, Class::Fin | Class::Rst);
         if !answers {
             self.last_index = class;
             self.last_dir = dir;
+            return Outcome::Invalid;
         }
+        const NS: u64 = 1_000_000_000;
+        let expires = ctx.deadline_ns.saturating_sub(ctx.now_ns);
+        let timeout_s = ctx.sysctls.tcp_timeout_unacknowledged;
+        if expires < 120 * NS || expires <= timeout_s as u64 * NS {
+            return Outcome::Invalid;
+        }
+        Outcome::InvalidShortenTimeout { timeout_s }
     }
 
     fn established(&self) -> bool {
@@ -599,10 +607,7 @@ impl L4Tracker for TcpConn {
             match self.in_window(dir, class, &seg, ctx.sysctls) {
                 Window::Accept => {}
                 Window::Ignore => return Outcome::AcceptKeepTimeout,
-                Window::Invalid => {
-                    self.handle_invalid(ctx.status, dir, class);
-                    return Outcome::Invalid;
-                }
+                Window::Invalid => return self.handle_invalid(ctx, dir, class),
             }
         }
         self.last_index = class;
@@ -698,6 +703,8 @@ mod tests {
         tcp: TcpConn,
         status: Status,
         sysctls: Sysctls,
+        /// The entry's deadline, with the packets all at time 0.
+        deadline_ns: u64,
     }
 
     const C0: u32 = 1_000;
@@ -726,6 +733,7 @@ mod tests {
                 tcp: TcpConn::new_entry(&first, &sysctls).expect("a SYN makes an entry"),
                 status: Status(0),
                 sysctls,
+                deadline_ns: 0,
             };
             assert!(matches!(
                 conn.send(Direction::Original, first),
@@ -750,9 +758,16 @@ mod tests {
                 status: &mut self.status,
                 events: &mut events,
                 created_ns: 0,
+                deadline_ns: self.deadline_ns,
                 sysctls: &self.sysctls,
             };
             let out = self.tcp.packet(&mut ctx, &segment, dir);
+            match out {
+                Outcome::Accept { timeout_s } | Outcome::InvalidShortenTimeout { timeout_s } => {
+                    self.deadline_ns = timeout_s as u64 * 1_000_000_000;
+                }
+                _ => {}
+            }
             if dir == Direction::Reply
                 && !matches!(
                     out,
@@ -880,12 +895,35 @@ mod tests {
         let far = (C0 + 1).wrapping_add(10_000_000);
         assert_eq!(
             c.orig(far, S0 + 1, flag::FIN | flag::ACK, WIN, 0),
-            Outcome::Invalid
+            Outcome::InvalidShortenTimeout { timeout_s: 4 }
         );
         assert_eq!(
             (c.tcp.last_index, c.tcp.last_dir),
             (Class::Rst, Direction::Reply),
             "an answer to the reply's RST is not noted"
+        );
+    }
+
+    #[test]
+    fn an_out_of_window_fin_answering_an_rst_cuts_a_long_timeout() {
+        // Kernel: nf_tcp_handle_invalid lowers the timeout to tcp_timeout_unacknowledged when
+        // the invalid FIN/RST answers one from the other side and more than 120 s are left.
+        let mut c = Conn::established(short_timeouts());
+        assert_eq!(c.deadline_ns, 432_000 * 1_000_000_000);
+        let far = (S0 + 1).wrapping_add(10_000_000);
+        assert_eq!(
+            c.reply(far, C0 + 1, flag::RST | flag::ACK, WIN, 0),
+            Outcome::Invalid
+        );
+        let far = (C0 + 1).wrapping_add(10_000_000);
+        assert_eq!(
+            c.orig(far, S0 + 1, flag::FIN | flag::ACK, WIN, 0),
+            Outcome::InvalidShortenTimeout { timeout_s: 4 }
+        );
+        // Once short, it is not cut again.
+        assert_eq!(
+            c.orig(far, S0 + 1, flag::FIN | flag::ACK, WIN, 0),
+            Outcome::Invalid
         );
     }
 
