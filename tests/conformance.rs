@@ -21,6 +21,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{Lab, RULESET, require_live, serial};
+use ctwasm_host::backend::BackendKind;
 use ctwasm_host::capture::CapturedPacket;
 use ctwasm_host::conformance::{Comparison, FlowLog, replay_capture};
 use ctwasm_host::ctnetlink::{Conntrack, KernelMessage};
@@ -185,7 +186,16 @@ fn run_scenario(s: &Scenario, fam: Fam) -> Outcome {
         // Each namespace has its own table; name its flows apart.
         let mut k = FlowLog::new();
         k.extend(events[i].iter().map(|m| &m.message));
-        let replayed = replay_capture(&packets[i], &sysctls, until_ns).expect("replay");
+        let replayed =
+            replay_capture(BackendKind::Native, &packets[i], &sysctls, until_ns).expect("replay");
+        // The component must read the very same messages off the same live capture.
+        let component = replay_capture(BackendKind::Component, &packets[i], &sysctls, until_ns)
+            .expect("replay through the component");
+        assert!(
+            component == replayed,
+            "{}: the component's events differ from the native engine's on this capture",
+            s.name
+        );
         let mut o = FlowLog::new();
         o.extend(&replayed);
         for (flow, steps) in k.flows() {

@@ -13,7 +13,7 @@
 //! DESTROY (a reopen after TIME_WAIT) is a new flow, `#1`, `#2`, ... The kernel prints
 //! concurrent flows' events in its own order, so only the order within a flow is meaningful.
 //!
-//! The comparison is pure; [`replay_capture`] runs the engine on a capture up to the instant the
+//! The comparison is pure; [`replay_capture`] runs the engine (either backend) on a capture up to the instant the
 //! kernel's table was last read, so both sides have had the same chance to time entries out.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,7 +25,7 @@ use ctwasm_core::event::{MessageKind, Status, TcpState};
 use ctwasm_core::netlink::CtMessage;
 use ctwasm_core::tuple::{L4Tuple, Tuple, ipproto};
 
-use crate::backend::{NativeBackend, TrackerSettings};
+use crate::backend::{BackendKind, TrackerSettings, open_backend};
 use crate::capture::CapturedPacket;
 use crate::listener::Listeners;
 use crate::replay::Simulation;
@@ -308,9 +308,10 @@ pub fn parse_sysctls<S: AsRef<str>>(list: &[S]) -> Result<Vec<(String, String)>>
         .collect()
 }
 
-/// Runs the native engine with `sysctls` over `packets` (in capture order) and on to
-/// `until_ns`, with one lossless listener; returns every message it read.
+/// Runs the engine (`kind`: native or the component) with `sysctls` over `packets` (in capture
+/// order) and on to `until_ns`, with one lossless listener; returns every message it read.
 pub fn replay_capture(
+    kind: BackendKind,
     packets: &[CapturedPacket],
     sysctls: &[(String, String)],
     until_ns: u64,
@@ -319,8 +320,8 @@ pub fn replay_capture(
         sysctls: sysctls.to_vec(),
         ..TrackerSettings::default()
     };
-    let mut backend = NativeBackend::new(settings.engine_config()?);
-    let mut sim = Simulation::new(&mut backend, Listeners::lossless())?;
+    let mut backend = open_backend(kind, &settings, None)?;
+    let mut sim = Simulation::new(backend.as_mut(), Listeners::lossless())?;
     let mut out = Vec::new();
     let mut sink = |_: &EventFrame<'_>, m: &CtMessage| -> Result<()> {
         out.push(m.clone());
