@@ -285,8 +285,10 @@ impl Tracker {
         self.ingest_batch_at(0, packets, verdicts)
     }
 
-    /// As [`Tracker::ingest_batch`], with `now_ns` standing in for frames whose time is 0.
+    /// As [`Tracker::ingest_batch`], after firing the timers due by `now_ns`, which also
+    /// stands in for frames whose time is 0 (the WIT `ingest`).
     pub fn ingest_batch_at(&mut self, now_ns: u64, packets: &[u8], verdicts: &mut Vec<u8>) {
+        self.advance(now_ns);
         for frame in batch::packets(packets) {
             match frame {
                 Ok(p) => {

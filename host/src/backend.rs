@@ -180,7 +180,6 @@ impl Backend for NativeBackend {
         Ok(())
     }
     fn ingest(&mut self, now_ns: u64, packets: &[u8], verdicts: &mut Vec<u8>) -> Result<()> {
-        self.tracker.advance(now_ns);
         self.tracker.ingest_batch_at(now_ns, packets, verdicts);
         Ok(())
     }
