@@ -114,7 +114,9 @@ impl wit::GuestTracker for TrackerResource {
 
     fn ingest(&self, now: u64, packets: Vec<u8>) -> Vec<u8> {
         let mut verdicts = Vec::with_capacity(packets.len() / 64 + 1);
-        self.engine.borrow_mut().ingest_batch_at(now, &packets, &mut verdicts);
+        self.engine
+            .borrow_mut()
+            .ingest_batch_at(now, &packets, &mut verdicts);
         verdicts
     }
 
