@@ -986,10 +986,6 @@ pub fn follows_order(attrs: &[CtAttr], order: &[u16]) -> bool {
     true
 }
 
-#[cfg(test)]
-#[path = "tests.rs"]
-mod tests;
-
 // ---- expectation messages ---------------------------------------------------------------------
 
 const CTA_EXPECT_MASTER: u16 = 1;

@@ -18,6 +18,8 @@ mod codec;
 mod writer;
 pub use writer::MessageWriter;
 pub mod consts;
+#[cfg(test)]
+mod tests;
 
 pub use codec::{DecodeError, parse_messages};
 pub use codec::{

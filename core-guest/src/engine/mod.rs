@@ -1363,12 +1363,7 @@ fn dir_verdict(dir: Direction) -> Verdict {
     }
 }
 
-#[cfg(test)]
-#[path = "engine_tests.rs"]
-mod tests;
-
-#[path = "engine_snapshot.rs"]
-mod snapshot;
-
-#[path = "expect.rs"]
 pub mod expect;
+mod snapshot;
+#[cfg(test)]
+mod tests;

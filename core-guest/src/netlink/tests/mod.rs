@@ -2,7 +2,8 @@
 //! every attribute kind, unknown attributes, every malformed case as a typed error, and property
 //! tests that no input makes the parser panic.
 
-use super::*;
+use super::codec::*;
+use super::consts::*;
 use crate::event::{MessageKind, Status, TcpState};
 use crate::netlink::{
     CounterAttr, Counters, CtAttr, CtMessage, IpAttr, NlHeader, ProtoAttr, ProtoInfoAttr, RawAttr,
@@ -11,7 +12,6 @@ use crate::netlink::{
 use crate::tuple::{Addr, Family, L4Tuple, Tuple, ipproto};
 use proptest::prelude::*;
 
-#[path = "testdata.rs"]
 mod testdata;
 use testdata::*;
 
