@@ -1,74 +1,90 @@
-//! Event bits, status bits and the message type rule: the vocabulary the event cache, the codec
-//! and every output format share. Bit numbers are the kernel's (uapi `nf_conntrack_common.h`), so a
-//! mask read from a live kernel and one produced here mean the same thing.
+//! Event bits, expectation event bits, status bits and the message type rule: the vocabulary the
+//! event cache, the codec and every output format share. Bit numbers are the kernel's (uapi
+//! `nf_conntrack_common.h`), so a mask read from a live kernel and one produced here mean the same
+//! thing. The three bit sets are one macro, `bitset!`, so they offer the same operations.
 
-/// A set of `IPCT_*` event bits.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct EventBits(pub u16);
+/// Declares a set of kernel bits: a `Copy` newtype over the raw integer, one associated constant
+/// per bit (named as the kernel names it, without its prefix), `ALL`, the set operations, and
+/// `names()`, which yields the names of the set bits, lowest first.
+///
+/// The bits must be listed from the lowest up, so that `names()` comes out in bit order.
+macro_rules! bitset {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident($repr:ty);
+        $(
+            $(#[$bit_meta:meta])*
+            $bit:ident = $shift:expr;
+        )+
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+        pub struct $name(pub $repr);
+
+        impl $name {
+            $(
+                $(#[$bit_meta])*
+                pub const $bit: $name = $name(1 << $shift);
+            )+
+            /// Every bit this set names.
+            pub const ALL: $name = $name(0 $(| (1 << $shift))+);
+
+            const NAMES: &'static [($name, &'static str)] = &[$(($name::$bit, stringify!($bit))),+];
+
+            pub const fn empty() -> $name {
+                $name(0)
+            }
+            pub const fn is_empty(self) -> bool {
+                self.0 == 0
+            }
+            pub const fn contains(self, other: $name) -> bool {
+                self.0 & other.0 == other.0
+            }
+            pub const fn intersects(self, other: $name) -> bool {
+                self.0 & other.0 != 0
+            }
+            pub const fn union(self, other: $name) -> $name {
+                $name(self.0 | other.0)
+            }
+            pub const fn without(self, other: $name) -> $name {
+                $name(self.0 & !other.0)
+            }
+            pub fn insert(&mut self, other: $name) {
+                self.0 |= other.0;
+            }
+            pub fn remove(&mut self, other: $name) {
+                self.0 &= !other.0;
+            }
+            /// Names of the set bits, lowest first, without the kernel's prefix.
+            pub fn names(self) -> impl Iterator<Item = &'static str> {
+                Self::NAMES
+                    .iter()
+                    .filter(move |(bit, _)| self.contains(*bit))
+                    .map(|(_, name)| *name)
+            }
+        }
+    };
+}
+
+bitset! {
+    /// A set of `IPCT_*` event bits (`enum ip_conntrack_events`): what one packet, a timeout or a
+    /// delete did to an entry. `ALL` is every bit the kernel defines (`__IPCT_MAX` is 12).
+    pub struct EventBits(u16);
+    NEW = 0;
+    RELATED = 1;
+    DESTROY = 2;
+    REPLY = 3;
+    ASSURED = 4;
+    PROTOINFO = 5;
+    HELPER = 6;
+    MARK = 7;
+    SEQADJ = 8;
+    SECMARK = 9;
+    LABEL = 10;
+    SYNPROXY = 11;
+}
 
 impl EventBits {
-    pub const NEW: EventBits = EventBits(1 << 0);
-    pub const RELATED: EventBits = EventBits(1 << 1);
-    pub const DESTROY: EventBits = EventBits(1 << 2);
-    pub const REPLY: EventBits = EventBits(1 << 3);
-    pub const ASSURED: EventBits = EventBits(1 << 4);
-    pub const PROTOINFO: EventBits = EventBits(1 << 5);
-    pub const HELPER: EventBits = EventBits(1 << 6);
-    pub const MARK: EventBits = EventBits(1 << 7);
-    pub const SEQADJ: EventBits = EventBits(1 << 8);
-    pub const SECMARK: EventBits = EventBits(1 << 9);
-    pub const LABEL: EventBits = EventBits(1 << 10);
-    pub const SYNPROXY: EventBits = EventBits(1 << 11);
-    /// Every bit the kernel defines (`__IPCT_MAX` is 12).
-    pub const ALL: EventBits = EventBits((1 << 12) - 1);
-
-    const NAMES: [&'static str; 12] = [
-        "NEW",
-        "RELATED",
-        "DESTROY",
-        "REPLY",
-        "ASSURED",
-        "PROTOINFO",
-        "HELPER",
-        "MARK",
-        "SEQADJ",
-        "SECMARK",
-        "LABEL",
-        "SYNPROXY",
-    ];
-
-    pub const fn empty() -> EventBits {
-        EventBits(0)
-    }
-    pub const fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-    pub const fn contains(self, other: EventBits) -> bool {
-        self.0 & other.0 == other.0
-    }
-    pub const fn intersects(self, other: EventBits) -> bool {
-        self.0 & other.0 != 0
-    }
-    pub const fn union(self, other: EventBits) -> EventBits {
-        EventBits(self.0 | other.0)
-    }
-    pub const fn without(self, other: EventBits) -> EventBits {
-        EventBits(self.0 & !other.0)
-    }
-    pub fn insert(&mut self, other: EventBits) {
-        self.0 |= other.0;
-    }
-    pub fn remove(&mut self, other: EventBits) {
-        self.0 &= !other.0;
-    }
-    /// Names of the set bits, lowest first.
-    pub fn names(self) -> impl Iterator<Item = &'static str> {
-        Self::NAMES
-            .iter()
-            .enumerate()
-            .filter(move |(bit, _)| self.0 & (1 << bit) != 0)
-            .map(|(_, name)| *name)
-    }
     /// The ctnetlink message a set of bits becomes: DESTROY wins, then NEW/RELATED, then UPDATE.
     pub fn message_kind(self) -> Option<MessageKind> {
         if self.is_empty() {
@@ -79,6 +95,32 @@ impl EventBits {
             Some(MessageKind::New)
         } else {
             Some(MessageKind::Update)
+        }
+    }
+}
+
+bitset! {
+    /// A set of `IPEXP_*` expectation event bits (`enum ip_conntrack_expect_events`). A bit space of
+    /// its own: `IPEXP_NEW` is bit 0 like `IPCT_NEW`, but `IPEXP_DESTROY` is bit 1, where entries
+    /// have RELATED. An expectation's missed bits and the event field of its frames hold these.
+    pub struct ExpEventBits(u16);
+    NEW = 0;
+    DESTROY = 1;
+}
+
+impl ExpEventBits {
+    /// The ctnetlink message a set of expectation bits becomes: `IPCTNL_MSG_EXP_DELETE`
+    /// ([`MessageKind::Destroy`]) if DESTROY is set, else `IPCTNL_MSG_EXP_NEW`
+    /// ([`MessageKind::New`]). Expectations have no UPDATE. Their messages go to their own
+    /// groups (`NFNLGRP_CONNTRACK_EXP_NEW` 4, `NFNLGRP_CONNTRACK_EXP_DESTROY` 6), not to
+    /// [`MessageKind::group`]'s.
+    pub fn message_kind(self) -> Option<MessageKind> {
+        if self.intersects(ExpEventBits::DESTROY) {
+            Some(MessageKind::Destroy)
+        } else if self.intersects(ExpEventBits::NEW) {
+            Some(MessageKind::New)
+        } else {
+            None
         }
     }
 }
@@ -110,61 +152,25 @@ impl MessageKind {
     }
 }
 
-/// The entry's `IPS_*` status bits.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Status(pub u32);
-
-impl Status {
-    pub const EXPECTED: Status = Status(1 << 0);
-    pub const SEEN_REPLY: Status = Status(1 << 1);
-    pub const ASSURED: Status = Status(1 << 2);
-    pub const CONFIRMED: Status = Status(1 << 3);
-    pub const SRC_NAT: Status = Status(1 << 4);
-    pub const DST_NAT: Status = Status(1 << 5);
-    pub const SEQ_ADJUST: Status = Status(1 << 6);
-    pub const SRC_NAT_DONE: Status = Status(1 << 7);
-    pub const DST_NAT_DONE: Status = Status(1 << 8);
-    pub const DYING: Status = Status(1 << 9);
-    pub const FIXED_TIMEOUT: Status = Status(1 << 10);
-    pub const TEMPLATE: Status = Status(1 << 11);
-    pub const UNTRACKED: Status = Status(1 << 12);
-    pub const HELPER: Status = Status(1 << 13);
-    pub const OFFLOAD: Status = Status(1 << 14);
-    pub const HW_OFFLOAD: Status = Status(1 << 15);
-
-    const NAMES: [&'static str; 16] = [
-        "EXPECTED",
-        "SEEN_REPLY",
-        "ASSURED",
-        "CONFIRMED",
-        "SRC_NAT",
-        "DST_NAT",
-        "SEQ_ADJUST",
-        "SRC_NAT_DONE",
-        "DST_NAT_DONE",
-        "DYING",
-        "FIXED_TIMEOUT",
-        "TEMPLATE",
-        "UNTRACKED",
-        "HELPER",
-        "OFFLOAD",
-        "HW_OFFLOAD",
-    ];
-
-    pub const fn contains(self, other: Status) -> bool {
-        self.0 & other.0 == other.0
-    }
-    pub fn insert(&mut self, other: Status) {
-        self.0 |= other.0;
-    }
-    /// Names of the set bits, lowest first, without the `IPS_` prefix.
-    pub fn names(self) -> impl Iterator<Item = &'static str> {
-        Self::NAMES
-            .iter()
-            .enumerate()
-            .filter(move |(bit, _)| self.0 & (1 << bit) != 0)
-            .map(|(_, name)| *name)
-    }
+bitset! {
+    /// The entry's `IPS_*` status bits (`enum ip_conntrack_status`).
+    pub struct Status(u32);
+    EXPECTED = 0;
+    SEEN_REPLY = 1;
+    ASSURED = 2;
+    CONFIRMED = 3;
+    SRC_NAT = 4;
+    DST_NAT = 5;
+    SEQ_ADJUST = 6;
+    SRC_NAT_DONE = 7;
+    DST_NAT_DONE = 8;
+    DYING = 9;
+    FIXED_TIMEOUT = 10;
+    TEMPLATE = 11;
+    UNTRACKED = 12;
+    HELPER = 13;
+    OFFLOAD = 14;
+    HW_OFFLOAD = 15;
 }
 
 /// TCP conntrack states, numbered as `CTA_PROTOINFO_TCP_STATE` carries them.
@@ -252,5 +258,49 @@ mod tests {
         );
         let s = Status(Status::CONFIRMED.0 | Status::SEEN_REPLY.0);
         assert_eq!(s.names().collect::<Vec<_>>(), ["SEEN_REPLY", "CONFIRMED"]);
+        assert_eq!(
+            Status::ALL.names().last(),
+            Some("HW_OFFLOAD"),
+            "the last IPS_ bit this engine names"
+        );
+    }
+
+    #[test]
+    fn every_bit_is_named_once_in_bit_order() {
+        let names: Vec<_> = EventBits::ALL.names().collect();
+        assert_eq!(names.len(), 12);
+        assert_eq!(EventBits::ALL, EventBits((1 << 12) - 1));
+        assert_eq!(Status::ALL, Status(u32::from(u16::MAX)));
+        for (bit, name) in names.iter().enumerate() {
+            assert_eq!(EventBits(1 << bit).names().collect::<Vec<_>>(), [*name]);
+        }
+    }
+
+    #[test]
+    fn set_operations() {
+        let mut e = EventBits::NEW.union(EventBits::REPLY);
+        assert!(e.contains(EventBits::NEW) && !e.contains(EventBits::ALL));
+        assert!(e.intersects(EventBits::ALL) && !e.intersects(EventBits::DESTROY));
+        e.remove(EventBits::NEW);
+        assert_eq!(e, EventBits::REPLY);
+        e.insert(EventBits::MARK);
+        assert_eq!(e.without(EventBits::REPLY), EventBits::MARK);
+        assert!(EventBits::empty().is_empty() && EventBits::default().is_empty());
+    }
+
+    /// `IPEXP_NEW` and `IPEXP_DESTROY` are bits 0 and 1 (uapi `nf_conntrack_common.h`); bit 1 of
+    /// an entry's events is RELATED, which is why the two spaces are different types.
+    #[test]
+    fn expectation_bits_are_their_own_space() {
+        assert_eq!((ExpEventBits::NEW.0, ExpEventBits::DESTROY.0), (1, 2));
+        assert_eq!(ExpEventBits::DESTROY.0, EventBits::RELATED.0);
+        assert_eq!(
+            ExpEventBits::ALL.names().collect::<Vec<_>>(),
+            ["NEW", "DESTROY"]
+        );
+        assert_eq!(ExpEventBits::NEW.message_kind(), Some(MessageKind::New));
+        assert_eq!(ExpEventBits::ALL.message_kind(), Some(MessageKind::Destroy));
+        assert_eq!(ExpEventBits::empty().message_kind(), None);
+        assert_eq!(ExpEventBits(1 << 5).message_kind(), None);
     }
 }

@@ -7,23 +7,10 @@
 //! the quoted bytes for [`super::parse_embedded_l3`]; [`Repr::Error`] keeps them, as smoltcp's
 //! `icmpv4::Repr::DstUnreachable { header, data }` does.
 
-use super::WireError;
-
-mod field {
-    use core::ops::Range;
-
-    pub(super) const TYPE: usize = 0;
-    pub(super) const CODE: usize = 1;
-    pub(super) const CHECKSUM: Range<usize> = 2..4;
-    /// Echo and the other queries: identifier and sequence number.
-    pub(super) const ECHO_IDENT: Range<usize> = 4..6;
-    pub(super) const ECHO_SEQNO: Range<usize> = 6..8;
-    /// Errors: the second word (unused, pointer, gateway or MTU), then the quoted packet.
-    pub(super) const REST_OF_HEADER: Range<usize> = 4..8;
-}
+use super::icmp_header::{self, IcmpVersion};
 
 /// Length of the header: every ICMP message has at least these 8 bytes.
-pub const HEADER_LEN: usize = field::REST_OF_HEADER.end;
+pub const HEADER_LEN: usize = icmp_header::HEADER_LEN;
 
 /// Message types conntrack distinguishes.
 pub mod kind {
@@ -62,111 +49,30 @@ pub fn is_echo_like_type(msg_type: u8) -> bool {
     )
 }
 
-/// A read (and, over a mutable buffer, write) view of an ICMP message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+/// ICMP for IPv4, as the shared header view's version.
+#[derive(Debug)]
+pub enum V4 {}
 
-impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view without checks: only for buffers this code built itself.
-    pub fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
+impl IcmpVersion for V4 {
+    fn is_error_type(msg_type: u8) -> bool {
+        is_error_type(msg_type)
     }
-
-    /// A view of untrusted bytes: see [`Packet::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Packet<T>, WireError> {
-        let packet = Packet::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
-    /// The 8-byte header is in the buffer.
-    pub fn check_len(&self) -> Result<(), WireError> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            return Err(WireError::Truncated);
-        }
-        Ok(())
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    pub fn msg_type(&self) -> u8 {
-        self.buffer.as_ref()[field::TYPE]
-    }
-
-    pub fn msg_code(&self) -> u8 {
-        self.buffer.as_ref()[field::CODE]
-    }
-
-    pub fn checksum(&self) -> u16 {
-        be16(&self.buffer.as_ref()[field::CHECKSUM])
-    }
-
-    /// The identifier: meaningful for echo-like types ([`is_echo_like_type`]).
-    pub fn echo_ident(&self) -> u16 {
-        be16(&self.buffer.as_ref()[field::ECHO_IDENT])
-    }
-
-    /// The sequence number: meaningful for echo-like types.
-    pub fn echo_seq_no(&self) -> u16 {
-        be16(&self.buffer.as_ref()[field::ECHO_SEQNO])
-    }
-
-    /// The second word raw (pointer, gateway, next-hop MTU... depending on the type).
-    pub fn rest_of_header(&self) -> u32 {
-        let b = &self.buffer.as_ref()[field::REST_OF_HEADER];
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-    }
-
-    pub fn is_error(&self) -> bool {
-        is_error_type(self.msg_type())
-    }
-
-    pub fn is_echo_like(&self) -> bool {
-        is_echo_like_type(self.msg_type())
-    }
-
-    /// The bytes after the header: echo data, or for an error the quoted packet.
-    pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[HEADER_LEN..]
-    }
-
-    /// For an error, the quoted packet (give it to [`super::parse_embedded_l3`]); `None`
-    /// otherwise.
-    pub fn embedded(&self) -> Option<&[u8]> {
-        self.is_error().then(|| self.payload())
+    fn is_echo_like_type(msg_type: u8) -> bool {
+        is_echo_like_type(msg_type)
     }
 }
+
+/// A read (and, over a mutable buffer, write) view of an ICMP message: the shared header view
+/// ([`icmp_header::Packet`]) with the ICMPv4 types, plus the checksum, which covers only the
+/// message.
+pub type Packet<T> = icmp_header::Packet<T, V4>;
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    pub fn set_msg_type(&mut self, value: u8) {
-        self.buffer.as_mut()[field::TYPE] = value;
-    }
-
-    pub fn set_msg_code(&mut self, value: u8) {
-        self.buffer.as_mut()[field::CODE] = value;
-    }
-
-    pub fn set_echo_ident(&mut self, value: u16) {
-        self.buffer.as_mut()[field::ECHO_IDENT].copy_from_slice(&value.to_be_bytes());
-    }
-
-    pub fn set_echo_seq_no(&mut self, value: u16) {
-        self.buffer.as_mut()[field::ECHO_SEQNO].copy_from_slice(&value.to_be_bytes());
-    }
-
-    pub fn set_rest_of_header(&mut self, value: u32) {
-        self.buffer.as_mut()[field::REST_OF_HEADER].copy_from_slice(&value.to_be_bytes());
-    }
-
     /// Computes the checksum over the whole buffer (ICMPv4 has no pseudo-header).
     pub fn fill_checksum(&mut self) {
-        self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&[0, 0]);
-        let sum = super::checksum::sum(self.buffer.as_ref());
-        self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&(!sum).to_be_bytes());
+        self.set_checksum(0);
+        let sum = super::checksum::sum(self.as_ref());
+        self.set_checksum(!sum);
     }
 }
 
@@ -192,7 +98,6 @@ pub enum Repr<'a> {
 impl<'a> Repr<'a> {
     /// Reads a checked message.
     pub fn parse<T: AsRef<[u8]> + ?Sized>(packet: &Packet<&'a T>) -> Repr<'a> {
-        let buffer: &'a [u8] = packet.buffer.as_ref();
         let (kind, code) = (packet.msg_type(), packet.msg_code());
         let (ident, seq) = (packet.echo_ident(), packet.echo_seq_no());
         match (kind, code) {
@@ -202,7 +107,7 @@ impl<'a> Repr<'a> {
             _ if is_error_type(kind) => Repr::Error {
                 kind,
                 code,
-                embedded: &buffer[HEADER_LEN..],
+                embedded: packet.payload_of_buffer(),
             },
             _ => Repr::Other { kind, code },
         }
@@ -243,20 +148,17 @@ impl<'a> Repr<'a> {
         packet.set_echo_ident(ident);
         packet.set_echo_seq_no(seq);
         if let Repr::Error { embedded, .. } = self {
-            packet.buffer[HEADER_LEN..].copy_from_slice(embedded);
+            packet.payload_mut().copy_from_slice(embedded);
         }
         packet.fill_checksum();
     }
-}
-
-fn be16(bytes: &[u8]) -> u16 {
-    u16::from_be_bytes([bytes[0], bytes[1]])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tuple::{Addr, ipproto};
+    use crate::wire::WireError;
     use crate::wire::{build, parse_embedded_l3, parse_l3};
 
     /// The ICMP part of `ping -c1 127.0.0.1` (iputils, Linux 6.x, `tcpdump -i lo -xx`): echo

@@ -9,24 +9,10 @@
 //! The checksum covers a pseudo-header with the IP addresses, so [`Repr::emit`] leaves it 0;
 //! [`super::build::ipv6`] fills it in.
 
-use super::WireError;
-
-mod field {
-    use core::ops::Range;
-
-    pub(super) const TYPE: usize = 0;
-    pub(super) const CODE: usize = 1;
-    pub(super) const CHECKSUM: Range<usize> = 2..4;
-    /// Echo: identifier and sequence number. Node information puts its Qtype here, which the
-    /// kernel (and so this tracker) uses as the identifier.
-    pub(super) const ECHO_IDENT: Range<usize> = 4..6;
-    pub(super) const ECHO_SEQNO: Range<usize> = 6..8;
-    /// Errors: the second word (unused, MTU or pointer), then the quoted packet.
-    pub(super) const REST_OF_HEADER: Range<usize> = 4..8;
-}
+use super::icmp_header::{self, IcmpVersion};
 
 /// Length of the header: every ICMPv6 message conntrack looks at has these 8 bytes.
-pub const HEADER_LEN: usize = field::REST_OF_HEADER.end;
+pub const HEADER_LEN: usize = icmp_header::HEADER_LEN;
 
 /// Message types conntrack distinguishes.
 pub mod kind {
@@ -61,112 +47,29 @@ pub fn is_untracked_type(msg_type: u8) -> bool {
     matches!(msg_type, 130..=137 | 143 | 151..=153)
 }
 
-/// A read (and, over a mutable buffer, write) view of an ICMPv6 message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+/// ICMPv6, as the shared header view's version.
+#[derive(Debug)]
+pub enum V6 {}
+
+impl IcmpVersion for V6 {
+    fn is_error_type(msg_type: u8) -> bool {
+        is_error_type(msg_type)
+    }
+    fn is_echo_like_type(msg_type: u8) -> bool {
+        is_echo_like_type(msg_type)
+    }
 }
+
+/// A read (and, over a mutable buffer, write) view of an ICMPv6 message: the shared header view
+/// ([`icmp_header::Packet`]) with the ICMPv6 types. It has no `fill_checksum`: the checksum
+/// covers a pseudo-header with the IP addresses, which only [`super::build::ipv6`] knows.
+pub type Packet<T> = icmp_header::Packet<T, V6>;
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view without checks: only for buffers this code built itself.
-    pub fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// A view of untrusted bytes: see [`Packet::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Packet<T>, WireError> {
-        let packet = Packet::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
-    /// The 8-byte header is in the buffer.
-    pub fn check_len(&self) -> Result<(), WireError> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            return Err(WireError::Truncated);
-        }
-        Ok(())
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    pub fn msg_type(&self) -> u8 {
-        self.buffer.as_ref()[field::TYPE]
-    }
-
-    pub fn msg_code(&self) -> u8 {
-        self.buffer.as_ref()[field::CODE]
-    }
-
-    pub fn checksum(&self) -> u16 {
-        be16(&self.buffer.as_ref()[field::CHECKSUM])
-    }
-
-    /// The identifier: meaningful for echo-like types ([`is_echo_like_type`]).
-    pub fn echo_ident(&self) -> u16 {
-        be16(&self.buffer.as_ref()[field::ECHO_IDENT])
-    }
-
-    /// The sequence number: meaningful for echo.
-    pub fn echo_seq_no(&self) -> u16 {
-        be16(&self.buffer.as_ref()[field::ECHO_SEQNO])
-    }
-
-    /// The second word raw (MTU of a packet-too-big, pointer of a parameter problem...).
-    pub fn rest_of_header(&self) -> u32 {
-        let b = &self.buffer.as_ref()[field::REST_OF_HEADER];
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-    }
-
-    pub fn is_error(&self) -> bool {
-        is_error_type(self.msg_type())
-    }
-
-    pub fn is_echo_like(&self) -> bool {
-        is_echo_like_type(self.msg_type())
-    }
-
+    /// Neighbour discovery, router discovery or multicast listener traffic
+    /// ([`is_untracked_type`]).
     pub fn is_untracked_type(&self) -> bool {
         is_untracked_type(self.msg_type())
-    }
-
-    /// The bytes after the header.
-    pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[HEADER_LEN..]
-    }
-
-    /// For an error, the quoted packet (give it to [`super::parse_embedded_l3`]); `None`
-    /// otherwise.
-    pub fn embedded(&self) -> Option<&[u8]> {
-        self.is_error().then(|| self.payload())
-    }
-}
-
-impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    pub fn set_msg_type(&mut self, value: u8) {
-        self.buffer.as_mut()[field::TYPE] = value;
-    }
-
-    pub fn set_msg_code(&mut self, value: u8) {
-        self.buffer.as_mut()[field::CODE] = value;
-    }
-
-    pub fn set_checksum(&mut self, value: u16) {
-        self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&value.to_be_bytes());
-    }
-
-    pub fn set_echo_ident(&mut self, value: u16) {
-        self.buffer.as_mut()[field::ECHO_IDENT].copy_from_slice(&value.to_be_bytes());
-    }
-
-    pub fn set_echo_seq_no(&mut self, value: u16) {
-        self.buffer.as_mut()[field::ECHO_SEQNO].copy_from_slice(&value.to_be_bytes());
-    }
-
-    pub fn set_rest_of_header(&mut self, value: u32) {
-        self.buffer.as_mut()[field::REST_OF_HEADER].copy_from_slice(&value.to_be_bytes());
     }
 }
 
@@ -193,7 +96,6 @@ pub enum Repr<'a> {
 impl<'a> Repr<'a> {
     /// Reads a checked message.
     pub fn parse<T: AsRef<[u8]> + ?Sized>(packet: &Packet<&'a T>) -> Repr<'a> {
-        let buffer: &'a [u8] = packet.buffer.as_ref();
         let (kind, code) = (packet.msg_type(), packet.msg_code());
         let (ident, seq) = (packet.echo_ident(), packet.echo_seq_no());
         match (kind, code) {
@@ -203,7 +105,7 @@ impl<'a> Repr<'a> {
             _ if is_error_type(kind) => Repr::Error {
                 kind,
                 code,
-                embedded: &buffer[HEADER_LEN..],
+                embedded: packet.payload_of_buffer(),
             },
             _ => Repr::Other { kind, code },
         }
@@ -246,19 +148,16 @@ impl<'a> Repr<'a> {
         packet.set_echo_ident(ident);
         packet.set_echo_seq_no(seq);
         if let Repr::Error { embedded, .. } = self {
-            packet.buffer[HEADER_LEN..].copy_from_slice(embedded);
+            packet.payload_mut().copy_from_slice(embedded);
         }
     }
-}
-
-fn be16(bytes: &[u8]) -> u16 {
-    u16::from_be_bytes([bytes[0], bytes[1]])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tuple::{Addr, ipproto};
+    use crate::wire::WireError;
     use crate::wire::{build, ipv6, parse_embedded_l3, parse_l3};
 
     /// `ping -6 -c1 ::1` (iputils, `tcpdump -i lo -xx`): echo request, id 42, seq 1, with 8

@@ -15,6 +15,10 @@
 //! [`parse_embedded_l3`]. Accessors return raw field values; judging them (is this TCP flag
 //! combination valid? is this UDP length sane?) is the trackers' job, not the wire layer's.
 //!
+//! ICMP and ICMPv6 lay their header out alike, so they share one view, [`icmp_header::Packet`];
+//! [`icmp::Packet`] and [`icmpv6::Packet`] are that view with each family's types filled in, and
+//! only the type predicates, the checksum and the `Repr`s are written per family.
+//!
 //! # Layer 3 in one call
 //!
 //! The engine does not walk IP headers itself: [`parse_l3`] turns an outer packet into an
@@ -41,6 +45,7 @@ use crate::tuple::{Addr, Family};
 
 pub mod build;
 pub mod icmp;
+pub mod icmp_header;
 pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
