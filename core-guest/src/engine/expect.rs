@@ -20,7 +20,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::*;
-use crate::netlink::{ExpAttr, ExpMessage};
+use crate::netlink::event::{ExpectEvent, ExpectEventKind};
 use crate::snapshot::{Reader, SnapshotError, Writer};
 use crate::tuple::{Addr, Family};
 
@@ -354,7 +354,6 @@ impl Tracker {
 
     /// Queues an expectation event (`ctnetlink_expect_event`'s message).
     fn emit_expect(&mut self, slot: u32, now_ns: u64, bits: EventBits) {
-        use crate::netlink::consts::*;
         if self.config.sysctls.events == 0 {
             if bits.contains(EXP_DESTROY) {
                 self.free_expectation(slot);
@@ -379,40 +378,31 @@ impl Tracker {
             m.dst = Addr([0xff; 16]);
             m
         };
-        let mut attrs = vec![
-            ExpAttr::Master(netlink::tuple_attrs(&e.master_tuple)),
-            ExpAttr::Tuple(netlink::tuple_attrs(&e.tuple)),
-            ExpAttr::Mask(netlink::tuple_attrs(&mask_tuple)),
-            ExpAttr::Timeout(seconds_left(e.deadline_ns, now_ns)),
-            ExpAttr::Id(e.id),
-        ];
-        if e.zone != 0 {
-            attrs.push(ExpAttr::Zone(e.zone));
-        }
-        attrs.push(ExpAttr::Flags(e.flags));
-        attrs.push(ExpAttr::Class(0));
-        let (msg, flags, group) = if destroy {
-            (IPCTNL_MSG_EXP_DELETE, 0, GROUP_EXP_DESTROY)
+        let group = if destroy {
+            GROUP_EXP_DESTROY
         } else {
-            (IPCTNL_MSG_EXP_NEW, NLM_F_CREATE | NLM_F_EXCL, GROUP_EXP_NEW)
+            GROUP_EXP_NEW
         };
-        let message = ExpMessage {
-            header: NlHeader {
-                msg_type: ((NFNL_SUBSYS_CTNETLINK_EXP as u16) << 8) | msg as u16,
-                flags,
-                seq: 0,
-                port_id: 0,
+        let event = ExpectEvent {
+            kind: if destroy {
+                ExpectEventKind::Destroy
+            } else {
+                ExpectEventKind::New
             },
-            family: e.tuple.family as u8,
-            version: 0,
-            res_id: 0,
-            attrs,
+            master: e.master_tuple,
+            tuple: e.tuple,
+            mask: mask_tuple,
+            timeout_s: seconds_left(e.deadline_ns, now_ns),
+            id: e.id,
+            zone: e.zone,
+            flags: e.flags,
+            class: 0,
         };
         let generation = e.generation;
         let missed_sent = e.missed;
         let start = self.outbox.bytes.len();
         let frame = batch::begin_event(&mut self.outbox.bytes, bits, group, 0, now_ns);
-        message.emit_to_vec(&mut self.outbox.bytes);
+        event.write_to(&mut self.outbox.bytes);
         batch::finish_event(&mut self.outbox.bytes, frame);
         let len = self.outbox.bytes.len() - start;
         self.outbox.queued.push_back(Pending {

@@ -21,7 +21,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::batch;
 use crate::config::{Config, RetryPolicy};
 use crate::event::{EventBits, MessageKind, Status, TcpState};
-use crate::netlink::{self, Counters, NlHeader};
+use crate::netlink::Counters;
+use crate::netlink::event::{ConntrackEvent, TcpInfo};
 use crate::proto::{Outcome, PacketContext, ProtoState, Segment, tcp};
 use crate::stats::Stats;
 use crate::timer::TimerWheel;
@@ -786,25 +787,11 @@ impl Tracker {
         } else {
             0
         };
+        let event = self.slab[slot as usize].event(kind, bits, now_ns, &self.config.sysctls);
         let mut out = core::mem::take(&mut self.outbox.bytes);
         let start = out.len();
         let frame = batch::begin_event(&mut out, bits, kind.group(), flags, now_ns);
-        let message_at = out.len();
-        self.write_event(slot, now_ns, bits, kind, &mut out);
-        #[cfg(test)]
-        {
-            // Every event the tests produce is checked against the typed codec path, which is
-            // itself checked against bytes captured from Linux.
-            let mut reference = Vec::new();
-            self.message_for(slot, now_ns, bits, kind)
-                .emit_to_vec(&mut reference);
-            assert_eq!(
-                &out[message_at..],
-                &reference[..],
-                "direct and typed encodings differ"
-            );
-        }
-        let _ = message_at;
+        event.write_to(&mut out);
         batch::finish_event(&mut out, frame);
         let len = out.len() - start;
         self.outbox.bytes = out;
@@ -823,99 +810,6 @@ impl Tracker {
             self.worker_in_flight += 1;
         }
         self.stats.events_emitted += 1;
-    }
-
-    /// Writes the ctnetlink message the kernel would send for this entry and these bits
-    /// (`ctnetlink_conntrack_event`), straight into `out`; [`Tracker::message_for`] builds the
-    /// same message as a typed value.
-    fn write_event(
-        &self,
-        slot: u32,
-        now_ns: u64,
-        bits: EventBits,
-        kind: MessageKind,
-        out: &mut Vec<u8>,
-    ) {
-        use netlink::consts::*;
-        let e = &self.slab[slot as usize];
-        let s = &self.config.sysctls;
-        let destroy = kind == MessageKind::Destroy;
-        let (msg, flags) = match kind {
-            MessageKind::Destroy => (IPCTNL_MSG_CT_DELETE, 0),
-            MessageKind::New => (IPCTNL_MSG_CT_NEW, NLM_F_CREATE | NLM_F_EXCL),
-            MessageKind::Update => (IPCTNL_MSG_CT_NEW, 0),
-        };
-        let msg_type = ((NFNL_SUBSYS_CTNETLINK as u16) << 8) | msg as u16;
-        let mut w = netlink::MessageWriter::begin(out, msg_type, flags, 0, 0, e.orig.family as u8);
-        let reply = e.orig.invert().unwrap_or(e.orig);
-        write_tuple(&mut w, CTA_TUPLE_ORIG, &e.orig);
-        write_tuple(&mut w, CTA_TUPLE_REPLY, &reply);
-        if e.zone != 0 {
-            w.u16(CTA_ZONE, e.zone);
-        }
-        w.u32(CTA_ID, e.id);
-        w.u32(CTA_STATUS, e.status.0);
-        let timeout_s = seconds_left(e.deadline_ns, now_ns);
-        let tcp = match &e.proto {
-            ProtoState::Tcp(c) => Some(c),
-            _ => None,
-        };
-        if destroy {
-            if timeout_s != 0 {
-                w.u32(CTA_TIMEOUT, timeout_s);
-            }
-            if s.acct {
-                for (kind, c) in [
-                    (CTA_COUNTERS_ORIG, e.counters[0]),
-                    (CTA_COUNTERS_REPLY, e.counters[1]),
-                ] {
-                    let n = w.begin_nest(kind);
-                    w.u64(CTA_COUNTERS_PACKETS, c.packets);
-                    w.u64(CTA_COUNTERS_BYTES, c.bytes);
-                    w.end_nest(n);
-                }
-            }
-            if s.timestamp {
-                let n = w.begin_nest(CTA_TIMESTAMP);
-                w.u64(CTA_TIMESTAMP_START, e.start_ns);
-                if e.stop_ns != 0 {
-                    w.u64(CTA_TIMESTAMP_STOP, e.stop_ns);
-                }
-                w.end_nest(n);
-            }
-            if let Some(c) = tcp {
-                let n = w.begin_nest(CTA_PROTOINFO);
-                let t = w.begin_nest(CTA_PROTOINFO_TCP);
-                w.u8(CTA_PROTOINFO_TCP_STATE, c.state as u8);
-                w.end_nest(t);
-                w.end_nest(n);
-            }
-        } else {
-            w.u32(CTA_TIMEOUT, timeout_s);
-            if let (Some(c), true) = (tcp, bits.contains(EventBits::PROTOINFO)) {
-                let n = w.begin_nest(CTA_PROTOINFO);
-                let t = w.begin_nest(CTA_PROTOINFO_TCP);
-                w.u8(CTA_PROTOINFO_TCP_STATE, c.state as u8);
-                w.u8(CTA_PROTOINFO_TCP_WSCALE_ORIGINAL, c.seen[0].td_scale);
-                w.u8(CTA_PROTOINFO_TCP_WSCALE_REPLY, c.seen[1].td_scale);
-                w.bytes(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, &[c.seen[0].flags, 0]);
-                w.bytes(CTA_PROTOINFO_TCP_FLAGS_REPLY, &[c.seen[1].flags, 0]);
-                w.end_nest(t);
-                w.end_nest(n);
-            }
-            if let Some(master) = &e.master
-                && bits.contains(EventBits::RELATED)
-            {
-                write_tuple(&mut w, CTA_TUPLE_MASTER, master);
-            }
-        }
-        if e.mark != 0 || bits.contains(EventBits::MARK) {
-            w.u32(CTA_MARK, e.mark);
-        }
-        if s.timestamp {
-            w.u64(CTA_TIMESTAMP_EVENT, now_ns);
-        }
-        w.finish();
     }
 
     // ----- dying list ----------------------------------------------------------------------
@@ -1289,6 +1183,41 @@ impl Tracker {
 }
 
 impl Entry {
+    /// The facts an event message reports about this entry now (`ctnetlink_conntrack_event`
+    /// reads the same from the kernel's entry and its extensions).
+    fn event(
+        &self,
+        kind: MessageKind,
+        bits: EventBits,
+        now_ns: u64,
+        sysctls: &crate::config::Sysctls,
+    ) -> ConntrackEvent {
+        ConntrackEvent {
+            kind,
+            bits,
+            orig: self.orig,
+            reply: self.orig.invert().unwrap_or(self.orig),
+            zone: self.zone,
+            id: self.id,
+            status: self.status.0,
+            timeout_s: seconds_left(self.deadline_ns, now_ns),
+            tcp: match &self.proto {
+                ProtoState::Tcp(c) => Some(TcpInfo {
+                    state: c.state as u8,
+                    wscale: [c.seen[0].td_scale, c.seen[1].td_scale],
+                    flags: [c.seen[0].flags, c.seen[1].flags],
+                }),
+                _ => None,
+            },
+            master: self.master,
+            mark: self.mark,
+            counters: sysctls.acct.then_some(self.counters),
+            timestamps: sysctls.timestamp.then_some((self.start_ns, self.stop_ns)),
+            event_ns: now_ns,
+            port_id: 0,
+        }
+    }
+
     fn cache_event(&mut self, bits: EventBits) {
         if let Some(c) = self.ecache.as_mut() {
             c.cache.insert(bits);
@@ -1315,45 +1244,6 @@ fn portable_hash(seed: u64, t: &Tuple) -> u64 {
         h = mix(h ^ u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
     }
     mix(h ^ (a << 32) ^ (b << 16) ^ ((t.proto as u64) << 8) ^ t.family as u64)
-}
-
-/// A tuple nest as `ctnetlink_dump_tuples` writes it (see [`netlink::tuple_attrs`]).
-fn write_tuple(w: &mut netlink::MessageWriter<'_>, nest: u16, t: &Tuple) {
-    use netlink::consts::*;
-    let n = w.begin_nest(nest);
-    let ip = w.begin_nest(CTA_TUPLE_IP);
-    match t.family {
-        tuple::Family::Ipv4 => {
-            w.bytes(CTA_IP_V4_SRC, &t.src.0[..4]);
-            w.bytes(CTA_IP_V4_DST, &t.dst.0[..4]);
-        }
-        tuple::Family::Ipv6 => {
-            w.bytes(CTA_IP_V6_SRC, &t.src.0);
-            w.bytes(CTA_IP_V6_DST, &t.dst.0);
-        }
-    }
-    w.end_nest(ip);
-    let p = w.begin_nest(CTA_TUPLE_PROTO);
-    w.u8(CTA_PROTO_NUM, t.proto);
-    match t.l4 {
-        L4Tuple::Ports { src, dst } => {
-            w.u16(CTA_PROTO_SRC_PORT, src);
-            w.u16(CTA_PROTO_DST_PORT, dst);
-        }
-        L4Tuple::Icmp { id, kind, code } if t.proto == ipproto::ICMPV6 => {
-            w.u16(CTA_PROTO_ICMPV6_ID, id);
-            w.u8(CTA_PROTO_ICMPV6_TYPE, kind);
-            w.u8(CTA_PROTO_ICMPV6_CODE, code);
-        }
-        L4Tuple::Icmp { id, kind, code } => {
-            w.u16(CTA_PROTO_ICMP_ID, id);
-            w.u8(CTA_PROTO_ICMP_TYPE, kind);
-            w.u8(CTA_PROTO_ICMP_CODE, code);
-        }
-        L4Tuple::None => {}
-    }
-    w.end_nest(p);
-    w.end_nest(n);
 }
 
 fn dir_verdict(dir: Direction) -> Verdict {

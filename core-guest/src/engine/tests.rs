@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::config::Sysctls;
-use crate::netlink::{CtAttr, CtMessage, ProtoInfoAttr, TcpInfoAttr};
+use crate::netlink::{CtAttr, CtMessage};
 use crate::proto::tcp::flag::*;
 use crate::wire::build;
 
@@ -136,6 +136,9 @@ impl Run {
                 if frame.group >= crate::engine::expect::GROUP_EXP_NEW {
                     let (msg, _) = crate::netlink::ExpMessage::parse(frame.netlink)
                         .expect("an expectation message");
+                    let mut reemitted = Vec::new();
+                    msg.emit_to_vec(&mut reemitted);
+                    assert_eq!(reemitted, frame.netlink, "typed re-emit differs");
                     let failed = self.fail_next > 0;
                     if failed {
                         self.fail_next -= 1;
@@ -152,6 +155,9 @@ impl Run {
                 }
                 let (msg, used) = CtMessage::parse(frame.netlink).expect("a ctnetlink message");
                 assert_eq!(used, frame.netlink.len());
+                // The typed codec, itself checked against bytes captured from Linux, re-emits
+                // every event the engine writes byte for byte.
+                assert_eq!(msg.to_vec(), frame.netlink, "typed re-emit differs");
                 let status = msg.status().expect("status in every event");
                 let failed = self.fail_next > 0;
                 if failed {
@@ -1035,112 +1041,4 @@ mod expectations {
         assert_eq!(data_syn(&mut r, 2 * MS, 20), Verdict::New);
         assert!(r.log.last().unwrap().bits.contains(EventBits::RELATED));
     }
-}
-
-/// The typed encoding of events, the reference the engine's direct writer is checked against
-/// (see `Tracker::emit`).
-impl Tracker {
-    /// The ctnetlink message the kernel would send for this entry and these bits
-    /// (`ctnetlink_conntrack_event`), as a typed value: the reference [`Tracker::write_event`]
-    /// is checked against in tests.
-    pub(super) fn message_for(
-        &self,
-        slot: u32,
-        now_ns: u64,
-        bits: EventBits,
-        kind: MessageKind,
-    ) -> CtMessage {
-        use netlink::consts::*;
-        let e = &self.slab[slot as usize];
-        let s = &self.config.sysctls;
-        let destroy = kind == MessageKind::Destroy;
-        let reply = e.orig.invert().unwrap_or(e.orig);
-        let mut attrs = Vec::with_capacity(12);
-        attrs.push(CtAttr::TupleOrig(netlink::tuple_attrs(&e.orig)));
-        attrs.push(CtAttr::TupleReply(netlink::tuple_attrs(&reply)));
-        if e.zone != 0 {
-            attrs.push(CtAttr::Zone(e.zone));
-        }
-        attrs.push(CtAttr::Id(e.id));
-        attrs.push(CtAttr::Status(e.status.0));
-        let timeout_s = seconds_left(e.deadline_ns, now_ns);
-        let tcp = match &e.proto {
-            ProtoState::Tcp(c) => Some(c),
-            _ => None,
-        };
-        if destroy {
-            // Left out when the entry timed out; an entry killed early still has time left.
-            if timeout_s != 0 {
-                attrs.push(CtAttr::Timeout(timeout_s));
-            }
-            if s.acct {
-                attrs.push(CtAttr::CountersOrig(counter_attrs(e.counters[0])));
-                attrs.push(CtAttr::CountersReply(counter_attrs(e.counters[1])));
-            }
-            if s.timestamp {
-                let mut ts = vec![netlink::TimestampAttr::Start(e.start_ns)];
-                if e.stop_ns != 0 {
-                    ts.push(netlink::TimestampAttr::Stop(e.stop_ns));
-                }
-                attrs.push(CtAttr::Timestamp(ts));
-            }
-            if let Some(c) = tcp {
-                attrs.push(CtAttr::ProtoInfo(vec![ProtoInfoAttr::Tcp(vec![
-                    TcpInfoAttr::State(c.state as u8),
-                ])]));
-            }
-        } else {
-            attrs.push(CtAttr::Timeout(timeout_s));
-            if let (Some(c), true) = (tcp, bits.contains(EventBits::PROTOINFO)) {
-                attrs.push(CtAttr::ProtoInfo(vec![ProtoInfoAttr::Tcp(vec![
-                    TcpInfoAttr::State(c.state as u8),
-                    TcpInfoAttr::WscaleOriginal(c.seen[0].td_scale),
-                    TcpInfoAttr::WscaleReply(c.seen[1].td_scale),
-                    TcpInfoAttr::FlagsOriginal {
-                        flags: c.seen[0].flags,
-                        mask: 0,
-                    },
-                    TcpInfoAttr::FlagsReply {
-                        flags: c.seen[1].flags,
-                        mask: 0,
-                    },
-                ])]));
-            }
-        }
-        if let (false, Some(master)) = (destroy, &e.master)
-            && bits.contains(EventBits::RELATED)
-        {
-            attrs.push(CtAttr::TupleMaster(netlink::tuple_attrs(master)));
-        }
-        if e.mark != 0 || bits.contains(EventBits::MARK) {
-            attrs.push(CtAttr::Mark(e.mark));
-        }
-        if s.timestamp {
-            attrs.push(CtAttr::TimestampEvent(now_ns));
-        }
-        let (msg, flags) = match kind {
-            MessageKind::Destroy => (IPCTNL_MSG_CT_DELETE, 0),
-            MessageKind::New => (IPCTNL_MSG_CT_NEW, NLM_F_CREATE | NLM_F_EXCL),
-            MessageKind::Update => (IPCTNL_MSG_CT_NEW, 0),
-        };
-        CtMessage {
-            header: NlHeader {
-                msg_type: ((NFNL_SUBSYS_CTNETLINK as u16) << 8) | msg as u16,
-                flags,
-                seq: 0,
-                port_id: 0,
-            },
-            family: e.orig.family as u8,
-            version: 0,
-            res_id: 0,
-            attrs,
-        }
-    }
-}
-
-fn counter_attrs(c: Counters) -> Vec<netlink::CounterAttr> {
-    vec![
-        netlink::CounterAttr::Packets(c.packets),
-        netlink::CounterAttr::Bytes(c.bytes),
-    ]
 }

@@ -770,10 +770,7 @@ fn parse_body(header: NlHeader, msg: &[u8]) -> Result<CtMessage, DecodeError> {
             msg_type: header.msg_type,
         });
     }
-    let nfgen = msg
-        .get(NLMSG_HDRLEN..NLMSG_HDRLEN + NFGENMSG_LEN)
-        .ok_or(DecodeError::ShortHeader)?;
-    let body = &msg[NLMSG_HDRLEN + NFGENMSG_LEN..];
+    let ((family, version, res_id), body) = split_nfgenmsg(msg)?;
     let attrs = if carries_cta(sub) {
         parse_list::<CtAttr>(body, 1)?
     } else {
@@ -784,9 +781,9 @@ fn parse_body(header: NlHeader, msg: &[u8]) -> Result<CtMessage, DecodeError> {
     };
     Ok(CtMessage {
         header,
-        family: nfgen[0],
-        version: nfgen[1],
-        res_id: u16::from_be_bytes([nfgen[2], nfgen[3]]),
+        family,
+        version,
+        res_id,
         attrs,
     })
 }
@@ -798,17 +795,38 @@ impl Emitable for CtMessage {
 
     fn emit(&self, buf: &mut [u8]) {
         let len = self.buffer_len();
-        let h = &self.header;
-        buf[0..4].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_ne_bytes());
-        buf[4..6].copy_from_slice(&h.msg_type.to_ne_bytes());
-        buf[6..8].copy_from_slice(&h.flags.to_ne_bytes());
-        buf[8..12].copy_from_slice(&h.seq.to_ne_bytes());
-        buf[12..16].copy_from_slice(&h.port_id.to_ne_bytes());
-        buf[16] = self.family;
-        buf[17] = self.version;
-        buf[18..20].copy_from_slice(&self.res_id.to_be_bytes());
+        emit_headers(
+            buf,
+            len,
+            &self.header,
+            self.family,
+            self.version,
+            self.res_id,
+        );
         emit_list(&self.attrs, &mut buf[NLMSG_HDRLEN + NFGENMSG_LEN..len]);
     }
+}
+
+/// Writes `nlmsghdr` (host order, `len` saturated to 32 bits) and `nfgenmsg` (`res_id`
+/// big-endian): the part conntrack and expectation messages share.
+fn emit_headers(buf: &mut [u8], len: usize, h: &NlHeader, family: u8, version: u8, res_id: u16) {
+    buf[0..4].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_ne_bytes());
+    buf[4..6].copy_from_slice(&h.msg_type.to_ne_bytes());
+    buf[6..8].copy_from_slice(&h.flags.to_ne_bytes());
+    buf[8..12].copy_from_slice(&h.seq.to_ne_bytes());
+    buf[12..16].copy_from_slice(&h.port_id.to_ne_bytes());
+    buf[16] = family;
+    buf[17] = version;
+    buf[18..20].copy_from_slice(&res_id.to_be_bytes());
+}
+
+/// `nfgenmsg` of a framed message: `(family, version, res_id)` and the attribute bytes after it.
+fn split_nfgenmsg(msg: &[u8]) -> Result<((u8, u8, u16), &[u8]), DecodeError> {
+    let nfgen = msg
+        .get(NLMSG_HDRLEN..NLMSG_HDRLEN + NFGENMSG_LEN)
+        .ok_or(DecodeError::ShortHeader)?;
+    let fields = (nfgen[0], nfgen[1], u16::from_be_bytes([nfgen[2], nfgen[3]]));
+    Ok((fields, &msg[NLMSG_HDRLEN + NFGENMSG_LEN..]))
 }
 
 impl CtMessage {
@@ -988,15 +1006,6 @@ pub fn follows_order(attrs: &[CtAttr], order: &[u16]) -> bool {
 
 // ---- expectation messages ---------------------------------------------------------------------
 
-const CTA_EXPECT_MASTER: u16 = 1;
-const CTA_EXPECT_TUPLE: u16 = 2;
-const CTA_EXPECT_MASK: u16 = 3;
-const CTA_EXPECT_TIMEOUT: u16 = 4;
-const CTA_EXPECT_ID: u16 = 5;
-const CTA_EXPECT_ZONE: u16 = 7;
-const CTA_EXPECT_FLAGS: u16 = 8;
-const CTA_EXPECT_CLASS: u16 = 9;
-
 emitable_attr!(super::ExpAttr, TupleAttr, |a| match a {
     super::ExpAttr::Master(t) => Wire::Nest(CTA_EXPECT_MASTER, t),
     super::ExpAttr::Tuple(t) => Wire::Nest(CTA_EXPECT_TUPLE, t),
@@ -1035,14 +1044,14 @@ impl Emitable for super::ExpMessage {
 
     fn emit(&self, buf: &mut [u8]) {
         let len = self.buffer_len();
-        buf[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
-        buf[4..6].copy_from_slice(&self.header.msg_type.to_ne_bytes());
-        buf[6..8].copy_from_slice(&self.header.flags.to_ne_bytes());
-        buf[8..12].copy_from_slice(&self.header.seq.to_ne_bytes());
-        buf[12..16].copy_from_slice(&self.header.port_id.to_ne_bytes());
-        buf[16] = self.family;
-        buf[17] = self.version;
-        buf[18..20].copy_from_slice(&self.res_id.to_be_bytes());
+        emit_headers(
+            buf,
+            len,
+            &self.header,
+            self.family,
+            self.version,
+            self.res_id,
+        );
         emit_list(&self.attrs, &mut buf[NLMSG_HDRLEN + NFGENMSG_LEN..len]);
     }
 }
@@ -1063,16 +1072,13 @@ impl super::ExpMessage {
                 msg_type: header.msg_type,
             });
         }
-        let nfgen = msg
-            .get(NLMSG_HDRLEN..NLMSG_HDRLEN + NFGENMSG_LEN)
-            .ok_or(DecodeError::ShortHeader)?;
-        let attrs = parse_list(&msg[NLMSG_HDRLEN + NFGENMSG_LEN..], 1)?;
+        let ((family, version, res_id), body) = split_nfgenmsg(msg)?;
         let message = super::ExpMessage {
             header,
-            family: nfgen[0],
-            version: nfgen[1],
-            res_id: u16::from_be_bytes([nfgen[2], nfgen[3]]),
-            attrs,
+            family,
+            version,
+            res_id,
+            attrs: parse_list(body, 1)?,
         };
         Ok((message, align4(len).min(buf.len())))
     }

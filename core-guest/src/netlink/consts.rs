@@ -126,6 +126,17 @@ pub const IPCTNL_MSG_EXP_GET: u8 = 1;
 pub const IPCTNL_MSG_EXP_DELETE: u8 = 2;
 pub const IPCTNL_MSG_EXP_GET_STATS_CPU: u8 = 3;
 
+// enum ctattr_expect (attributes of CTNETLINK_EXP messages)
+pub const CTA_EXPECT_MASTER: u16 = 1;
+pub const CTA_EXPECT_TUPLE: u16 = 2;
+pub const CTA_EXPECT_MASK: u16 = 3;
+pub const CTA_EXPECT_TIMEOUT: u16 = 4;
+pub const CTA_EXPECT_ID: u16 = 5;
+pub const CTA_EXPECT_HELP_NAME: u16 = 6;
+pub const CTA_EXPECT_ZONE: u16 = 7;
+pub const CTA_EXPECT_FLAGS: u16 = 8;
+pub const CTA_EXPECT_CLASS: u16 = 9;
+
 /// `nfnl_msg_type(subsys, msg)`: the full `nlmsg_type` of an nfnetlink message.
 pub const fn nfnl_msg_type(subsys: u8, msg: u8) -> u16 {
     ((subsys as u16) << 8) | msg as u16

@@ -18,8 +18,10 @@ mod codec;
 mod writer;
 pub use writer::MessageWriter;
 pub mod consts;
+pub mod event;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
+pub use event::{AttrSink, ConntrackEvent, ExpectEvent, ExpectEventKind, TcpInfo};
 
 pub use codec::{DecodeError, parse_messages};
 pub use codec::{

@@ -3,14 +3,11 @@
 //! [`super::CtMessage`] is the typed representation: a tree of attribute lists that round-trips
 //! anything the kernel sends. Building that tree for every event costs a dozen small
 //! allocations, so the engine writes its events with this cursor instead, attribute by
-//! attribute, into the outbox it already owns. The two must give the same bytes; a test in the
-//! engine checks every event it writes against the typed path, which is itself checked against
-//! bytes captured from Linux.
+//! attribute, into the outbox it already owns. Events reach it through the one encoder in
+//! [`super::event`], whose tests check that this byte path and the typed path agree and both
+//! give the bytes captured from Linux.
 
-use super::consts::NLA_F_NESTED;
-
-const NLMSG_HDRLEN: usize = 16;
-const NLA_HDRLEN: usize = 4;
+use super::consts::{NLA_F_NESTED, NLA_HDRLEN, NLMSG_HDRLEN};
 
 /// Appends netlink structures to a `Vec<u8>`; nests and the message are closed by offset.
 #[derive(Debug)]

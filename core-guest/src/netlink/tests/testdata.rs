@@ -30,7 +30,7 @@ use crate::tuple::{Family, L4Tuple};
 
 /// One captured event message and what it says.
 #[derive(Debug)]
-pub(super) struct EventFixture {
+pub(crate) struct EventFixture {
     pub name: &'static str,
     /// The `nl_groups` bitmask `recvfrom` reported (1 = NEW, 2 = UPDATE, 4 = DESTROY).
     pub groups: u32,
@@ -52,7 +52,7 @@ pub(super) struct EventFixture {
     pub ts_event: Option<u64>,
 }
 
-pub(super) const EVENTS: &[EventFixture] = &[
+pub(crate) const EVENTS: &[EventFixture] = &[
     EventFixture {
         name: "tcp4_new_syn_sent",
         groups: 1,
@@ -932,8 +932,8 @@ pub(super) const EVENTS: &[EventFixture] = &[
 
 /// One `recv()` of the reply to `IPCTNL_MSG_CT_GET` with `NLM_F_REQUEST|NLM_F_DUMP`, family
 /// `AF_UNSPEC`, seq 1: 6 conntrack messages (`NLM_F_MULTI`) in one datagram.
-pub(super) const DUMP_MESSAGES: usize = 6;
-pub(super) const DUMP: &str = concat!(
+pub(crate) const DUMP_MESSAGES: usize = 6;
+pub(crate) const DUMP: &str = concat!(
     "4c0100000001020001000000393100000a0000004c0001802c00018014000300000000000000000000000000",
     "0000000114000400000000000000000000000000000000011c0002800500010006000000060002009e900000",
     "06000300ce6300004c0002802c00018014000300000000000000000000000000000000011400040000000000",
@@ -976,11 +976,11 @@ pub(super) const DUMP: &str = concat!(
 );
 
 /// The next `recv()`: `NLMSG_DONE` (flags `NLM_F_MULTI`).
-pub(super) const DUMP_DONE: &str = "1400000003000200010000003931000000000000";
+pub(crate) const DUMP_DONE: &str = "1400000003000200010000003931000000000000";
 
 /// `IPCTNL_MSG_CT_GET` (seq 2) of a TCP tuple 127.0.0.1:9 -> 127.0.0.1:9 that does not exist:
 /// `NLMSG_ERROR` with -ENOENT followed by the whole request.
-pub(super) const ENOENT: &str = concat!(
+pub(crate) const ENOENT: &str = concat!(
     "5c000000020000000200000039310000feffffff480000000101010002000000000000000200000034000180",
     "14000180080001007f000001080002007f0000011c0002800500010006000000060002000009000006000300",
     "00090000",
@@ -988,9 +988,9 @@ pub(super) const ENOENT: &str = concat!(
 
 /// `IPCTNL_MSG_CT_GET_STATS` with `NLM_F_ACK` (seq 3): the reply (CTA_STATS_GLOBAL_ENTRIES,
 /// CTA_STATS_GLOBAL_MAX_ENTRIES) ...
-pub(super) const STATS: &str =
+pub(crate) const STATS: &str =
     "240000000501020003000000393100000000000008000100000000060800020000040000";
 
 /// ... and the ACK (`NLMSG_ERROR` with error 0, flags `NLM_F_CAPPED`).
-pub(super) const ACK: &str =
+pub(crate) const ACK: &str =
     "240000000200000103000000393100000000000014000000050105000300000000000000";
