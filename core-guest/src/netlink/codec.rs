@@ -770,7 +770,14 @@ fn parse_body(header: NlHeader, msg: &[u8]) -> Result<CtMessage, DecodeError> {
             msg_type: header.msg_type,
         });
     }
-    let ((family, version, res_id), body) = split_nfgenmsg(msg)?;
+    let (
+        NfGenMsg {
+            family,
+            version,
+            res_id,
+        },
+        body,
+    ) = split_nfgenmsg(msg)?;
     let attrs = if carries_cta(sub) {
         parse_list::<CtAttr>(body, 1)?
     } else {
@@ -820,12 +827,23 @@ fn emit_headers(buf: &mut [u8], len: usize, h: &NlHeader, family: u8, version: u
     buf[18..20].copy_from_slice(&res_id.to_be_bytes());
 }
 
-/// `nfgenmsg` of a framed message: `(family, version, res_id)` and the attribute bytes after it.
-fn split_nfgenmsg(msg: &[u8]) -> Result<((u8, u8, u16), &[u8]), DecodeError> {
+/// `struct nfgenmsg`.
+struct NfGenMsg {
+    family: u8,
+    version: u8,
+    res_id: u16,
+}
+
+/// `nfgenmsg` of a framed message, and the attribute bytes after it.
+fn split_nfgenmsg(msg: &[u8]) -> Result<(NfGenMsg, &[u8]), DecodeError> {
     let nfgen = msg
         .get(NLMSG_HDRLEN..NLMSG_HDRLEN + NFGENMSG_LEN)
         .ok_or(DecodeError::ShortHeader)?;
-    let fields = (nfgen[0], nfgen[1], u16::from_be_bytes([nfgen[2], nfgen[3]]));
+    let fields = NfGenMsg {
+        family: nfgen[0],
+        version: nfgen[1],
+        res_id: u16::from_be_bytes([nfgen[2], nfgen[3]]),
+    };
     Ok((fields, &msg[NLMSG_HDRLEN + NFGENMSG_LEN..]))
 }
 
@@ -1072,7 +1090,14 @@ impl super::ExpMessage {
                 msg_type: header.msg_type,
             });
         }
-        let ((family, version, res_id), body) = split_nfgenmsg(msg)?;
+        let (
+            NfGenMsg {
+                family,
+                version,
+                res_id,
+            },
+            body,
+        ) = split_nfgenmsg(msg)?;
         let message = super::ExpMessage {
             header,
             family,
