@@ -234,7 +234,7 @@ fn exp_attr(node: Node) -> ExpAttr {
 
 impl ConntrackEvent {
     /// The message as the codec's typed model, built through [`TypedSink`].
-    pub(crate) fn to_message(&self) -> CtMessage {
+    pub(crate) fn to_message(self) -> CtMessage {
         let mut sink = TypedSink::new();
         self.write_attrs(&mut sink);
         CtMessage {
@@ -249,7 +249,7 @@ impl ConntrackEvent {
 
 impl ExpectEvent {
     /// The message as the codec's typed model, built through [`TypedSink`].
-    pub(crate) fn to_message(&self) -> ExpMessage {
+    pub(crate) fn to_message(self) -> ExpMessage {
         let mut sink = TypedSink::new();
         self.write_attrs(&mut sink);
         ExpMessage {
