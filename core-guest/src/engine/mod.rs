@@ -23,11 +23,10 @@ use crate::config::{Config, RetryPolicy};
 use crate::event::{EventBits, MessageKind, Status, TcpState};
 use crate::netlink::Counters;
 use crate::netlink::event::{ConntrackEvent, TcpInfo};
-use crate::proto::{Outcome, PacketContext, ProtoState, Segment, tcp};
+use crate::proto::{self, L4Packet, Outcome, PacketContext, ProtoState, Segment};
 use crate::stats::Stats;
 use crate::timer::TimerWheel;
 use crate::tuple::{self, Direction, L4Tuple, Tuple, ipproto};
-use crate::wire;
 
 const NS_PER_S: u64 = 1_000_000_000;
 /// The kernel counts timeouts in jiffies; ctnetlink reports whole seconds of jiffies left.
@@ -318,140 +317,18 @@ impl Tracker {
     }
 
     fn ingest_one(&mut self, now_ns: u64, zone: u16, packet: &[u8]) -> Verdict {
-        let Ok(l3) = wire::parse_l3(packet) else {
-            return Verdict::Invalid;
-        };
-        let l4 = &packet[l3.l4_offset..l3.l4_offset + l3.l4_len];
-        let mut segment = Segment {
-            wire_len: l3.wire_len,
-            tcp: None,
-        };
-        let l4_tuple = match l3.proto {
-            ipproto::TCP => {
-                let Ok(p) = wire::tcp::Packet::new_checked(l4) else {
-                    return Verdict::Invalid;
-                };
-                let r = wire::tcp::Repr::parse(&p);
-                let flags = r.flags.0;
-                if !tcp::valid_flags(flags) {
-                    return Verdict::Invalid;
-                }
-                let header_len = r.header_len as u32;
-                let l4_wire_len = l3.wire_len.saturating_sub(l3.l4_offset as u32);
-                segment.tcp = Some(tcp::TcpSegment {
-                    seq: r.seq,
-                    ack: r.ack,
-                    flags,
-                    window: r.window,
-                    wscale: r.wscale,
-                    sack_perm: r.sack_perm,
-                    payload_len: l4_wire_len.saturating_sub(header_len),
-                });
-                L4Tuple::Ports {
-                    src: r.src_port,
-                    dst: r.dst_port,
-                }
-            }
-            ipproto::UDP => {
-                let Ok(p) = wire::udp::Packet::new_checked(l4) else {
-                    return Verdict::Invalid;
-                };
-                L4Tuple::Ports {
-                    src: p.src_port(),
-                    dst: p.dst_port(),
-                }
-            }
-            ipproto::ICMP => {
-                let Ok(p) = wire::icmp::Packet::new_checked(l4) else {
-                    return Verdict::Invalid;
-                };
-                let (kind, code) = (p.msg_type(), p.msg_code());
-                if p.is_error() {
-                    return match p.embedded() {
-                        Some(inner) => self.related(zone, &l3, inner),
-                        None => Verdict::Invalid,
-                    };
-                }
-                if kind > 18 || tuple::invert_icmp_type(ipproto::ICMP, kind).is_none() {
-                    return Verdict::Invalid;
-                }
-                L4Tuple::Icmp {
-                    id: p.echo_ident(),
-                    kind,
-                    code,
-                }
-            }
-            ipproto::ICMPV6 => {
-                let Ok(p) = wire::icmpv6::Packet::new_checked(l4) else {
-                    return Verdict::Invalid;
-                };
-                let (kind, code) = (p.msg_type(), p.msg_code());
-                if p.is_untracked_type() {
-                    return Verdict::Untracked;
-                }
-                if p.is_error() {
-                    return match p.embedded() {
-                        Some(inner) => self.related(zone, &l3, inner),
-                        None => Verdict::Invalid,
-                    };
-                }
-                if tuple::invert_icmp_type(ipproto::ICMPV6, kind).is_none() {
-                    return Verdict::Invalid;
-                }
-                L4Tuple::Icmp {
-                    id: p.echo_ident(),
-                    kind,
-                    code,
-                }
-            }
-            _ => L4Tuple::None,
-        };
-        let tuple = Tuple {
-            family: l3.family,
-            src: l3.src,
-            dst: l3.dst,
-            proto: l3.proto,
-            l4: l4_tuple,
-        };
-        self.track(now_ns, zone, tuple, &segment)
+        match proto::parse_packet(packet) {
+            L4Packet::Track { tuple, segment } => self.track(now_ns, zone, tuple, &segment),
+            L4Packet::Error { quoted } => self.related(zone, &quoted),
+            L4Packet::Untracked => Verdict::Untracked,
+            L4Packet::Invalid => Verdict::Invalid,
+        }
     }
 
-    /// An ICMP error: find the entry of the packet it quotes and attach it as RELATED. It never
-    /// creates an entry, refreshes nothing and raises no event.
-    fn related(&mut self, zone: u16, outer: &wire::L3Info, embedded: &[u8]) -> Verdict {
-        let Ok(inner) = wire::parse_embedded_l3(embedded) else {
-            return Verdict::Invalid;
-        };
-        let l4 = &embedded[inner.l4_offset..];
-        let l4_tuple = match inner.proto {
-            ipproto::TCP | ipproto::UDP => match wire::tcp::ports(l4) {
-                Ok((src, dst)) => L4Tuple::Ports { src, dst },
-                Err(_) => return Verdict::Invalid,
-            },
-            ipproto::ICMP | ipproto::ICMPV6 => {
-                if l4.len() < 6 {
-                    return Verdict::Invalid;
-                }
-                L4Tuple::Icmp {
-                    id: u16::from_be_bytes([l4[4], l4[5]]),
-                    kind: l4[0],
-                    code: l4[1],
-                }
-            }
-            _ => L4Tuple::None,
-        };
-        let quoted = Tuple {
-            family: inner.family,
-            src: inner.src,
-            dst: inner.dst,
-            proto: inner.proto,
-            l4: l4_tuple,
-        };
-        // The error travels back towards the sender of the quoted packet.
-        if outer.dst != quoted.src || outer.family != quoted.family {
-            return Verdict::Invalid;
-        }
-        match self.index.get(&(zone, quoted)) {
+    /// An ICMP error about the flow `quoted`: attached as RELATED to its entry. It never creates
+    /// an entry, refreshes nothing and raises no event.
+    fn related(&mut self, zone: u16, quoted: &Tuple) -> Verdict {
+        match self.index.get(&(zone, *quoted)) {
             Some(&(_, Direction::Original)) => {
                 self.stats.found += 1;
                 // The quoted packet went in the original direction, so the error is a reply.

@@ -13,7 +13,7 @@
 use super::{L4Tracker, Outcome, PacketContext, Segment};
 use crate::config::Sysctls;
 use crate::event::{EventBits, Status, TcpState};
-use crate::tuple::Direction;
+use crate::tuple::{Direction, L4Tuple};
 
 /// TCP header flag bits.
 pub mod flag {
@@ -63,6 +63,32 @@ impl TcpSegment {
             .wrapping_add(self.has(flag::SYN) as u32)
             .wrapping_add(self.has(flag::FIN) as u32)
     }
+}
+
+/// Reads a TCP header into its ports and the segment the tracker sees, or `None` when it is
+/// truncated or carries a flag combination the kernel refuses. `l4_wire_len` is the L4 length
+/// the IP header claims (captures may cut the payload).
+pub fn parse_segment(l4: &[u8], l4_wire_len: usize) -> Option<(L4Tuple, TcpSegment)> {
+    let packet = crate::wire::tcp::Packet::new_checked(l4).ok()?;
+    let r = crate::wire::tcp::Repr::parse(&packet);
+    let flags = r.flags.0;
+    if !valid_flags(flags) {
+        return None;
+    }
+    let ports = L4Tuple::Ports {
+        src: r.src_port,
+        dst: r.dst_port,
+    };
+    let segment = TcpSegment {
+        seq: r.seq,
+        ack: r.ack,
+        flags,
+        window: r.window,
+        wscale: r.wscale,
+        sack_perm: r.sack_perm,
+        payload_len: (l4_wire_len as u32).saturating_sub(r.header_len as u32),
+    };
+    Some((ports, segment))
 }
 
 /// Flag combinations the kernel accepts (`tcp_valid_flags`), after PSH, ECE and CWR are masked.
