@@ -27,10 +27,12 @@
 //! - [`tuple`](mod@tuple): what identifies a flow direction; inversion of tuples and ICMP types.
 //! - [`proto`]: one tracker per protocol behind one trait (TCP's state machine, UDP's stream
 //!   rule, ICMP queries, generic).
-//! - [`engine`]: the table, the per-packet path, the event cache and missed bits, the dying list
-//!   and its retry policies, the outbox; expectations in [`engine::expect`].
+//! - [`engine`]: the tracker, split as the kernel splits it: the table (slab, indexes, ids,
+//!   early drop), the per-packet path, the event cache (missed bits, outbox, dying list, retry
+//!   policies), expectations ([`engine::expect`]) and snapshots.
 //! - [`timer`]: a hierarchical timer wheel, so expiry costs the same whatever the table holds.
-//! - [`netlink`]: the ctnetlink codec; every event leaves as the bytes the kernel would send.
+//! - [`netlink`]: the ctnetlink codec; every event leaves as the bytes the kernel would send,
+//!   built by the one event encoder in [`netlink::event`].
 //! - [`event`], [`config`], [`stats`]: event and status bits, sysctls by their kernel names,
 //!   the kernel's counters.
 //! - [`proxy`]: connection-level calls for proxies, turned into the packets a stack would send.
@@ -38,6 +40,11 @@
 //!
 //! The component glue (`component.rs`, compiled for wasm only) maps the WIT interface in
 //! `wit/ctwasm.wit` onto [`Tracker`] and nothing else.
+//!
+//! What the engine promises its users, and the invariants the tests hold it to, are written
+//! out in `core-guest/docs/semantics.md`.
+
+#![forbid(unsafe_code)]
 
 pub mod batch;
 pub mod config;
@@ -55,7 +62,7 @@ pub mod wire;
 pub use config::{Config, RetryPolicy, Sysctls};
 pub use engine::expect::{ExpectError, ExpectMask, ExpectStats};
 pub use engine::{Delivery, EntryView, Tracker, Verdict};
-pub use event::{EventBits, MessageKind, Status, TcpState};
+pub use event::{EventBits, ExpEventBits, MessageKind, Status, TcpState};
 pub use proxy::ConnError;
 pub use snapshot::SnapshotError;
 pub use stats::Stats;

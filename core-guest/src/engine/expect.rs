@@ -19,18 +19,20 @@ use foldhash::fast::FixedState;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::*;
+use super::ecache::{KERNEL_RETRY_NS, Source};
+use super::table::Life;
+use super::{Delivery, NS_PER_S, Tracker, seconds_left};
+use crate::config::RetryPolicy;
+use crate::event::{ExpEventBits, MessageKind};
+use crate::netlink::consts::{NFNLGRP_CONNTRACK_EXP_DESTROY, NFNLGRP_CONNTRACK_EXP_NEW};
 use crate::netlink::event::{ExpectEvent, ExpectEventKind};
 use crate::snapshot::{Reader, SnapshotError, Writer};
-use crate::tuple::{Addr, Family};
-
-/// Expectation event bits (`IPEXP_*`), carried in the frame header's event field.
-pub const EXP_NEW: EventBits = EventBits(1 << 0);
-pub const EXP_DESTROY: EventBits = EventBits(1 << 1);
+use crate::timer::TimerWheel;
+use crate::tuple::{Addr, Family, L4Tuple, Tuple};
 
 /// Frame groups of expectation events (`NFNLGRP_CONNTRACK_EXP_*`).
-pub const GROUP_EXP_NEW: u8 = 4;
-pub const GROUP_EXP_DESTROY: u8 = 6;
+pub const GROUP_EXP_NEW: u8 = NFNLGRP_CONNTRACK_EXP_NEW as u8;
+pub const GROUP_EXP_DESTROY: u8 = NFNLGRP_CONNTRACK_EXP_DESTROY as u8;
 
 /// An expectation that stays after a connection matched it.
 pub const FLAG_PERMANENT: u32 = 1;
@@ -72,7 +74,7 @@ struct Expectation {
     mask: ExpectMask,
     flags: u32,
     deadline_ns: u64,
-    missed: EventBits,
+    missed: ExpEventBits,
     life: ExpLife,
 }
 
@@ -154,12 +156,12 @@ impl Tracker {
         flags: u32,
     ) -> Result<u32, ExpectError> {
         self.advance(now_ns);
-        let master_slot = match self.ids.get(&master_id) {
-            Some(&s) if self.slab[s as usize].life == Life::Live => s,
+        let master_slot = match self.table.slot_of(master_id) {
+            Some(s) if self.table.entry(s).life == Life::Live => s,
             _ => return Err(ExpectError::UnknownMaster),
         };
         let (zone, master_tuple) = {
-            let m = &self.slab[master_slot as usize];
+            let m = self.table.entry(master_slot);
             (m.zone, m.orig)
         };
         let x = &mut self.expectations;
@@ -188,7 +190,7 @@ impl Tracker {
             mask,
             flags,
             deadline_ns: now_ns.saturating_add(timeout_s as u64 * NS_PER_S),
-            missed: EventBits::empty(),
+            missed: ExpEventBits::empty(),
             life: ExpLife::Live,
         };
         let slot = match x.free.pop() {
@@ -207,7 +209,7 @@ impl Tracker {
         x.count += 1;
         x.live += 1;
         x.stats.expect_create += 1;
-        self.emit_expect(slot, now_ns, EXP_NEW);
+        self.emit_expect(slot, now_ns, ExpEventBits::NEW);
         Ok(id)
     }
 
@@ -286,7 +288,7 @@ impl Tracker {
         x.live -= 1;
         x.stats.expect_delete += 1;
         let missed = e.missed;
-        self.emit_expect(slot, now_ns, EXP_DESTROY.union(missed));
+        self.emit_expect(slot, now_ns, ExpEventBits::DESTROY.union(missed));
     }
 
     fn free_expectation(&mut self, slot: u32) {
@@ -313,7 +315,7 @@ impl Tracker {
                     self.expectations.slab[slot as usize].life = ExpLife::Destroying;
                     self.stats.destroy_retries += 1;
                     let missed = self.expectations.slab[slot as usize].missed;
-                    self.emit_expect(slot, now_ns, EXP_DESTROY.union(missed));
+                    self.emit_expect(slot, now_ns, ExpEventBits::DESTROY.union(missed));
                 }
                 ExpLife::Destroying | ExpLife::Free => {}
             }
@@ -325,8 +327,8 @@ impl Tracker {
         &mut self,
         slot: u32,
         generation: u32,
-        bits: EventBits,
-        missed_sent: EventBits,
+        bits: ExpEventBits,
+        missed_sent: ExpEventBits,
         result: Delivery,
     ) {
         let Some(e) = self.expectations.slab.get_mut(slot as usize) else {
@@ -335,16 +337,16 @@ impl Tracker {
         if e.generation != generation {
             return;
         }
-        match (bits.contains(EXP_DESTROY), result) {
+        match (bits.contains(ExpEventBits::DESTROY), result) {
             (true, Delivery::Delivered) => self.free_expectation(slot),
             (true, Delivery::Failed) => {
                 e.life = ExpLife::Dying;
-                e.missed.insert(bits.without(EXP_DESTROY));
+                e.missed.insert(bits.without(ExpEventBits::DESTROY));
                 let delay = match self.config.retry_policy {
                     RetryPolicy::Grace => self.grace_delay_ns(),
                     RetryPolicy::Kernel | RetryPolicy::OnDrain => KERNEL_RETRY_NS,
                 };
-                let at = self.now_ns + delay;
+                let at = self.now_ns.saturating_add(delay);
                 self.expectations.timers.schedule(slot, at);
             }
             (false, Delivery::Delivered) => e.missed.remove(missed_sent),
@@ -353,15 +355,15 @@ impl Tracker {
     }
 
     /// Queues an expectation event (`ctnetlink_expect_event`'s message).
-    fn emit_expect(&mut self, slot: u32, now_ns: u64, bits: EventBits) {
+    fn emit_expect(&mut self, slot: u32, now_ns: u64, bits: ExpEventBits) {
         if self.config.sysctls.events == 0 {
-            if bits.contains(EXP_DESTROY) {
+            if bits.contains(ExpEventBits::DESTROY) {
                 self.free_expectation(slot);
             }
             return;
         }
         let e = &self.expectations.slab[slot as usize];
-        let destroy = bits.contains(EXP_DESTROY);
+        let destroy = bits.contains(ExpEventBits::DESTROY);
         let mask_tuple = {
             let mut m = e.tuple;
             m.src = if e.mask.src_addr {
@@ -400,27 +402,20 @@ impl Tracker {
         };
         let generation = e.generation;
         let missed_sent = e.missed;
-        let start = self.outbox.bytes.len();
-        let frame = batch::begin_event(&mut self.outbox.bytes, bits, group, 0, now_ns);
-        event.write_to(&mut self.outbox.bytes);
-        batch::finish_event(&mut self.outbox.bytes, frame);
-        let len = self.outbox.bytes.len() - start;
-        self.outbox.queued.push_back(Pending {
+        let source = Source::Expectation {
             slot,
             generation,
             bits,
             missed_sent,
-            kind: if destroy {
-                MessageKind::Destroy
-            } else {
-                MessageKind::New
-            },
-            from_worker: false,
-            expect: true,
-            start,
-            len,
+        };
+        let kind = if destroy {
+            MessageKind::Destroy
+        } else {
+            MessageKind::New
+        };
+        self.queue(source, kind, group, 0, now_ns, false, |out| {
+            event.write_to(out)
         });
-        self.stats.events_emitted += 1;
     }
 
     /// Expectation counters.
@@ -485,7 +480,7 @@ impl Expectations {
                 },
                 flags: r.u32()?,
                 deadline_ns: r.u64()?,
-                missed: EventBits(r.u16()?),
+                missed: ExpEventBits(r.u16()?),
                 life: match r.u8()? {
                     0 => ExpLife::Free,
                     1 => ExpLife::Live,

@@ -1,15 +1,18 @@
 //! [`Tracker::snapshot`] and [`Tracker::restore`]: the encoding of every part of the tracker
 //! (the format's rationale is in `crate::snapshot`).
 
+use super::ecache::{Ecache, Pending, Source};
+use super::table::{Entry, Life, NIL};
 use super::*;
-use crate::config::Sysctls;
+use crate::config::{RetryPolicy, Sysctls};
+use crate::event::ExpEventBits;
 use crate::netlink::Counters;
 use crate::proto::generic::GenericConn;
 use crate::proto::icmp::IcmpConn;
 use crate::proto::tcp::{Class, Side, TcpConn};
 use crate::proto::udp::UdpConn;
 use crate::snapshot::{MAGIC, Reader, SnapshotError, SnapshotError::Invalid, Writer};
-use crate::tuple::{Addr, Family};
+use crate::tuple::{Addr, Family, L4Tuple};
 
 impl Tracker {
     /// The tracker's whole state as bytes; [`Tracker::restore`] continues from them.
@@ -17,44 +20,38 @@ impl Tracker {
         let mut w = Writer::default();
         w.buf.extend_from_slice(MAGIC);
         write_config(&mut w, &self.config);
-        w.u64(self.slab.len() as u64);
-        for e in &self.slab {
+        let table = &self.table;
+        w.u64(table.slab.len() as u64);
+        for e in &table.slab {
             write_entry(&mut w, e);
         }
-        w.u64(self.free.len() as u64);
-        for &f in &self.free {
+        w.u64(table.free.len() as u64);
+        for &f in &table.free {
             w.u32(f);
         }
         self.timers.encode(&mut w);
-        w.bytes(&self.outbox.bytes);
-        for list in [&self.outbox.queued, &self.outbox.in_flight] {
+        let ecache = &self.ecache;
+        w.bytes(&ecache.outbox.bytes);
+        for list in [&ecache.outbox.queued, &ecache.outbox.in_flight] {
             w.u64(list.len() as u64);
             for p in list {
-                w.u32(p.slot);
-                w.u32(p.generation);
-                w.u16(p.bits.0);
-                w.u16(p.missed_sent.0);
-                w.u8(p.kind as u8);
-                w.bool(p.from_worker);
-                w.bool(p.expect);
-                w.u64(p.start as u64);
-                w.u64(p.len as u64);
+                write_pending(&mut w, p);
             }
         }
-        w.u32(self.dying_head);
-        w.u32(self.dying_tail);
-        w.u64(self.dying_len);
-        w.u64(self.count);
-        w.u64(self.live);
-        for v in stats_fields(&self.stats) {
+        w.u32(ecache.dying.head);
+        w.u32(ecache.dying.tail);
+        w.u64(ecache.dying.len);
+        w.u64(table.count);
+        w.u64(table.live);
+        for v in self.stats.values() {
             w.u64(v);
         }
-        w.rng(&self.grace_rng);
-        w.rng(&self.id_rng);
+        w.rng(&ecache.grace_rng);
+        w.rng(&table.id_rng);
         w.bool(self.listener_present);
         w.bool(self.reliable_listener);
-        w.opt_u64(self.worker_at);
-        w.u64(self.worker_in_flight as u64);
+        w.opt_u64(ecache.worker.at);
+        w.u64(ecache.worker.in_flight as u64);
         w.u64(self.now_ns);
         self.expectations.encode(&mut w);
         w.buf
@@ -70,77 +67,65 @@ impl Tracker {
         let mut t = Tracker::new(config);
         let n = r.len()?;
         for _ in 0..n {
-            t.slab.push(read_entry(&mut r)?);
+            t.table.slab.push(read_entry(&mut r)?);
         }
-        let slab_len = t.slab.len();
+        let slab_len = t.table.slab.len();
         let slot_ok = |s: u32| (s as usize) < slab_len;
         let n = r.len()?;
         for _ in 0..n {
             let f = r.u32()?;
-            if !slot_ok(f) || t.slab[f as usize].life != Life::Free {
+            if !slot_ok(f) || t.table.entry(f).life != Life::Free {
                 return Err(Invalid("free list"));
             }
-            t.free.push(f);
+            t.table.free.push(f);
         }
         t.timers = TimerWheel::decode(&mut r, slab_len)?;
-        t.outbox.bytes = r.bytes()?.to_vec();
+        let ecache = &mut t.ecache;
+        ecache.outbox.bytes = r.bytes()?.to_vec();
         for which in 0..2 {
             let n = r.len()?;
             for _ in 0..n {
-                let p = Pending {
-                    slot: r.u32()?,
-                    generation: r.u32()?,
-                    bits: EventBits(r.u16()?),
-                    missed_sent: EventBits(r.u16()?),
-                    kind: match r.u8()? {
-                        0 => MessageKind::New,
-                        1 => MessageKind::Update,
-                        2 => MessageKind::Destroy,
-                        _ => return Err(Invalid("message kind")),
-                    },
-                    from_worker: r.bool()?,
-                    expect: r.bool()?,
-                    start: r.u64()? as usize,
-                    len: r.u64()? as usize,
-                };
+                let p = read_pending(&mut r)?;
                 let in_bytes = p
                     .start
                     .checked_add(p.len)
-                    .is_some_and(|end| end <= t.outbox.bytes.len());
-                if (!p.expect && !slot_ok(p.slot)) || (which == 0 && !in_bytes) {
+                    .is_some_and(|end| end <= ecache.outbox.bytes.len());
+                let entry_ok = match p.source {
+                    Source::Entry { slot, .. } => slot_ok(slot),
+                    Source::Expectation { .. } => true,
+                };
+                if !entry_ok || (which == 0 && !in_bytes) {
                     return Err(Invalid("outbox"));
                 }
                 if which == 0 {
-                    t.outbox.queued.push_back(p)
+                    ecache.outbox.queued.push_back(p)
                 } else {
-                    t.outbox.in_flight.push_back(p)
+                    ecache.outbox.in_flight.push_back(p)
                 }
             }
         }
-        t.dying_head = r.u32()?;
-        t.dying_tail = r.u32()?;
-        t.dying_len = r.u64()?;
-        t.count = r.u64()?;
-        t.live = r.u64()?;
-        let mut fields = [0u64; STATS_FIELDS];
+        ecache.dying.head = r.u32()?;
+        ecache.dying.tail = r.u32()?;
+        ecache.dying.len = r.u64()?;
+        t.table.count = r.u64()?;
+        t.table.live = r.u64()?;
+        let mut fields = [0u64; Stats::FIELD_COUNT];
         for f in &mut fields {
             *f = r.u64()?;
         }
-        t.stats = stats_from_fields(fields);
-        t.grace_rng = r.rng()?;
-        t.id_rng = r.rng()?;
+        t.stats = Stats::from_values(fields);
+        t.ecache.grace_rng = r.rng()?;
+        t.table.id_rng = r.rng()?;
         t.listener_present = r.bool()?;
         t.reliable_listener = r.bool()?;
-        t.worker_at = r.opt_u64()?;
-        t.worker_in_flight = r.u64()? as usize;
+        t.ecache.worker.at = r.opt_u64()?;
+        t.ecache.worker.in_flight = r.u64()? as usize;
         t.now_ns = r.u64()?;
         t.expectations = expect::Expectations::decode(&mut r, t.config.seed, slab_len)?;
-        if t.outbox
-            .queued
-            .iter()
-            .chain(&t.outbox.in_flight)
-            .any(|p| p.expect && p.slot as usize >= t.expectations.len())
-        {
+        let expectations = t.expectations.len();
+        if t.ecache.outbox.unreported().any(|p| {
+            matches!(p.source, Source::Expectation { slot, .. } if slot as usize >= expectations)
+        }) {
             return Err(Invalid("outbox"));
         }
         if !r.is_empty() {
@@ -153,40 +138,18 @@ impl Tracker {
     /// Rebuilds the hash index and the id map from the entries and checks that the counts and
     /// the dying list agree with them.
     fn rebuild_indexes(&mut self) -> Result<(), SnapshotError> {
-        let (mut live, mut counted, mut dying) = (0u64, 0u64, 0u64);
-        for (slot, e) in self.slab.iter().enumerate() {
-            let slot = slot as u32;
-            if e.life == Life::Free {
-                continue;
-            }
-            counted += 1;
-            if e.id == 0 || self.ids.insert(e.id, slot).is_some() {
-                return Err(Invalid("entry ids"));
-            }
-            match e.life {
-                Life::Live => {
-                    live += 1;
-                    let reply = e.orig.invert().unwrap_or(e.orig);
-                    self.index
-                        .insert((e.zone, e.orig), (slot, Direction::Original));
-                    if self
-                        .index
-                        .insert((e.zone, reply), (slot, Direction::Reply))
-                        .is_some()
-                    {
-                        return Err(Invalid("tuples (two entries with one tuple)"));
-                    }
-                }
-                Life::Dying => dying += 1,
-                Life::Destroying | Life::Free => {}
-            }
-        }
+        let (live, counted, dying) = self.table.reindex().map_err(Invalid)?;
         // Walk the dying list: it must visit every dying entry once, in range.
+        let list = self.ecache.dying;
         let mut seen = 0u64;
-        let mut at = self.dying_head;
+        let mut at = list.head;
         let mut prev = NIL;
         while at != NIL {
-            let e = self.slab.get(at as usize).ok_or(Invalid("dying list"))?;
+            let e = self
+                .table
+                .slab
+                .get(at as usize)
+                .ok_or(Invalid("dying list"))?;
             if e.life != Life::Dying || e.dying_prev != prev || seen >= dying {
                 return Err(Invalid("dying list"));
             }
@@ -194,74 +157,83 @@ impl Tracker {
             prev = at;
             at = e.dying_next;
         }
-        if seen != dying || prev != self.dying_tail || self.dying_len != dying {
+        if seen != dying || prev != list.tail || list.len != dying {
             return Err(Invalid("dying list"));
         }
-        if live != self.live || counted != self.count {
+        if live != self.table.live || counted != self.table.count {
             return Err(Invalid("entry counts"));
         }
         let from_worker = self
+            .ecache
             .outbox
-            .queued
-            .iter()
-            .chain(&self.outbox.in_flight)
+            .unreported()
             .filter(|p| p.from_worker)
             .count();
-        if from_worker != self.worker_in_flight {
+        if from_worker != self.ecache.worker.in_flight {
             return Err(Invalid("retry worker"));
         }
         Ok(())
     }
 }
 
-const STATS_FIELDS: usize = 19;
-
-fn stats_fields(s: &Stats) -> [u64; STATS_FIELDS] {
-    [
-        s.found,
-        s.invalid,
-        s.insert,
-        s.insert_failed,
-        s.drop,
-        s.early_drop,
-        s.error,
-        s.ignore,
-        s.untracked,
-        s.entries,
-        s.count,
-        s.max,
-        s.events_emitted,
-        s.events_delivered,
-        s.events_failed,
-        s.destroy_retries,
-        s.missed_pending,
-        s.dying,
-        s.dying_peak,
-    ]
+/// A pending message; the format keeps one layout for both sources, with a flag.
+fn write_pending(w: &mut Writer, p: &Pending) {
+    let (slot, generation, bits, missed_sent, expect) = match p.source {
+        Source::Entry {
+            slot,
+            generation,
+            bits,
+            missed_sent,
+        } => (slot, generation, bits.0, missed_sent.0, false),
+        Source::Expectation {
+            slot,
+            generation,
+            bits,
+            missed_sent,
+        } => (slot, generation, bits.0, missed_sent.0, true),
+    };
+    w.u32(slot);
+    w.u32(generation);
+    w.u16(bits);
+    w.u16(missed_sent);
+    w.u8(p.kind as u8);
+    w.bool(p.from_worker);
+    w.bool(expect);
+    w.u64(p.start as u64);
+    w.u64(p.len as u64);
 }
 
-fn stats_from_fields(f: [u64; STATS_FIELDS]) -> Stats {
-    Stats {
-        found: f[0],
-        invalid: f[1],
-        insert: f[2],
-        insert_failed: f[3],
-        drop: f[4],
-        early_drop: f[5],
-        error: f[6],
-        ignore: f[7],
-        untracked: f[8],
-        entries: f[9],
-        count: f[10],
-        max: f[11],
-        events_emitted: f[12],
-        events_delivered: f[13],
-        events_failed: f[14],
-        destroy_retries: f[15],
-        missed_pending: f[16],
-        dying: f[17],
-        dying_peak: f[18],
-    }
+fn read_pending(r: &mut Reader<'_>) -> Result<Pending, SnapshotError> {
+    let (slot, generation, bits, missed_sent) = (r.u32()?, r.u32()?, r.u16()?, r.u16()?);
+    let kind = match r.u8()? {
+        0 => MessageKind::New,
+        1 => MessageKind::Update,
+        2 => MessageKind::Destroy,
+        _ => return Err(Invalid("message kind")),
+    };
+    let from_worker = r.bool()?;
+    let source = if r.bool()? {
+        Source::Expectation {
+            slot,
+            generation,
+            bits: ExpEventBits(bits),
+            missed_sent: ExpEventBits(missed_sent),
+        }
+    } else {
+        Source::Entry {
+            slot,
+            generation,
+            bits: EventBits(bits),
+            missed_sent: EventBits(missed_sent),
+        }
+    };
+    Ok(Pending {
+        source,
+        kind,
+        from_worker,
+        start: r.u64()? as usize,
+        len: r.u64()? as usize,
+    })
 }
 
 fn write_config(w: &mut Writer, c: &Config) {

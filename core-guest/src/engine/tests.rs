@@ -1,11 +1,15 @@
 //! Scenario tests of the whole packet path on virtual time: each asserts the event sequence the
-//! live kernel emits for the same traffic (`shared/reference/kernel-oracle.md` §2.2), for IPv4
-//! and IPv6, plus the event cache's missed-bit and dying-list behaviour.
+//! live kernel emits for the same traffic (the sequences in `host/docs/kernel-behaviour.md`,
+//! "Making captures"), for IPv4 and IPv6, plus the event cache's missed-bit and dying-list
+//! behaviour.
 
+use super::table::Life;
 use super::*;
 use crate::config::Sysctls;
+use crate::event::ExpEventBits;
 use crate::netlink::{CtAttr, CtMessage};
 use crate::proto::tcp::flag::*;
+use crate::tuple::{L4Tuple, ipproto};
 use crate::wire::build;
 
 const MS: u64 = 1_000_000;
@@ -42,7 +46,7 @@ struct Run {
     /// Outcome to report for the next messages (default: delivered).
     fail_next: usize,
     /// Expectation events received: kind, expectation id, bits.
-    expect_log: Vec<(MessageKind, u32, EventBits)>,
+    expect_log: Vec<(MessageKind, u32, ExpEventBits)>,
 }
 
 impl Run {
@@ -148,7 +152,8 @@ impl Run {
                         self.expect_log.push((
                             msg.kind().expect("NEW or DESTROY"),
                             msg.id().unwrap(),
-                            frame.events,
+                            // The frame's event field holds the expectation's own bits.
+                            ExpEventBits(frame.events.0),
                         ));
                     }
                     continue;
@@ -738,7 +743,13 @@ fn every_prefix_of_a_valid_packet_is_counted_not_panicked_on() {
             "{invalid} of {} prefixes invalid",
             packet.len()
         );
-        assert_eq!(s.count, s.entries + s.dying + t.pending_destroys());
+        let destroying = t
+            .table
+            .slab
+            .iter()
+            .filter(|e| e.life == Life::Destroying)
+            .count() as u64;
+        assert_eq!(s.count, s.entries + s.dying + destroying);
     }
 }
 
@@ -880,7 +891,7 @@ fn hostile_snapshots_are_errors_not_panics() {
 
 mod expectations {
     use super::*;
-    use crate::engine::expect::{EXP_DESTROY, EXP_NEW, ExpectError, ExpectMask, FLAG_PERMANENT};
+    use crate::engine::expect::{ExpectError, ExpectMask, FLAG_PERMANENT};
 
     fn data_tuple(sport: u16) -> Tuple {
         // The server's data connection back to the client (active FTP style).
@@ -915,7 +926,7 @@ mod expectations {
             r.t.expect(T0 + MS, master, &data_tuple(0), any_port, 30, 0)
                 .unwrap();
         r.pump();
-        assert_eq!(r.expect_log, [(MessageKind::New, exp, EXP_NEW)]);
+        assert_eq!(r.expect_log, [(MessageKind::New, exp, ExpEventBits::NEW)]);
         assert_eq!(data_syn(&mut r, 2 * MS, 20), Verdict::New);
         let related = r.log.last().unwrap();
         assert!(
@@ -930,7 +941,7 @@ mod expectations {
         assert!(master_attr, "a RELATED event names its master");
         assert_eq!(
             r.expect_log[1],
-            (MessageKind::Destroy, exp, EXP_DESTROY),
+            (MessageKind::Destroy, exp, ExpEventBits::DESTROY),
             "consumed on match"
         );
         let s = r.t.expect_stats();
@@ -974,7 +985,7 @@ mod expectations {
         r.advance(10 * S);
         assert!(
             r.expect_log
-                .contains(&(MessageKind::Destroy, short, EXP_DESTROY))
+                .contains(&(MessageKind::Destroy, short, ExpEventBits::DESTROY))
         );
         assert_eq!(r.t.expect_stats().expectations, 1);
         // Permanent: it stays after a match.
@@ -984,7 +995,7 @@ mod expectations {
         r.pump();
         assert!(
             r.expect_log
-                .contains(&(MessageKind::Destroy, long, EXP_DESTROY)),
+                .contains(&(MessageKind::Destroy, long, ExpEventBits::DESTROY)),
             "gone with the master"
         );
         assert_eq!(r.t.expect_stats().expectations, 0);
@@ -1012,7 +1023,11 @@ mod expectations {
         // The retried DESTROY carries the missed NEW.
         assert_eq!(
             r.expect_log,
-            [(MessageKind::Destroy, exp, EXP_NEW.union(EXP_DESTROY))]
+            [(
+                MessageKind::Destroy,
+                exp,
+                ExpEventBits::NEW.union(ExpEventBits::DESTROY)
+            )]
         );
         assert_eq!(r.t.expect_stats().expectations, 0);
     }

@@ -1,0 +1,325 @@
+//! The table: where entries live and how they are found (the kernel's `nf_conntrack_core.c`
+//! minus the per-packet path).
+//!
+//! Entries sit in a slab and are addressed by slot; a freed slot is reused with a new
+//! generation, so a late report about the old entry finds a different generation and is
+//! ignored. Two indexes find a live entry: its two tuples (original and reply, inside a zone)
+//! and its 32-bit id. The id map keeps dying entries too, because an id stays unique among live
+//! and dying entries for the whole life of an entry. `count` is what `nf_conntrack_max` bounds:
+//! live entries, and the ones whose DESTROY is out with the host or waiting on the dying list.
+
+use std::collections::HashMap;
+
+use foldhash::fast::FixedState;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::ecache::Ecache;
+use super::{EntryView, seconds_left};
+use crate::event::{Status, TcpState};
+use crate::netlink::Counters;
+use crate::proto::ProtoState;
+use crate::tuple::{Direction, L4Tuple, Tuple};
+
+/// Early drop looks at this many entries at most (the kernel scans up to 8 buckets).
+const EARLY_DROP_SCAN: usize = 64;
+
+/// "No slot", in the dying list's links.
+pub(super) const NIL: u32 = u32::MAX;
+
+/// Where an entry is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Life {
+    /// A free slab slot.
+    Free,
+    /// In the hash table (or being created by the packet in hand).
+    Live,
+    /// Out of the hash, its DESTROY handed to the host and not yet reported.
+    Destroying,
+    /// Out of the hash, its DESTROY failed: on the dying list, waiting for a retry.
+    Dying,
+}
+
+/// One connection.
+#[derive(Clone, Debug)]
+pub(super) struct Entry {
+    pub(super) generation: u32,
+    pub(super) orig: Tuple,
+    pub(super) zone: u16,
+    pub(super) id: u32,
+    pub(super) status: Status,
+    pub(super) mark: u32,
+    pub(super) proto: ProtoState,
+    pub(super) counters: [Counters; 2],
+    pub(super) start_ns: u64,
+    pub(super) stop_ns: u64,
+    pub(super) deadline_ns: u64,
+    /// The event-cache extension: `None` when events were off when the entry was created.
+    pub(super) ecache: Option<Ecache>,
+    pub(super) life: Life,
+    /// Intrusive dying-list links (slots), see [`super::ecache::DyingList`].
+    pub(super) dying_prev: u32,
+    pub(super) dying_next: u32,
+    /// The master's original tuple, for an entry an expectation created (RELATED).
+    pub(super) master: Option<Tuple>,
+}
+
+impl Entry {
+    /// A new, unconfirmed entry for the first packet of `orig`.
+    pub(super) fn new(
+        now_ns: u64,
+        zone: u16,
+        orig: Tuple,
+        proto: ProtoState,
+        ecache: Option<Ecache>,
+    ) -> Entry {
+        Entry {
+            generation: 0,
+            orig,
+            zone,
+            id: 0,
+            status: Status::default(),
+            mark: 0,
+            proto,
+            counters: [Counters::default(); 2],
+            start_ns: now_ns,
+            stop_ns: 0,
+            deadline_ns: now_ns,
+            ecache,
+            life: Life::Live,
+            dying_prev: NIL,
+            dying_next: NIL,
+            master: None,
+        }
+    }
+
+    pub(super) fn reply(&self) -> Tuple {
+        self.orig.invert().unwrap_or(self.orig)
+    }
+
+    /// Confirmed and in the hash.
+    pub(super) fn is_live(&self) -> bool {
+        self.life == Life::Live && self.status.contains(Status::CONFIRMED)
+    }
+
+    pub(super) fn tcp_state(&self) -> Option<TcpState> {
+        self.proto.tcp_state()
+    }
+}
+
+type Index = HashMap<(u16, Tuple), (u32, Direction), FixedState>;
+
+/// The slab, its two indexes and its counts.
+#[derive(Debug)]
+pub(super) struct Table {
+    pub(super) slab: Vec<Entry>,
+    pub(super) free: Vec<u32>,
+    index: Index,
+    ids: HashMap<u32, u32, FixedState>,
+    pub(super) id_rng: ChaCha8Rng,
+    /// Entries counted against `nf_conntrack_max`: live, destroying and dying.
+    pub(super) count: u64,
+    /// Entries in the hash.
+    pub(super) live: u64,
+}
+
+impl Table {
+    pub(super) fn new(seed: u64) -> Table {
+        let mut id_rng = ChaCha8Rng::seed_from_u64(seed);
+        id_rng.set_stream(2);
+        Table {
+            slab: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::with_hasher(FixedState::with_seed(seed ^ 0x636f_6e6e_7472_6163)),
+            ids: HashMap::with_hasher(FixedState::with_seed(seed ^ 0x6964_7300_0000_0001)),
+            id_rng,
+            count: 0,
+            live: 0,
+        }
+    }
+
+    pub(super) fn entry(&self, slot: u32) -> &Entry {
+        &self.slab[slot as usize]
+    }
+
+    pub(super) fn entry_mut(&mut self, slot: u32) -> &mut Entry {
+        &mut self.slab[slot as usize]
+    }
+
+    /// The live entry `tuple` finds in `zone`, and the direction `tuple` has in it.
+    pub(super) fn find(&self, zone: u16, tuple: &Tuple) -> Option<(u32, Direction)> {
+        self.index.get(&(zone, *tuple)).copied()
+    }
+
+    /// The slot of the entry with this id, live or dying.
+    pub(super) fn slot_of(&self, id: u32) -> Option<u32> {
+        self.ids.get(&id).copied()
+    }
+
+    pub(super) fn is_live(&self, slot: u32) -> bool {
+        self.entry(slot).is_live()
+    }
+
+    /// Takes a slot for a new, not yet confirmed entry; it counts from now on.
+    pub(super) fn allocate(&mut self, entry: Entry) -> u32 {
+        self.count += 1;
+        match self.free.pop() {
+            Some(slot) => {
+                let generation = self.slab[slot as usize].generation.wrapping_add(1);
+                self.slab[slot as usize] = Entry {
+                    generation,
+                    ..entry
+                };
+                slot
+            }
+            None => {
+                self.slab.push(entry);
+                (self.slab.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Gives a slot back: an unconfirmed entry that turned out invalid, or one whose DESTROY
+    /// got through. Reports still on their way about it will find a new generation.
+    pub(super) fn release(&mut self, slot: u32) {
+        let e = &mut self.slab[slot as usize];
+        if e.id != 0 {
+            self.ids.remove(&e.id);
+            e.id = 0;
+        }
+        e.generation = e.generation.wrapping_add(1);
+        e.ecache = None;
+        e.life = Life::Free;
+        self.count -= 1;
+        self.free.push(slot);
+    }
+
+    /// Puts a new entry into the hash under both tuples, with a fresh id unique among live and
+    /// dying entries.
+    pub(super) fn insert(&mut self, slot: u32) {
+        let id = loop {
+            let candidate: u32 = self.id_rng.random();
+            if candidate != 0 && !self.ids.contains_key(&candidate) {
+                break candidate;
+            }
+        };
+        self.ids.insert(id, slot);
+        let e = &mut self.slab[slot as usize];
+        e.id = id;
+        let (zone, orig, reply) = (e.zone, e.orig, e.reply());
+        self.index.insert((zone, orig), (slot, Direction::Original));
+        self.index.insert((zone, reply), (slot, Direction::Reply));
+        self.live += 1;
+    }
+
+    /// Takes a live entry out of the hash; it keeps its slot, id and count.
+    pub(super) fn unhash(&mut self, slot: u32) {
+        let e = &self.slab[slot as usize];
+        let (zone, orig, reply) = (e.zone, e.orig, e.reply());
+        self.index.remove(&(zone, orig));
+        self.index.remove(&(zone, reply));
+        self.live -= 1;
+    }
+
+    /// An entry early drop may evict to make room for `tuple`: a live one that is not ASSURED
+    /// (or TCP in a closing state), found in a window of the table that the new tuple's hash
+    /// picks, as the kernel scans the buckets after the new tuple's.
+    pub(super) fn early_drop_victim(&self, seed: u64, tuple: &Tuple) -> Option<u32> {
+        if self.slab.is_empty() {
+            return None;
+        }
+        let start = (portable_hash(seed, tuple) % self.slab.len() as u64) as usize;
+        (0..EARLY_DROP_SCAN.min(self.slab.len()))
+            .map(|i| ((start + i) % self.slab.len()) as u32)
+            .find(|&slot| {
+                let e = self.entry(slot);
+                e.is_live() && (!e.status.contains(Status::ASSURED) || e.proto.can_early_drop())
+            })
+    }
+
+    /// The entry as `conntrack -L` shows it.
+    pub(super) fn view(&self, e: &Entry, now_ns: u64) -> EntryView {
+        EntryView {
+            id: e.id,
+            zone: e.zone,
+            orig: e.orig,
+            reply: e.reply(),
+            status: e.status,
+            tcp_state: e.tcp_state(),
+            timeout_s: if e.life == Life::Live {
+                seconds_left(e.deadline_ns, now_ns)
+            } else {
+                0
+            },
+            mark: e.mark,
+            counters_orig: e.counters[0],
+            counters_reply: e.counters[1],
+            start_ns: e.start_ns,
+            dying: e.life != Life::Live,
+        }
+    }
+
+    /// Live entries carrying undelivered event bits.
+    pub(super) fn missed_pending(&self) -> u64 {
+        self.slab
+            .iter()
+            .filter(|e| e.life == Life::Live && e.ecache.is_some_and(|c| !c.missed.is_empty()))
+            .count() as u64
+    }
+
+    /// Rebuilds both indexes from the slab (after a restore); `Err` names what is inconsistent.
+    /// Returns the number of live, counted and dying entries.
+    pub(super) fn reindex(&mut self) -> Result<(u64, u64, u64), &'static str> {
+        let (mut live, mut counted, mut dying) = (0u64, 0u64, 0u64);
+        self.index.clear();
+        self.ids.clear();
+        for (slot, e) in self.slab.iter().enumerate() {
+            let slot = slot as u32;
+            if e.life == Life::Free {
+                continue;
+            }
+            counted += 1;
+            if e.id == 0 || self.ids.insert(e.id, slot).is_some() {
+                return Err("entry ids");
+            }
+            match e.life {
+                Life::Live => {
+                    live += 1;
+                    self.index
+                        .insert((e.zone, e.orig), (slot, Direction::Original));
+                    if self
+                        .index
+                        .insert((e.zone, e.reply()), (slot, Direction::Reply))
+                        .is_some()
+                    {
+                        return Err("tuples (two entries with one tuple)");
+                    }
+                }
+                Life::Dying => dying += 1,
+                Life::Destroying | Life::Free => {}
+            }
+        }
+        Ok((live, counted, dying))
+    }
+}
+
+/// A hash of a tuple that is the same on every platform (foldhash's output depends on the
+/// pointer width, so it must not decide anything visible, such as early drop's victim).
+fn portable_hash(seed: u64, t: &Tuple) -> u64 {
+    // splitmix64 steps over the tuple's fields.
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let (a, b) = match t.l4 {
+        L4Tuple::Ports { src, dst } => (src as u64, dst as u64),
+        L4Tuple::Icmp { id, kind, code } => (id as u64, ((kind as u64) << 8) | code as u64),
+        L4Tuple::None => (0, 0),
+    };
+    let mut h = mix(seed ^ 0x9e37_79b9_7f4a_7c15);
+    for chunk in t.src.0.chunks(8).chain(t.dst.0.chunks(8)) {
+        h = mix(h ^ u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+    }
+    mix(h ^ (a << 32) ^ (b << 16) ^ ((t.proto as u64) << 8) ^ t.family as u64)
+}
