@@ -170,27 +170,12 @@ impl wit::GuestTracker for TrackerResource {
 
     fn stats(&self) -> wit::Stats {
         let s = self.engine.borrow().stats();
-        wit::Stats {
-            found: s.found,
-            invalid: s.invalid,
-            insert: s.insert,
-            insert_failed: s.insert_failed,
-            drop: s.drop,
-            early_drop: s.early_drop,
-            error: s.error,
-            ignore: s.ignore,
-            untracked: s.untracked,
-            entries: s.entries,
-            count: s.count,
-            max: s.max,
-            events_emitted: s.events_emitted,
-            events_delivered: s.events_delivered,
-            events_failed: s.events_failed,
-            destroy_retries: s.destroy_retries,
-            missed_pending: s.missed_pending,
-            dying: s.dying,
-            dying_peak: s.dying_peak,
+        macro_rules! to_wit {
+            ($($field:ident),+) => {
+                wit::Stats { $($field: s.$field),+ }
+            };
         }
+        crate::stats_fields!(to_wit)
     }
 
     fn open(&self, now: u64, zone: u16, t: wit::ConnTuple) -> Result<u32, wit::ConnError> {

@@ -136,11 +136,13 @@ pub enum MessageKind {
 impl MessageKind {
     /// The `NFNLGRP_CONNTRACK_*` group number the message is multicast to.
     pub fn group(self) -> u8 {
-        match self {
-            MessageKind::New => 1,
-            MessageKind::Update => 2,
-            MessageKind::Destroy => 3,
-        }
+        use crate::netlink::consts::*;
+        let group = match self {
+            MessageKind::New => NFNLGRP_CONNTRACK_NEW,
+            MessageKind::Update => NFNLGRP_CONNTRACK_UPDATE,
+            MessageKind::Destroy => NFNLGRP_CONNTRACK_DESTROY,
+        };
+        group as u8
     }
     /// The bracketed tag `conntrack -E` prints, and the JSON `type`.
     pub fn name(self) -> &'static str {
