@@ -764,20 +764,8 @@ fn parse_body(header: NlHeader, msg: &[u8]) -> Result<CtMessage, DecodeError> {
         NLMSG_DONE => return Err(DecodeError::Done),
         _ => {}
     }
-    let [subsys, sub] = header.msg_type.to_be_bytes();
-    if subsys != NFNL_SUBSYS_CTNETLINK {
-        return Err(DecodeError::NotConntrack {
-            msg_type: header.msg_type,
-        });
-    }
-    let (
-        NfGenMsg {
-            family,
-            version,
-            res_id,
-        },
-        body,
-    ) = split_nfgenmsg(msg)?;
+    let [_, sub] = header.msg_type.to_be_bytes();
+    let (nfgen, body) = split_nfgenmsg(&header, msg, NFNL_SUBSYS_CTNETLINK)?;
     let attrs = if carries_cta(sub) {
         parse_list::<CtAttr>(body, 1)?
     } else {
@@ -788,9 +776,9 @@ fn parse_body(header: NlHeader, msg: &[u8]) -> Result<CtMessage, DecodeError> {
     };
     Ok(CtMessage {
         header,
-        family,
-        version,
-        res_id,
+        family: nfgen.family,
+        version: nfgen.version,
+        res_id: nfgen.res_id,
         attrs,
     })
 }
@@ -834,8 +822,17 @@ struct NfGenMsg {
     res_id: u16,
 }
 
-/// `nfgenmsg` of a framed message, and the attribute bytes after it.
-fn split_nfgenmsg(msg: &[u8]) -> Result<(NfGenMsg, &[u8]), DecodeError> {
+/// `nfgenmsg` of a framed message of subsystem `subsys`, and the attribute bytes after it.
+fn split_nfgenmsg<'a>(
+    header: &NlHeader,
+    msg: &'a [u8],
+    subsys: u8,
+) -> Result<(NfGenMsg, &'a [u8]), DecodeError> {
+    if header.msg_type >> 8 != subsys as u16 {
+        return Err(DecodeError::NotConntrack {
+            msg_type: header.msg_type,
+        });
+    }
     let nfgen = msg
         .get(NLMSG_HDRLEN..NLMSG_HDRLEN + NFGENMSG_LEN)
         .ok_or(DecodeError::ShortHeader)?;
@@ -1085,24 +1082,12 @@ impl super::ExpMessage {
     pub fn parse(buf: &[u8]) -> Result<(super::ExpMessage, usize), DecodeError> {
         let (header, len) = frame(buf)?;
         let msg = &buf[..len];
-        if header.msg_type >> 8 != NFNL_SUBSYS_CTNETLINK_EXP as u16 {
-            return Err(DecodeError::NotConntrack {
-                msg_type: header.msg_type,
-            });
-        }
-        let (
-            NfGenMsg {
-                family,
-                version,
-                res_id,
-            },
-            body,
-        ) = split_nfgenmsg(msg)?;
+        let (nfgen, body) = split_nfgenmsg(&header, msg, NFNL_SUBSYS_CTNETLINK_EXP)?;
         let message = super::ExpMessage {
             header,
-            family,
-            version,
-            res_id,
+            family: nfgen.family,
+            version: nfgen.version,
+            res_id: nfgen.res_id,
             attrs: parse_list(body, 1)?,
         };
         Ok((message, align4(len).min(buf.len())))
