@@ -4,7 +4,7 @@
 # What it makes (all in the directory of this script, or $OUT):
 #   NAME.pcap     tcpdump capture (nanosecond pcap, snaplen default)
 #   NAME.events   `conntrack -E -o timestamp,id,ktimestamp,extended` output of the
-#                 netns that generated the traffic (the kernel's event oracle)
+#                 netns that generated the traffic (the kernel's events, the reference)
 #   NAME.log      stderr of traffic.py / tcpdump / conntrack (what the sockets saw)
 # for NAME in
 #   {tcp-close,tcp-rst,tcp-refused,tcp-reopen,tcp-simultaneous-open,
@@ -25,12 +25,12 @@
 #   sudo tests/captures/make-captures.sh tcp-reopen-v6 mixed-v4   # only some
 #   python3 tests/captures/summarize.py tests/captures  # per-file summary for README.md
 #
-# Procedure per scenario (kernel-oracle.md section 2.1): fresh netns, lo up, per-netns
+# Procedure per scenario (host/docs/kernel-behaviour.md, "Making captures"): fresh netns, lo up, per-netns
 # sysctls (events=1, acct=1, timestamp=1, short timeouts), nft inet table with `ct state`
 # counters on output and input (this is what turns conntrack on in the netns), start
 # tcpdump (wait for "listening on") and conntrack -E (wait until its netlink socket is
 # subscribed), run traffic.py, sleep 7 s (past every timeout), `conntrack -L` to force
-# the timeout DESTROYs out (oracle section 5), sleep 1 s, SIGINT tcpdump / SIGTERM
+# the timeout DESTROYs out (same page, "Dumps bring DESTROYs forward"), sleep 1 s, SIGINT tcpdump / SIGTERM
 # conntrack by pid, delete the netns (also on error, via trap).
 set -euo pipefail
 
