@@ -10,14 +10,14 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use crate::Format;
+use crate::FormatArg;
 
 /// `ctwasm watch`: the kernel's conntrack events, as `conntrack -E` prints them.
 #[derive(clap::Args, Debug)]
 pub struct WatchArgs {
     /// Output format of the events.
     #[arg(long, value_enum, default_value = "conntrack")]
-    format: Format,
+    format: FormatArg,
     /// `conntrack -o` options for the conntrack format: extended, id, timestamp, ktimestamp.
     #[arg(long, short = 'o', default_value = "")]
     output: String,
@@ -58,7 +58,7 @@ pub struct ListArgs {
     dying: bool,
     /// Output format of the entries (JSON lines have `"type": null`).
     #[arg(long, value_enum, default_value = "conntrack")]
-    format: Format,
+    format: FormatArg,
     /// `conntrack -o` options for the conntrack format: extended, id, timestamp, ktimestamp.
     #[arg(long, short = 'o', default_value = "")]
     output: String,
@@ -104,11 +104,12 @@ mod linux {
     use anyhow::Context;
     use ctwasm_core::netlink::NlHeader;
     use ctwasm_core::netlink::consts::{IPCTNL_MSG_CT_GET, NFNL_SUBSYS_CTNETLINK, nfnl_msg_type};
-    use ctwasm_host::ctnetlink::{
+    use ctwasm_host::output::Format;
+    use ctwasm_live::ctnetlink::{
         Conntrack, EventSocket, KernelMessage, Received, SubscribeOptions, cpu_stat_name,
-        stop_on_signals,
     };
-    use ctwasm_host::output::{self, ConntrackOptions};
+
+    use crate::signals::stop_on_signals;
 
     /// A dump entry as `conntrack -L` shows it: no event prefix and no `[USERSPACE]` tag, which
     /// the formatter derives from the header (a dump reply is typed like an UPDATE and carries
@@ -126,17 +127,13 @@ mod linux {
         }
     }
 
-    fn line(m: &KernelMessage, format: Format, options: ConntrackOptions) -> String {
-        let frame = m.frame();
-        match format {
-            Format::Conntrack => output::format_conntrack_with(&frame, &m.message, options),
-            Format::Json => output::format_json(&frame, &m.message),
-        }
+    fn line(m: &KernelMessage, format: Format) -> String {
+        format.line(&m.frame(), &m.message)
     }
 
     pub fn run_watch(args: WatchArgs) -> Result<()> {
-        let options = ConntrackOptions::parse(&args.output)?;
-        stop_on_signals();
+        let format = crate::output_format(args.format, &args.output)?;
+        let stop = stop_on_signals()?;
         let mut socket = EventSocket::subscribe(&SubscribeOptions {
             rcvbuf: args.rcvbuf,
             reliable: args.reliable,
@@ -145,6 +142,7 @@ mod linux {
             ..SubscribeOptions::default()
         })
         .context("subscribing to conntrack events")?;
+        socket.stop_when(stop);
         let deadline = args
             .duration
             .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
@@ -168,7 +166,7 @@ mod linux {
                             if args.count.is_some_and(|n| printed >= n) {
                                 break;
                             }
-                            writeln!(out, "{}", line(m, args.format, options))?;
+                            writeln!(out, "{}", line(m, format))?;
                             printed += 1;
                         }
                         out.flush()?;
@@ -176,7 +174,7 @@ mod linux {
                     Received::Overrun if args.resync => {
                         resyncs += 1;
                         for m in socket.resync()? {
-                            writeln!(out, "{}", line(&as_entry(&m), args.format, options))?;
+                            writeln!(out, "{}", line(&as_entry(&m), format))?;
                         }
                         out.flush()?;
                     }
@@ -221,7 +219,7 @@ mod linux {
     }
 
     pub fn run_list(args: ListArgs) -> Result<()> {
-        let options = ConntrackOptions::parse(&args.output)?;
+        let format = crate::output_format(args.format, &args.output)?;
         let mut ct = Conntrack::open(args.netns.as_deref())?;
         let entries = if args.dying {
             ct.dump_dying()?
@@ -232,7 +230,7 @@ mod linux {
         let mut out = BufWriter::new(stdout.lock());
         let written = (|| -> std::io::Result<()> {
             for m in &entries {
-                writeln!(out, "{}", line(&as_entry(m), args.format, options))?;
+                writeln!(out, "{}", line(&as_entry(m), format))?;
             }
             out.flush()
         })();

@@ -1,6 +1,6 @@
 //! `ctwasm listen SOCKET`: the reader at the far end of a socket listener, as its own process.
 //!
-//! A host run with a socket listener ([`ctwasm_host::socket_listener`]) sends each event message,
+//! A host run with a socket listener ([`ctwasm_live::socket_listener`]) sends each event message,
 //! as its ctnetlink bytes, to a Unix datagram socket whose small kernel buffer decides which
 //! messages get through. This command is that socket's reader: it binds the path, reads at a
 //! chosen pace (a slow reader is what fills the buffer), decodes and prints each message as
@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::Format;
+use crate::FormatArg;
 
 /// `ctwasm listen`: read event messages from a socket listener and print them.
 #[derive(clap::Args, Debug)]
@@ -27,7 +27,7 @@ pub struct ListenArgs {
     rate: Option<f64>,
     /// Output format of the events.
     #[arg(long, value_enum, default_value = "conntrack")]
-    format: Format,
+    format: FormatArg,
     /// `conntrack -o` options for the conntrack format: extended, id, timestamp, ktimestamp.
     #[arg(long, short = 'o', default_value = "")]
     output: String,
@@ -59,9 +59,10 @@ mod linux {
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
     use anyhow::Context;
-    use ctwasm_host::ctnetlink::{KernelMessage, stop_on_signals};
-    use ctwasm_host::output::{self, ConntrackOptions};
-    use ctwasm_host::socket_listener::{ReadPace, read_stream};
+    use ctwasm_live::ctnetlink::KernelMessage;
+    use ctwasm_live::socket_listener::{ReadPace, read_stream};
+
+    use crate::signals::stop_on_signals;
 
     /// Removes the socket file when the command ends, however it ends.
     struct Bound(PathBuf);
@@ -73,13 +74,13 @@ mod linux {
     }
 
     pub fn run(args: ListenArgs) -> Result<()> {
-        let options = ConntrackOptions::parse(&args.output)?;
+        let format = crate::output_format(args.format, &args.output)?;
         if let Some(rate) = args.rate
             && !(rate.is_finite() && rate > 0.0)
         {
             anyhow::bail!("--rate {rate}: expected a positive number of messages per second");
         }
-        let stop = stop_on_signals();
+        let stop = stop_on_signals()?;
         let socket = UnixDatagram::bind(&args.socket)
             .with_context(|| format!("binding {}", args.socket.display()))?;
         let _bound = Bound(args.socket.clone());
@@ -99,7 +100,7 @@ mod linux {
             &socket,
             ReadPace { rate: args.rate },
             deadline,
-            stop,
+            &stop,
             |bytes, decoded| {
                 let Ok(message) = decoded else {
                     return Ok(ControlFlow::Continue(()));
@@ -112,11 +113,7 @@ mod linux {
                     bytes: bytes.to_vec(),
                     received_ns,
                 };
-                let frame = m.frame();
-                let line = match args.format {
-                    Format::Conntrack => output::format_conntrack_with(&frame, &m.message, options),
-                    Format::Json => output::format_json(&frame, &m.message),
-                };
+                let line = format.line(&m.frame(), &m.message);
                 if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
                     broken_pipe = e.kind() == io::ErrorKind::BrokenPipe;
                     return Err(e);

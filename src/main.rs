@@ -20,6 +20,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 mod kernel_cmd;
 mod listen_cmd;
 mod shadow_cmd;
+#[cfg(target_os = "linux")]
+mod signals;
 mod stress_cmd;
 
 #[derive(Parser, Debug)]
@@ -54,19 +56,29 @@ enum Command {
     Shadow(shadow_cmd::ShadowArgs),
 }
 
+/// `--format`; with `-o` it becomes an [`output::Format`] ([`output_format`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Format {
+enum FormatArg {
     /// As `conntrack -E` prints them.
     Conntrack,
     /// One JSON object per event message.
     Json,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Policy {
-    Grace,
-    Kernel,
-    OnDrain,
+/// The printed form of `--format` with the `-o` list (which only the conntrack text uses).
+fn output_format(format: FormatArg, options: &str) -> Result<output::Format> {
+    let options = ConntrackOptions::parse(options)?;
+    Ok(match format {
+        FormatArg::Conntrack => output::Format::Conntrack(options),
+        FormatArg::Json => output::Format::Json,
+    })
+}
+
+/// `--retry-policy` / `--policy`: the names `RetryPolicy::name` gives, listed in `--help`.
+fn retry_policy_parser() -> impl clap::builder::TypedValueParser<Value = RetryPolicy> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["grace", "kernel", "on-drain"])
+        .try_map(|s| s.parse::<RetryPolicy>())
 }
 
 #[derive(clap::Args, Debug)]
@@ -75,7 +87,7 @@ struct ReplayArgs {
     capture: PathBuf,
     /// Output format of the events.
     #[arg(long, value_enum, default_value = "conntrack")]
-    format: Format,
+    format: FormatArg,
     /// `conntrack -o` options for the conntrack format: extended, id, timestamp, ktimestamp.
     #[arg(long, short = 'o', default_value = "")]
     output: String,
@@ -105,8 +117,8 @@ struct ReplayArgs {
     #[arg(long, value_name = "FILE.wasm")]
     component: Option<PathBuf>,
     /// How a DESTROY that failed is retried.
-    #[arg(long, value_enum, default_value = "grace")]
-    retry_policy: Policy,
+    #[arg(long, value_parser = retry_policy_parser(), default_value = "grace")]
+    retry_policy: RetryPolicy,
     /// No summary on stderr.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -130,30 +142,29 @@ fn main() {
     }
 }
 
-fn settings(sysctls: &[String], seed: u64, policy: Policy) -> Result<TrackerSettings> {
-    let sysctls = sysctls
-        .iter()
+/// Parses `--sysctl NAME=VALUE` settings.
+fn parse_sysctls<S: AsRef<str>>(list: &[S]) -> Result<Vec<(String, String)>> {
+    list.iter()
         .map(|s| {
+            let s = s.as_ref();
             let (name, value) = s
                 .split_once('=')
                 .with_context(|| format!("--sysctl `{s}`: expected NAME=VALUE"))?;
             Ok((name.trim().to_string(), value.trim().to_string()))
         })
-        .collect::<Result<Vec<_>>>()?;
-    let retry_policy = Some(match policy {
-        Policy::Grace => RetryPolicy::Grace,
-        Policy::Kernel => RetryPolicy::Kernel,
-        Policy::OnDrain => RetryPolicy::OnDrain,
-    });
+        .collect()
+}
+
+fn settings(sysctls: &[String], seed: u64, policy: RetryPolicy) -> Result<TrackerSettings> {
     Ok(TrackerSettings {
-        sysctls,
+        sysctls: parse_sysctls(sysctls)?,
         seed,
-        retry_policy,
+        retry_policy: Some(policy),
     })
 }
 
 fn run_replay(args: ReplayArgs) -> Result<()> {
-    let options = ConntrackOptions::parse(&args.output)?;
+    let format = output_format(args.format, &args.output)?;
     let settings = settings(&args.sysctls, args.seed, args.retry_policy)?;
     let capture = read_capture(&args.capture)?;
     let mut listeners: Vec<ListenerConfig> = args
@@ -188,15 +199,10 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
 
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    let format = args.format;
     let mut sink = |frame: &ctwasm_core::batch::EventFrame<'_>,
                     msg: &ctwasm_core::netlink::CtMessage|
      -> Result<()> {
-        let line = match format {
-            Format::Conntrack => output::format_conntrack_with(frame, msg, options),
-            Format::Json => output::format_json(frame, msg),
-        };
-        writeln!(out, "{line}")?;
+        writeln!(out, "{}", format.line(frame, msg))?;
         Ok(())
     };
     let replay_options = ReplayOptions {

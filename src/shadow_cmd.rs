@@ -1,6 +1,6 @@
 //! `ctwasm shadow`: does the engine match this kernel? The engine runs beside the kernel on the
 //! packets of one namespace's interface, and each flow's events are compared as they come (see
-//! `ctwasm_host::shadow`). A running count goes to stderr, with the first divergence of each
+//! `ctwasm_live::shadow`). A running count goes to stderr, with the first divergence of each
 //! flow that disagrees; the final report goes to stdout. Exit status 0 when every flow agreed,
 //! 2 when some diverged (1 is an error).
 
@@ -35,16 +35,16 @@ pub fn run(args: ShadowArgs) -> Result<()> {
     use std::io::Write;
     use std::time::Duration;
 
-    use ctwasm_host::conformance::parse_sysctls;
-    use ctwasm_host::ctnetlink::stop_on_signals;
-    use ctwasm_host::shadow::{ShadowOptions, ShadowProgress, run_shadow};
+    use ctwasm_live::shadow::{ShadowOptions, ShadowProgress, run_shadow};
 
-    let stop = stop_on_signals();
+    use crate::signals::stop_on_signals;
+
+    let stop = stop_on_signals()?;
     let options = ShadowOptions {
         netns: args.netns.clone(),
         interface: args.interface.clone(),
         duration: args.duration.map(Duration::from_secs_f64),
-        overrides: parse_sysctls(&args.sysctls)?,
+        overrides: crate::parse_sysctls(&args.sysctls)?,
         report_every: Duration::from_secs_f64(args.report_every.max(0.1)),
     };
     let mut progress = |p: &ShadowProgress| match p {
@@ -61,7 +61,7 @@ pub fn run(args: ShadowArgs) -> Result<()> {
         ),
         ShadowProgress::Diverged(line) => eprintln!("shadow {}: DIVERGED {line}", args.netns),
     };
-    let report = run_shadow(&options, stop, &mut progress)?;
+    let report = run_shadow(&options, &stop, &mut progress)?;
     let c = &report.counts;
     let mut out = std::io::stdout().lock();
     writeln!(

@@ -10,10 +10,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow};
 use clap::ValueEnum;
 use ctwasm_host::backend::{BackendKind, open_backend};
+use ctwasm_host::listener::parse_rate;
 use ctwasm_host::stress::{self, Progress, Sample, StressOptions, StressReport};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::Policy;
+use ctwasm_core::RetryPolicy;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StressFormat {
@@ -48,8 +49,8 @@ pub struct StressArgs {
     #[arg(long, value_name = "P", default_value_t = 0.0)]
     faults: f64,
     /// How a DESTROY that failed is retried.
-    #[arg(long, value_enum, default_value = "grace")]
-    policy: Policy,
+    #[arg(long, value_parser = crate::retry_policy_parser(), default_value = "grace")]
+    policy: RetryPolicy,
     /// Seed of the tracker's and the fault generator's random choices.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -91,16 +92,15 @@ pub struct StressArgs {
 }
 
 pub fn run(args: StressArgs) -> Result<()> {
-    let reader_rate = match args.reader_rate.trim() {
-        "unlimited" => None,
-        r => Some(
-            r.trim_end_matches("/s")
-                .parse::<f64>()
-                .ok()
-                .filter(|r| r.is_finite() && *r >= 0.0)
-                .ok_or_else(|| anyhow!("--reader-rate `{r}`: expected messages per second"))?,
-        ),
+    // The listener grammar's rate, where the `/s` may be left out.
+    let r = args.reader_rate.trim();
+    let rate = if r.eq_ignore_ascii_case("unlimited") || r.ends_with("/s") {
+        r.to_string()
+    } else {
+        format!("{r}/s")
     };
+    let rate = parse_rate(&rate).with_context(|| format!("--reader-rate `{r}`"))?;
+    let reader_rate = rate.is_finite().then_some(rate);
     if !(0.0..=1.0).contains(&args.faults) {
         return Err(anyhow!("--faults {}: expected a probability", args.faults));
     }
@@ -152,16 +152,9 @@ pub fn run(args: StressArgs) -> Result<()> {
     let mut listeners = ctwasm_host::listener::Listeners::new([first]);
     let mut stream_end = None;
     if let Some(path) = &args.socket {
-        use ctwasm_host::socket_listener::{SocketListener, SocketListenerConfig};
-        let config = SocketListenerConfig::parse(&args.socket_spec)?;
-        let listener = SocketListener::connect(path, config).with_context(|| {
-            format!(
-                "connecting to the reader at {} (is `ctwasm listen` running?)",
-                path.display()
-            )
-        })?;
-        stream_end = Some(listener.end_handle()?);
-        listeners.push_external(Box::new(listener));
+        let (listener, end) = socket_listener::connect(path, &args.socket_spec)?;
+        stream_end = Some(end);
+        listeners.push_external(listener);
     }
     let report =
         stress::run_with_listeners(backend.as_mut(), &options, listeners, &mut |p| match p {
@@ -351,4 +344,49 @@ fn plot(path: &Path, r: &StressReport, o: &StressOptions) -> Result<()> {
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// `--socket`: a listener whose deliveries a real kernel socket buffer decides (Linux only).
+#[cfg(target_os = "linux")]
+mod socket_listener {
+    use std::path::Path;
+
+    use anyhow::{Context, Result};
+    use ctwasm_host::listener::ExternalListener;
+    pub use ctwasm_live::socket_listener::StreamEnd;
+    use ctwasm_live::socket_listener::{SocketListener, SocketListenerConfig};
+
+    pub fn connect(path: &Path, spec: &str) -> Result<(Box<dyn ExternalListener>, StreamEnd)> {
+        let config = SocketListenerConfig::parse(spec)?;
+        let listener = SocketListener::connect(path, config).with_context(|| {
+            format!(
+                "connecting to the reader at {} (is `ctwasm listen` running?)",
+                path.display()
+            )
+        })?;
+        let end = listener.end_handle()?;
+        Ok((Box::new(listener), end))
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod socket_listener {
+    use std::path::Path;
+    use std::time::Instant;
+
+    use anyhow::Result;
+    use ctwasm_host::listener::ExternalListener;
+
+    /// Never made: there is no socket listener here.
+    pub enum StreamEnd {}
+
+    impl StreamEnd {
+        pub fn finish(&self, _: Instant) -> std::io::Result<()> {
+            match *self {}
+        }
+    }
+
+    pub fn connect(_: &Path, _: &str) -> Result<(Box<dyn ExternalListener>, StreamEnd)> {
+        anyhow::bail!("`ctwasm stress --socket` needs Linux")
+    }
 }

@@ -1,14 +1,15 @@
 //! The kernel as the judge: real traffic in a network namespace, the kernel's own conntrack
 //! events read live, the same packets captured and replayed through the engine, and the two
 //! compared flow by flow (event type, TCP state, SEEN_REPLY, ASSURED; see
-//! `ctwasm_host::conformance`). A difference prints both sequences side by side.
+//! `ctwasm_host::compare`). A difference prints both sequences side by side.
 //!
 //! Each scenario gets fresh namespaces (deleted on drop, even when a step panics), short
 //! per-namespace timeouts, `nf_conntrack_events=1`, a lossless reliable listener subscribed and
 //! a capturer bound before the first packet; after the traffic it waits past the timeouts and
-//! dumps the table, which evicts expired entries so their DESTROYs come now (kernel-oracle §5).
-//! The engine is then run on the capture up to the instant of that dump. Scenarios run one at
-//! a time (kernel-oracle §11.8).
+//! dumps the table, which evicts expired entries so their DESTROYs come now ("Dumps bring
+//! DESTROYs forward" in `host/docs/kernel-behaviour.md`). The engine is then run on the capture
+//! up to the instant of that dump. Scenarios run one at a time ("Timing and parallel runs",
+//! same page).
 //!
 //! `CTWASM_CONFORMANCE=substring` runs only the scenarios whose name contains it.
 
@@ -20,12 +21,14 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Lab, RULESET, require_live, serial};
+use common::inject::PacketInjector;
+use common::{Lab, RULESET, replay_capture, require_live, serial};
+use ctwasm_core::proto::tcp::flag::{ACK, FIN, PSH, RST, SYN};
 use ctwasm_host::backend::BackendKind;
 use ctwasm_host::capture::CapturedPacket;
-use ctwasm_host::conformance::{Comparison, FlowLog, replay_capture};
-use ctwasm_host::ctnetlink::{Conntrack, KernelMessage};
-use ctwasm_host::live_capture::{Observed, Observer};
+use ctwasm_host::compare::{Comparison, FlowLog};
+use ctwasm_live::capture::{Observed, Observer};
+use ctwasm_live::ctnetlink::{Conntrack, KernelMessage};
 
 /// The per-namespace sysctls every scenario sets, on the kernel and on the engine alike.
 const BASE_SYSCTLS: &[(&str, &str)] = &[
@@ -679,17 +682,9 @@ const C0: u32 = 1_000;
 const S0: u32 = 5_000_000;
 const WIN: u16 = 64_000;
 
-/// Flag bits for [`Wire::c`] and [`Wire::s`].
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
-const FIN_ACK: u8 = 0x11;
-const RST: u8 = 0x04;
-const RST_ACK: u8 = 0x14;
-const PSH_ACK: u8 = 0x18;
-
 /// Sends segments of one connection from either end.
 struct Wire {
-    inj: ctwasm_host::live_capture::PacketInjector,
+    inj: PacketInjector,
     fam: Fam,
 }
 
@@ -709,8 +704,7 @@ impl Wire {
             }
         }
         Wire {
-            inj: ctwasm_host::live_capture::PacketInjector::open(Some(run.lab.name(0)), "lo")
-                .expect("injector"),
+            inj: PacketInjector::open(Some(run.lab.name(0)), "lo").expect("injector"),
             fam,
         }
     }
@@ -756,9 +750,9 @@ impl Wire {
 
     /// The client closes first, the server answers, from sequence numbers `c` and `s`.
     fn close_client_first(&self, c: u32, s: u32) {
-        self.c(c, s, FIN_ACK, WIN, 0);
+        self.c(c, s, FIN | ACK, WIN, 0);
         self.s(s, c + 1, ACK, WIN, 0);
-        self.s(s, c + 1, FIN_ACK, WIN, 0);
+        self.s(s, c + 1, FIN | ACK, WIN, 0);
         self.c(c + 1, s + 1, ACK, WIN, 0);
     }
 }
@@ -769,7 +763,7 @@ fn crafted_out_of_window_data(run: &mut Run, f: Fam) {
     let w = Wire::open(run, f);
     w.handshake();
     let (c, s) = (C0 + 1, S0 + 1);
-    w.c(c.wrapping_add(10_000_000), s, PSH_ACK, WIN, 100);
+    w.c(c.wrapping_add(10_000_000), s, PSH | ACK, WIN, 100);
     w.close_client_first(c, s);
 }
 
@@ -779,9 +773,9 @@ fn crafted_out_of_window_rst(run: &mut Run, f: Fam) {
     let w = Wire::open(run, f);
     w.handshake();
     let (c, s) = (C0 + 1, S0 + 1);
-    w.c(c, s, PSH_ACK, WIN, 100);
+    w.c(c, s, PSH | ACK, WIN, 100);
     w.s(s, c + 100, ACK, WIN, 0);
-    w.s(s.wrapping_add(10_000_000), c + 100, RST_ACK, WIN, 0);
+    w.s(s.wrapping_add(10_000_000), c + 100, RST | ACK, WIN, 0);
     w.close_client_first(c + 100, s);
 }
 
@@ -792,10 +786,10 @@ fn crafted_out_of_window_rst_and_fin(run: &mut Run, f: Fam) {
     let w = Wire::open(run, f);
     w.handshake();
     let (c, s) = (C0 + 1, S0 + 1);
-    w.c(c, s, PSH_ACK, WIN, 100);
+    w.c(c, s, PSH | ACK, WIN, 100);
     w.s(s, c + 100, ACK, WIN, 0);
-    w.s(s.wrapping_add(10_000_000), c + 100, RST_ACK, WIN, 0);
-    w.c((c + 100).wrapping_add(10_000_000), s, FIN_ACK, WIN, 0);
+    w.s(s.wrapping_add(10_000_000), c + 100, RST | ACK, WIN, 0);
+    w.c((c + 100).wrapping_add(10_000_000), s, FIN | ACK, WIN, 0);
 }
 
 /// The same data segment five times (four retransmissions, more than max_retrans = 3), then
@@ -805,9 +799,9 @@ fn crafted_retransmissions(run: &mut Run, f: Fam) {
     w.handshake();
     let (c, s) = (C0 + 1, S0 + 1);
     for _ in 0..5 {
-        w.c(c, s, PSH_ACK, WIN, 100);
+        w.c(c, s, PSH | ACK, WIN, 100);
     }
-    w.c(c + 100, s, FIN_ACK, WIN, 0);
+    w.c(c + 100, s, FIN | ACK, WIN, 0);
 }
 
 /// Data the server never acknowledges, then the server's FIN: FIN_WAIT gets the
@@ -816,8 +810,8 @@ fn crafted_unacknowledged(run: &mut Run, f: Fam) {
     let w = Wire::open(run, f);
     w.handshake();
     let (c, s) = (C0 + 1, S0 + 1);
-    w.c(c, s, PSH_ACK, WIN, 100);
-    w.s(s, c, FIN_ACK, WIN, 0);
+    w.c(c, s, PSH | ACK, WIN, 100);
+    w.s(s, c, FIN | ACK, WIN, 0);
 }
 
 /// The server acknowledges everything with a zero window, the client closes, the server
@@ -827,9 +821,9 @@ fn crafted_zero_window(run: &mut Run, f: Fam) {
     let w = Wire::open(run, f);
     w.handshake();
     let (c, s) = (C0 + 1, S0 + 1);
-    w.c(c, s, PSH_ACK, WIN, 100);
+    w.c(c, s, PSH | ACK, WIN, 100);
     w.s(s, c + 100, ACK, 0, 0);
-    w.c(c + 100, s, FIN_ACK, WIN, 0);
+    w.c(c + 100, s, FIN | ACK, WIN, 0);
     w.s(s, c + 101, ACK, 0, 0);
 }
 
@@ -840,8 +834,8 @@ fn crafted_bytes_beyond_window(run: &mut Run, f: Fam) {
     w.handshake();
     let (c, s) = (C0 + 1, S0 + 1);
     let seq = c + u32::from(WIN) + 10;
-    w.c(seq, s, PSH_ACK, WIN, 100);
-    w.s(s, seq + 100, FIN_ACK, WIN, 0);
+    w.c(seq, s, PSH | ACK, WIN, 100);
+    w.s(s, seq + 100, FIN | ACK, WIN, 0);
 }
 
 /// An RST from the server inside the window but not at the expected sequence number: the
@@ -851,9 +845,9 @@ fn crafted_rst_in_window_not_exact(run: &mut Run, f: Fam) {
     let w = Wire::open(run, f);
     w.handshake();
     let (c, s) = (C0 + 1, S0 + 1);
-    w.c(c, s, PSH_ACK, WIN, 100);
+    w.c(c, s, PSH | ACK, WIN, 100);
     w.s(s, c + 100, ACK, WIN, 0);
-    w.s(s + 50, c + 100, RST_ACK, WIN, 0);
+    w.s(s + 50, c + 100, RST | ACK, WIN, 0);
 }
 
 /// A SYN, its retransmission 1.5 s later (SYN_SENT's 3 s are not renewed), and a SYN/ACK after

@@ -6,7 +6,8 @@
 //! made before a listener still raise events, short timeouts), sends traffic only on that
 //! namespace's loopback, and deletes the namespace when it ends, whatever happens (a drop guard).
 //! They run one at a time (a global lock): the kernel's GC and event worker are shared, and
-//! parallel runs disturb each other's timing (kernel-oracle §11).
+//! parallel runs disturb each other's timing ("Timing and parallel runs" in
+//! `host/docs/kernel-behaviour.md`).
 //!
 //! Without root or `ip netns` they print a loud SKIPPED line and pass; with
 //! `CTWASM_REQUIRE_LIVE=1` (CI) they fail instead.
@@ -21,10 +22,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ctwasm_core::event::MessageKind;
-use ctwasm_host::ctnetlink::{Conntrack, EventSocket, Received, SubscribeOptions, in_netns};
+use ctwasm_live::ctnetlink::{Conntrack, EventSocket, Received, SubscribeOptions, in_netns};
 
 mod common;
-use common::{require_live, run, serial};
+use common::{RULESET, require_live, run, serial};
 
 static NEXT_NS: AtomicU32 = AtomicU32::new(0);
 
@@ -45,24 +46,6 @@ const SYSCTLS: &[(&str, &str)] = &[
     ("nf_conntrack_tcp_timeout_time_wait", "3"),
     ("nf_conntrack_tcp_timeout_close", "3"),
 ];
-
-const RULESET: &str = "table inet ctwasm_test {
-    chain out {
-        type filter hook output priority 0;
-        ct state new counter
-        ct state established counter
-        ct state related counter
-        ct state invalid counter
-    }
-    chain in {
-        type filter hook input priority 0;
-        ct state new counter
-        ct state established counter
-        ct state related counter
-        ct state invalid counter
-    }
-}
-";
 
 impl Netns {
     fn new() -> Netns {
@@ -85,7 +68,7 @@ impl Netns {
         nft.stdin
             .take()
             .expect("stdin")
-            .write_all(RULESET.as_bytes())
+            .write_all(RULESET.replace("@INPUT@", "").as_bytes())
             .expect("ruleset written");
         assert!(nft.wait().expect("nft ends").success(), "nft ruleset");
         for (name, value) in SYSCTLS {
@@ -461,7 +444,8 @@ fn seed_stress_test_against_the_kernel_every_destroy_exactly_once() {
         "LIVE STRESS (reliable, BROADCAST_ERROR): {} UDP flows, rcvbuf {} B effective, \
          {} DESTROY received ({} unique ids, {} duplicates), drain {:.2} s after the flush, \
          dying list at +0.5 s: {}, ENOBUFS {}, nf_conntrack_count afterwards {} \
-         [kernel-oracle §6.2: 2000/2000 in 10.2 s at 4096 B, dying 1814 at +0.5 s]",
+         [host/docs/kernel-behaviour.md, \"The seed's stress test on Linux\": 2000/2000 in \
+         10.2 s at 4096 B, dying 1814 at +0.5 s]",
         r.flows,
         r.rcvbuf,
         r.destroys,
@@ -489,7 +473,8 @@ fn seed_stress_test_against_the_kernel_without_broadcast_error_loses_events() {
     eprintln!(
         "LIVE STRESS (no BROADCAST_ERROR): {} UDP flows, rcvbuf {} B effective, \
          {} DESTROY received, drain {:.2} s, dying at +0.5 s: {}, ENOBUFS {} \
-         [kernel-oracle §6.2: 145/2000, ENOBUFS 181]",
+         [host/docs/kernel-behaviour.md, \"The seed's stress test on Linux\": 145/2000, \
+         ENOBUFS 181]",
         r.flows,
         r.rcvbuf,
         r.destroys,

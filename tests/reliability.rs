@@ -1,4 +1,5 @@
-//! Reliable event delivery end to end, as a consumer sees it (DESIGN §1.3 and §4).
+//! Reliable event delivery end to end, as a consumer sees it ("Invariants" and "Reliable
+//! delivery" in `core-guest/docs/semantics.md`).
 //!
 //! Each test drives a backend — the engine linked natively and the WebAssembly component — on
 //! simulated time through the host's netlink listeners, and checks what a reader gets: exactly
@@ -491,7 +492,8 @@ fn seed_stress_100k_flows_reliable_2048_bytes_loses_nothing() {
 }
 
 /// The same without broadcast-error: most DESTROYs are lost and the reader sees ENOBUFS, as
-/// on Linux (kernel-oracle §6.2: 7 % of 2 000 arrive).
+/// on Linux ("The seed's stress test on Linux" in `host/docs/kernel-behaviour.md`: 7 % of
+/// 2 000 arrive).
 #[test]
 fn seed_stress_without_broadcast_error_loses_events_and_shows_enobufs() {
     let options = StressOptions {
@@ -635,9 +637,10 @@ fn full_of_dying_drops_new_connections_until_the_listener_drains() {
 
 // ----- missed-event merge and nf_conntrack_events=2 -------------------------------------------
 
-/// kernel-oracle §7 through the host: a reliable listener that is not reading misses NEWs; the
-/// next packet of a flow carries the missed bits, so its message is a NEW again (merged with the
-/// UPDATEs it missed), and a one-packet flow's second packet resends its NEW.
+/// "Missed events ride on the next packet" (`host/docs/kernel-behaviour.md`) through the host:
+/// a reliable listener that is not reading misses NEWs; the next packet of a flow carries the
+/// missed bits, so its message is a NEW again (merged with the UPDATEs it missed), and a
+/// one-packet flow's second packet resends its NEW.
 #[test]
 fn missed_events_merge_into_the_next_message() {
     for kind in [BackendKind::Native, BackendKind::Component] {
@@ -694,7 +697,7 @@ fn missed_events_merge_into_the_next_message() {
     }
 }
 
-/// kernel-oracle §6.4: with `nf_conntrack_events=2`, entries created while nobody listens get
+/// "nf_conntrack_events=2" in `host/docs/kernel-behaviour.md`: with `nf_conntrack_events=2`, entries created while nobody listens get
 /// no event cache, so a listener that subscribes later hears nothing of them, not even their
 /// DESTROY on a flush; with 1 it gets every DESTROY.
 #[test]

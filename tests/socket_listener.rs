@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use ctwasm_core::RetryPolicy;
 use ctwasm_host::backend::{BackendKind, open_backend};
 use ctwasm_host::listener::Listeners;
-use ctwasm_host::socket_listener::{
+use ctwasm_host::stress::{self, StressOptions, StressReport};
+use ctwasm_live::socket_listener::{
     ReadPace, SocketListener, SocketListenerConfig, SocketReader, Tally,
 };
-use ctwasm_host::stress::{self, StressOptions, StressReport};
 
 const NS_PER_S: u64 = 1_000_000_000;
 

@@ -39,6 +39,19 @@ impl RetryPolicy {
     }
 }
 
+/// The names [`RetryPolicy::parse`] takes, for command lines (`--retry-policy kernel`).
+impl core::str::FromStr for RetryPolicy {
+    type Err = ConfigError;
+
+    fn from_str(name: &str) -> Result<RetryPolicy, ConfigError> {
+        RetryPolicy::parse(name).ok_or_else(|| ConfigError::BadValue {
+            name: "retry policy".into(),
+            value: name.into(),
+            expected: "grace, kernel or on-drain",
+        })
+    }
+}
+
 /// The tunables, one field per kernel sysctl.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sysctls {
@@ -269,6 +282,18 @@ impl Default for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_policies_parse_from_their_names() {
+        for p in [
+            RetryPolicy::Grace,
+            RetryPolicy::Kernel,
+            RetryPolicy::OnDrain,
+        ] {
+            assert_eq!(p.name().parse::<RetryPolicy>(), Ok(p));
+        }
+        assert!("sometimes".parse::<RetryPolicy>().is_err());
+    }
 
     #[test]
     fn sysctls_take_kernel_names_with_or_without_prefix() {

@@ -144,7 +144,8 @@ pub fn open_backend(
                 let bytes = std::fs::read(path)
                     .with_context(|| format!("reading component {}", path.display()))?;
                 let compiled = Component::new(shared_engine(), &bytes)
-                    .map_err(|e| anyhow!("compiling component {}: {e:?}", path.display()))?;
+                    .map_err(wasm_error)
+                    .with_context(|| format!("compiling component {}", path.display()))?;
                 ComponentBackend::with_component(&compiled, settings, DEFAULT_MEMORY_LIMIT)?
             }
             None => ComponentBackend::new(settings)?,
@@ -165,9 +166,6 @@ impl NativeBackend {
         NativeBackend {
             tracker: Tracker::new(config),
         }
-    }
-    pub fn tracker(&self) -> &Tracker {
-        &self.tracker
     }
 }
 
@@ -312,7 +310,8 @@ impl ComponentBackend {
         // The world imports nothing, so the linker stays empty.
         let linker = Linker::new(shared_engine());
         let bindings = CtwasmCore::instantiate(&mut store, component, &linker)
-            .map_err(|e| anyhow!("instantiating the component: {e:?}"))?;
+            .map_err(wasm_error)
+            .context("instantiating the component")?;
         Ok((store, bindings))
     }
 
@@ -384,12 +383,18 @@ macro_rules! call {
     };
 }
 
+/// A wasmtime error as an `anyhow` one, with its chain of causes.
+fn wasm_error(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::Error::from_boxed(e.into_boxed_dyn_error())
+}
+
 /// Names the trap, which `to_string` of the error hides.
 fn trap_context(e: wasmtime::Error) -> anyhow::Error {
-    match e.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => anyhow!("the component trapped ({trap:?}); its instance is dead: {e:?}"),
-        None => anyhow!("the component call failed; its instance is dead: {e:?}"),
-    }
+    let what = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("the component trapped ({trap:?}); its instance is dead"),
+        None => "the component call failed; its instance is dead".to_string(),
+    };
+    wasm_error(e).context(what)
 }
 
 impl Backend for ComponentBackend {

@@ -67,13 +67,12 @@ use std::str::FromStr;
 
 use anyhow::{Context, bail};
 use ctwasm_core::batch::{self, EventFrame};
+use ctwasm_core::netlink::consts::{
+    NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE,
+};
+use ctwasm_core::{Delivery, MessageKind};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-/// The netlink multicast groups of conntrack events (`NFNLGRP_CONNTRACK_*`).
-pub const GROUP_NEW: u8 = 1;
-pub const GROUP_UPDATE: u8 = 2;
-pub const GROUP_DESTROY: u8 = 3;
 
 /// The subscription bit of a group, as `ListenerConfig::groups` holds it.
 pub const fn group_bit(group: u8) -> u8 {
@@ -85,8 +84,9 @@ pub const fn group_bit(group: u8) -> u8 {
 }
 
 /// All three conntrack event groups.
-pub const ALL_GROUPS: u8 =
-    group_bit(GROUP_NEW) | group_bit(GROUP_UPDATE) | group_bit(GROUP_DESTROY);
+pub const ALL_GROUPS: u8 = group_bit(NFNLGRP_CONNTRACK_NEW as u8)
+    | group_bit(NFNLGRP_CONNTRACK_UPDATE as u8)
+    | group_bit(NFNLGRP_CONNTRACK_DESTROY as u8);
 
 /// The kernel's default receive buffer, `net.core.rmem_default`.
 pub const DEFAULT_RCVBUF: usize = 212_992;
@@ -240,7 +240,8 @@ fn parse_spec(spec: &str) -> anyhow::Result<ListenerConfig> {
     Ok(config)
 }
 
-pub(crate) fn parse_bytes(v: &str) -> anyhow::Result<usize> {
+/// A byte count: `2048`, `64K`, `4M`, `1G` or `unlimited`.
+pub fn parse_bytes(v: &str) -> anyhow::Result<usize> {
     if v.eq_ignore_ascii_case("unlimited") {
         return Ok(usize::MAX);
     }
@@ -264,13 +265,14 @@ fn parse_probability(v: &str) -> anyhow::Result<f64> {
     }
 }
 
-pub(crate) fn parse_groups(v: &str) -> anyhow::Result<u8> {
+/// A `+`-separated list of event groups (`new+destroy`), as subscription bits.
+pub fn parse_groups(v: &str) -> anyhow::Result<u8> {
     let mut groups = 0u8;
     for name in v.split('+').map(str::trim) {
         groups |= match name.to_ascii_lowercase().as_str() {
-            "new" => group_bit(GROUP_NEW),
-            "update" | "updates" => group_bit(GROUP_UPDATE),
-            "destroy" => group_bit(GROUP_DESTROY),
+            "new" => group_bit(MessageKind::New.group()),
+            "update" | "updates" => group_bit(MessageKind::Update.group()),
+            "destroy" => group_bit(MessageKind::Destroy.group()),
             "all" => ALL_GROUPS,
             _ => {
                 bail!("unknown group `{name}` (expected new, update, destroy or all, joined by +)")
@@ -281,7 +283,8 @@ pub(crate) fn parse_groups(v: &str) -> anyhow::Result<u8> {
 }
 
 /// A rate: `unlimited` or `N/s`.
-fn parse_rate(v: &str) -> anyhow::Result<f64> {
+/// A message rate: `unlimited` (infinite) or messages per second like `100/s`.
+pub fn parse_rate(v: &str) -> anyhow::Result<f64> {
     if v.eq_ignore_ascii_case("unlimited") {
         return Ok(f64::INFINITY);
     }
@@ -596,15 +599,6 @@ impl Listener {
     }
 }
 
-/// What `netlink_broadcast` returned for one event message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeliveryOutcome {
-    /// No reliable listener subscribed to the group missed it.
-    Delivered,
-    /// A listener with broadcast-error missed it (`-ENOBUFS`).
-    Failed,
-}
-
 /// A listener outside the simulation: a real socket whose kernel decides each delivery.
 ///
 /// [`Listeners::deliver`] offers it the message's ctnetlink bytes after the simulated listeners;
@@ -711,9 +705,9 @@ impl Listeners {
             .iter()
             .any(|l| l.config.groups & ALL_GROUPS != 0)
             || self.external.iter().any(|l| {
-                [GROUP_NEW, GROUP_UPDATE, GROUP_DESTROY]
+                [MessageKind::New, MessageKind::Update, MessageKind::Destroy]
                     .into_iter()
-                    .any(|g| l.is_subscribed(g))
+                    .any(|k| l.is_subscribed(k.group()))
             })
     }
 
@@ -747,8 +741,10 @@ impl Listeners {
         }
     }
 
-    /// Multicasts one event message to its group, as `netlink_broadcast` does.
-    pub fn deliver(&mut self, now_ns: u64, frame: &EventFrame<'_>) -> DeliveryOutcome {
+    /// Multicasts one event message to its group, as `netlink_broadcast` does: the message is
+    /// [`Delivery::Failed`] when a listener with broadcast-error missed it (`-ENOBUFS`), else
+    /// delivered.
+    pub fn deliver(&mut self, now_ns: u64, frame: &EventFrame<'_>) -> Delivery {
         let cost = message_cost(frame.netlink);
         let recorded = if self.listeners.iter().any(|l| l.config.record) {
             let mut bytes = Vec::with_capacity(batch::EVENT_HEADER_LEN + frame.netlink.len());
@@ -765,17 +761,17 @@ impl Listeners {
         } else {
             Vec::new()
         };
-        let mut outcome = DeliveryOutcome::Delivered;
+        let mut outcome = Delivery::Delivered;
         for l in &mut self.listeners {
             let offer = l.offer(now_ns, frame.group, cost, &recorded);
             if offer.missed() && l.config.broadcast_error {
-                outcome = DeliveryOutcome::Failed;
+                outcome = Delivery::Failed;
             }
         }
         for l in &mut self.external {
             let offer = l.offer(now_ns, frame.group, frame.netlink);
             if offer.missed() && l.is_reliable() {
-                outcome = DeliveryOutcome::Failed;
+                outcome = Delivery::Failed;
             }
         }
         outcome
@@ -818,6 +814,10 @@ impl fmt::Display for ListenerStats {
 mod tests {
     use super::*;
     use ctwasm_core::event::EventBits;
+
+    const GROUP_NEW: u8 = NFNLGRP_CONNTRACK_NEW as u8;
+    const GROUP_UPDATE: u8 = NFNLGRP_CONNTRACK_UPDATE as u8;
+    const GROUP_DESTROY: u8 = NFNLGRP_CONNTRACK_DESTROY as u8;
 
     const MS: u64 = 1_000_000;
     const S: u64 = 1_000_000_000;
@@ -931,15 +931,9 @@ mod tests {
             ListenerConfig::parse("name=lossy,rcvbuf=10,drain=0/s").unwrap(),
         ]);
         let msg = [0u8; 64];
-        assert_eq!(
-            set.deliver(0, &frame(GROUP_NEW, &msg)),
-            DeliveryOutcome::Delivered
-        );
+        assert_eq!(set.deliver(0, &frame(GROUP_NEW, &msg)), Delivery::Delivered);
         assert!(!set.reliable_have_room());
-        assert_eq!(
-            set.deliver(0, &frame(GROUP_NEW, &msg)),
-            DeliveryOutcome::Failed
-        );
+        assert_eq!(set.deliver(0, &frame(GROUP_NEW, &msg)), Delivery::Failed);
         assert_eq!(set.get(1).unwrap().stats().received, 2);
         assert_eq!(set.get(2).unwrap().stats().dropped, 1);
 
@@ -948,7 +942,7 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(
                 lossy.deliver(0, &frame(GROUP_DESTROY, &msg)),
-                DeliveryOutcome::Delivered
+                Delivery::Delivered
             );
         }
         assert!(lossy.reliable_have_room());
@@ -957,7 +951,7 @@ mod tests {
         assert!(!none.has_listeners());
         assert_eq!(
             none.deliver(0, &frame(GROUP_NEW, &msg)),
-            DeliveryOutcome::Delivered
+            Delivery::Delivered
         );
     }
 
@@ -973,20 +967,20 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(
                 set.deliver(0, &frame(GROUP_NEW, &[0; 8])),
-                DeliveryOutcome::Delivered
+                Delivery::Delivered
             );
             assert_eq!(
                 set.deliver(0, &frame(GROUP_UPDATE, &[0; 8])),
-                DeliveryOutcome::Delivered
+                Delivery::Delivered
             );
         }
         assert_eq!(
             set.deliver(0, &frame(GROUP_DESTROY, &[0; 8])),
-            DeliveryOutcome::Delivered
+            Delivery::Delivered
         );
         assert_eq!(
             set.deliver(0, &frame(GROUP_DESTROY, &[0; 8])),
-            DeliveryOutcome::Failed
+            Delivery::Failed
         );
         assert_eq!(set.get(0).unwrap().stats().received, 1);
         let mut l = listener("groups=new+update");
@@ -1027,7 +1021,7 @@ mod tests {
         for i in 0..1000u64 {
             assert_eq!(
                 set.deliver(i, &frame(GROUP_UPDATE, &[0; 200])),
-                DeliveryOutcome::Delivered
+                Delivery::Delivered
             );
         }
         let l = set.get(0).unwrap();
@@ -1169,7 +1163,7 @@ mod tests {
         for (spec, failing) in [("faults=1,reliable", true), ("faults=1", false)] {
             let mut set = Listeners::new([ListenerConfig::parse(spec).unwrap()]);
             let outcome = set.deliver(0, &frame(GROUP_NEW, &[0; 8]));
-            assert_eq!(outcome == DeliveryOutcome::Failed, failing, "{spec}");
+            assert_eq!(outcome == Delivery::Failed, failing, "{spec}");
             let l = set.get(0).unwrap();
             assert!(!l.is_congested() && l.has_room());
         }

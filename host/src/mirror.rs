@@ -4,7 +4,7 @@
 //! The seed's promise is not only "every DESTROY arrives" but that a consumer that applies the
 //! events it reads ends up with the kernel's table: it may miss intermediate transitions, yet it
 //! gets back in sync. This module is that consumer, so tests can check the promise against the
-//! engine's own dump (DESIGN §1.3, invariant 2).
+//! engine's own dump (invariant 2 under "Invariants" in `core-guest/docs/semantics.md`).
 //!
 //! Events may arrive reordered or twice (a retried DESTROY reaches every listener again), so the
 //! mirror identifies an entry by its zone, original tuple and id — never by the tuple alone, since
@@ -24,6 +24,8 @@ use std::fmt;
 use ctwasm_core::batch::EventFrame;
 use ctwasm_core::netlink::CtMessage;
 use ctwasm_core::{EntryView, MessageKind, Status, TcpState, Tuple};
+
+use crate::output::tuple_text;
 
 /// Zone, original tuple and id: what identifies an entry to a consumer.
 pub type MirrorKey = (u16, Tuple, u32);
@@ -312,27 +314,6 @@ fn key_text((zone, orig, id): &MirrorKey) -> String {
         String::new()
     };
     format!("id={id}{zone} {}", tuple_text(orig))
-}
-
-/// `udp 10.0.0.1:1024 -> 192.0.2.1:9999`, as a person reads a flow.
-pub fn tuple_text(t: &Tuple) -> String {
-    use ctwasm_core::L4Tuple;
-    let proto = ctwasm_core::tuple::ipproto::name(t.proto)
-        .map_or_else(|| t.proto.to_string(), str::to_string);
-    let (src, dst) = (t.src.to_ip(t.family), t.dst.to_ip(t.family));
-    match t.l4 {
-        L4Tuple::Ports { src: sp, dst: dp } => {
-            let ep = |ip: std::net::IpAddr, port: u16| match ip {
-                std::net::IpAddr::V6(_) => format!("[{ip}]:{port}"),
-                std::net::IpAddr::V4(_) => format!("{ip}:{port}"),
-            };
-            format!("{proto} {} -> {}", ep(src, sp), ep(dst, dp))
-        }
-        L4Tuple::Icmp { id, kind, code } => {
-            format!("{proto} {src} -> {dst} type={kind} code={code} id={id}")
-        }
-        L4Tuple::None => format!("{proto} {src} -> {dst}"),
-    }
 }
 
 fn status_text(s: Status) -> String {

@@ -8,8 +8,9 @@
 //! the tool's order and padding. The expected strings in the tests were printed by the real tool
 //! (see the note there).
 //!
-//! The JSON line (DESIGN §3) is the machine-readable form: the same facts under fixed names,
-//! keys in a fixed order, so two runs can be compared byte for byte.
+//! The JSON line (see "The JSON event line" in `core-guest/docs/semantics.md`) is the
+//! machine-readable form: the same facts under fixed names, keys in a fixed order, so two runs
+//! can be compared byte for byte.
 //!
 //! Everything is computed from the message and its frame alone: where `conntrack` would read the
 //! wall clock (the `-o timestamp` prefix, `delta-time` of an entry not yet stopped), the frame's
@@ -21,6 +22,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use anyhow::anyhow;
 use ctwasm_core::batch::EventFrame;
 use ctwasm_core::event::{MessageKind, Status};
+use ctwasm_core::netlink::consts::{
+    CTA_COUNTERS32_BYTES, CTA_COUNTERS32_PACKETS, CTA_SECMARK, NLA_TYPE_MASK,
+};
 use ctwasm_core::netlink::{
     CounterAttr, CtAttr, CtMessage, IpAttr, ProtoAttr, ProtoInfoAttr, TcpInfoAttr, TupleAttr,
 };
@@ -72,6 +76,25 @@ impl ConntrackOptions {
             }
         }
         Ok(o)
+    }
+}
+
+/// How the commands print an event or an entry: as conntrack-tools does, or as JSON lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `conntrack -E` / `conntrack -L` text, with its `-o` options.
+    Conntrack(ConntrackOptions),
+    /// One JSON object per message.
+    Json,
+}
+
+impl Format {
+    /// The line for `msg` (no trailing newline).
+    pub fn line(&self, frame: &EventFrame<'_>, msg: &CtMessage) -> String {
+        match *self {
+            Format::Conntrack(options) => format_conntrack_with(frame, msg, options),
+            Format::Json => format_json(frame, msg),
+        }
     }
 }
 
@@ -214,7 +237,8 @@ pub fn format_conntrack_with(
     out
 }
 
-/// The JSON line for `msg` (DESIGN §3), keys in a fixed order, no trailing newline.
+/// The JSON line for `msg` ("The JSON event line" in `core-guest/docs/semantics.md`), keys
+/// in a fixed order, no trailing newline.
 pub fn format_json(frame: &EventFrame<'_>, msg: &CtMessage) -> String {
     let family = msg.family();
     let orig = msg.orig();
@@ -357,6 +381,26 @@ struct JsonTimestamp {
     stop: Option<u64>,
 }
 
+/// `udp 10.0.0.1:1024 -> 192.0.2.1:9999`, as a person reads a flow (and as the comparison names
+/// one).
+pub fn tuple_text(t: &Tuple) -> String {
+    let proto = ipproto::name(t.proto).map_or_else(|| t.proto.to_string(), str::to_string);
+    let (src, dst) = (t.src.to_ip(t.family), t.dst.to_ip(t.family));
+    match t.l4 {
+        L4Tuple::Ports { src: sp, dst: dp } => {
+            let ep = |ip: std::net::IpAddr, port: u16| match ip {
+                std::net::IpAddr::V6(_) => format!("[{ip}]:{port}"),
+                std::net::IpAddr::V4(_) => format!("{ip}:{port}"),
+            };
+            format!("{proto} {} -> {}", ep(src, sp), ep(dst, dp))
+        }
+        L4Tuple::Icmp { id, kind, code } => {
+            format!("{proto} {src} -> {dst} type={kind} code={code} id={id}")
+        }
+        L4Tuple::None => format!("{proto} {src} -> {dst}"),
+    }
+}
+
 /// The message's type from its header, else from the frame's event bits.
 fn message_kind(frame: &EventFrame<'_>, msg: &CtMessage) -> Option<MessageKind> {
     msg.kind().or_else(|| frame.events.message_kind())
@@ -366,12 +410,6 @@ const UDPLITE: u8 = 136;
 const SCTP: u8 = 132;
 const DCCP: u8 = 33;
 const GRE: u8 = 47;
-/// `CTA_SECMARK` (obsolete, still printed when a kernel sends it).
-const CTA_SECMARK: u16 = 17;
-const CTA_COUNTERS32_PACKETS: u16 = 3;
-const CTA_COUNTERS32_BYTES: u16 = 4;
-/// The attribute type without the `NLA_F_NESTED` / `NLA_F_NET_BYTEORDER` flags.
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// libnetfilter_conntrack's protocol names; others print as `unknown`.
 fn protocol_name(proto: u8) -> &'static str {

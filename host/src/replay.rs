@@ -15,7 +15,7 @@ use ctwasm_core::{Delivery, Stats, Verdict};
 
 use crate::backend::Backend;
 use crate::capture::CapturedPacket;
-use crate::listener::{DeliveryOutcome, ListenerStats, Listeners, ReceivedMessage};
+use crate::listener::{ListenerStats, Listeners, ReceivedMessage};
 use crate::output;
 
 /// Messages taken from the engine per call. A flush of a million entries queues a million
@@ -172,11 +172,7 @@ impl<'a> Simulation<'a> {
             for frame in batch::events(&self.events) {
                 let frame =
                     frame.map_err(|e| anyhow::anyhow!("bad event framing at {}", e.offset))?;
-                self.results
-                    .push(match self.listeners.deliver(now_ns, &frame) {
-                        DeliveryOutcome::Delivered => Delivery::Delivered,
-                        DeliveryOutcome::Failed => Delivery::Failed,
-                    });
+                self.results.push(self.listeners.deliver(now_ns, &frame));
             }
             self.backend.report_delivery(&self.results)?;
             self.backend.advance(now_ns)?;

@@ -4,7 +4,7 @@
 # What it makes (all in the directory of this script, or $OUT):
 #   NAME.pcap     tcpdump capture (nanosecond pcap, snaplen default)
 #   NAME.events   `conntrack -E -o timestamp,id,ktimestamp,extended` output of the
-#                 netns that generated the traffic (the kernel's event oracle)
+#                 netns that generated the traffic (the kernel's events, the reference)
 #   NAME.log      stderr of traffic.py / tcpdump / conntrack (what the sockets saw)
 # for NAME in
 #   {tcp-close,tcp-rst,tcp-refused,tcp-reopen,tcp-simultaneous-open,

@@ -120,7 +120,7 @@ def conntracks(evs):
 
 
 def check(evs, keys):
-    """Every conntrack must start with NEW and end with DESTROY (kernel-oracle.md 2.2)."""
+    """Every conntrack must start with NEW and end with DESTROY (host/docs/kernel-behaviour.md, "Making captures")."""
     problems = []
     for k in keys:
         seq = [e["ev"] for e in evs if e["key"] == k]

@@ -13,7 +13,7 @@ FAMILY:   4 or 6
 ADDRESS:  peer address; default 127.0.0.1 / ::1 (mixed-client: the ns2 address,
           mixed-server: the address to bind)
 
-Fixed ports (kernel-oracle.md section 2.1): TCP client 40001, UDP client 40002,
+Fixed ports (host/docs/kernel-behaviour.md, "Making captures"): TCP client 40001, UDP client 40002,
 server 5001; closed-port cases use client ports 40003 (TCP) / 40004 (UDP) -> 5009.
 The simultaneous-open case uses 40001 <-> 40005.
 

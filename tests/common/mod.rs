@@ -1,20 +1,29 @@
-//! Live-kernel test helpers: the skip-or-fail rule, the global lock, and network namespaces
-//! that are always deleted.
+//! Live-kernel test helpers: the skip-or-fail rule, the global lock, network namespaces that
+//! are always deleted, a packet injector, and the engine's replay of a live capture.
 
 #![allow(dead_code)]
+
+pub mod inject;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use ctwasm_host::ctnetlink::in_netns;
+use anyhow::Result;
+use ctwasm_core::netlink::CtMessage;
+use ctwasm_host::backend::{BackendKind, TrackerSettings, open_backend};
+use ctwasm_host::capture::CapturedPacket;
+use ctwasm_host::listener::Listeners;
+use ctwasm_host::replay::Simulation;
+use ctwasm_live::netns::in_netns;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 static NEXT_NS: AtomicU32 = AtomicU32::new(0);
 
 /// Live tests run one at a time: the kernel's GC and event worker are shared, and parallel runs
-/// disturb each other's timing (kernel-oracle §11).
+/// disturb each other's timing (see "Timing and parallel runs" in
+/// `host/docs/kernel-behaviour.md`).
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -256,4 +265,37 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }
+}
+
+/// Runs the engine (`kind`: native or the component) with `sysctls` over `packets` (in capture
+/// order) and on to `until_ns`, the instant the kernel's table was last read, so both sides have
+/// had the same chance to time entries out; one lossless listener. Returns every message it read.
+pub fn replay_capture(
+    kind: BackendKind,
+    packets: &[CapturedPacket],
+    sysctls: &[(String, String)],
+    until_ns: u64,
+) -> Result<Vec<CtMessage>> {
+    let settings = TrackerSettings {
+        sysctls: sysctls.to_vec(),
+        ..TrackerSettings::default()
+    };
+    let mut backend = open_backend(kind, &settings, None)?;
+    let mut sim = Simulation::new(backend.as_mut(), Listeners::lossless())?;
+    let mut out = Vec::new();
+    let mut sink = |_: &ctwasm_core::batch::EventFrame<'_>, m: &CtMessage| -> Result<()> {
+        out.push(m.clone());
+        Ok(())
+    };
+    for p in packets {
+        // A capture's clock can step back by a few ns between CPUs; the engine's may not.
+        let p = CapturedPacket {
+            ts_ns: p.ts_ns.max(sim.now()),
+            l3: p.l3.clone(),
+        };
+        sim.ingest(std::slice::from_ref(&p), &mut sink)?;
+    }
+    let end = until_ns.max(sim.now());
+    sim.run_until(end, &mut sink)?;
+    Ok(out)
 }

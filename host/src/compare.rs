@@ -1,9 +1,9 @@
 //! Holding the engine against the kernel, flow by flow.
 //!
-//! The kernel is the judge of our trackers. A conformance check puts the same packets through
-//! both: the kernel saw them live (its events come from a ctnetlink listener), the engine sees
-//! them from a capture taken at the same time (see [`crate::live_capture`]). What is compared is
-//! what a listener can rely on and what the trackers decide: per flow, the ordered sequence of
+//! The kernel is the judge of our trackers. A comparison puts the same packets through both: the
+//! kernel saw them live (its events come from a ctnetlink listener), the engine sees them from a
+//! capture taken at the same time (see `ctwasm_live::capture`). What is compared is what a
+//! listener can rely on and what the trackers decide: per flow, the ordered sequence of
 //! (message type, TCP state, SEEN_REPLY, ASSURED) and the timeout the entry was given — a
 //! [`Step`]. Timeouts match within a second (the kernel reads the remaining time a moment after
 //! setting it, and a jiffy may tick in between). Ids, counters and timestamps are left out: they
@@ -13,8 +13,7 @@
 //! DESTROY (a reopen after TIME_WAIT) is a new flow, `#1`, `#2`, ... The kernel prints
 //! concurrent flows' events in its own order, so only the order within a flow is meaningful.
 //!
-//! The comparison is pure; [`replay_capture`] runs the engine (either backend) on a capture up to the instant the
-//! kernel's table was last read, so both sides have had the same chance to time entries out.
+//! Everything here is pure; the conformance tests and `ctwasm shadow` feed it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
@@ -23,12 +22,9 @@ use anyhow::Result;
 use ctwasm_core::batch::EventFrame;
 use ctwasm_core::event::{MessageKind, Status, TcpState};
 use ctwasm_core::netlink::CtMessage;
-use ctwasm_core::tuple::{L4Tuple, Tuple, ipproto};
 
-use crate::backend::{BackendKind, TrackerSettings, open_backend};
-use crate::capture::CapturedPacket;
-use crate::listener::Listeners;
-use crate::replay::Simulation;
+use crate::output::tuple_text;
+use crate::replay::EventSink;
 
 /// One event message, reduced to what the trackers decide.
 #[derive(Clone, Copy, Debug)]
@@ -70,12 +66,7 @@ impl Step {
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
-            MessageKind::New => "NEW",
-            MessageKind::Update => "UPDATE",
-            MessageKind::Destroy => "DESTROY",
-        };
-        write!(f, "{kind}")?;
+        write!(f, "{}", self.kind.name())?;
         if let Some(s) = self.tcp_state {
             write!(f, " {}", s.name())?;
         }
@@ -89,28 +80,6 @@ impl fmt::Display for Step {
             write!(f, " {t}s")?;
         }
         Ok(())
-    }
-}
-
-/// The name of a flow's original direction, the same for the kernel's and the engine's
-/// messages: `tcp 127.0.0.1:40001 > 127.0.0.1:5001`.
-pub fn flow_name(t: &Tuple) -> String {
-    let proto = ipproto::name(t.proto)
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("proto-{}", t.proto));
-    let (src, dst) = (t.src.to_ip(t.family), t.dst.to_ip(t.family));
-    match t.l4 {
-        L4Tuple::Ports { src: sp, dst: dp } => {
-            let host = |a: std::net::IpAddr, p: u16| match a {
-                std::net::IpAddr::V4(a) => format!("{a}:{p}"),
-                std::net::IpAddr::V6(a) => format!("[{a}]:{p}"),
-            };
-            format!("{proto} {} > {}", host(src, sp), host(dst, dp))
-        }
-        L4Tuple::Icmp { id, kind, code } => {
-            format!("{proto} {src} > {dst} type={kind} code={code} id={id}")
-        }
-        L4Tuple::None => format!("{proto} {src} > {dst}"),
     }
 }
 
@@ -130,7 +99,7 @@ impl FlowLog {
     /// a conntrack event or has no original tuple).
     pub fn push(&mut self, msg: &CtMessage) -> Option<String> {
         let step = Step::of(msg)?;
-        let tuple = flow_name(&msg.orig()?);
+        let tuple = tuple_text(&msg.orig()?);
         let tuple = match msg.zone() {
             0 => tuple,
             z => format!("{tuple} zone={z}"),
@@ -239,6 +208,14 @@ impl FlowDiff {
     }
 }
 
+/// A log fed by a simulation: every message read goes in.
+impl EventSink for FlowLog {
+    fn event(&mut self, _: &EventFrame<'_>, message: &CtMessage) -> Result<()> {
+        self.push(message);
+        Ok(())
+    }
+}
+
 /// Every flow either side saw.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Comparison {
@@ -293,51 +270,6 @@ impl Comparison {
     pub fn full_text(&self) -> String {
         self.flows.iter().map(FlowDiff::render).collect()
     }
-}
-
-/// Parses `NAME=VALUE` sysctl settings as the CLI takes them.
-pub fn parse_sysctls<S: AsRef<str>>(list: &[S]) -> Result<Vec<(String, String)>> {
-    list.iter()
-        .map(|s| {
-            let s = s.as_ref();
-            let (n, v) = s
-                .split_once('=')
-                .ok_or_else(|| anyhow::anyhow!("sysctl `{s}`: expected NAME=VALUE"))?;
-            Ok((n.trim().to_string(), v.trim().to_string()))
-        })
-        .collect()
-}
-
-/// Runs the engine (`kind`: native or the component) with `sysctls` over `packets` (in capture
-/// order) and on to `until_ns`, with one lossless listener; returns every message it read.
-pub fn replay_capture(
-    kind: BackendKind,
-    packets: &[CapturedPacket],
-    sysctls: &[(String, String)],
-    until_ns: u64,
-) -> Result<Vec<CtMessage>> {
-    let settings = TrackerSettings {
-        sysctls: sysctls.to_vec(),
-        ..TrackerSettings::default()
-    };
-    let mut backend = open_backend(kind, &settings, None)?;
-    let mut sim = Simulation::new(backend.as_mut(), Listeners::lossless())?;
-    let mut out = Vec::new();
-    let mut sink = |_: &EventFrame<'_>, m: &CtMessage| -> Result<()> {
-        out.push(m.clone());
-        Ok(())
-    };
-    for p in packets {
-        // A capture's clock can step back by a few ns between CPUs; the engine's may not.
-        let p = CapturedPacket {
-            ts_ns: p.ts_ns.max(sim.now()),
-            l3: p.l3.clone(),
-        };
-        sim.ingest(std::slice::from_ref(&p), &mut sink)?;
-    }
-    let end = until_ns.max(sim.now());
-    sim.run_until(end, &mut sink)?;
-    Ok(out)
 }
 
 #[cfg(test)]

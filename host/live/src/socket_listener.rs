@@ -1,7 +1,7 @@
 //! A listener whose deliveries a real kernel decides: each event message goes, as its ctnetlink
 //! bytes, to a local Unix datagram socket with a small buffer, sent without blocking.
 //!
-//! The simulated listeners ([`crate::listener`]) reproduce netlink's rules on simulated time. This
+//! The simulated listeners ([`ctwasm_host::listener`]) reproduce netlink's rules on simulated time. This
 //! one puts a real kernel buffer in their place, so that "the kernel refused the message" is a
 //! fact rather than a model: a send the kernel refuses (`EAGAIN`, `ENOBUFS`) is a missed message,
 //! and a miss by a reliable (broadcast-error) listener fails the delivery, exactly where
@@ -45,7 +45,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::ops::ControlFlow;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::sync::Arc;
@@ -56,10 +56,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use ctwasm_core::netlink::{CtMessage, DecodeError};
 use ctwasm_core::{MessageKind, Tuple};
-
-use crate::listener::{
+use ctwasm_host::listener::{
     ALL_GROUPS, ExternalListener, ListenerStats, Offer, group_bit, parse_bytes, parse_groups,
 };
+
+use crate::sys;
 
 /// How one socket listener is set up.
 #[derive(Clone, Debug, PartialEq)]
@@ -168,13 +169,7 @@ impl SocketListener {
 
     /// Bytes sent and not yet read (the skbs' truesize, `SIOCOUTQ`).
     pub fn queued_bytes(&self) -> io::Result<usize> {
-        let mut n: libc::c_int = 0;
-        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer, which outlives the call.
-        let rc = unsafe { libc::ioctl(self.socket.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(usize::try_from(n).unwrap_or(0))
+        sys::send_queue_bytes(self.socket.as_fd())
     }
 
     /// Why the reader stopped listening, if it did.
@@ -295,44 +290,14 @@ impl ExternalListener for SocketListener {
 }
 
 fn set_sndbuf(socket: &UnixDatagram, bytes: usize) -> io::Result<()> {
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    let set = |name| {
-        // SAFETY: the pointer and length describe a live `c_int`.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    };
+    let set =
+        |name| sys::setsockopt_int(socket.as_fd(), libc::SOL_SOCKET, name, sys::int_size(bytes));
     // SO_SNDBUFFORCE passes net.core.wmem_max; without CAP_NET_ADMIN, SO_SNDBUF is capped by it.
     set(libc::SO_SNDBUFFORCE).or_else(|_| set(libc::SO_SNDBUF))
 }
 
 fn sndbuf(socket: &UnixDatagram) -> io::Result<usize> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: the pointer and length describe `value`, which outlives the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let value = sys::getsockopt_int(socket.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF)?;
     Ok(usize::try_from(value).unwrap_or(0))
 }
 
@@ -520,7 +485,10 @@ pub fn read_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::listener::{GROUP_DESTROY, GROUP_NEW};
+    use ctwasm_core::netlink::consts::{NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW};
+
+    const GROUP_NEW: u8 = NFNLGRP_CONNTRACK_NEW as u8;
+    const GROUP_DESTROY: u8 = NFNLGRP_CONNTRACK_DESTROY as u8;
 
     #[test]
     fn the_kernel_refuses_once_the_buffer_is_full_and_takes_again_after_a_read() {
@@ -572,9 +540,10 @@ mod tests {
 
     #[test]
     fn a_reliable_socket_that_refuses_fails_the_broadcast_and_the_others_still_receive() {
-        use crate::listener::{DeliveryOutcome, ListenerConfig, Listeners};
+        use ctwasm_core::Delivery;
         use ctwasm_core::batch::EventFrame;
         use ctwasm_core::event::EventBits;
+        use ctwasm_host::listener::{ListenerConfig, Listeners};
 
         let mut set = Listeners::new([ListenerConfig::parse("rcvbuf=unlimited").unwrap()]);
         let (socket, _unread) = SocketListener::pair(SocketListenerConfig {
@@ -591,9 +560,9 @@ mod tests {
             ts_ns: 1,
             netlink: &[0; 200],
         };
-        let outcomes: Vec<DeliveryOutcome> = (0..64).map(|i| set.deliver(i, &frame)).collect();
-        assert_eq!(outcomes[0], DeliveryOutcome::Delivered);
-        assert_eq!(outcomes[63], DeliveryOutcome::Failed);
+        let outcomes: Vec<Delivery> = (0..64).map(|i| set.deliver(i, &frame)).collect();
+        assert_eq!(outcomes[0], Delivery::Delivered);
+        assert_eq!(outcomes[63], Delivery::Failed);
         assert!(!set.reliable_have_room());
         let stats = set.all_stats();
         assert_eq!(stats[0].1.received, 64);

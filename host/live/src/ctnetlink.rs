@@ -20,11 +20,8 @@
 //! # Network namespaces
 //!
 //! A netlink socket belongs to the network namespace of the thread that created it, for life.
-//! So `--netns NAME` is done by [`in_netns`]: a dedicated, short-lived thread enters
-//! `/run/netns/NAME` with `setns(CLONE_NEWNET)`, creates the socket (or runs the caller's
-//! closure, which is how the tests make traffic inside a namespace), and exits. The caller's
-//! own threads never change namespace, so nothing else in the process is affected, and a socket
-//! opened that way keeps talking to the namespace after the thread is gone.
+//! So `--netns NAME` opens its sockets through [`in_netns`] (see [`crate::netns`]); a socket
+//! opened that way keeps talking to the namespace after the thread that opened it is gone.
 //!
 //! # Why `libc` beside `netlink-sys`
 //!
@@ -32,20 +29,19 @@
 //! (`NETLINK_BROADCAST_ERROR`, `NETLINK_NO_ENOBUFS`, memberships). It has no call for
 //! `SO_RCVBUFFORCE` (its `set_rx_buf_sz` is `SO_RCVBUF`, capped by `rmem_max`), none for
 //! `SO_MEMINFO` (the socket's drop counter), no `poll` with a timeout, and nothing for `setns`;
-//! those four are raw `libc` calls below, each in one small function.
+//! those are raw system calls in [`crate::sys`].
 //!
 //! # Hostile input
 //!
 //! Only messages whose sender is the kernel (netlink port 0) are read; anything else that reaches
-//! the socket is counted and dropped. Every datagram goes through the codec's
-//! codec ([`CtMessage::parse`]), which returns typed errors for broken bytes, so nothing here panics on
+//! the socket is counted and dropped. Every datagram goes through the codec
+//! ([`CtMessage::parse`]), which returns typed errors for broken bytes, so nothing here panics on
 //! what arrives.
 
 use std::fmt;
-use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -56,13 +52,8 @@ use ctwasm_core::netlink::{CtAttr, CtMessage, DecodeError, NlHeader, request, tu
 use ctwasm_core::tuple::Tuple;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER as PROTO_NETFILTER};
 
-/// `SO_RCVBUFFORCE` (asm-generic, as on x86 and arm): `SO_RCVBUF` without the `rmem_max` cap,
-/// for CAP_NET_ADMIN. The kernel still doubles the value and enforces `SOCK_MIN_RCVBUF`.
-const SO_RCVBUFFORCE: libc::c_int = 33;
-/// `SO_MEMINFO` (asm-generic): the socket's memory figures, `SK_MEMINFO_DROPS` among them.
-const SO_MEMINFO: libc::c_int = 55;
-/// Number of `u32`s `SO_MEMINFO` fills (`SK_MEMINFO_VARS`).
-const SK_MEMINFO_VARS: usize = 9;
+pub use crate::netns::{in_netns, netns_path};
+use crate::sys;
 
 /// The receive buffer for request replies: a dump skb is at most 32 KiB plus headers, so one
 /// `recv` of this size never truncates.
@@ -134,146 +125,17 @@ fn sock_err(op: &'static str) -> impl FnOnce(io::Error) -> CtnlError {
     move |source| CtnlError::Socket { op, source }
 }
 
-// ---- network namespaces -------------------------------------------------------------------
-
-/// The file of a named namespace: `/run/netns/NAME`, or `NAME` itself when it is a path.
-pub fn netns_path(name: &str) -> PathBuf {
-    if name.contains('/') {
-        PathBuf::from(name)
-    } else {
-        PathBuf::from("/run/netns").join(name)
-    }
-}
-
-/// Runs `f` in the network namespace `netns` (or here, for `None`) and returns its result.
-///
-/// With a namespace, `f` runs on a new thread that first enters it with
-/// `setns(CLONE_NEWNET)`; the thread ends with `f`, so the namespace change never leaks into
-/// the caller's threads. Sockets `f` creates stay in that namespace.
-pub fn in_netns<T, F>(netns: Option<&str>, f: F) -> Result<T, CtnlError>
-where
-    T: Send,
-    F: FnOnce() -> T + Send,
-{
-    let Some(name) = netns else {
-        return Ok(f());
-    };
-    let file = File::open(netns_path(name)).map_err(|source| CtnlError::Netns {
-        name: name.to_string(),
-        source,
-    })?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                // SAFETY: plain system call on a file descriptor we own for its duration; it
-                // changes only this thread's namespace, and this thread ends with `f`.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                if rc != 0 {
-                    return Err(CtnlError::Netns {
-                        name: name.to_string(),
-                        source: io::Error::last_os_error(),
-                    });
-                }
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| CtnlError::ThreadPanicked)?
-    })
-}
-
 fn open_socket(netns: Option<&str>) -> Result<Socket, CtnlError> {
     in_netns(netns, || Socket::new(PROTO_NETFILTER))?.map_err(sock_err("socket"))
-}
-
-// ---- raw socket options (see the module docs for why) -------------------------------------
-
-fn setsockopt_int(
-    socket: &Socket,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: the pointer and length describe a live `c_int`.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// The socket's drop counter (`sk_drops`): broadcasts the kernel could not queue for it.
-fn socket_drops(socket: &Socket) -> io::Result<u32> {
-    let mut info = [0u32; SK_MEMINFO_VARS];
-    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
-    // SAFETY: the pointer and length describe `info`, which outlives the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_MEMINFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(info[libc::SK_MEMINFO_DROPS as usize])
 }
 
 /// Waits until the socket is readable: `Ok(true)` when it is, `Ok(false)` on timeout or when a
 /// signal interrupted the wait.
 fn wait_readable(socket: &Socket, timeout: Option<Duration>) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: socket.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = match timeout {
-        None => -1,
-        Some(t) => libc::c_int::try_from(t.as_millis().max(1)).unwrap_or(libc::c_int::MAX),
-    };
-    // SAFETY: one valid pollfd.
-    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok(false)
-        } else {
-            Err(e)
-        };
+    match sys::poll_readable(socket.as_fd(), timeout) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+        r => r,
     }
-    Ok(rc > 0)
-}
-
-// ---- signals --------------------------------------------------------------------------------
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// Makes SIGINT and SIGTERM set a flag instead of killing the process, so a long `watch` can
-/// print its counts when stopped. Returns the flag; a blocking [`EventSocket::recv`] returns
-/// [`Received::Interrupted`] once it is set.
-pub fn stop_on_signals() -> &'static AtomicBool {
-    let handler = on_stop_signal as extern "C" fn(libc::c_int);
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
-    }
-    &STOP
 }
 
 fn now_ns() -> u64 {
@@ -339,12 +201,7 @@ impl KernelMessage {
     pub fn frame(&self) -> EventFrame<'_> {
         EventFrame {
             events: self.events(),
-            group: match self.kind() {
-                Some(MessageKind::New) => NFNLGRP_CONNTRACK_NEW as u8,
-                Some(MessageKind::Update) => NFNLGRP_CONNTRACK_UPDATE as u8,
-                Some(MessageKind::Destroy) => NFNLGRP_CONNTRACK_DESTROY as u8,
-                None => 0,
-            },
+            group: self.kind().map_or(0, MessageKind::group),
             flags: 0,
             ts_ns: self.ts_ns(),
             netlink: &self.bytes,
@@ -416,7 +273,7 @@ pub enum Received {
     Overrun,
     /// Nothing arrived within the timeout.
     TimedOut,
-    /// A signal arrived and [`stop_on_signals`]'s flag is set.
+    /// The stop flag given to [`EventSocket::stop_when`] is set (by a signal, typically).
     Interrupted,
 }
 
@@ -448,6 +305,7 @@ pub struct EventSocket {
     counts: EventCounts,
     rcvbuf: usize,
     netns: Option<String>,
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl EventSocket {
@@ -456,8 +314,8 @@ impl EventSocket {
     pub fn subscribe(options: &SubscribeOptions) -> Result<EventSocket, CtnlError> {
         let mut socket = open_socket(options.netns.as_deref())?;
         if let Some(size) = options.rcvbuf {
-            let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-            setsockopt_int(&socket, libc::SOL_SOCKET, SO_RCVBUFFORCE, size)
+            let size = sys::int_size(size);
+            sys::setsockopt_int(socket.as_fd(), libc::SOL_SOCKET, sys::SO_RCVBUFFORCE, size)
                 .map_err(sock_err("setsockopt(SO_RCVBUFFORCE)"))?;
         }
         if options.reliable {
@@ -483,7 +341,14 @@ impl EventSocket {
             counts: EventCounts::default(),
             rcvbuf,
             netns: options.netns.clone(),
+            stop: None,
         })
+    }
+
+    /// Makes [`recv`](Self::recv) return [`Received::Interrupted`] once `flag` is set; a
+    /// signal that sets it also ends a blocking wait.
+    pub fn stop_when(&mut self, flag: Arc<AtomicBool>) {
+        self.stop = Some(flag);
     }
 
     /// The receive buffer the kernel actually uses (`sk_rcvbuf`, after doubling).
@@ -497,15 +362,15 @@ impl EventSocket {
 
     /// The kernel's drop counter for this socket: every broadcast it could not queue here.
     pub fn kernel_drops(&self) -> Result<u32, CtnlError> {
-        socket_drops(&self.socket).map_err(sock_err("getsockopt(SO_MEMINFO)"))
+        sys::socket_drops(self.socket.as_fd()).map_err(sock_err("getsockopt(SO_MEMINFO)"))
     }
 
     /// Reads one datagram, waiting at most `timeout` (`None`: until something arrives or the
-    /// stop flag is set by a signal).
+    /// stop flag is set, see [`stop_when`](Self::stop_when)).
     pub fn recv(&mut self, timeout: Option<Duration>) -> Result<Received, CtnlError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            if STOP.load(Ordering::SeqCst) {
+            if self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
                 return Ok(Received::Interrupted);
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -878,6 +743,9 @@ fn framed(mut buf: &[u8]) -> impl Iterator<Item = Result<Framed<'_>, DecodeError
     })
 }
 
+/// The `nlmsghdr` at the start of `buf` and its length. The codec reads the same header inside
+/// [`CtMessage::parse`] but keeps it private, and a reply's control messages (`NLMSG_DONE`,
+/// `NLMSG_ERROR`) need their sequence number, which `parse` does not return.
 fn header_of(buf: &[u8]) -> Result<(NlHeader, usize), DecodeError> {
     let field = |at: usize, n: usize| buf.get(at..at + n).ok_or(DecodeError::ShortHeader);
     let len = u32::from_ne_bytes(field(0, 4)?.try_into().expect("4 bytes")) as usize;
