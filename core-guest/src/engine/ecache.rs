@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::expect::{GROUP_EXP_DESTROY, GROUP_EXP_NEW};
 use super::table::{Life, NIL};
 use super::{Delivery, NS_PER_S, Tracker};
 use crate::batch;
@@ -240,38 +241,38 @@ impl Tracker {
             bits,
             missed_sent,
         };
-        let flags = if redelivery {
-            batch::EVENT_FLAG_REDELIVERY
-        } else {
-            0
-        };
-        self.queue(
-            source,
-            kind,
-            kind.group(),
-            flags,
-            now_ns,
-            from_worker,
-            |out| event.write_to(out),
-        );
+        self.queue(source, kind, now_ns, redelivery, from_worker, |out| {
+            event.write_to(out)
+        });
     }
 
-    /// Frames a message written by `write` and queues it.
-    #[allow(clippy::too_many_arguments)]
+    /// Frames a message written by `write` and queues it; a redelivery is flagged so in its
+    /// frame.
     pub(super) fn queue(
         &mut self,
         source: Source,
         kind: MessageKind,
-        group: u8,
-        flags: u8,
         now_ns: u64,
+        redelivery: bool,
         from_worker: bool,
         write: impl FnOnce(&mut Vec<u8>),
     ) {
-        let bits = match source {
-            Source::Entry { bits, .. } => bits,
-            // The frame's event field holds the expectation's own bits (`IPEXP_*`).
-            Source::Expectation { bits, .. } => EventBits(bits.0),
+        let (bits, group) = match source {
+            Source::Entry { bits, .. } => (bits, kind.group()),
+            // The frame's event field holds the expectation's own bits (`IPEXP_*`), and the
+            // message goes to the expectation groups.
+            Source::Expectation { bits, .. } => {
+                let group = match kind {
+                    MessageKind::Destroy => GROUP_EXP_DESTROY,
+                    MessageKind::New | MessageKind::Update => GROUP_EXP_NEW,
+                };
+                (EventBits(bits.0), group)
+            }
+        };
+        let flags = if redelivery {
+            batch::EVENT_FLAG_REDELIVERY
+        } else {
+            0
         };
         let out = &mut self.ecache.outbox.bytes;
         let start = out.len();

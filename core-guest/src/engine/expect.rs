@@ -380,11 +380,6 @@ impl Tracker {
             m.dst = Addr([0xff; 16]);
             m
         };
-        let group = if destroy {
-            GROUP_EXP_DESTROY
-        } else {
-            GROUP_EXP_NEW
-        };
         let event = ExpectEvent {
             kind: if destroy {
                 ExpectEventKind::Destroy
@@ -413,7 +408,7 @@ impl Tracker {
         } else {
             MessageKind::New
         };
-        self.queue(source, kind, group, 0, now_ns, false, |out| {
+        self.queue(source, kind, now_ns, false, false, |out| {
             event.write_to(out)
         });
     }
