@@ -4,6 +4,8 @@
 //! events a listener would read, as `conntrack -E` or as JSON lines; a summary with the kernel's
 //! statistics goes to stderr.
 
+#![forbid(unsafe_code)]
+
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -231,6 +233,14 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
     Ok(())
 }
 
+/// The delivery figures the kernel's statistics lack (see `ctwasm_core::Stats`).
+fn is_delivery_figure(name: &str) -> bool {
+    matches!(
+        name,
+        "destroy_retries" | "missed_pending" | "dying" | "dying_peak"
+    )
+}
+
 fn print_summary(path: &std::path::Path, backend: &str, skipped: u64, r: &ReplayReport) {
     let s = &r.stats;
     let mut e = std::io::stderr().lock();
@@ -248,33 +258,21 @@ fn print_summary(path: &std::path::Path, backend: &str, skipped: u64, r: &Replay
         .map(|(v, n)| format!("{}={n}", v.name()))
         .collect();
     let _ = writeln!(e, "  verdicts: {}", verdicts.join(" "));
-    let _ = writeln!(
-        e,
-        "  conntrack: entries={} count={} max={} found={} invalid={} ignore={} insert={} insert_failed={} drop={} early_drop={} error={} untracked={}",
-        s.entries,
-        s.count,
-        s.max,
-        s.found,
-        s.invalid,
-        s.ignore,
-        s.insert,
-        s.insert_failed,
-        s.drop,
-        s.early_drop,
-        s.error,
-        s.untracked
-    );
-    let _ = writeln!(
-        e,
-        "  events: emitted={} delivered={} failed={} destroy_retries={} missed_pending={} dying={} dying_peak={}",
-        s.events_emitted,
-        s.events_delivered,
-        s.events_failed,
-        s.destroy_retries,
-        s.missed_pending,
-        s.dying,
-        s.dying_peak
-    );
+    // The kernel's counters on one line, the event-delivery figures on the next, each field
+    // named as the stats record names it.
+    let (kernel, events): (Vec<_>, Vec<_>) = s
+        .fields()
+        .map(|(name, value)| (name, format!("{name}={value}")))
+        .partition(|(name, _)| !name.starts_with("events_") && !is_delivery_figure(name));
+    let line = |fields: Vec<(&str, String)>| {
+        fields
+            .into_iter()
+            .map(|(_, text)| text)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let _ = writeln!(e, "  conntrack: {}", line(kernel));
+    let _ = writeln!(e, "  events: {}", line(events));
     for (name, l) in &r.listeners {
         let _ = writeln!(e, "  listener {name}: {l}");
     }

@@ -135,7 +135,7 @@ pub enum MessageKind {
 
 impl MessageKind {
     /// The `NFNLGRP_CONNTRACK_*` group number the message is multicast to.
-    pub fn group(self) -> u8 {
+    pub const fn group(self) -> u8 {
         use crate::netlink::consts::*;
         let group = match self {
             MessageKind::New => NFNLGRP_CONNTRACK_NEW,

@@ -45,6 +45,11 @@ pub mod ipproto {
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
     pub const ICMPV6: u8 = 58;
+    /// Protocols the engine tracks generically; named here because `conntrack` names them.
+    pub const DCCP: u8 = 33;
+    pub const GRE: u8 = 47;
+    pub const SCTP: u8 = 132;
+    pub const UDPLITE: u8 = 136;
 
     /// The protocol name as `conntrack` prints it, if it has one.
     pub fn name(proto: u8) -> Option<&'static str> {

@@ -457,27 +457,12 @@ impl Backend for ComponentBackend {
     }
     fn stats(&mut self) -> Result<Stats> {
         let s = call!(self.call_stats())?;
-        Ok(Stats {
-            found: s.found,
-            invalid: s.invalid,
-            insert: s.insert,
-            insert_failed: s.insert_failed,
-            drop: s.drop,
-            early_drop: s.early_drop,
-            error: s.error,
-            ignore: s.ignore,
-            untracked: s.untracked,
-            entries: s.entries,
-            count: s.count,
-            max: s.max,
-            events_emitted: s.events_emitted,
-            events_delivered: s.events_delivered,
-            events_failed: s.events_failed,
-            destroy_retries: s.destroy_retries,
-            missed_pending: s.missed_pending,
-            dying: s.dying,
-            dying_peak: s.dying_peak,
-        })
+        macro_rules! from_wit {
+            ($($field:ident),+) => {
+                Stats { $($field: s.$field),+ }
+            };
+        }
+        Ok(ctwasm_core::stats_fields!(from_wit))
     }
     fn open(
         &mut self,

@@ -67,9 +67,6 @@ use std::str::FromStr;
 
 use anyhow::{Context, bail};
 use ctwasm_core::batch::{self, EventFrame};
-use ctwasm_core::netlink::consts::{
-    NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE,
-};
 use ctwasm_core::{Delivery, MessageKind};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -84,9 +81,9 @@ pub const fn group_bit(group: u8) -> u8 {
 }
 
 /// All three conntrack event groups.
-pub const ALL_GROUPS: u8 = group_bit(NFNLGRP_CONNTRACK_NEW as u8)
-    | group_bit(NFNLGRP_CONNTRACK_UPDATE as u8)
-    | group_bit(NFNLGRP_CONNTRACK_DESTROY as u8);
+pub const ALL_GROUPS: u8 = group_bit(MessageKind::New.group())
+    | group_bit(MessageKind::Update.group())
+    | group_bit(MessageKind::Destroy.group());
 
 /// The kernel's default receive buffer, `net.core.rmem_default`.
 pub const DEFAULT_RCVBUF: usize = 212_992;
@@ -815,9 +812,9 @@ mod tests {
     use super::*;
     use ctwasm_core::event::EventBits;
 
-    const GROUP_NEW: u8 = NFNLGRP_CONNTRACK_NEW as u8;
-    const GROUP_UPDATE: u8 = NFNLGRP_CONNTRACK_UPDATE as u8;
-    const GROUP_DESTROY: u8 = NFNLGRP_CONNTRACK_DESTROY as u8;
+    const GROUP_NEW: u8 = MessageKind::New.group();
+    const GROUP_UPDATE: u8 = MessageKind::Update.group();
+    const GROUP_DESTROY: u8 = MessageKind::Destroy.group();
 
     const MS: u64 = 1_000_000;
     const S: u64 = 1_000_000_000;

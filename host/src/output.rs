@@ -152,10 +152,10 @@ pub fn format_conntrack_with(
             );
         }
         match t.proto {
-            ipproto::TCP | ipproto::UDP | UDPLITE | SCTP | DCCP => {
+            ipproto::TCP | ipproto::UDP | ipproto::UDPLITE | ipproto::SCTP | ipproto::DCCP => {
                 let _ = write!(out, "sport={} dport={} ", t.sport, t.dport);
             }
-            GRE => {
+            ipproto::GRE => {
                 let _ = write!(out, "srckey=0x{:x} dstkey=0x{:x} ", t.sport, t.dport);
             }
             ipproto::ICMP | ipproto::ICMPV6 => {
@@ -406,18 +406,13 @@ fn message_kind(frame: &EventFrame<'_>, msg: &CtMessage) -> Option<MessageKind> 
     msg.kind().or_else(|| frame.events.message_kind())
 }
 
-const UDPLITE: u8 = 136;
-const SCTP: u8 = 132;
-const DCCP: u8 = 33;
-const GRE: u8 = 47;
-
 /// libnetfilter_conntrack's protocol names; others print as `unknown`.
 fn protocol_name(proto: u8) -> &'static str {
     match proto {
-        UDPLITE => "udplite",
-        SCTP => "sctp",
-        DCCP => "dccp",
-        GRE => "gre",
+        ipproto::UDPLITE => "udplite",
+        ipproto::SCTP => "sctp",
+        ipproto::DCCP => "dccp",
+        ipproto::GRE => "gre",
         p => ipproto::name(p).unwrap_or("unknown"),
     }
 }

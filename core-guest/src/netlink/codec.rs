@@ -712,6 +712,15 @@ impl ParseNla for OpaqueAttr {
 
 // ---- messages --------------------------------------------------------------------------------
 
+impl NlHeader {
+    /// The `nlmsghdr` of the message at the start of `buf`, and `nlmsg_len` (at least a header,
+    /// at most `buf`). Control messages (`NLMSG_DONE`, `NLMSG_ERROR`) read this way keep their
+    /// sequence number, which [`CtMessage::parse`] turns into an error.
+    pub fn parse(buf: &[u8]) -> Result<(NlHeader, usize), DecodeError> {
+        frame(buf)
+    }
+}
+
 /// The `nlmsghdr` of the message at the start of `buf`: `(header, nlmsg_len)`.
 fn frame(buf: &[u8]) -> Result<(NlHeader, usize), DecodeError> {
     let (Some(len), Some(msg_type), Some(flags), Some(seq), Some(port_id)) = (

@@ -721,7 +721,7 @@ fn framed(mut buf: &[u8]) -> impl Iterator<Item = Result<Framed<'_>, DecodeError
         if buf.is_empty() {
             return None;
         }
-        let (header, len) = match header_of(buf) {
+        let (header, len) = match NlHeader::parse(buf) {
             Ok(h) => h,
             Err(e) => {
                 buf = &[];
@@ -730,7 +730,7 @@ fn framed(mut buf: &[u8]) -> impl Iterator<Item = Result<Framed<'_>, DecodeError
         };
         let bytes = &buf[..len];
         let parsed = CtMessage::parse(bytes).map(|(m, _)| m);
-        // `len` is at least a header and at most the buffer (checked by `header_of`), so this
+        // `len` is at least a header and at most the buffer (checked by `NlHeader::parse`), so this
         // always moves on.
         buf = buf
             .get(len.div_ceil(NLMSG_ALIGNTO) * NLMSG_ALIGNTO..)
@@ -741,27 +741,6 @@ fn framed(mut buf: &[u8]) -> impl Iterator<Item = Result<Framed<'_>, DecodeError
             parsed,
         }))
     })
-}
-
-/// The `nlmsghdr` at the start of `buf` and its length. The codec reads the same header inside
-/// [`CtMessage::parse`] but keeps it private, and a reply's control messages (`NLMSG_DONE`,
-/// `NLMSG_ERROR`) need their sequence number, which `parse` does not return.
-fn header_of(buf: &[u8]) -> Result<(NlHeader, usize), DecodeError> {
-    let field = |at: usize, n: usize| buf.get(at..at + n).ok_or(DecodeError::ShortHeader);
-    let len = u32::from_ne_bytes(field(0, 4)?.try_into().expect("4 bytes")) as usize;
-    if len < NLMSG_HDRLEN {
-        return Err(DecodeError::ShortHeader);
-    }
-    if len > buf.len() {
-        return Err(DecodeError::LengthPastEnd);
-    }
-    let header = NlHeader {
-        msg_type: u16::from_ne_bytes(field(4, 2)?.try_into().expect("2 bytes")),
-        flags: u16::from_ne_bytes(field(6, 2)?.try_into().expect("2 bytes")),
-        seq: u32::from_ne_bytes(field(8, 4)?.try_into().expect("4 bytes")),
-        port_id: u32::from_ne_bytes(field(12, 4)?.try_into().expect("4 bytes")),
-    };
-    Ok((header, len))
 }
 
 /// The attributes of a get/delete request: the original tuple, the zone when not the default,
