@@ -2,12 +2,14 @@
 //!
 //! A conntrack table refreshes a deadline on almost every packet and expires entries in bulk, so
 //! both must cost the same whatever the table holds: here an insert, a move and a removal are
-//! O(1) (each timer remembers its slot and index), and expiring walks only slots that hold due
+//! O(1) (each timer remembers its slot and its neighbours there), and expiring walks only slots that hold due
 //! timers. Six levels of 64 slots with a 2^20 ns (≈1 ms) tick reach about 2^56 ns (≈2.3 years);
 //! later deadlines are parked in the last level and re-filed when their slot comes round.
 //!
 //! Timers are keyed by a `u32` handle (the engine's slab index). The wheel keeps per-handle
-//! positions in a side array, so the engine's entries stay free of wheel bookkeeping.
+//! positions in a side array, so the engine's entries stay free of wheel bookkeeping. Each slot
+//! is a list linked through those positions: once a handle's position exists, scheduling,
+//! moving and expiring it never allocate, so a tracker at its memory limit keeps its timers.
 
 const LEVELS: usize = 6;
 const SLOT_BITS: u32 = 6;
@@ -15,20 +17,45 @@ const SLOTS: usize = 1 << SLOT_BITS;
 /// log2 of the tick length in nanoseconds.
 pub const TICK_SHIFT: u32 = 20;
 
-const NOT_SCHEDULED: u32 = u32::MAX;
+/// "No handle": the end of a slot's list.
+const NIL: u32 = u32::MAX;
 
+/// Where a handle's timer is: its slot, its neighbours in the slot's list, its deadline.
 #[derive(Clone, Copy, Debug)]
 struct Position {
+    scheduled: bool,
     level: u8,
     slot: u8,
-    index: u32,
+    prev: u32,
+    next: u32,
     deadline_ns: u64,
 }
+
+const UNSCHEDULED: Position = Position {
+    scheduled: false,
+    level: 0,
+    slot: 0,
+    prev: NIL,
+    next: NIL,
+    deadline_ns: 0,
+};
+
+/// A slot: the first and last handle of its list, oldest first.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    head: u32,
+    tail: u32,
+}
+
+const EMPTY: Slot = Slot {
+    head: NIL,
+    tail: NIL,
+};
 
 /// The wheel. `elapsed` is the tick up to which every slot before it has been processed.
 #[derive(Clone, Debug)]
 pub struct TimerWheel {
-    slots: Vec<Vec<u32>>,
+    slots: Vec<Slot>,
     occupied: [u64; LEVELS],
     positions: Vec<Position>,
     elapsed: u64,
@@ -60,7 +87,7 @@ fn slot_for(when: u64, level: usize) -> usize {
 impl TimerWheel {
     pub fn new() -> Self {
         TimerWheel {
-            slots: vec![Vec::new(); LEVELS * SLOTS],
+            slots: vec![EMPTY; LEVELS * SLOTS],
             occupied: [0; LEVELS],
             positions: Vec::new(),
             elapsed: 0,
@@ -79,24 +106,23 @@ impl TimerWheel {
     /// The deadline of `handle`, if scheduled.
     pub fn deadline(&self, handle: u32) -> Option<u64> {
         match self.positions.get(handle as usize) {
-            Some(p) if p.index != NOT_SCHEDULED => Some(p.deadline_ns),
+            Some(p) if p.scheduled => Some(p.deadline_ns),
             _ => None,
         }
+    }
+
+    /// Makes room for handles below `handles` without growing past what memory allows; `false`
+    /// when the memory is not there.
+    pub fn reserve(&mut self, handles: usize) -> bool {
+        let more = handles.saturating_sub(self.positions.len());
+        self.positions.try_reserve(more).is_ok()
     }
 
     /// Schedules `handle` at `deadline_ns`, moving it if it was scheduled already.
     pub fn schedule(&mut self, handle: u32, deadline_ns: u64) {
         let h = handle as usize;
         if h >= self.positions.len() {
-            self.positions.resize(
-                h + 1,
-                Position {
-                    level: 0,
-                    slot: 0,
-                    index: NOT_SCHEDULED,
-                    deadline_ns: 0,
-                },
-            );
+            self.positions.resize(h + 1, UNSCHEDULED);
         }
         // Deadlines past the wheel's reach are filed half a last-level round ahead and re-filed
         // when that slot comes round, so a slot is never revisited at the same instant.
@@ -104,7 +130,7 @@ impl TimerWheel {
         let level = level_for(self.elapsed, when);
         let slot = slot_for(when, level);
         let p = self.positions[h];
-        if p.index != NOT_SCHEDULED {
+        if p.scheduled {
             if p.level as usize == level && p.slot as usize == slot {
                 self.positions[h].deadline_ns = deadline_ns;
                 return;
@@ -121,31 +147,61 @@ impl TimerWheel {
         }
     }
 
+    /// Appends `handle` to the slot's list.
     fn link(&mut self, handle: u32, level: usize, slot: usize, deadline_ns: u64) {
-        let list = &mut self.slots[level * SLOTS + slot];
+        let at = level * SLOTS + slot;
+        let tail = self.slots[at].tail;
         self.positions[handle as usize] = Position {
+            scheduled: true,
             level: level as u8,
             slot: slot as u8,
-            index: list.len() as u32,
+            prev: tail,
+            next: NIL,
             deadline_ns,
         };
-        list.push(handle);
+        if tail == NIL {
+            self.slots[at].head = handle;
+        } else {
+            self.positions[tail as usize].next = handle;
+        }
+        self.slots[at].tail = handle;
         self.occupied[level] |= 1 << slot;
         self.len += 1;
     }
 
     fn unlink(&mut self, handle: u32) {
         let p = self.positions[handle as usize];
-        let list = &mut self.slots[p.level as usize * SLOTS + p.slot as usize];
-        list.swap_remove(p.index as usize);
-        if let Some(&moved) = list.get(p.index as usize) {
-            self.positions[moved as usize].index = p.index;
+        let at = p.level as usize * SLOTS + p.slot as usize;
+        if p.prev == NIL {
+            self.slots[at].head = p.next;
+        } else {
+            self.positions[p.prev as usize].next = p.next;
         }
-        if list.is_empty() {
+        if p.next == NIL {
+            self.slots[at].tail = p.prev;
+        } else {
+            self.positions[p.next as usize].prev = p.prev;
+        }
+        if self.slots[at].head == NIL {
             self.occupied[p.level as usize] &= !(1 << p.slot);
         }
-        self.positions[handle as usize].index = NOT_SCHEDULED;
+        self.positions[handle as usize] = Position {
+            deadline_ns: p.deadline_ns,
+            ..UNSCHEDULED
+        };
         self.len -= 1;
+    }
+
+    /// The handles of a slot's list, oldest first.
+    fn list(&self, at: usize) -> impl Iterator<Item = u32> + '_ {
+        let mut next = self.slots[at].head;
+        core::iter::from_fn(move || {
+            let h = next;
+            (h != NIL).then(|| {
+                next = self.positions[h as usize].next;
+                h
+            })
+        })
     }
 
     /// The earliest occupied slot: `(level, slot, first tick it covers)`.
@@ -184,9 +240,8 @@ impl TimerWheel {
         let (level, slot, start) = self.next_slot()?;
         if level == 0 {
             // One tick: the exact earliest deadline is cheap to find.
-            self.slots[slot]
-                .iter()
-                .map(|&h| self.positions[h as usize].deadline_ns)
+            self.list(slot)
+                .map(|h| self.positions[h as usize].deadline_ns)
                 .min()
         } else {
             Some(start << TICK_SHIFT)
@@ -202,25 +257,29 @@ impl TimerWheel {
                 break;
             }
             self.elapsed = start;
-            let list = core::mem::take(&mut self.slots[level * SLOTS + slot]);
+            // Detach the slot's list and walk it: each timer fires or is re-filed one level
+            // down (never into this slot, which the wheel has now passed).
+            let at = level * SLOTS + slot;
+            let mut next = core::mem::replace(&mut self.slots[at], EMPTY).head;
             self.occupied[level] &= !(1 << slot);
-            self.len -= list.len();
-            for &h in &list {
-                self.positions[h as usize].index = NOT_SCHEDULED;
-            }
-            if level == 0 && start < now {
-                fired.extend_from_slice(&list);
-                continue;
-            }
-            // The current tick (level 0) or a coarse slot: fire what is due, re-file the rest
-            // one level down.
-            for &h in &list {
-                let deadline = self.positions[h as usize].deadline_ns;
-                if deadline <= now_ns {
+            let fire_all = level == 0 && start < now;
+            while next != NIL {
+                let h = next;
+                let p = self.positions[h as usize];
+                next = p.next;
+                self.positions[h as usize] = Position {
+                    deadline_ns: p.deadline_ns,
+                    ..UNSCHEDULED
+                };
+                self.len -= 1;
+                if fire_all || p.deadline_ns <= now_ns {
                     fired.push(h);
                 } else {
-                    self.schedule(h, deadline);
+                    self.schedule(h, p.deadline_ns);
                 }
+            }
+            if fire_all {
+                continue;
             }
             if level == 0 {
                 // What is left in the current tick is not due yet, and nothing later can be.
@@ -235,9 +294,9 @@ impl TimerWheel {
     /// Writes the wheel slot by slot, keeping the order timers fire in within a tick.
     pub(crate) fn encode(&self, w: &mut crate::snapshot::Writer) {
         w.u64(self.elapsed);
-        for list in &self.slots {
-            w.u64(list.len() as u64);
-            for &h in list {
+        for at in 0..self.slots.len() {
+            w.u64(self.list(at).count() as u64);
+            for h in self.list(at) {
                 w.u32(h);
                 w.u64(self.positions[h as usize].deadline_ns);
             }
@@ -256,36 +315,20 @@ impl TimerWheel {
         if wheel.elapsed > u64::MAX >> (TICK_SHIFT + 1) {
             return Err(Invalid("timer wheel's clock"));
         }
-        wheel.positions = vec![
-            Position {
-                level: 0,
-                slot: 0,
-                index: NOT_SCHEDULED,
-                deadline_ns: 0
-            };
-            handles
-        ];
+        wheel.positions = vec![UNSCHEDULED; handles];
         for i in 0..LEVELS * SLOTS {
             let n = r.len()?;
-            for index in 0..n {
+            for _ in 0..n {
                 let h = r.u32()?;
                 let deadline_ns = r.u64()?;
                 let p = wheel
                     .positions
-                    .get_mut(h as usize)
+                    .get(h as usize)
                     .ok_or(Invalid("timer handle"))?;
-                if p.index != NOT_SCHEDULED {
+                if p.scheduled {
                     return Err(Invalid("timer wheel (a timer twice)"));
                 }
-                *p = Position {
-                    level: (i / SLOTS) as u8,
-                    slot: (i % SLOTS) as u8,
-                    index: index as u32,
-                    deadline_ns,
-                };
-                wheel.slots[i].push(h);
-                wheel.occupied[i / SLOTS] |= 1 << (i % SLOTS);
-                wheel.len += 1;
+                wheel.link(h, i / SLOTS, i % SLOTS, deadline_ns);
             }
         }
         Ok(wheel)

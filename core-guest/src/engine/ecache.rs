@@ -30,6 +30,9 @@ const KERNEL_FIRST_RETRY_NS: u64 = NS_PER_S;
 pub(super) const KERNEL_RETRY_NS: u64 = 10_000_000;
 /// DESTROYs one worker run sends before waiting for their outcomes (the 4.x batch size).
 const WORKER_BATCH: usize = 16;
+/// Room an event frame may need: the frame header and the largest message the encoder writes
+/// (an IPv6 entry with every optional attribute is under 400 bytes).
+const MAX_FRAME_LEN: usize = 512;
 
 /// The per-entry event-cache extension.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -93,6 +96,14 @@ impl Outbox {
             self.bytes.clear();
         }
         n
+    }
+
+    /// Makes room for one more message without growing past what memory allows: `false` when
+    /// the memory is not there (the caller must not queue then).
+    fn reserve_one(&mut self) -> bool {
+        self.bytes.try_reserve(MAX_FRAME_LEN).is_ok()
+            && self.queued.try_reserve(1).is_ok()
+            && self.in_flight.try_reserve(self.queued.len() + 1).is_ok()
     }
 
     /// Every message not yet reported, queued first.
@@ -257,6 +268,25 @@ impl Tracker {
         from_worker: bool,
         write: impl FnOnce(&mut Vec<u8>),
     ) {
+        if !self.listener_present {
+            // Nobody listens: the kernel's ctnetlink returns at once and the event counts as
+            // delivered, so nothing waits on a host that will not take it.
+            self.settle(source, kind, from_worker, Delivery::Delivered);
+            return;
+        }
+        if !self.ecache.outbox.reserve_one() {
+            // The outbox cannot grow inside the memory limit: the message fails as if a
+            // listener's buffer were full (a reliable listener's DESTROY is retried later; other
+            // listeners lose it, as they would on ENOBUFS).
+            self.stats.events_failed += 1;
+            let result = if self.reliable_listener {
+                Delivery::Failed
+            } else {
+                Delivery::Delivered
+            };
+            self.settle(source, kind, from_worker, result);
+            return;
+        }
         let (bits, group) = match source {
             Source::Entry { bits, .. } => (bits, kind.group()),
             // The frame's event field holds the expectation's own bits (`IPEXP_*`), and the
@@ -306,22 +336,27 @@ impl Tracker {
                 Delivery::Delivered => self.stats.events_delivered += 1,
                 Delivery::Failed => self.stats.events_failed += 1,
             }
-            match p.source {
-                Source::Expectation {
-                    slot,
-                    generation,
-                    bits,
-                    missed_sent,
-                } => self.expect_delivery(slot, generation, bits, missed_sent, result),
-                Source::Entry {
-                    slot,
-                    generation,
-                    bits,
-                    missed_sent,
-                } => {
-                    if self.table.entry(slot).generation == generation {
-                        self.entry_delivery(slot, p.kind, bits, missed_sent, p.from_worker, result);
-                    }
+            self.settle(p.source, p.kind, p.from_worker, result);
+        }
+    }
+
+    /// Applies the outcome of one message to what it was about.
+    fn settle(&mut self, source: Source, kind: MessageKind, from_worker: bool, result: Delivery) {
+        match source {
+            Source::Expectation {
+                slot,
+                generation,
+                bits,
+                missed_sent,
+            } => self.expect_delivery(slot, generation, bits, missed_sent, result),
+            Source::Entry {
+                slot,
+                generation,
+                bits,
+                missed_sent,
+            } => {
+                if self.table.entry(slot).generation == generation {
+                    self.entry_delivery(slot, kind, bits, missed_sent, from_worker, result);
                 }
             }
         }

@@ -124,6 +124,16 @@ impl Tracker {
         if !self.make_room(now_ns, &tuple) {
             return Err(Verdict::Drop);
         }
+        let handles = self.table.slab.len() + 1;
+        if !self.table.reserve_one()
+            || !self.timers.reserve(handles)
+            || self.fired.try_reserve(handles).is_err()
+        {
+            // The table cannot grow inside the memory it has: the kernel's answer to a failed
+            // allocation, the packet is dropped and counted, and the table stays as it is.
+            self.stats.insert_failed += 1;
+            return Err(Verdict::Drop);
+        }
         let ecache = match self.config.sysctls.events {
             1 => Some(Ecache::default()),
             2 if self.listener_present => Some(Ecache::default()),

@@ -160,6 +160,16 @@ impl Table {
         self.entry(slot).is_live()
     }
 
+    /// Makes sure one more entry fits without growing anything past what memory allows: the
+    /// slab (by a quarter when doubling is refused), the tuple index and the id map. `false`
+    /// when the memory is not there; the caller then refuses the new connection.
+    pub(super) fn reserve_one(&mut self) -> bool {
+        let slab_ok = !self.free.is_empty()
+            || self.slab.try_reserve(1).is_ok()
+            || self.slab.try_reserve_exact(self.slab.len() / 4 + 1).is_ok();
+        slab_ok && self.index.try_reserve(2).is_ok() && self.ids.try_reserve(1).is_ok()
+    }
+
     /// Takes a slot for a new, not yet confirmed entry; it counts from now on.
     pub(super) fn allocate(&mut self, entry: Entry) -> u32 {
         self.count += 1;

@@ -1057,3 +1057,77 @@ mod expectations {
         assert!(r.log.last().unwrap().bits.contains(EventBits::RELATED));
     }
 }
+
+/// A short TCP connection the proxy way: SYN, then RST from the same side, with nobody taking
+/// events in between.
+fn syn_then_rst(t: &mut Tracker, at: u64, sport: u16) -> (Verdict, Verdict) {
+    let packet = |flags| {
+        let l4 = build::tcp(sport, 80, 1000, 0, flags, 65535, 0);
+        build::ipv4([10, 0, 0, 1], [10, 0, 0, 2], ipproto::TCP, &l4)
+    };
+    let syn = t.ingest(T0 + at, 0, &packet(SYN));
+    let rst = t.ingest(T0 + at, 0, &packet(RST));
+    (syn, rst)
+}
+
+#[test]
+fn with_nobody_listening_nothing_is_queued_and_no_entry_waits() {
+    // The kernel sends no event when no socket listens, and the entry goes at once: 2 000 short
+    // connections never fill a table of 500, even though nobody ever takes an event.
+    let mut quiet = Run::new(false, |s| s.max = 500);
+    quiet.t.set_listeners(false, false);
+    for i in 0..2000u16 {
+        let (syn, rst) = syn_then_rst(&mut quiet.t, u64::from(i) * MS, 10_000 + i);
+        assert_eq!(
+            (syn, rst),
+            (Verdict::New, Verdict::Established),
+            "connection {i}"
+        );
+    }
+    let s = quiet.t.stats();
+    assert_eq!((s.count, s.entries, s.dying, s.drop), (0, 0, 0, 0), "{s:?}");
+    assert_eq!(s.insert, 2000);
+    assert_eq!(quiet.t.pending_events(), 0);
+    assert_eq!(s.events_emitted, 0);
+
+    // With a listener present that never reads, every DESTROY waits for it, and the bound
+    // refuses new connections instead of losing events.
+    let mut deaf = Run::new(false, |s| s.max = 500);
+    deaf.t.set_listeners(true, true);
+    let refused = (0..2000u16)
+        .filter(|&i| syn_then_rst(&mut deaf.t, u64::from(i) * MS, 10_000 + i).0 == Verdict::Drop)
+        .count();
+    let s = deaf.t.stats();
+    assert_eq!(refused, 1500);
+    assert_eq!((s.count, s.insert), (500, 500), "{s:?}");
+    assert_eq!(
+        deaf.t.pending_events(),
+        1000,
+        "a NEW and a DESTROY per connection"
+    );
+}
+
+#[test]
+fn a_listener_that_leaves_releases_what_waited_for_it_on_the_next_retry() {
+    let mut r = Run::new(false, |_| {});
+    r.t.set_listeners(true, true);
+    r.fail_next = usize::MAX;
+    r.udp(0, true, 10);
+    r.t.flush(T0 + MS);
+    r.pump();
+    assert_eq!(
+        r.t.stats().dying,
+        1,
+        "the DESTROY failed: the entry waits on the dying list"
+    );
+    // The listener goes away: the retry finds nobody listening, which counts as delivered.
+    r.fail_next = 0;
+    r.t.set_listeners(false, false);
+    r.advance(20 * S);
+    let s = r.t.stats();
+    assert_eq!((s.count, s.dying), (0, 0), "{s:?}");
+    assert!(
+        r.log.iter().all(|e| e.kind != D),
+        "nobody was there to hear it"
+    );
+}
