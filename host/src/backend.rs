@@ -6,13 +6,15 @@
 //! store with a cap on linear memory, and a trap — the instance is dead afterwards — is turned
 //! into an error that names it.
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result, anyhow, bail};
+use ctwasm_core::engine::expect::FLAG_PERMANENT;
 use ctwasm_core::netlink::Counters;
 use ctwasm_core::{
-    Addr, Config, Delivery, Direction, EntryView, Family, L4Tuple, RetryPolicy, Stats, Status,
-    TcpState, Tracker, Tuple,
+    Addr, Config, Delivery, Direction, EntryView, ExpectError, ExpectMask, ExpectStats, Family,
+    L4Tuple, RetryPolicy, Stats, Status, TcpState, Tracker, Tuple,
 };
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
@@ -22,7 +24,8 @@ wasmtime::component::bindgen!({
     world: "ctwasm-core",
 });
 
-use exports::ctwasm::core::conntrack as wit;
+use exports::ctwasm::core::types as wit;
+use wit::ErrorCode;
 
 /// The component built by `build.rs` from `core-guest`.
 pub const EMBEDDED_COMPONENT: &[u8] =
@@ -32,29 +35,48 @@ pub const EMBEDDED_COMPONENT: &[u8] =
 pub const DEFAULT_MEMORY_LIMIT: usize = 4 << 30;
 
 /// What the host needs from a tracker, whichever engine runs it.
+///
+/// Each method is one call of the WIT package `ctwasm:core@0.2.0` (`wit/ctwasm.wit`). The outer
+/// `Result` is the host's: a component that trapped (its instance is dead) or answered
+/// something its WIT contract rules out. The native backend never fails it. A refusal the
+/// tracker itself may give (an unknown id, a full table) is the inner `Result` or the `bool`.
 pub trait Backend {
     /// "native" or "component".
     fn name(&self) -> &'static str;
+    /// Tells the tracker whether any listener exists (`nf_conntrack_events=2` asks when an
+    /// entry is created) and whether one asked for reliable delivery.
     fn set_listeners(&mut self, present: bool, reliable: bool) -> Result<()>;
-    /// Ingests a packet batch (`ctwasm_core::batch` format); appends one verdict byte each.
+    /// Ingests a packet batch (`ctwasm_core::batch` format); appends one verdict byte each
+    /// (a `ctwasm_core::Verdict` discriminant).
     fn ingest(&mut self, now_ns: u64, packets: &[u8], verdicts: &mut Vec<u8>) -> Result<()>;
+    /// Fires the timers due by `now_ns`: timeouts, grace retries, the retry worker.
     fn advance(&mut self, now_ns: u64) -> Result<()>;
+    /// The earliest instant at which [`Backend::advance`] may have work, if any.
     fn next_deadline(&mut self) -> Result<Option<u64>>;
-    /// Appends up to `max` event frames to `out`; returns how many.
+    /// Appends up to `max` event frames to `out`; returns how many. Each must be reported with
+    /// [`Backend::report_delivery`], in order.
     fn take_events(&mut self, max: u32, out: &mut Vec<u8>) -> Result<usize>;
+    /// Outcomes of the event messages taken, oldest first.
     fn report_delivery(&mut self, results: &[Delivery]) -> Result<()>;
+    /// The listeners have room again (the on-drain retry policy retries now).
     fn listeners_drained(&mut self, now_ns: u64) -> Result<()>;
+    /// Ends every entry, as `conntrack -F`.
     fn flush(&mut self, now_ns: u64) -> Result<()>;
+    /// Ends the entry `tuple` finds in `zone`, as `conntrack -D`; false if none.
     fn delete(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<bool>;
     /// Every entry, live and dying.
     fn dump(&mut self) -> Result<Vec<EntryView>>;
+    /// The kernel's counters plus the event-delivery figures.
     fn stats(&mut self) -> Result<Stats>;
+    /// Opens a connection `tuple` in `zone` as a proxy sees it (the handshake is tracked as
+    /// the kernel would see it); returns the entry's id.
     fn open(
         &mut self,
         now_ns: u64,
         zone: u16,
         tuple: &Tuple,
     ) -> Result<std::result::Result<u32, ConnError>>;
+    /// `bytes` carried by the connection `id` in direction `dir`.
     fn transfer(
         &mut self,
         now_ns: u64,
@@ -62,12 +84,29 @@ pub trait Backend {
         dir: Direction,
         bytes: u64,
     ) -> Result<std::result::Result<(), ConnError>>;
+    /// The connection `id` closed, normally (FIN both ways) or by a reset.
     fn close(
         &mut self,
         now_ns: u64,
         id: u32,
         reset: bool,
     ) -> Result<std::result::Result<(), ConnError>>;
+    /// Announces a connection `tuple` RELATED to the live entry `master_id`, for `timeout_s`
+    /// seconds; `permanent` keeps the expectation after a connection matched it. Returns the
+    /// expectation's id.
+    fn expect(
+        &mut self,
+        now_ns: u64,
+        master_id: u32,
+        tuple: &Tuple,
+        mask: ExpectMask,
+        timeout_s: u32,
+        permanent: bool,
+    ) -> Result<std::result::Result<u32, ExpectError>>;
+    /// Removes the expectation `id`, as `conntrack -D expect`; false if none is live.
+    fn unexpect(&mut self, now_ns: u64, id: u32) -> Result<bool>;
+    /// The expectation counters and table size.
+    fn expect_stats(&mut self) -> Result<ExpectStats>;
     /// The tracker's whole state, for [`restore_backend`].
     fn snapshot(&mut self) -> Result<Vec<u8>>;
 }
@@ -246,6 +285,26 @@ impl Backend for NativeBackend {
     ) -> Result<std::result::Result<(), ConnError>> {
         Ok(self.tracker.close(now_ns, id, reset))
     }
+    fn expect(
+        &mut self,
+        now_ns: u64,
+        master_id: u32,
+        tuple: &Tuple,
+        mask: ExpectMask,
+        timeout_s: u32,
+        permanent: bool,
+    ) -> Result<std::result::Result<u32, ExpectError>> {
+        let flags = if permanent { FLAG_PERMANENT } else { 0 };
+        Ok(self
+            .tracker
+            .expect(now_ns, master_id, tuple, mask, timeout_s, flags))
+    }
+    fn unexpect(&mut self, now_ns: u64, id: u32) -> Result<bool> {
+        Ok(self.tracker.unexpect(now_ns, id))
+    }
+    fn expect_stats(&mut self) -> Result<ExpectStats> {
+        Ok(self.tracker.expect_stats())
+    }
     fn snapshot(&mut self) -> Result<Vec<u8>> {
         Ok(self.tracker.snapshot())
     }
@@ -319,11 +378,11 @@ impl ComponentBackend {
     pub fn restore(snapshot: &[u8]) -> Result<Self> {
         let (mut store, bindings) = Self::instantiate(embedded_component()?, DEFAULT_MEMORY_LIMIT)?;
         let tracker = bindings
-            .ctwasm_core_conntrack()
+            .ctwasm_core_tracker()
             .tracker()
             .call_restore(&mut store, snapshot)
             .map_err(trap_context)?
-            .map_err(|e| anyhow!("restoring a snapshot: {e}"))?;
+            .map_err(|e| anyhow!("restoring a snapshot: the component refused it ({e:?})"))?;
         Ok(ComponentBackend {
             store,
             bindings,
@@ -354,14 +413,11 @@ impl ComponentBackend {
             },
         };
         let tracker = bindings
-            .ctwasm_core_conntrack()
+            .ctwasm_core_tracker()
             .tracker()
             .call_create(&mut store, &config)
             .map_err(trap_context)?
-            .map_err(|e| match e {
-                wit::ConfigError::UnknownSysctl(n) => anyhow!("unknown sysctl `{n}`"),
-                wit::ConfigError::BadValue(m) => anyhow!("{m}"),
-            })?;
+            .map_err(|e| config_error(settings, e))?;
         Ok(ComponentBackend {
             store,
             bindings,
@@ -370,17 +426,43 @@ impl ComponentBackend {
     }
 }
 
-/// Calls a method of the component's `tracker` resource (the bindings and the store are
-/// borrowed separately, which a helper method could not do).
+/// Calls a method of the component's `tracker` resource, or with `$interface` a function of
+/// that interface on it (the bindings and the store are borrowed separately, which a helper
+/// method could not do).
 macro_rules! call {
     ($backend:ident . $method:ident ( $($arg:expr),* )) => {
         $backend
             .bindings
-            .ctwasm_core_conntrack()
+            .ctwasm_core_tracker()
             .tracker()
             .$method(&mut $backend.store, $backend.tracker $(, $arg)*)
             .map_err(trap_context)
     };
+    ($interface:ident : $backend:ident . $method:ident ( $($arg:expr),* )) => {
+        $backend
+            .bindings
+            .$interface()
+            .$method(&mut $backend.store, $backend.tracker $(, $arg)*)
+            .map_err(trap_context)
+    };
+}
+
+/// Names the sysctl `create` refused, by the position the component reports.
+fn config_error(settings: &TrackerSettings, e: wit::ConfigError) -> anyhow::Error {
+    let Some((name, value)) = settings.sysctls.get(e.sysctl as usize) else {
+        return anyhow!("the component refused sysctl #{} ({:?})", e.sysctl, e.code);
+    };
+    match e.code {
+        ErrorCode::UnknownSysctl => anyhow!("unknown sysctl `{name}`"),
+        ErrorCode::BadValue => anyhow!("bad value `{value}` for `{name}`"),
+        other => anyhow!("the component refused sysctl `{name}` = `{value}` ({other:?})"),
+    }
+}
+
+/// A code the WIT does not list for the call that returned it: the component broke its
+/// contract, which the host reports as it reports a trap.
+fn off_contract(call: &str, code: ErrorCode) -> anyhow::Error {
+    anyhow!("the component's `{call}` returned {code:?}, which its WIT contract rules out")
 }
 
 /// A wasmtime error as an `anyhow` one, with its chain of causes.
@@ -402,7 +484,14 @@ impl Backend for ComponentBackend {
         "component"
     }
     fn set_listeners(&mut self, present: bool, reliable: bool) -> Result<()> {
-        call!(self.call_set_listeners(present, reliable))
+        let mut listeners = wit::ListenerPresence::empty();
+        if present {
+            listeners |= wit::ListenerPresence::PRESENT;
+        }
+        if reliable {
+            listeners |= wit::ListenerPresence::RELIABLE;
+        }
+        call!(self.call_set_listeners(listeners))
     }
     fn ingest(&mut self, now_ns: u64, packets: &[u8], verdicts: &mut Vec<u8>) -> Result<()> {
         let v = call!(self.call_ingest(now_ns, packets))?;
@@ -439,7 +528,11 @@ impl Backend for ComponentBackend {
     }
     fn delete(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<bool> {
         let wt = tuple_to_wit(tuple);
-        call!(self.call_delete(now_ns, zone, &wt))
+        match call!(self.call_delete(now_ns, zone, wt))? {
+            Ok(()) => Ok(true),
+            Err(ErrorCode::NotFound) => Ok(false),
+            Err(other) => Err(off_contract("delete", other)),
+        }
     }
     fn dump(&mut self) -> Result<Vec<EntryView>> {
         let mut all = Vec::new();
@@ -471,8 +564,8 @@ impl Backend for ComponentBackend {
         tuple: &Tuple,
     ) -> Result<std::result::Result<u32, ConnError>> {
         let wt = tuple_to_wit(tuple);
-        let r = call!(self.call_open(now_ns, zone, &wt))?;
-        Ok(r.map_err(conn_error))
+        let r = call!(ctwasm_core_proxy: self.call_open(now_ns, zone, wt))?;
+        r.map_or_else(|e| conn_error("open", e).map(Err), |id| Ok(Ok(id)))
     }
     fn transfer(
         &mut self,
@@ -485,8 +578,8 @@ impl Backend for ComponentBackend {
             Direction::Original => wit::Direction::Original,
             Direction::Reply => wit::Direction::Reply,
         };
-        let r = call!(self.call_transfer(now_ns, id, dir, bytes))?;
-        Ok(r.map_err(conn_error))
+        let r = call!(ctwasm_core_proxy: self.call_transfer(now_ns, id, dir, bytes))?;
+        r.map_or_else(|e| conn_error("transfer", e).map(Err), |()| Ok(Ok(())))
     }
     fn close(
         &mut self,
@@ -494,26 +587,87 @@ impl Backend for ComponentBackend {
         id: u32,
         reset: bool,
     ) -> Result<std::result::Result<(), ConnError>> {
-        let r = call!(self.call_close(now_ns, id, reset))?;
-        Ok(r.map_err(conn_error))
+        let r = call!(ctwasm_core_proxy: self.call_close(now_ns, id, reset))?;
+        r.map_or_else(|e| conn_error("close", e).map(Err), |()| Ok(Ok(())))
+    }
+    fn expect(
+        &mut self,
+        now_ns: u64,
+        master_id: u32,
+        tuple: &Tuple,
+        mask: ExpectMask,
+        timeout_s: u32,
+        permanent: bool,
+    ) -> Result<std::result::Result<u32, ExpectError>> {
+        let wt = tuple_to_wit(tuple);
+        let mask = wit::ExpectMask {
+            src_addr: mask.src_addr,
+            src_port: mask.src_port,
+        };
+        let flags = if permanent {
+            wit::ExpectFlags::PERMANENT
+        } else {
+            wit::ExpectFlags::empty()
+        };
+        let r = call!(ctwasm_core_expect: self.call_expect(
+            now_ns, master_id, wt, mask, timeout_s, flags
+        ))?;
+        match r {
+            Ok(id) => Ok(Ok(id)),
+            Err(ErrorCode::UnknownMaster) => Ok(Err(ExpectError::UnknownMaster)),
+            Err(ErrorCode::TableFull) => Ok(Err(ExpectError::TableFull)),
+            Err(ErrorCode::Exists) => Ok(Err(ExpectError::Exists)),
+            Err(other) => Err(off_contract("expect", other)),
+        }
+    }
+    fn unexpect(&mut self, now_ns: u64, id: u32) -> Result<bool> {
+        match call!(ctwasm_core_expect: self.call_unexpect(now_ns, id))? {
+            Ok(()) => Ok(true),
+            Err(ErrorCode::UnknownId) => Ok(false),
+            Err(other) => Err(off_contract("unexpect", other)),
+        }
+    }
+    fn expect_stats(&mut self) -> Result<ExpectStats> {
+        let s = call!(ctwasm_core_expect: self.call_stats())?;
+        Ok(ExpectStats {
+            expect_new: s.expect_new,
+            expect_create: s.expect_create,
+            expect_delete: s.expect_delete,
+            expectations: s.expectations,
+        })
     }
     fn snapshot(&mut self) -> Result<Vec<u8>> {
         call!(self.call_snapshot())
     }
 }
 
-fn conn_error(e: wit::ConnError) -> ConnError {
+/// The proxy calls' codes as the engine's `ConnError`; any other code is off contract.
+fn conn_error(call: &str, e: ErrorCode) -> Result<ConnError> {
     match e {
-        wit::ConnError::UnknownId => ConnError::UnknownId,
-        wit::ConnError::TableFull => ConnError::TableFull,
-        wit::ConnError::BadTuple => ConnError::BadTuple,
+        ErrorCode::UnknownId => Ok(ConnError::UnknownId),
+        ErrorCode::TableFull => Ok(ConnError::TableFull),
+        ErrorCode::BadTuple => Ok(ConnError::BadTuple),
+        other => Err(off_contract(call, other)),
+    }
+}
+
+fn address_to_wit(family: Family, a: Addr) -> wit::IpAddress {
+    match a.to_ip(family) {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            wit::IpAddress::Ipv4((a, b, c, d))
+        }
+        IpAddr::V6(v6) => {
+            let [a, b, c, d, e, f, g, h] = v6.segments();
+            wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h))
+        }
     }
 }
 
 fn tuple_to_wit(t: &Tuple) -> wit::ConnTuple {
     wit::ConnTuple {
-        src: t.src.bytes(t.family).to_vec(),
-        dst: t.dst.bytes(t.family).to_vec(),
+        src: address_to_wit(t.family, t.src),
+        dst: address_to_wit(t.family, t.dst),
         proto: t.proto,
         l4: match t.l4 {
             L4Tuple::Ports { src, dst } => wit::L4Tuple::Ports((src, dst)),
@@ -524,18 +678,14 @@ fn tuple_to_wit(t: &Tuple) -> wit::ConnTuple {
 }
 
 fn tuple_from_wit(t: &wit::ConnTuple) -> Result<Tuple> {
-    let (family, src, dst) = match (t.src.len(), t.dst.len()) {
-        (4, 4) => (
-            Family::Ipv4,
-            Addr::v4(t.src[..].try_into()?),
-            Addr::v4(t.dst[..].try_into()?),
-        ),
-        (16, 16) => (
-            Family::Ipv6,
-            Addr::v6(t.src[..].try_into()?),
-            Addr::v6(t.dst[..].try_into()?),
-        ),
-        (a, b) => bail!("component returned addresses of {a} and {b} bytes"),
+    use wit::IpAddress::{Ipv4, Ipv6};
+    let v6 = |(a, b, c, d, e, f, g, h)| Addr::v6(Ipv6Addr::new(a, b, c, d, e, f, g, h).octets());
+    let (family, src, dst) = match (t.src, t.dst) {
+        (Ipv4((a, b, c, d)), Ipv4((e, f, g, h))) => {
+            (Family::Ipv4, Addr::v4([a, b, c, d]), Addr::v4([e, f, g, h]))
+        }
+        (Ipv6(s), Ipv6(d)) => (Family::Ipv6, v6(s), v6(d)),
+        (s, d) => bail!("the component returned a tuple from {s:?} to {d:?}"),
     };
     let l4 = match t.l4 {
         wit::L4Tuple::Ports((src, dst)) => L4Tuple::Ports { src, dst },
@@ -561,8 +711,9 @@ fn entry_from_wit(e: &wit::Entry) -> Result<EntryView> {
         zone: e.zone,
         orig: tuple_from_wit(&e.orig)?,
         reply: tuple_from_wit(&e.reply)?,
-        status: Status(e.status),
-        tcp_state: e.tcp_state.and_then(TcpState::from_u8),
+        // Flag n of the WIT `status` is the kernel's bit n.
+        status: Status(e.status.as_array()[0]),
+        tcp_state: e.tcp_state.map(tcp_state_from_wit),
         timeout_s: e.timeout,
         mark: e.mark,
         counters_orig: Counters {
@@ -578,12 +729,28 @@ fn entry_from_wit(e: &wit::Entry) -> Result<EntryView> {
     })
 }
 
+fn tcp_state_from_wit(s: wit::TcpState) -> TcpState {
+    use wit::TcpState as W;
+    match s {
+        W::None => TcpState::None,
+        W::SynSent => TcpState::SynSent,
+        W::SynRecv => TcpState::SynRecv,
+        W::Established => TcpState::Established,
+        W::FinWait => TcpState::FinWait,
+        W::CloseWait => TcpState::CloseWait,
+        W::LastAck => TcpState::LastAck,
+        W::TimeWait => TcpState::TimeWait,
+        W::Close => TcpState::Close,
+        W::SynSent2 => TcpState::SynSent2,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_component_imports_nothing_and_exports_the_conntrack_interface() {
+    fn the_component_imports_nothing_and_exports_the_four_interfaces() {
         let component = embedded_component().unwrap();
         let ty = component.component_type();
         let imports: Vec<String> = ty
@@ -598,7 +765,15 @@ mod tests {
             .exports(shared_engine())
             .map(|(name, _)| name.to_string())
             .collect();
-        assert_eq!(exports, ["ctwasm:core/conntrack@0.1.0"]);
+        assert_eq!(
+            exports,
+            [
+                "ctwasm:core/types@0.2.0",
+                "ctwasm:core/tracker@0.2.0",
+                "ctwasm:core/proxy@0.2.0",
+                "ctwasm:core/expect@0.2.0",
+            ]
+        );
     }
 
     #[test]
