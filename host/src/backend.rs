@@ -916,3 +916,310 @@ mod snapshot_tests {
         assert!(restore_backend(BackendKind::Component, b"not a snapshot").is_err());
     }
 }
+
+#[cfg(test)]
+mod boundary_tests {
+    //! The expectation calls through [`Backend`], and hostile arguments at the WIT boundary,
+    //! where the component's `error-code` is checked as it crosses (below `Backend`, which
+    //! cannot build a malformed tuple).
+
+    use super::*;
+
+    fn v4_tuple(src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16) -> Tuple {
+        Tuple {
+            family: Family::Ipv4,
+            src: Addr::v4(src),
+            dst: Addr::v4(dst),
+            proto,
+            l4: L4Tuple::Ports {
+                src: sport,
+                dst: dport,
+            },
+        }
+    }
+
+    /// An FTP-like control connection, its data channel expected, refused three ways, matched
+    /// by a packet, removed: the same answers, table and events from both backends.
+    #[test]
+    fn the_expectation_calls_agree_in_both_backends() {
+        let settings = TrackerSettings {
+            sysctls: vec![("net.netfilter.nf_conntrack_expect_max".into(), "2".into())],
+            ..TrackerSettings::default()
+        };
+        let control = v4_tuple([10, 0, 0, 1], [10, 0, 0, 2], 6, 40000, 21);
+        let data = v4_tuple([10, 0, 0, 2], [10, 0, 0, 1], 6, 20, 50000);
+        let mask = ExpectMask {
+            src_addr: true,
+            src_port: false,
+        };
+        let mut runs = Vec::new();
+        for kind in [BackendKind::Native, BackendKind::Component] {
+            let mut b = open_backend(kind, &settings, None).unwrap();
+            let mut answers = Vec::new();
+            let master = b.open(1_000, 0, &control).unwrap().unwrap();
+            let first = b.expect(2_000, master, &data, mask, 60, false).unwrap();
+            answers.push(first.map(|_| ()));
+            answers.push(
+                b.expect(2_100, master, &data, mask, 60, false)
+                    .unwrap()
+                    .map(|_| ()),
+            );
+            answers.push(
+                b.expect(2_200, master ^ 1, &data, mask, 60, false)
+                    .unwrap()
+                    .map(|_| ()),
+            );
+            let other = v4_tuple([10, 0, 0, 2], [10, 0, 0, 1], 6, 20, 50001);
+            let permanent = b
+                .expect(2_300, master, &other, mask, 60, true)
+                .unwrap()
+                .unwrap();
+            let third = v4_tuple([10, 0, 0, 2], [10, 0, 0, 1], 6, 20, 50002);
+            answers.push(
+                b.expect(2_400, master, &third, mask, 60, false)
+                    .unwrap()
+                    .map(|_| ()),
+            );
+            assert_eq!(
+                answers,
+                [
+                    Ok(()),
+                    Err(ExpectError::Exists),
+                    Err(ExpectError::UnknownMaster),
+                    Err(ExpectError::TableFull),
+                ],
+                "{kind:?}"
+            );
+            let stats_before = b.expect_stats().unwrap();
+
+            // The data channel's SYN matches the first expectation.
+            let syn = ctwasm_core::wire::build::tcp(20, 50000, 1, 0, 0x02, 65_535, 0);
+            let packet = ctwasm_core::wire::build::ipv4([10, 0, 0, 2], [10, 0, 0, 1], 6, &syn);
+            let mut batch = Vec::new();
+            ctwasm_core::batch::push_packet(&mut batch, 3_000, 0, &packet);
+            let mut verdicts = Vec::new();
+            b.ingest(3_000, &batch, &mut verdicts).unwrap();
+
+            let removed = b.unexpect(4_000, permanent).unwrap();
+            let again = b.unexpect(4_100, permanent).unwrap();
+            assert!(removed && !again, "{kind:?}");
+            let mut events = Vec::new();
+            b.take_events(1_000, &mut events).unwrap();
+            runs.push((
+                answers,
+                stats_before,
+                verdicts,
+                b.expect_stats().unwrap(),
+                b.dump().unwrap(),
+                events,
+            ));
+        }
+        assert_eq!(runs[0], runs[1]);
+        let (_, before, _, after, table, _) = &runs[0];
+        assert_eq!(before.expectations, 2);
+        assert_eq!(
+            after.expect_new, 1,
+            "the SYN came in as an expected connection"
+        );
+        assert!(table.iter().any(|e| e.status.contains(Status::EXPECTED)));
+    }
+
+    fn component() -> ComponentBackend {
+        ComponentBackend::new(&TrackerSettings::default()).unwrap()
+    }
+
+    /// The tracker still answers after a refused call: a new connection opens.
+    fn assert_usable(b: &mut ComponentBackend, n: u16) {
+        let t = v4_tuple([10, 9, 0, 1], [10, 9, 0, 2], 17, n, 53);
+        let id = b.open(1_000_000 + n as u64, 0, &t).unwrap();
+        assert!(id.is_ok(), "after call {n}: {id:?}");
+    }
+
+    const MIXED: [wit::ConnTuple; 2] = [
+        wit::ConnTuple {
+            src: wit::IpAddress::Ipv4((10, 0, 0, 1)),
+            dst: wit::IpAddress::Ipv6((0xfd00, 0, 0, 0, 0, 0, 0, 1)),
+            proto: 6,
+            l4: wit::L4Tuple::Ports((40000, 80)),
+        },
+        wit::ConnTuple {
+            src: wit::IpAddress::Ipv6((0xfd00, 0, 0, 0, 0, 0, 0, 1)),
+            dst: wit::IpAddress::Ipv4((10, 0, 0, 1)),
+            proto: 17,
+            l4: wit::L4Tuple::Ports((40000, 53)),
+        },
+    ];
+
+    /// A tuple whose addresses are of two families is `bad-tuple` for every call that takes a
+    /// tuple, even where another code would also apply (an unknown master).
+    #[test]
+    fn a_malformed_tuple_is_bad_tuple_everywhere() {
+        let mut b = component();
+        let master = b
+            .open(1, 0, &v4_tuple([10, 0, 0, 1], [10, 0, 0, 2], 6, 1, 2))
+            .unwrap()
+            .unwrap();
+        let mask = wit::ExpectMask {
+            src_addr: true,
+            src_port: true,
+        };
+        let no_flags = wit::ExpectFlags::empty();
+        let mut n = 100;
+        for t in MIXED {
+            let answers = [
+                call!(b.call_delete(10, 0, t)).unwrap(),
+                call!(ctwasm_core_proxy: b.call_open(10, 0, t))
+                    .unwrap()
+                    .map(drop),
+                call!(ctwasm_core_expect: b.call_expect(10, master, t, mask, 60, no_flags))
+                    .unwrap()
+                    .map(drop),
+                call!(ctwasm_core_expect: b.call_expect(10, master ^ 1, t, mask, 60, no_flags))
+                    .unwrap()
+                    .map(drop),
+            ];
+            for (i, answer) in answers.into_iter().enumerate() {
+                assert_eq!(answer, Err(ErrorCode::BadTuple), "{t:?}, call {i}");
+                n += 1;
+                assert_usable(&mut b, n);
+            }
+        }
+        assert_eq!(b.expect_stats().unwrap().expectations, 0);
+    }
+
+    /// Ids and tuples that name nothing get `unknown-id`, `unknown-master` and `not-found`.
+    #[test]
+    fn unknown_ids_and_tuples_get_their_codes() {
+        let mut b = component();
+        let absent = tuple_to_wit(&v4_tuple([10, 0, 0, 1], [10, 0, 0, 2], 6, 1, 2));
+        let mask = wit::ExpectMask {
+            src_addr: false,
+            src_port: false,
+        };
+        let answers = [
+            call!(ctwasm_core_proxy: b.call_transfer(1, 77, wit::Direction::Reply, 10)).unwrap(),
+            call!(ctwasm_core_proxy: b.call_close(2, 77, true)).unwrap(),
+            call!(ctwasm_core_expect: b.call_unexpect(3, 77)).unwrap(),
+            call!(ctwasm_core_expect: b.call_expect(
+                4, 77, absent, mask, 60, wit::ExpectFlags::PERMANENT
+            ))
+            .unwrap()
+            .map(drop),
+            call!(b.call_delete(5, 0, absent)).unwrap(),
+        ];
+        assert_eq!(
+            answers,
+            [
+                Err(ErrorCode::UnknownId),
+                Err(ErrorCode::UnknownId),
+                Err(ErrorCode::UnknownId),
+                Err(ErrorCode::UnknownMaster),
+                Err(ErrorCode::NotFound),
+            ]
+        );
+        assert_usable(&mut b, 1);
+    }
+
+    /// Restores one candidate inside `b`'s instance; the new tracker, if any, is dropped again.
+    fn try_restore(b: &mut ComponentBackend, bytes: &[u8]) -> std::result::Result<(), ErrorCode> {
+        let r = b
+            .bindings
+            .ctwasm_core_tracker()
+            .tracker()
+            .call_restore(&mut b.store, bytes)
+            .map_err(trap_context)
+            .unwrap();
+        r.map(|restored| restored.resource_drop(&mut b.store).unwrap())
+    }
+
+    /// Random, truncated and bit-flipped snapshots: `bad-snapshot` (or, for a flip the format
+    /// cannot notice, whatever the native engine says), never a trap, and the instance's own
+    /// tracker goes on.
+    #[test]
+    fn hostile_snapshots_are_bad_snapshot_and_leave_the_tracker_usable() {
+        let mut b = component();
+        for i in 0..20u8 {
+            b.open(
+                1_000 + i as u64,
+                0,
+                &v4_tuple([10, 0, 0, i], [10, 0, 1, 1], 17, 5000, 53),
+            )
+            .unwrap()
+            .unwrap();
+        }
+        let master = b.dump().unwrap()[0].id;
+        b.expect(
+            2_000,
+            master,
+            &v4_tuple([10, 0, 1, 1], [10, 0, 0, 0], 17, 53, 6000),
+            ExpectMask::default(),
+            60,
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let snapshot = b.snapshot().unwrap();
+        assert_eq!(try_restore(&mut b, &snapshot), Ok(()));
+
+        // xorshift64: reproducible noise without a dependency.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut n = 0;
+        for round in 0..200 {
+            let len = (next() % 4096) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if round % 2 == 1 {
+                // Past the magic, into the parser proper.
+                let keep = snapshot.len().min(8 + round);
+                bytes.splice(0..0, snapshot[..keep].iter().copied());
+            }
+            assert_eq!(
+                try_restore(&mut b, &bytes),
+                Err(ErrorCode::BadSnapshot),
+                "round {round}"
+            );
+            n += 1;
+            assert_usable(&mut b, n);
+        }
+
+        let step = (snapshot.len() / 1500).max(1);
+        for len in (0..snapshot.len()).step_by(step) {
+            assert_eq!(
+                try_restore(&mut b, &snapshot[..len]),
+                Err(ErrorCode::BadSnapshot),
+                "cut at {len} of {}",
+                snapshot.len()
+            );
+        }
+        n += 1;
+        assert_usable(&mut b, n);
+
+        let mut refused = 0;
+        for pos in (0..snapshot.len()).step_by(step) {
+            let mut flipped = snapshot.clone();
+            flipped[pos] ^= 1 << (pos % 8);
+            let native = Tracker::restore(&flipped)
+                .map(drop)
+                .map_err(|_| ErrorCode::BadSnapshot);
+            let answer = try_restore(&mut b, &flipped);
+            assert_eq!(answer, native, "bit {} of byte {pos}", pos % 8);
+            if pos < 8 {
+                assert_eq!(answer, Err(ErrorCode::BadSnapshot), "a flip in the magic");
+            }
+            refused += answer.is_err() as usize;
+        }
+        assert!(refused > 0);
+        n += 1;
+        assert_usable(&mut b, n);
+        eprintln!(
+            "snapshot of {} bytes: {refused} of {} bit flips refused",
+            snapshot.len(),
+            snapshot.len().div_ceil(step)
+        );
+    }
+}
