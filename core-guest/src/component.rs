@@ -1,28 +1,35 @@
-//! The component glue: the engine behind the `ctwasm:core/conntrack` WIT interface.
+//! The component glue: the engine behind the `ctwasm:core@0.2.0` WIT interfaces (`tracker`,
+//! `proxy`, `expect`, over the shared `types`).
 //!
 //! Compiled only for the wasm target (see `lib.rs`); every function here converts between WIT
-//! types and engine types and calls one engine method, nothing more.
+//! types and engine types and calls one engine method, nothing more. The WIT flags and enums are
+//! declared in the kernel's order, so `status` and `expect-flags` map bit for bit onto the
+//! engine's `Status` and expectation flags, and `tcp-state` by discriminant.
 
 use std::cell::RefCell;
+use std::net::{IpAddr, Ipv6Addr};
 
 use crate::config::{Config, ConfigError, RetryPolicy};
 use crate::engine::expect::{ExpectError, ExpectMask};
 use crate::engine::{Delivery, EntryView, Tracker as Engine};
-use crate::proxy::ConnError as EngineConnError;
-use crate::tuple::{Addr, Direction as EngineDirection, Family, L4Tuple, Tuple};
+use crate::proxy::ConnError;
+use crate::tuple::{Addr, Direction, Family, L4Tuple, Tuple};
 
 wit_bindgen::generate!({
     path: "../wit",
     world: "ctwasm-core",
 });
 
-use exports::ctwasm::core::conntrack as wit;
+use exports::ctwasm::core::tracker as wit_tracker;
+use exports::ctwasm::core::types as wit;
+use exports::ctwasm::core::{expect as wit_expect, proxy as wit_proxy};
+use wit::ErrorCode;
 
 struct Component;
 
 export!(Component);
 
-impl wit::Guest for Component {
+impl wit_tracker::Guest for Component {
     type Tracker = TrackerResource;
 }
 
@@ -32,8 +39,21 @@ struct TrackerResource {
     engine: RefCell<Engine>,
 }
 
-impl wit::GuestTracker for TrackerResource {
-    fn create(config: wit::Config) -> Result<wit::Tracker, wit::ConfigError> {
+impl TrackerResource {
+    fn wrap(engine: Engine) -> wit_tracker::Tracker {
+        wit_tracker::Tracker::new(TrackerResource {
+            engine: RefCell::new(engine),
+        })
+    }
+}
+
+/// The engine behind a borrowed `tracker` handle.
+fn engine<'a>(t: &'a wit_tracker::TrackerBorrow<'_>) -> std::cell::RefMut<'a, Engine> {
+    t.get::<TrackerResource>().engine.borrow_mut()
+}
+
+impl wit_tracker::GuestTracker for TrackerResource {
+    fn create(config: wit::Config) -> Result<wit_tracker::Tracker, wit::ConfigError> {
         let mut engine_config = Config {
             seed: config.seed,
             retry_policy: match config.retry_policy {
@@ -43,73 +63,32 @@ impl wit::GuestTracker for TrackerResource {
             },
             ..Config::default()
         };
-        for s in &config.sysctls {
+        for (i, s) in config.sysctls.iter().enumerate() {
             engine_config
                 .sysctls
                 .set(&s.name, &s.value)
-                .map_err(|e| match e {
-                    ConfigError::UnknownSysctl(n) => wit::ConfigError::UnknownSysctl(n),
-                    other @ ConfigError::BadValue { .. } => {
-                        wit::ConfigError::BadValue(other.to_string())
-                    }
+                .map_err(|e| wit::ConfigError {
+                    code: match e {
+                        ConfigError::UnknownSysctl(_) => ErrorCode::UnknownSysctl,
+                        ConfigError::BadValue { .. } => ErrorCode::BadValue,
+                    },
+                    sysctl: i as u32,
                 })?;
         }
-        Ok(wit::Tracker::new(TrackerResource {
-            engine: RefCell::new(Engine::new(engine_config)),
-        }))
+        Ok(Self::wrap(Engine::new(engine_config)))
     }
 
-    fn restore(bytes: Vec<u8>) -> Result<wit::Tracker, String> {
-        let engine = Engine::restore(&bytes).map_err(|e| e.to_string())?;
-        Ok(wit::Tracker::new(TrackerResource {
-            engine: RefCell::new(engine),
-        }))
+    fn restore(bytes: Vec<u8>) -> Result<wit_tracker::Tracker, ErrorCode> {
+        let engine = Engine::restore(&bytes).map_err(|_| ErrorCode::BadSnapshot)?;
+        Ok(Self::wrap(engine))
     }
 
-    fn expect(
-        &self,
-        now: u64,
-        master_id: u32,
-        t: wit::ConnTuple,
-        mask: wit::ExpectMask,
-        timeout: u32,
-        flags: u32,
-    ) -> Result<u32, wit::ExpectError> {
-        let tuple = tuple_from_wit(&t).ok_or(wit::ExpectError::UnknownMaster)?;
-        let mask = ExpectMask {
-            src_addr: mask.src_addr,
-            src_port: mask.src_port,
-        };
-        self.engine
-            .borrow_mut()
-            .expect(now, master_id, &tuple, mask, timeout, flags)
-            .map_err(|e| match e {
-                ExpectError::UnknownMaster => wit::ExpectError::UnknownMaster,
-                ExpectError::TableFull => wit::ExpectError::TableFull,
-                ExpectError::Exists => wit::ExpectError::Exists,
-            })
-    }
-
-    fn unexpect(&self, now: u64, id: u32) -> bool {
-        self.engine.borrow_mut().unexpect(now, id)
-    }
-
-    fn expect_stats(&self) -> wit::ExpectStats {
-        let s = self.engine.borrow().expect_stats();
-        wit::ExpectStats {
-            expect_new: s.expect_new,
-            expect_create: s.expect_create,
-            expect_delete: s.expect_delete,
-            expectations: s.expectations,
-        }
-    }
-
-    fn snapshot(&self) -> Vec<u8> {
-        self.engine.borrow().snapshot()
-    }
-
-    fn set_listeners(&self, present: bool, reliable: bool) {
-        self.engine.borrow_mut().set_listeners(present, reliable);
+    fn set_listeners(&self, listeners: wit::ListenerPresence) {
+        use wit::ListenerPresence as L;
+        self.engine.borrow_mut().set_listeners(
+            (listeners & L::PRESENT).bits() != 0,
+            (listeners & L::RELIABLE).bits() != 0,
+        );
     }
 
     fn ingest(&self, now: u64, packets: Vec<u8>) -> Vec<u8> {
@@ -153,11 +132,10 @@ impl wit::GuestTracker for TrackerResource {
         self.engine.borrow_mut().flush(now);
     }
 
-    fn delete(&self, now: u64, zone: u16, t: wit::ConnTuple) -> bool {
-        match tuple_from_wit(&t) {
-            Some(tuple) => self.engine.borrow_mut().delete(now, zone, &tuple),
-            None => false,
-        }
+    fn delete(&self, now: u64, zone: u16, t: wit::ConnTuple) -> Result<(), ErrorCode> {
+        let tuple = tuple_from_wit(&t)?;
+        let found = self.engine.borrow_mut().delete(now, zone, &tuple);
+        found.then_some(()).ok_or(ErrorCode::NotFound)
     }
 
     fn dump(&self, cursor: u32, max: u32) -> wit::DumpPage {
@@ -178,60 +156,114 @@ impl wit::GuestTracker for TrackerResource {
         crate::stats_fields!(to_wit)
     }
 
-    fn open(&self, now: u64, zone: u16, t: wit::ConnTuple) -> Result<u32, wit::ConnError> {
-        let tuple = tuple_from_wit(&t).ok_or(wit::ConnError::BadTuple)?;
-        self.engine
-            .borrow_mut()
-            .open(now, zone, &tuple)
-            .map_err(conn_error)
+    fn snapshot(&self) -> Vec<u8> {
+        self.engine.borrow().snapshot()
+    }
+}
+
+impl wit_proxy::Guest for Component {
+    fn open(
+        tracker: wit_tracker::TrackerBorrow<'_>,
+        now: u64,
+        zone: u16,
+        t: wit::ConnTuple,
+    ) -> Result<u32, ErrorCode> {
+        let tuple = tuple_from_wit(&t)?;
+        engine(&tracker).open(now, zone, &tuple).map_err(conn_error)
     }
 
     fn transfer(
-        &self,
+        tracker: wit_tracker::TrackerBorrow<'_>,
         now: u64,
         id: u32,
         dir: wit::Direction,
         bytes: u64,
-    ) -> Result<(), wit::ConnError> {
+    ) -> Result<(), ErrorCode> {
         let dir = match dir {
-            wit::Direction::Original => EngineDirection::Original,
-            wit::Direction::Reply => EngineDirection::Reply,
+            wit::Direction::Original => Direction::Original,
+            wit::Direction::Reply => Direction::Reply,
         };
-        self.engine
-            .borrow_mut()
+        engine(&tracker)
             .transfer(now, id, dir, bytes)
             .map_err(conn_error)
     }
 
-    fn close(&self, now: u64, id: u32, reset: bool) -> Result<(), wit::ConnError> {
-        self.engine
-            .borrow_mut()
-            .close(now, id, reset)
-            .map_err(conn_error)
+    fn close(
+        tracker: wit_tracker::TrackerBorrow<'_>,
+        now: u64,
+        id: u32,
+        reset: bool,
+    ) -> Result<(), ErrorCode> {
+        engine(&tracker).close(now, id, reset).map_err(conn_error)
     }
 }
 
-fn conn_error(e: EngineConnError) -> wit::ConnError {
+impl wit_expect::Guest for Component {
+    fn expect(
+        tracker: wit_tracker::TrackerBorrow<'_>,
+        now: u64,
+        master_id: u32,
+        t: wit::ConnTuple,
+        mask: wit::ExpectMask,
+        timeout: u32,
+        flags: wit::ExpectFlags,
+    ) -> Result<u32, ErrorCode> {
+        let tuple = tuple_from_wit(&t)?;
+        let mask = ExpectMask {
+            src_addr: mask.src_addr,
+            src_port: mask.src_port,
+        };
+        engine(&tracker)
+            .expect(
+                now,
+                master_id,
+                &tuple,
+                mask,
+                timeout,
+                u32::from(flags.bits()),
+            )
+            .map_err(|e| match e {
+                ExpectError::UnknownMaster => ErrorCode::UnknownMaster,
+                ExpectError::TableFull => ErrorCode::TableFull,
+                ExpectError::Exists => ErrorCode::Exists,
+            })
+    }
+
+    fn unexpect(
+        tracker: wit_tracker::TrackerBorrow<'_>,
+        now: u64,
+        id: u32,
+    ) -> Result<(), ErrorCode> {
+        let found = engine(&tracker).unexpect(now, id);
+        found.then_some(()).ok_or(ErrorCode::UnknownId)
+    }
+
+    fn stats(tracker: wit_tracker::TrackerBorrow<'_>) -> wit::ExpectStats {
+        let s = engine(&tracker).expect_stats();
+        wit::ExpectStats {
+            expect_new: s.expect_new,
+            expect_create: s.expect_create,
+            expect_delete: s.expect_delete,
+            expectations: s.expectations,
+        }
+    }
+}
+
+fn conn_error(e: ConnError) -> ErrorCode {
     match e {
-        EngineConnError::UnknownId => wit::ConnError::UnknownId,
-        EngineConnError::TableFull => wit::ConnError::TableFull,
-        EngineConnError::BadTuple => wit::ConnError::BadTuple,
+        ConnError::UnknownId => ErrorCode::UnknownId,
+        ConnError::TableFull => ErrorCode::TableFull,
+        ConnError::BadTuple => ErrorCode::BadTuple,
     }
 }
 
-fn tuple_from_wit(t: &wit::ConnTuple) -> Option<Tuple> {
-    let (family, src, dst) = match (t.src.len(), t.dst.len()) {
-        (4, 4) => (
-            Family::Ipv4,
-            Addr::v4(t.src[..].try_into().ok()?),
-            Addr::v4(t.dst[..].try_into().ok()?),
-        ),
-        (16, 16) => (
-            Family::Ipv6,
-            Addr::v6(t.src[..].try_into().ok()?),
-            Addr::v6(t.dst[..].try_into().ok()?),
-        ),
-        _ => return None,
+/// The one way a WIT tuple can be malformed: addresses of two families.
+fn tuple_from_wit(t: &wit::ConnTuple) -> Result<Tuple, ErrorCode> {
+    use wit::IpAddress::{Ipv4, Ipv6};
+    let (family, src, dst) = match (t.src, t.dst) {
+        (Ipv4(s), Ipv4(d)) => (Family::Ipv4, v4(s), v4(d)),
+        (Ipv6(s), Ipv6(d)) => (Family::Ipv6, v6(s), v6(d)),
+        _ => return Err(ErrorCode::BadTuple),
     };
     let l4 = match t.l4 {
         wit::L4Tuple::Ports((src, dst)) => L4Tuple::Ports { src, dst },
@@ -242,7 +274,7 @@ fn tuple_from_wit(t: &wit::ConnTuple) -> Option<Tuple> {
         },
         wit::L4Tuple::None => L4Tuple::None,
     };
-    Some(Tuple {
+    Ok(Tuple {
         family,
         src,
         dst,
@@ -251,10 +283,31 @@ fn tuple_from_wit(t: &wit::ConnTuple) -> Option<Tuple> {
     })
 }
 
+fn v4((a, b, c, d): wit::Ipv4Address) -> Addr {
+    Addr::v4([a, b, c, d])
+}
+
+fn v6((a, b, c, d, e, f, g, h): wit::Ipv6Address) -> Addr {
+    Addr::v6(Ipv6Addr::new(a, b, c, d, e, f, g, h).octets())
+}
+
+fn address_to_wit(family: Family, a: Addr) -> wit::IpAddress {
+    match a.to_ip(family) {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            wit::IpAddress::Ipv4((a, b, c, d))
+        }
+        IpAddr::V6(v6) => {
+            let [a, b, c, d, e, f, g, h] = v6.segments();
+            wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h))
+        }
+    }
+}
+
 fn tuple_to_wit(t: &Tuple) -> wit::ConnTuple {
     wit::ConnTuple {
-        src: t.src.bytes(t.family).to_vec(),
-        dst: t.dst.bytes(t.family).to_vec(),
+        src: address_to_wit(t.family, t.src),
+        dst: address_to_wit(t.family, t.dst),
         proto: t.proto,
         l4: match t.l4 {
             L4Tuple::Ports { src, dst } => wit::L4Tuple::Ports((src, dst)),
@@ -265,13 +318,26 @@ fn tuple_to_wit(t: &Tuple) -> wit::ConnTuple {
 }
 
 fn entry_to_wit(e: &EntryView) -> wit::Entry {
+    use crate::event::TcpState as S;
     wit::Entry {
         id: e.id,
         zone: e.zone,
         orig: tuple_to_wit(&e.orig),
         reply: tuple_to_wit(&e.reply),
-        status: e.status.0,
-        tcp_state: e.tcp_state.map(|s| s as u8),
+        // The engine names the kernel's first 16 bits, as many as the WIT flags do.
+        status: wit::Status::from_bits_retain(e.status.0 as u16),
+        tcp_state: e.tcp_state.map(|s| match s {
+            S::None => wit::TcpState::None,
+            S::SynSent => wit::TcpState::SynSent,
+            S::SynRecv => wit::TcpState::SynRecv,
+            S::Established => wit::TcpState::Established,
+            S::FinWait => wit::TcpState::FinWait,
+            S::CloseWait => wit::TcpState::CloseWait,
+            S::LastAck => wit::TcpState::LastAck,
+            S::TimeWait => wit::TcpState::TimeWait,
+            S::Close => wit::TcpState::Close,
+            S::SynSent2 => wit::TcpState::SynSent2,
+        }),
         timeout: e.timeout_s,
         mark: e.mark,
         counters_orig: wit::Counters {

@@ -133,6 +133,12 @@ impl<'a> Reader<'a> {
         let n = self.len()?;
         self.take(n)
     }
+    /// A position or count stored as a u64, which must fit this platform's `usize`. A plain
+    /// `as usize` would drop the high half on wasm32 and accept there what the native engine
+    /// refuses (the outbox's byte ranges are checked after this).
+    pub(crate) fn usize(&mut self, what: &'static str) -> Result<usize, SnapshotError> {
+        usize::try_from(self.u64()?).map_err(|_| SnapshotError::Invalid(what))
+    }
     /// A length, bounded by the bytes left (a length cannot promise more items than bytes).
     pub(crate) fn len(&mut self) -> Result<usize, SnapshotError> {
         let n = self.u64()?;

@@ -6,13 +6,15 @@
 //! store with a cap on linear memory, and a trap — the instance is dead afterwards — is turned
 //! into an error that names it.
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result, anyhow, bail};
+use ctwasm_core::engine::expect::FLAG_PERMANENT;
 use ctwasm_core::netlink::Counters;
 use ctwasm_core::{
-    Addr, Config, Delivery, Direction, EntryView, Family, L4Tuple, RetryPolicy, Stats, Status,
-    TcpState, Tracker, Tuple,
+    Addr, Config, Delivery, Direction, EntryView, ExpectError, ExpectMask, ExpectStats, Family,
+    L4Tuple, RetryPolicy, Stats, Status, TcpState, Tracker, Tuple,
 };
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
@@ -22,7 +24,8 @@ wasmtime::component::bindgen!({
     world: "ctwasm-core",
 });
 
-use exports::ctwasm::core::conntrack as wit;
+use exports::ctwasm::core::types as wit;
+use wit::ErrorCode;
 
 /// The component built by `build.rs` from `core-guest`.
 pub const EMBEDDED_COMPONENT: &[u8] =
@@ -32,29 +35,48 @@ pub const EMBEDDED_COMPONENT: &[u8] =
 pub const DEFAULT_MEMORY_LIMIT: usize = 4 << 30;
 
 /// What the host needs from a tracker, whichever engine runs it.
+///
+/// Each method is one call of the WIT package `ctwasm:core@0.2.0` (`wit/ctwasm.wit`). The outer
+/// `Result` is the host's: a component that trapped (its instance is dead) or answered
+/// something its WIT contract rules out. The native backend never fails it. A refusal the
+/// tracker itself may give (an unknown id, a full table) is the inner `Result` or the `bool`.
 pub trait Backend {
     /// "native" or "component".
     fn name(&self) -> &'static str;
+    /// Tells the tracker whether any listener exists (`nf_conntrack_events=2` asks when an
+    /// entry is created) and whether one asked for reliable delivery.
     fn set_listeners(&mut self, present: bool, reliable: bool) -> Result<()>;
-    /// Ingests a packet batch (`ctwasm_core::batch` format); appends one verdict byte each.
+    /// Ingests a packet batch (`ctwasm_core::batch` format); appends one verdict byte each
+    /// (a `ctwasm_core::Verdict` discriminant).
     fn ingest(&mut self, now_ns: u64, packets: &[u8], verdicts: &mut Vec<u8>) -> Result<()>;
+    /// Fires the timers due by `now_ns`: timeouts, grace retries, the retry worker.
     fn advance(&mut self, now_ns: u64) -> Result<()>;
+    /// The earliest instant at which [`Backend::advance`] may have work, if any.
     fn next_deadline(&mut self) -> Result<Option<u64>>;
-    /// Appends up to `max` event frames to `out`; returns how many.
+    /// Appends up to `max` event frames to `out`; returns how many. Each must be reported with
+    /// [`Backend::report_delivery`], in order.
     fn take_events(&mut self, max: u32, out: &mut Vec<u8>) -> Result<usize>;
+    /// Outcomes of the event messages taken, oldest first.
     fn report_delivery(&mut self, results: &[Delivery]) -> Result<()>;
+    /// The listeners have room again (the on-drain retry policy retries now).
     fn listeners_drained(&mut self, now_ns: u64) -> Result<()>;
+    /// Ends every entry, as `conntrack -F`.
     fn flush(&mut self, now_ns: u64) -> Result<()>;
+    /// Ends the entry `tuple` finds in `zone`, as `conntrack -D`; false if none.
     fn delete(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<bool>;
     /// Every entry, live and dying.
     fn dump(&mut self) -> Result<Vec<EntryView>>;
+    /// The kernel's counters plus the event-delivery figures.
     fn stats(&mut self) -> Result<Stats>;
+    /// Opens a connection `tuple` in `zone` as a proxy sees it (the handshake is tracked as
+    /// the kernel would see it); returns the entry's id.
     fn open(
         &mut self,
         now_ns: u64,
         zone: u16,
         tuple: &Tuple,
     ) -> Result<std::result::Result<u32, ConnError>>;
+    /// `bytes` carried by the connection `id` in direction `dir`.
     fn transfer(
         &mut self,
         now_ns: u64,
@@ -62,12 +84,29 @@ pub trait Backend {
         dir: Direction,
         bytes: u64,
     ) -> Result<std::result::Result<(), ConnError>>;
+    /// The connection `id` closed, normally (FIN both ways) or by a reset.
     fn close(
         &mut self,
         now_ns: u64,
         id: u32,
         reset: bool,
     ) -> Result<std::result::Result<(), ConnError>>;
+    /// Announces a connection `tuple` RELATED to the live entry `master_id`, for `timeout_s`
+    /// seconds; `permanent` keeps the expectation after a connection matched it. Returns the
+    /// expectation's id.
+    fn expect(
+        &mut self,
+        now_ns: u64,
+        master_id: u32,
+        tuple: &Tuple,
+        mask: ExpectMask,
+        timeout_s: u32,
+        permanent: bool,
+    ) -> Result<std::result::Result<u32, ExpectError>>;
+    /// Removes the expectation `id`, as `conntrack -D expect`; false if none is live.
+    fn unexpect(&mut self, now_ns: u64, id: u32) -> Result<bool>;
+    /// The expectation counters and table size.
+    fn expect_stats(&mut self) -> Result<ExpectStats>;
     /// The tracker's whole state, for [`restore_backend`].
     fn snapshot(&mut self) -> Result<Vec<u8>>;
 }
@@ -246,6 +285,26 @@ impl Backend for NativeBackend {
     ) -> Result<std::result::Result<(), ConnError>> {
         Ok(self.tracker.close(now_ns, id, reset))
     }
+    fn expect(
+        &mut self,
+        now_ns: u64,
+        master_id: u32,
+        tuple: &Tuple,
+        mask: ExpectMask,
+        timeout_s: u32,
+        permanent: bool,
+    ) -> Result<std::result::Result<u32, ExpectError>> {
+        let flags = if permanent { FLAG_PERMANENT } else { 0 };
+        Ok(self
+            .tracker
+            .expect(now_ns, master_id, tuple, mask, timeout_s, flags))
+    }
+    fn unexpect(&mut self, now_ns: u64, id: u32) -> Result<bool> {
+        Ok(self.tracker.unexpect(now_ns, id))
+    }
+    fn expect_stats(&mut self) -> Result<ExpectStats> {
+        Ok(self.tracker.expect_stats())
+    }
     fn snapshot(&mut self) -> Result<Vec<u8>> {
         Ok(self.tracker.snapshot())
     }
@@ -319,11 +378,11 @@ impl ComponentBackend {
     pub fn restore(snapshot: &[u8]) -> Result<Self> {
         let (mut store, bindings) = Self::instantiate(embedded_component()?, DEFAULT_MEMORY_LIMIT)?;
         let tracker = bindings
-            .ctwasm_core_conntrack()
+            .ctwasm_core_tracker()
             .tracker()
             .call_restore(&mut store, snapshot)
             .map_err(trap_context)?
-            .map_err(|e| anyhow!("restoring a snapshot: {e}"))?;
+            .map_err(|e| anyhow!("restoring a snapshot: the component refused it ({e:?})"))?;
         Ok(ComponentBackend {
             store,
             bindings,
@@ -354,14 +413,11 @@ impl ComponentBackend {
             },
         };
         let tracker = bindings
-            .ctwasm_core_conntrack()
+            .ctwasm_core_tracker()
             .tracker()
             .call_create(&mut store, &config)
             .map_err(trap_context)?
-            .map_err(|e| match e {
-                wit::ConfigError::UnknownSysctl(n) => anyhow!("unknown sysctl `{n}`"),
-                wit::ConfigError::BadValue(m) => anyhow!("{m}"),
-            })?;
+            .map_err(|e| config_error(settings, e))?;
         Ok(ComponentBackend {
             store,
             bindings,
@@ -370,17 +426,43 @@ impl ComponentBackend {
     }
 }
 
-/// Calls a method of the component's `tracker` resource (the bindings and the store are
-/// borrowed separately, which a helper method could not do).
+/// Calls a method of the component's `tracker` resource, or with `$interface` a function of
+/// that interface on it (the bindings and the store are borrowed separately, which a helper
+/// method could not do).
 macro_rules! call {
     ($backend:ident . $method:ident ( $($arg:expr),* )) => {
         $backend
             .bindings
-            .ctwasm_core_conntrack()
+            .ctwasm_core_tracker()
             .tracker()
             .$method(&mut $backend.store, $backend.tracker $(, $arg)*)
             .map_err(trap_context)
     };
+    ($interface:ident : $backend:ident . $method:ident ( $($arg:expr),* )) => {
+        $backend
+            .bindings
+            .$interface()
+            .$method(&mut $backend.store, $backend.tracker $(, $arg)*)
+            .map_err(trap_context)
+    };
+}
+
+/// Names the sysctl `create` refused, by the position the component reports.
+fn config_error(settings: &TrackerSettings, e: wit::ConfigError) -> anyhow::Error {
+    let Some((name, value)) = settings.sysctls.get(e.sysctl as usize) else {
+        return anyhow!("the component refused sysctl #{} ({:?})", e.sysctl, e.code);
+    };
+    match e.code {
+        ErrorCode::UnknownSysctl => anyhow!("unknown sysctl `{name}`"),
+        ErrorCode::BadValue => anyhow!("bad value `{value}` for `{name}`"),
+        other => anyhow!("the component refused sysctl `{name}` = `{value}` ({other:?})"),
+    }
+}
+
+/// A code the WIT does not list for the call that returned it: the component broke its
+/// contract, which the host reports as it reports a trap.
+fn off_contract(call: &str, code: ErrorCode) -> anyhow::Error {
+    anyhow!("the component's `{call}` returned {code:?}, which its WIT contract rules out")
 }
 
 /// A wasmtime error as an `anyhow` one, with its chain of causes.
@@ -402,7 +484,14 @@ impl Backend for ComponentBackend {
         "component"
     }
     fn set_listeners(&mut self, present: bool, reliable: bool) -> Result<()> {
-        call!(self.call_set_listeners(present, reliable))
+        let mut listeners = wit::ListenerPresence::empty();
+        if present {
+            listeners |= wit::ListenerPresence::PRESENT;
+        }
+        if reliable {
+            listeners |= wit::ListenerPresence::RELIABLE;
+        }
+        call!(self.call_set_listeners(listeners))
     }
     fn ingest(&mut self, now_ns: u64, packets: &[u8], verdicts: &mut Vec<u8>) -> Result<()> {
         let v = call!(self.call_ingest(now_ns, packets))?;
@@ -439,7 +528,11 @@ impl Backend for ComponentBackend {
     }
     fn delete(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<bool> {
         let wt = tuple_to_wit(tuple);
-        call!(self.call_delete(now_ns, zone, &wt))
+        match call!(self.call_delete(now_ns, zone, wt))? {
+            Ok(()) => Ok(true),
+            Err(ErrorCode::NotFound) => Ok(false),
+            Err(other) => Err(off_contract("delete", other)),
+        }
     }
     fn dump(&mut self) -> Result<Vec<EntryView>> {
         let mut all = Vec::new();
@@ -471,8 +564,8 @@ impl Backend for ComponentBackend {
         tuple: &Tuple,
     ) -> Result<std::result::Result<u32, ConnError>> {
         let wt = tuple_to_wit(tuple);
-        let r = call!(self.call_open(now_ns, zone, &wt))?;
-        Ok(r.map_err(conn_error))
+        let r = call!(ctwasm_core_proxy: self.call_open(now_ns, zone, wt))?;
+        r.map_or_else(|e| conn_error("open", e).map(Err), |id| Ok(Ok(id)))
     }
     fn transfer(
         &mut self,
@@ -485,8 +578,8 @@ impl Backend for ComponentBackend {
             Direction::Original => wit::Direction::Original,
             Direction::Reply => wit::Direction::Reply,
         };
-        let r = call!(self.call_transfer(now_ns, id, dir, bytes))?;
-        Ok(r.map_err(conn_error))
+        let r = call!(ctwasm_core_proxy: self.call_transfer(now_ns, id, dir, bytes))?;
+        r.map_or_else(|e| conn_error("transfer", e).map(Err), |()| Ok(Ok(())))
     }
     fn close(
         &mut self,
@@ -494,26 +587,87 @@ impl Backend for ComponentBackend {
         id: u32,
         reset: bool,
     ) -> Result<std::result::Result<(), ConnError>> {
-        let r = call!(self.call_close(now_ns, id, reset))?;
-        Ok(r.map_err(conn_error))
+        let r = call!(ctwasm_core_proxy: self.call_close(now_ns, id, reset))?;
+        r.map_or_else(|e| conn_error("close", e).map(Err), |()| Ok(Ok(())))
+    }
+    fn expect(
+        &mut self,
+        now_ns: u64,
+        master_id: u32,
+        tuple: &Tuple,
+        mask: ExpectMask,
+        timeout_s: u32,
+        permanent: bool,
+    ) -> Result<std::result::Result<u32, ExpectError>> {
+        let wt = tuple_to_wit(tuple);
+        let mask = wit::ExpectMask {
+            src_addr: mask.src_addr,
+            src_port: mask.src_port,
+        };
+        let flags = if permanent {
+            wit::ExpectFlags::PERMANENT
+        } else {
+            wit::ExpectFlags::empty()
+        };
+        let r = call!(ctwasm_core_expect: self.call_expect(
+            now_ns, master_id, wt, mask, timeout_s, flags
+        ))?;
+        match r {
+            Ok(id) => Ok(Ok(id)),
+            Err(ErrorCode::UnknownMaster) => Ok(Err(ExpectError::UnknownMaster)),
+            Err(ErrorCode::TableFull) => Ok(Err(ExpectError::TableFull)),
+            Err(ErrorCode::Exists) => Ok(Err(ExpectError::Exists)),
+            Err(other) => Err(off_contract("expect", other)),
+        }
+    }
+    fn unexpect(&mut self, now_ns: u64, id: u32) -> Result<bool> {
+        match call!(ctwasm_core_expect: self.call_unexpect(now_ns, id))? {
+            Ok(()) => Ok(true),
+            Err(ErrorCode::UnknownId) => Ok(false),
+            Err(other) => Err(off_contract("unexpect", other)),
+        }
+    }
+    fn expect_stats(&mut self) -> Result<ExpectStats> {
+        let s = call!(ctwasm_core_expect: self.call_stats())?;
+        Ok(ExpectStats {
+            expect_new: s.expect_new,
+            expect_create: s.expect_create,
+            expect_delete: s.expect_delete,
+            expectations: s.expectations,
+        })
     }
     fn snapshot(&mut self) -> Result<Vec<u8>> {
         call!(self.call_snapshot())
     }
 }
 
-fn conn_error(e: wit::ConnError) -> ConnError {
+/// The proxy calls' codes as the engine's `ConnError`; any other code is off contract.
+fn conn_error(call: &str, e: ErrorCode) -> Result<ConnError> {
     match e {
-        wit::ConnError::UnknownId => ConnError::UnknownId,
-        wit::ConnError::TableFull => ConnError::TableFull,
-        wit::ConnError::BadTuple => ConnError::BadTuple,
+        ErrorCode::UnknownId => Ok(ConnError::UnknownId),
+        ErrorCode::TableFull => Ok(ConnError::TableFull),
+        ErrorCode::BadTuple => Ok(ConnError::BadTuple),
+        other => Err(off_contract(call, other)),
+    }
+}
+
+fn address_to_wit(family: Family, a: Addr) -> wit::IpAddress {
+    match a.to_ip(family) {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            wit::IpAddress::Ipv4((a, b, c, d))
+        }
+        IpAddr::V6(v6) => {
+            let [a, b, c, d, e, f, g, h] = v6.segments();
+            wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h))
+        }
     }
 }
 
 fn tuple_to_wit(t: &Tuple) -> wit::ConnTuple {
     wit::ConnTuple {
-        src: t.src.bytes(t.family).to_vec(),
-        dst: t.dst.bytes(t.family).to_vec(),
+        src: address_to_wit(t.family, t.src),
+        dst: address_to_wit(t.family, t.dst),
         proto: t.proto,
         l4: match t.l4 {
             L4Tuple::Ports { src, dst } => wit::L4Tuple::Ports((src, dst)),
@@ -524,18 +678,14 @@ fn tuple_to_wit(t: &Tuple) -> wit::ConnTuple {
 }
 
 fn tuple_from_wit(t: &wit::ConnTuple) -> Result<Tuple> {
-    let (family, src, dst) = match (t.src.len(), t.dst.len()) {
-        (4, 4) => (
-            Family::Ipv4,
-            Addr::v4(t.src[..].try_into()?),
-            Addr::v4(t.dst[..].try_into()?),
-        ),
-        (16, 16) => (
-            Family::Ipv6,
-            Addr::v6(t.src[..].try_into()?),
-            Addr::v6(t.dst[..].try_into()?),
-        ),
-        (a, b) => bail!("component returned addresses of {a} and {b} bytes"),
+    use wit::IpAddress::{Ipv4, Ipv6};
+    let v6 = |(a, b, c, d, e, f, g, h)| Addr::v6(Ipv6Addr::new(a, b, c, d, e, f, g, h).octets());
+    let (family, src, dst) = match (t.src, t.dst) {
+        (Ipv4((a, b, c, d)), Ipv4((e, f, g, h))) => {
+            (Family::Ipv4, Addr::v4([a, b, c, d]), Addr::v4([e, f, g, h]))
+        }
+        (Ipv6(s), Ipv6(d)) => (Family::Ipv6, v6(s), v6(d)),
+        (s, d) => bail!("the component returned a tuple from {s:?} to {d:?}"),
     };
     let l4 = match t.l4 {
         wit::L4Tuple::Ports((src, dst)) => L4Tuple::Ports { src, dst },
@@ -561,8 +711,9 @@ fn entry_from_wit(e: &wit::Entry) -> Result<EntryView> {
         zone: e.zone,
         orig: tuple_from_wit(&e.orig)?,
         reply: tuple_from_wit(&e.reply)?,
-        status: Status(e.status),
-        tcp_state: e.tcp_state.and_then(TcpState::from_u8),
+        // Flag n of the WIT `status` is the kernel's bit n.
+        status: Status(e.status.as_array()[0]),
+        tcp_state: e.tcp_state.map(tcp_state_from_wit),
         timeout_s: e.timeout,
         mark: e.mark,
         counters_orig: Counters {
@@ -578,12 +729,28 @@ fn entry_from_wit(e: &wit::Entry) -> Result<EntryView> {
     })
 }
 
+fn tcp_state_from_wit(s: wit::TcpState) -> TcpState {
+    use wit::TcpState as W;
+    match s {
+        W::None => TcpState::None,
+        W::SynSent => TcpState::SynSent,
+        W::SynRecv => TcpState::SynRecv,
+        W::Established => TcpState::Established,
+        W::FinWait => TcpState::FinWait,
+        W::CloseWait => TcpState::CloseWait,
+        W::LastAck => TcpState::LastAck,
+        W::TimeWait => TcpState::TimeWait,
+        W::Close => TcpState::Close,
+        W::SynSent2 => TcpState::SynSent2,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_component_imports_nothing_and_exports_the_conntrack_interface() {
+    fn the_component_imports_nothing_and_exports_the_four_interfaces() {
         let component = embedded_component().unwrap();
         let ty = component.component_type();
         let imports: Vec<String> = ty
@@ -598,7 +765,15 @@ mod tests {
             .exports(shared_engine())
             .map(|(name, _)| name.to_string())
             .collect();
-        assert_eq!(exports, ["ctwasm:core/conntrack@0.1.0"]);
+        assert_eq!(
+            exports,
+            [
+                "ctwasm:core/types@0.2.0",
+                "ctwasm:core/tracker@0.2.0",
+                "ctwasm:core/proxy@0.2.0",
+                "ctwasm:core/expect@0.2.0",
+            ]
+        );
     }
 
     #[test]
@@ -739,5 +914,312 @@ mod snapshot_tests {
             );
         }
         assert!(restore_backend(BackendKind::Component, b"not a snapshot").is_err());
+    }
+}
+
+#[cfg(test)]
+mod boundary_tests {
+    //! The expectation calls through [`Backend`], and hostile arguments at the WIT boundary,
+    //! where the component's `error-code` is checked as it crosses (below `Backend`, which
+    //! cannot build a malformed tuple).
+
+    use super::*;
+
+    fn v4_tuple(src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16) -> Tuple {
+        Tuple {
+            family: Family::Ipv4,
+            src: Addr::v4(src),
+            dst: Addr::v4(dst),
+            proto,
+            l4: L4Tuple::Ports {
+                src: sport,
+                dst: dport,
+            },
+        }
+    }
+
+    /// An FTP-like control connection, its data channel expected, refused three ways, matched
+    /// by a packet, removed: the same answers, table and events from both backends.
+    #[test]
+    fn the_expectation_calls_agree_in_both_backends() {
+        let settings = TrackerSettings {
+            sysctls: vec![("net.netfilter.nf_conntrack_expect_max".into(), "2".into())],
+            ..TrackerSettings::default()
+        };
+        let control = v4_tuple([10, 0, 0, 1], [10, 0, 0, 2], 6, 40000, 21);
+        let data = v4_tuple([10, 0, 0, 2], [10, 0, 0, 1], 6, 20, 50000);
+        let mask = ExpectMask {
+            src_addr: true,
+            src_port: false,
+        };
+        let mut runs = Vec::new();
+        for kind in [BackendKind::Native, BackendKind::Component] {
+            let mut b = open_backend(kind, &settings, None).unwrap();
+            let mut answers = Vec::new();
+            let master = b.open(1_000, 0, &control).unwrap().unwrap();
+            let first = b.expect(2_000, master, &data, mask, 60, false).unwrap();
+            answers.push(first.map(|_| ()));
+            answers.push(
+                b.expect(2_100, master, &data, mask, 60, false)
+                    .unwrap()
+                    .map(|_| ()),
+            );
+            answers.push(
+                b.expect(2_200, master ^ 1, &data, mask, 60, false)
+                    .unwrap()
+                    .map(|_| ()),
+            );
+            let other = v4_tuple([10, 0, 0, 2], [10, 0, 0, 1], 6, 20, 50001);
+            let permanent = b
+                .expect(2_300, master, &other, mask, 60, true)
+                .unwrap()
+                .unwrap();
+            let third = v4_tuple([10, 0, 0, 2], [10, 0, 0, 1], 6, 20, 50002);
+            answers.push(
+                b.expect(2_400, master, &third, mask, 60, false)
+                    .unwrap()
+                    .map(|_| ()),
+            );
+            assert_eq!(
+                answers,
+                [
+                    Ok(()),
+                    Err(ExpectError::Exists),
+                    Err(ExpectError::UnknownMaster),
+                    Err(ExpectError::TableFull),
+                ],
+                "{kind:?}"
+            );
+            let stats_before = b.expect_stats().unwrap();
+
+            // The data channel's SYN matches the first expectation.
+            let syn = ctwasm_core::wire::build::tcp(20, 50000, 1, 0, 0x02, 65_535, 0);
+            let packet = ctwasm_core::wire::build::ipv4([10, 0, 0, 2], [10, 0, 0, 1], 6, &syn);
+            let mut batch = Vec::new();
+            ctwasm_core::batch::push_packet(&mut batch, 3_000, 0, &packet);
+            let mut verdicts = Vec::new();
+            b.ingest(3_000, &batch, &mut verdicts).unwrap();
+
+            let removed = b.unexpect(4_000, permanent).unwrap();
+            let again = b.unexpect(4_100, permanent).unwrap();
+            assert!(removed && !again, "{kind:?}");
+            let mut events = Vec::new();
+            b.take_events(1_000, &mut events).unwrap();
+            runs.push((
+                answers,
+                stats_before,
+                verdicts,
+                b.expect_stats().unwrap(),
+                b.dump().unwrap(),
+                events,
+            ));
+        }
+        assert_eq!(runs[0], runs[1]);
+        let (_, before, _, after, table, _) = &runs[0];
+        assert_eq!(before.expectations, 2);
+        assert_eq!(
+            after.expect_new, 1,
+            "the SYN came in as an expected connection"
+        );
+        assert!(table.iter().any(|e| e.status.contains(Status::EXPECTED)));
+    }
+
+    fn component() -> ComponentBackend {
+        ComponentBackend::new(&TrackerSettings::default()).unwrap()
+    }
+
+    /// The tracker still answers after a refused call: a new connection opens.
+    fn assert_usable(b: &mut ComponentBackend, n: u16) {
+        let t = v4_tuple([10, 9, 0, 1], [10, 9, 0, 2], 17, n, 53);
+        let id = b.open(1_000_000 + n as u64, 0, &t).unwrap();
+        assert!(id.is_ok(), "after call {n}: {id:?}");
+    }
+
+    const MIXED: [wit::ConnTuple; 2] = [
+        wit::ConnTuple {
+            src: wit::IpAddress::Ipv4((10, 0, 0, 1)),
+            dst: wit::IpAddress::Ipv6((0xfd00, 0, 0, 0, 0, 0, 0, 1)),
+            proto: 6,
+            l4: wit::L4Tuple::Ports((40000, 80)),
+        },
+        wit::ConnTuple {
+            src: wit::IpAddress::Ipv6((0xfd00, 0, 0, 0, 0, 0, 0, 1)),
+            dst: wit::IpAddress::Ipv4((10, 0, 0, 1)),
+            proto: 17,
+            l4: wit::L4Tuple::Ports((40000, 53)),
+        },
+    ];
+
+    /// A tuple whose addresses are of two families is `bad-tuple` for every call that takes a
+    /// tuple, even where another code would also apply (an unknown master).
+    #[test]
+    fn a_malformed_tuple_is_bad_tuple_everywhere() {
+        let mut b = component();
+        let master = b
+            .open(1, 0, &v4_tuple([10, 0, 0, 1], [10, 0, 0, 2], 6, 1, 2))
+            .unwrap()
+            .unwrap();
+        let mask = wit::ExpectMask {
+            src_addr: true,
+            src_port: true,
+        };
+        let no_flags = wit::ExpectFlags::empty();
+        let mut n = 100;
+        for t in MIXED {
+            let answers = [
+                call!(b.call_delete(10, 0, t)).unwrap(),
+                call!(ctwasm_core_proxy: b.call_open(10, 0, t))
+                    .unwrap()
+                    .map(drop),
+                call!(ctwasm_core_expect: b.call_expect(10, master, t, mask, 60, no_flags))
+                    .unwrap()
+                    .map(drop),
+                call!(ctwasm_core_expect: b.call_expect(10, master ^ 1, t, mask, 60, no_flags))
+                    .unwrap()
+                    .map(drop),
+            ];
+            for (i, answer) in answers.into_iter().enumerate() {
+                assert_eq!(answer, Err(ErrorCode::BadTuple), "{t:?}, call {i}");
+                n += 1;
+                assert_usable(&mut b, n);
+            }
+        }
+        assert_eq!(b.expect_stats().unwrap().expectations, 0);
+    }
+
+    /// Ids and tuples that name nothing get `unknown-id`, `unknown-master` and `not-found`.
+    #[test]
+    fn unknown_ids_and_tuples_get_their_codes() {
+        let mut b = component();
+        let absent = tuple_to_wit(&v4_tuple([10, 0, 0, 1], [10, 0, 0, 2], 6, 1, 2));
+        let mask = wit::ExpectMask {
+            src_addr: false,
+            src_port: false,
+        };
+        let answers = [
+            call!(ctwasm_core_proxy: b.call_transfer(1, 77, wit::Direction::Reply, 10)).unwrap(),
+            call!(ctwasm_core_proxy: b.call_close(2, 77, true)).unwrap(),
+            call!(ctwasm_core_expect: b.call_unexpect(3, 77)).unwrap(),
+            call!(ctwasm_core_expect: b.call_expect(
+                4, 77, absent, mask, 60, wit::ExpectFlags::PERMANENT
+            ))
+            .unwrap()
+            .map(drop),
+            call!(b.call_delete(5, 0, absent)).unwrap(),
+        ];
+        assert_eq!(
+            answers,
+            [
+                Err(ErrorCode::UnknownId),
+                Err(ErrorCode::UnknownId),
+                Err(ErrorCode::UnknownId),
+                Err(ErrorCode::UnknownMaster),
+                Err(ErrorCode::NotFound),
+            ]
+        );
+        assert_usable(&mut b, 1);
+    }
+
+    /// Restores one candidate inside `b`'s instance; the new tracker, if any, is dropped again.
+    fn try_restore(b: &mut ComponentBackend, bytes: &[u8]) -> std::result::Result<(), ErrorCode> {
+        let r = b
+            .bindings
+            .ctwasm_core_tracker()
+            .tracker()
+            .call_restore(&mut b.store, bytes)
+            .map_err(trap_context)
+            .unwrap();
+        r.map(|restored| restored.resource_drop(&mut b.store).unwrap())
+    }
+
+    /// Random, truncated and bit-flipped snapshots: `bad-snapshot` (or, for a flip the format
+    /// cannot notice, whatever the native engine says), never a trap, and the instance's own
+    /// tracker goes on.
+    #[test]
+    fn hostile_snapshots_are_bad_snapshot_and_leave_the_tracker_usable() {
+        let mut b = component();
+        for i in 0..20u8 {
+            b.open(
+                1_000 + i as u64,
+                0,
+                &v4_tuple([10, 0, 0, i], [10, 0, 1, 1], 17, 5000, 53),
+            )
+            .unwrap()
+            .unwrap();
+        }
+        let master = b.dump().unwrap()[0].id;
+        b.expect(
+            2_000,
+            master,
+            &v4_tuple([10, 0, 1, 1], [10, 0, 0, 0], 17, 53, 6000),
+            ExpectMask::default(),
+            60,
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let snapshot = b.snapshot().unwrap();
+        assert_eq!(try_restore(&mut b, &snapshot), Ok(()));
+
+        // xorshift64: reproducible noise without a dependency.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut n = 0;
+        for round in 0..200 {
+            let len = (next() % 4096) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if round % 2 == 1 {
+                // Past the magic, into the parser proper.
+                let keep = snapshot.len().min(8 + round);
+                bytes.splice(0..0, snapshot[..keep].iter().copied());
+            }
+            assert_eq!(
+                try_restore(&mut b, &bytes),
+                Err(ErrorCode::BadSnapshot),
+                "round {round}"
+            );
+            n += 1;
+            assert_usable(&mut b, n);
+        }
+
+        let step = (snapshot.len() / 1500).max(1);
+        for len in (0..snapshot.len()).step_by(step) {
+            assert_eq!(
+                try_restore(&mut b, &snapshot[..len]),
+                Err(ErrorCode::BadSnapshot),
+                "cut at {len} of {}",
+                snapshot.len()
+            );
+        }
+        n += 1;
+        assert_usable(&mut b, n);
+
+        let mut refused = 0;
+        for pos in (0..snapshot.len()).step_by(step) {
+            let mut flipped = snapshot.clone();
+            flipped[pos] ^= 1 << (pos % 8);
+            let native = Tracker::restore(&flipped)
+                .map(drop)
+                .map_err(|_| ErrorCode::BadSnapshot);
+            let answer = try_restore(&mut b, &flipped);
+            assert_eq!(answer, native, "bit {} of byte {pos}", pos % 8);
+            if pos < 8 {
+                assert_eq!(answer, Err(ErrorCode::BadSnapshot), "a flip in the magic");
+            }
+            refused += answer.is_err() as usize;
+        }
+        assert!(refused > 0);
+        n += 1;
+        assert_usable(&mut b, n);
+        eprintln!(
+            "snapshot of {} bytes: {refused} of {} bit flips refused",
+            snapshot.len(),
+            snapshot.len().div_ceil(step)
+        );
     }
 }

@@ -119,7 +119,7 @@ impl Tracker {
         t.listener_present = r.bool()?;
         t.reliable_listener = r.bool()?;
         t.ecache.worker.at = r.opt_u64()?;
-        t.ecache.worker.in_flight = r.u64()? as usize;
+        t.ecache.worker.in_flight = r.usize("worker")?;
         t.now_ns = r.u64()?;
         t.expectations = expect::Expectations::decode(&mut r, t.config.seed, slab_len)?;
         let expectations = t.expectations.len();
@@ -231,8 +231,8 @@ fn read_pending(r: &mut Reader<'_>) -> Result<Pending, SnapshotError> {
         source,
         kind,
         from_worker,
-        start: r.u64()? as usize,
-        len: r.u64()? as usize,
+        start: r.usize("outbox")?,
+        len: r.usize("outbox")?,
     })
 }
 
