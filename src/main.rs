@@ -162,6 +162,7 @@ fn settings(sysctls: &[String], seed: u64, policy: RetryPolicy) -> Result<Tracke
         sysctls: parse_sysctls(sysctls)?,
         seed,
         retry_policy: Some(policy),
+        ..Default::default()
     })
 }
 

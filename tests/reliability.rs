@@ -68,6 +68,7 @@ fn settings(policy: RetryPolicy, seed: u64, sysctls: &[(&str, String)]) -> Track
             .collect(),
         seed,
         retry_policy: Some(policy),
+        ..Default::default()
     }
 }
 

@@ -6,7 +6,7 @@
 //! declared in the kernel's order, so `status` and `expect-flags` map bit for bit onto the
 //! engine's `Status` and expectation flags, and `tcp-state` by discriminant.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, Ipv6Addr};
 
 use crate::config::{Config, ConfigError, RetryPolicy};
@@ -37,13 +37,37 @@ impl wit_tracker::Guest for Component {
 /// is only ever entered by one call at a time, so a `RefCell` suffices.
 struct TrackerResource {
     engine: RefCell<Engine>,
+    /// The fault to commit on purpose (testing only), and the packets ingested so far.
+    fault: Option<wit::Fault>,
+    packets: Cell<u64>,
 }
 
 impl TrackerResource {
-    fn wrap(engine: Engine) -> wit_tracker::Tracker {
+    fn wrap(engine: Engine, fault: Option<wit::Fault>) -> wit_tracker::Tracker {
         wit_tracker::Tracker::new(TrackerResource {
             engine: RefCell::new(engine),
+            fault,
+            packets: Cell::new(0),
         })
+    }
+
+    /// Commits the configured fault if its packet is in this batch.
+    fn commit_fault(&self, batch: &[u8]) {
+        let Some(fault) = self.fault else {
+            return;
+        };
+        let before = self.packets.get();
+        let after = before + crate::batch::packets(batch).count() as u64;
+        self.packets.set(after);
+        match fault {
+            wit::Fault::TrapAtPacket(n) if before < n && n <= after => {
+                panic!("fault injected at packet {n}")
+            }
+            wit::Fault::LoopAtPacket(n) if before < n && n <= after => loop {
+                core::hint::black_box(n);
+            },
+            _ => {}
+        }
     }
 }
 
@@ -75,12 +99,12 @@ impl wit_tracker::GuestTracker for TrackerResource {
                     sysctl: i as u32,
                 })?;
         }
-        Ok(Self::wrap(Engine::new(engine_config)))
+        Ok(Self::wrap(Engine::new(engine_config), config.fault))
     }
 
     fn restore(bytes: Vec<u8>) -> Result<wit_tracker::Tracker, ErrorCode> {
         let engine = Engine::restore(&bytes).map_err(|_| ErrorCode::BadSnapshot)?;
-        Ok(Self::wrap(engine))
+        Ok(Self::wrap(engine, None))
     }
 
     fn set_listeners(&self, listeners: wit::ListenerPresence) {
@@ -92,6 +116,7 @@ impl wit_tracker::GuestTracker for TrackerResource {
     }
 
     fn ingest(&self, now: u64, packets: Vec<u8>) -> Vec<u8> {
+        self.commit_fault(&packets);
         let mut verdicts = Vec::with_capacity(packets.len() / 64 + 1);
         self.engine
             .borrow_mut()

@@ -8,6 +8,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use ctwasm_core::engine::expect::FLAG_PERMANENT;
@@ -142,12 +143,41 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
-/// The settings a backend is built from: sysctls as `name=value` pairs, seed, retry policy.
+/// The settings a backend is built from: sysctls as `name=value` pairs, seed, retry policy,
+/// and for the component the longest a call may run and (testing only) a fault to commit.
 #[derive(Clone, Debug, Default)]
 pub struct TrackerSettings {
     pub sysctls: Vec<(String, String)>,
     pub seed: u64,
     pub retry_policy: Option<RetryPolicy>,
+    /// How long one call into the component may run before it is stopped (epoch interruption);
+    /// `None` is [`DEFAULT_CALL_DEADLINE`]. The stopped instance is dead, as after a trap.
+    pub call_deadline: Option<Duration>,
+    /// A fault the guest commits on purpose (component only), to test containment.
+    pub fault: Option<GuestFault>,
+}
+
+/// A fault the component commits on purpose, so that its host's containment can be tested.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestFault {
+    /// Trap while ingesting this packet (counted from 1 over the tracker's life).
+    TrapAtPacket(u64),
+    /// Loop for ever at this packet, until the per-call deadline stops it.
+    LoopAtPacket(u64),
+}
+
+/// The default longest call: generous (a flush of millions of entries takes seconds), a guard
+/// against a guest that never returns rather than a budget.
+pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How often the shared engine's epoch advances: the resolution of call deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Epoch ticks for a deadline. The epoch may advance right after the deadline is set, so one
+/// tick more: a call is never stopped before its deadline, and at most a tick after it.
+fn deadline_ticks(deadline: Duration) -> u64 {
+    let ticks = deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) + 1;
+    u64::try_from(ticks).unwrap_or(u64::MAX)
 }
 
 impl TrackerSettings {
@@ -177,7 +207,12 @@ pub fn open_backend(
     component: Option<&std::path::Path>,
 ) -> Result<Box<dyn Backend>> {
     Ok(match kind {
-        BackendKind::Native => Box::new(NativeBackend::new(settings.engine_config()?)),
+        BackendKind::Native => {
+            if settings.fault.is_some() {
+                bail!("fault injection is a component feature: use the component backend");
+            }
+            Box::new(NativeBackend::new(settings.engine_config()?))
+        }
         BackendKind::Component => Box::new(match component {
             Some(path) => {
                 let bytes = std::fs::read(path)
@@ -316,14 +351,30 @@ struct HostState {
     limits: StoreLimits,
 }
 
-/// The wasmtime engine every component backend of this process shares.
+/// The wasmtime engine every component backend of this process shares. Its epoch advances
+/// every [`EPOCH_TICK`] on a background thread, which is what ends a call past its deadline.
 pub fn shared_engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
+    static TICKER: OnceLock<()> = OnceLock::new();
+    let engine = ENGINE.get_or_init(|| {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
+        config.epoch_interruption(true);
         Engine::new(&config).expect("a wasmtime engine with the component model")
-    })
+    });
+    TICKER.get_or_init(|| {
+        let engine = engine.clone();
+        std::thread::Builder::new()
+            .name("ctwasm-epoch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("starting the epoch ticker thread");
+    });
+    engine
 }
 
 /// The embedded component, compiled once per process.
@@ -342,6 +393,8 @@ pub struct ComponentBackend {
     store: Store<HostState>,
     bindings: CtwasmCore,
     tracker: ResourceAny,
+    /// Epoch ticks one call may take.
+    deadline_ticks: u64,
 }
 
 impl std::fmt::Debug for ComponentBackend {
@@ -366,6 +419,8 @@ impl ComponentBackend {
             .build();
         let mut store = Store::new(shared_engine(), HostState { limits });
         store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(DEFAULT_CALL_DEADLINE));
         // The world imports nothing, so the linker stays empty.
         let linker = Linker::new(shared_engine());
         let bindings = CtwasmCore::instantiate(&mut store, component, &linker)
@@ -387,6 +442,7 @@ impl ComponentBackend {
             store,
             bindings,
             tracker,
+            deadline_ticks: deadline_ticks(DEFAULT_CALL_DEADLINE),
         })
     }
 
@@ -411,7 +467,14 @@ impl ComponentBackend {
                 RetryPolicy::Kernel => wit::RetryPolicy::Kernel,
                 RetryPolicy::OnDrain => wit::RetryPolicy::OnDrain,
             },
+            fault: settings.fault.map(|f| match f {
+                GuestFault::TrapAtPacket(n) => wit::Fault::TrapAtPacket(n),
+                GuestFault::LoopAtPacket(n) => wit::Fault::LoopAtPacket(n),
+            }),
         };
+        let deadline_ticks =
+            deadline_ticks(settings.call_deadline.unwrap_or(DEFAULT_CALL_DEADLINE));
+        store.set_epoch_deadline(deadline_ticks);
         let tracker = bindings
             .ctwasm_core_tracker()
             .tracker()
@@ -422,6 +485,7 @@ impl ComponentBackend {
             store,
             bindings,
             tracker,
+            deadline_ticks,
         })
     }
 }
@@ -430,21 +494,23 @@ impl ComponentBackend {
 /// that interface on it (the bindings and the store are borrowed separately, which a helper
 /// method could not do).
 macro_rules! call {
-    ($backend:ident . $method:ident ( $($arg:expr),* )) => {
+    ($backend:ident . $method:ident ( $($arg:expr),* )) => {{
+        $backend.store.set_epoch_deadline($backend.deadline_ticks);
         $backend
             .bindings
             .ctwasm_core_tracker()
             .tracker()
             .$method(&mut $backend.store, $backend.tracker $(, $arg)*)
             .map_err(trap_context)
-    };
-    ($interface:ident : $backend:ident . $method:ident ( $($arg:expr),* )) => {
+    }};
+    ($interface:ident : $backend:ident . $method:ident ( $($arg:expr),* )) => {{
+        $backend.store.set_epoch_deadline($backend.deadline_ticks);
         $backend
             .bindings
             .$interface()
             .$method(&mut $backend.store, $backend.tracker $(, $arg)*)
             .map_err(trap_context)
-    };
+    }};
 }
 
 /// Names the sysctl `create` refused, by the position the component reports.
@@ -473,6 +539,10 @@ fn wasm_error(e: wasmtime::Error) -> anyhow::Error {
 /// Names the trap, which `to_string` of the error hides.
 fn trap_context(e: wasmtime::Error) -> anyhow::Error {
     let what = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => {
+            "the component overran its per-call deadline and was stopped; its instance is dead"
+                .to_string()
+        }
         Some(trap) => format!("the component trapped ({trap:?}); its instance is dead"),
         None => "the component call failed; its instance is dead".to_string(),
     };

@@ -104,6 +104,7 @@ impl StressOptions {
             sysctls,
             seed: self.seed,
             retry_policy: Some(self.policy),
+            ..Default::default()
         }
     }
 
