@@ -25,8 +25,7 @@ wasmtime::component::bindgen!({
 use exports::ctwasm::core::conntrack as wit;
 
 /// The component built by `build.rs` from `core-guest`.
-pub const EMBEDDED_COMPONENT: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/ctwasm_core.component.wasm"));
+pub const EMBEDDED_COMPONENT: &[u8] = crate::artifacts::COMPONENT;
 
 /// Default cap on the guest's linear memory.
 pub const DEFAULT_MEMORY_LIMIT: usize = 4 << 30;
