@@ -4,7 +4,9 @@
 //! build with its own target directory under `OUT_DIR` (so it never fights the outer build for
 //! its lock), then turned into a component with `wit-component` — the same step as
 //! `wasm-tools component new`. That target rather than `wasm32-wasip2` because a std guest on
-//! wasip2 imports a dozen WASI interfaces it never uses, and ours must import nothing.
+//! wasip2 imports a dozen WASI interfaces it never uses, and ours must import nothing. A
+//! toolchain without that target gets it through rustup, so the README's first command works on
+//! a fresh machine.
 //! `rerun-if-changed` comes from the nested build's depfile, so an edit to any guest source or
 //! to the WIT rebuilds it and nothing else does.
 
@@ -23,7 +25,7 @@ fn main() -> anyhow::Result<()> {
     let workspace = manifest_dir.parent().context("host/ has a parent")?;
     let target_dir = out_dir.join("guest-target");
 
-    check_target_installed()?;
+    ensure_target_installed()?;
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -83,20 +85,53 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A missing target would surface as an obscure "can't find crate for `core`"; say what to do.
-fn check_target_installed() -> anyhow::Result<()> {
+/// Makes sure the guest's target is installed in the toolchain that builds it: if it is missing
+/// and rustup is at hand, installs it (as rustup itself would from rust-toolchain.toml, where
+/// on-demand installs are off) and says so; otherwise stops with what to do, instead of the
+/// obscure "can't find crate for `core`" the nested build would end with.
+fn ensure_target_installed() -> anyhow::Result<()> {
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let out = Command::new(rustc).args(["--print", "sysroot"]).output()?;
     let sysroot = PathBuf::from(String::from_utf8(out.stdout)?.trim());
-    if !sysroot.join("lib/rustlib").join(TARGET).exists() {
-        bail!(
-            "the Rust target {TARGET} is not installed in {}: the guest component cannot be built.\n\
-             Run `rustup toolchain install` in the repository (rust-toolchain.toml lists the target) \
-             or `rustup target add {TARGET}`.",
-            sysroot.display()
-        );
+    let installed = || sysroot.join("lib/rustlib").join(TARGET).exists();
+    if installed() {
+        return Ok(());
     }
-    Ok(())
+    // rustup names the toolchain running this build in RUSTUP_TOOLCHAIN; without it, rustup
+    // picks the same one from rust-toolchain.toml in the workspace.
+    let toolchain = env::var("RUSTUP_TOOLCHAIN").ok();
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add", TARGET]);
+    if let Some(toolchain) = &toolchain {
+        rustup.args(["--toolchain", toolchain]);
+    }
+    // Captured: a build script's stdout is read by cargo as instructions.
+    let attempt = match rustup.output() {
+        Ok(out) if out.status.success() && installed() => {
+            println!(
+                "cargo:warning=the Rust target {TARGET} was missing from {}; installed it with \
+                 `rustup target add {TARGET}`",
+                toolchain.as_deref().unwrap_or("the toolchain")
+            );
+            return Ok(());
+        }
+        Ok(out) if out.status.success() => format!(
+            "`rustup target add {TARGET}` succeeded for another toolchain than the one in RUSTC"
+        ),
+        Ok(out) => format!(
+            "`rustup target add {TARGET}` failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "rustup is not on PATH".into(),
+        Err(e) => format!("rustup could not be run ({e})"),
+    };
+    bail!(
+        "the Rust target {TARGET} is not installed in {} and could not be added: {attempt}\n\
+         The guest component cannot be built without it: run `rustup toolchain install` in the \
+         repository (rust-toolchain.toml lists the target) or `rustup target add {TARGET}`.",
+        sysroot.display()
+    );
 }
 
 /// The inputs a Makefile-style depfile lists (`output: input input ...`, spaces escaped).

@@ -2,7 +2,8 @@
 //!
 //! `replay` feeds a capture through the engine (natively or as the component) and prints the
 //! events a listener would read, as `conntrack -E` or as JSON lines; a summary with the kernel's
-//! statistics goes to stderr.
+//! statistics goes to stderr. `component` and `wit` hand out the component this binary embeds
+//! and the WIT package it implements.
 
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ use ctwasm_host::output::{self, ConntrackOptions};
 use ctwasm_host::replay::{ReplayOptions, ReplayReport, replay};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+mod artifacts_cmd;
 mod kernel_cmd;
 mod listen_cmd;
 mod shadow_cmd;
@@ -56,6 +58,10 @@ enum Command {
     /// Run the engine beside the kernel on a namespace's live packets; report, flow by flow,
     /// whether their events agree.
     Shadow(shadow_cmd::ShadowArgs),
+    /// Write the WebAssembly component this binary embeds (the one `--backend component` runs).
+    Component(artifacts_cmd::ComponentArgs),
+    /// Print the WIT package the component implements.
+    Wit(artifacts_cmd::WitArgs),
 }
 
 /// `--format`; with `-o` it becomes an [`output::Format`] ([`output_format`]).
@@ -137,6 +143,8 @@ fn main() {
         Command::Flush(args) => kernel_cmd::run_flush(args),
         Command::Listen(args) => listen_cmd::run(args),
         Command::Shadow(args) => shadow_cmd::run(args),
+        Command::Component(args) => artifacts_cmd::run_component(args).map_err(Into::into),
+        Command::Wit(args) => artifacts_cmd::run_wit(args).map_err(Into::into),
     };
     if let Err(e) = result {
         eprintln!("ctwasm: {e:#}");

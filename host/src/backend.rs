@@ -29,8 +29,7 @@ use exports::ctwasm::core::types as wit;
 use wit::ErrorCode;
 
 /// The component built by `build.rs` from `core-guest`.
-pub const EMBEDDED_COMPONENT: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/ctwasm_core.component.wasm"));
+pub const EMBEDDED_COMPONENT: &[u8] = crate::artifacts::COMPONENT;
 
 /// Default cap on the guest's linear memory.
 pub const DEFAULT_MEMORY_LIMIT: usize = 4 << 30;
