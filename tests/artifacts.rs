@@ -57,7 +57,7 @@ fn component_exports(bytes: &[u8]) -> Vec<String> {
 }
 
 #[test]
-fn component_written_to_a_file_is_the_embedded_component_and_exports_conntrack() {
+fn component_written_to_a_file_is_the_embedded_component_and_exports_its_interfaces() {
     let dir = scratch("file");
     let path = dir.join("ctwasm.wasm");
     let out = ctwasm(&["component", "-o", path.to_str().unwrap()]);
@@ -67,9 +67,10 @@ fn component_written_to_a_file_is_the_embedded_component_and_exports_conntrack()
     let bytes = fs::read(&path).unwrap();
     assert!(bytes == ctwasm_host::artifacts::COMPONENT);
     let (package, version) = wit_package(&wit_file());
+    let interfaces = ["types", "tracker", "proxy", "expect"];
     assert_eq!(
         component_exports(&bytes),
-        [format!("{package}/conntrack@{version}")]
+        interfaces.map(|i| format!("{package}/{i}@{version}"))
     );
     // Nothing but the file: no temporary left beside it.
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
