@@ -1,4 +1,5 @@
-//! The sandbox as an embedder relies on it: a guest that traps or never returns is stopped and
+//! The sandbox as an embedder relies on it: a tracker that fills its memory limit refuses new
+//! connections and keeps the table; a guest that traps or never returns is stopped and
 //! reported as such, and the host goes on. The faults are committed by the guest itself
 //! (`GuestFault`, a testing-only setting of the component), not simulated by the host.
 
@@ -9,7 +10,8 @@ use ctwasm_core::batch;
 use ctwasm_core::tuple::ipproto;
 use ctwasm_core::wire::build;
 use ctwasm_host::backend::{
-    Backend, BackendKind, ComponentBackend, GuestFault, TrackerSettings, open_backend,
+    Backend, BackendKind, ComponentBackend, GuestFault, TrackerSettings, embedded_component,
+    open_backend,
 };
 
 const S: u64 = 1_000_000_000;
@@ -115,4 +117,95 @@ fn fault_injection_is_refused_by_the_native_backend() {
         panic!("the native backend took a fault to inject");
     };
     assert!(format!("{err:#}").contains("component"), "{err:#}");
+}
+
+fn udp_packet(flow: u32, reply: bool) -> Vec<u8> {
+    let client = [10, (flow >> 16) as u8, (flow >> 8) as u8, flow as u8];
+    let server = [192, 0, 2, 1];
+    let l4 = build::udp(40_000, 53, 8);
+    if reply {
+        build::ipv4(server, client, ipproto::UDP, &build::udp(53, 40_000, 8))
+    } else {
+        build::ipv4(client, server, ipproto::UDP, &l4)
+    }
+}
+
+/// Ingests one packet of each flow in `flows`, returns the verdicts.
+fn ingest_flows(
+    tracker: &mut ComponentBackend,
+    now: u64,
+    flows: impl Iterator<Item = u32>,
+) -> Vec<u8> {
+    let mut batch = Vec::new();
+    for flow in flows {
+        batch::push_packet(&mut batch, now, 0, &udp_packet(flow, false));
+    }
+    let mut verdicts = Vec::new();
+    tracker
+        .ingest(now, &batch, &mut verdicts)
+        .expect("the guest survives");
+    verdicts
+}
+
+#[test]
+fn a_table_that_fills_its_memory_refuses_new_flows_and_keeps_the_old_ones() {
+    let settings = TrackerSettings {
+        sysctls: vec![
+            // No bound but memory: the table grows until the memory limit refuses it.
+            ("net.netfilter.nf_conntrack_max".into(), "100000000".into()),
+            // Events off, so only the table grows.
+            ("net.netfilter.nf_conntrack_events".into(), "0".into()),
+        ],
+        seed: 1,
+        ..TrackerSettings::default()
+    };
+    let limit = 32 << 20;
+    let mut tracker =
+        ComponentBackend::with_component(embedded_component().unwrap(), &settings, limit).unwrap();
+    let mut created = 0u32;
+    let mut refused = 0;
+    let chunk = 4096;
+    for round in 0..200u32 {
+        let first = round * chunk;
+        let verdicts = ingest_flows(&mut tracker, S, first..first + chunk);
+        created += verdicts
+            .iter()
+            .filter(|&&v| v == Verdict::New as u8)
+            .count() as u32;
+        refused = verdicts
+            .iter()
+            .filter(|&&v| v == Verdict::Drop as u8)
+            .count();
+        if refused > 0 {
+            break;
+        }
+    }
+    assert!(
+        refused > 0,
+        "the memory limit was never reached ({created} flows)"
+    );
+    let stats = tracker.stats().expect("the guest is alive");
+    assert_eq!(stats.entries, u64::from(created), "{stats:?}");
+    assert!(stats.insert_failed > 0, "{stats:?}");
+    assert_eq!(stats.drop, refused as u64, "{stats:?}");
+    // The flows the table holds still work: a reply finds its entry.
+    let mut batch = Vec::new();
+    for flow in 0..100 {
+        batch::push_packet(&mut batch, 2 * S, 0, &udp_packet(flow, true));
+    }
+    let mut verdicts = Vec::new();
+    tracker.ingest(2 * S, &batch, &mut verdicts).unwrap();
+    assert!(
+        verdicts
+            .iter()
+            .all(|&v| v == Verdict::EstablishedReply as u8),
+        "{verdicts:?}"
+    );
+    // Once entries time out, room comes back and new flows are accepted again.
+    tracker.advance(400 * S).unwrap();
+    let verdicts = ingest_flows(&mut tracker, 400 * S, 10_000_000..10_000_010);
+    assert!(
+        verdicts.iter().all(|&v| v == Verdict::New as u8),
+        "{verdicts:?}"
+    );
 }

@@ -184,6 +184,10 @@ impl wit_tracker::GuestTracker for TrackerResource {
     fn snapshot(&self) -> Vec<u8> {
         self.engine.borrow().snapshot()
     }
+
+    fn set_memory_budget(&self, bytes: Option<u64>) {
+        self.engine.borrow_mut().set_memory_budget(bytes);
+    }
 }
 
 impl wit_proxy::Guest for Component {

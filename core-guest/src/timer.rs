@@ -118,6 +118,19 @@ impl TimerWheel {
         self.positions.try_reserve(more).is_ok()
     }
 
+    /// Bytes the per-handle positions take, and what room for handles below `handles` would
+    /// allocate: `(now, growth)`.
+    pub fn footprint(&self, handles: usize) -> (u64, u64) {
+        let size = core::mem::size_of::<Position>();
+        let now = (self.positions.capacity() * size) as u64;
+        let growth = if handles <= self.positions.capacity() {
+            0
+        } else {
+            (handles.max(self.positions.capacity() * 2) * size) as u64
+        };
+        (now, growth)
+    }
+
     /// Schedules `handle` at `deadline_ns`, moving it if it was scheduled already.
     pub fn schedule(&mut self, handle: u32, deadline_ns: u64) {
         let h = handle as usize;

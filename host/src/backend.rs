@@ -34,6 +34,15 @@ pub const EMBEDDED_COMPONENT: &[u8] = crate::artifacts::COMPONENT;
 /// Default cap on the guest's linear memory.
 pub const DEFAULT_MEMORY_LIMIT: usize = 4 << 30;
 
+/// The memory budget a component gets under `memory_limit` bytes of linear memory: a quarter of
+/// the limit (between 4 and 256 MiB) stays free for the guest's own data, its stack and the
+/// buffers each call copies in and out, so that the tracker refuses connections before any
+/// allocation can fail.
+pub fn memory_budget(memory_limit: usize) -> u64 {
+    let headroom = (memory_limit / 4).clamp(4 << 20, 256 << 20);
+    memory_limit.saturating_sub(headroom) as u64
+}
+
 /// What the host needs from a tracker, whichever engine runs it.
 ///
 /// Each method is one call of the WIT package `ctwasm:core@0.2.0` (`wit/ctwasm.wit`). The outer
@@ -402,6 +411,29 @@ impl std::fmt::Debug for ComponentBackend {
     }
 }
 
+/// Calls a method of the component's `tracker` resource, or with `$interface` a function of
+/// that interface on it (the bindings and the store are borrowed separately, which a helper
+/// method could not do).
+macro_rules! call {
+    ($backend:ident . $method:ident ( $($arg:expr),* )) => {{
+        $backend.store.set_epoch_deadline($backend.deadline_ticks);
+        $backend
+            .bindings
+            .ctwasm_core_tracker()
+            .tracker()
+            .$method(&mut $backend.store, $backend.tracker $(, $arg)*)
+            .map_err(trap_context)
+    }};
+    ($interface:ident : $backend:ident . $method:ident ( $($arg:expr),* )) => {{
+        $backend.store.set_epoch_deadline($backend.deadline_ticks);
+        $backend
+            .bindings
+            .$interface()
+            .$method(&mut $backend.store, $backend.tracker $(, $arg)*)
+            .map_err(trap_context)
+    }};
+}
+
 impl ComponentBackend {
     pub fn new(settings: &TrackerSettings) -> Result<Self> {
         Self::with_component(embedded_component()?, settings, DEFAULT_MEMORY_LIMIT)
@@ -437,12 +469,15 @@ impl ComponentBackend {
             .call_restore(&mut store, snapshot)
             .map_err(trap_context)?
             .map_err(|e| anyhow!("restoring a snapshot: the component refused it ({e:?})"))?;
-        Ok(ComponentBackend {
+        let mut backend = ComponentBackend {
             store,
             bindings,
             tracker,
             deadline_ticks: deadline_ticks(DEFAULT_CALL_DEADLINE),
-        })
+        };
+        let budget = memory_budget(DEFAULT_MEMORY_LIMIT);
+        call!(backend.call_set_memory_budget(Some(budget)))?;
+        Ok(backend)
     }
 
     pub fn with_component(
@@ -480,36 +515,15 @@ impl ComponentBackend {
             .call_create(&mut store, &config)
             .map_err(trap_context)?
             .map_err(|e| config_error(settings, e))?;
-        Ok(ComponentBackend {
+        let mut backend = ComponentBackend {
             store,
             bindings,
             tracker,
             deadline_ticks,
-        })
+        };
+        call!(backend.call_set_memory_budget(Some(memory_budget(memory_limit))))?;
+        Ok(backend)
     }
-}
-
-/// Calls a method of the component's `tracker` resource, or with `$interface` a function of
-/// that interface on it (the bindings and the store are borrowed separately, which a helper
-/// method could not do).
-macro_rules! call {
-    ($backend:ident . $method:ident ( $($arg:expr),* )) => {{
-        $backend.store.set_epoch_deadline($backend.deadline_ticks);
-        $backend
-            .bindings
-            .ctwasm_core_tracker()
-            .tracker()
-            .$method(&mut $backend.store, $backend.tracker $(, $arg)*)
-            .map_err(trap_context)
-    }};
-    ($interface:ident : $backend:ident . $method:ident ( $($arg:expr),* )) => {{
-        $backend.store.set_epoch_deadline($backend.deadline_ticks);
-        $backend
-            .bindings
-            .$interface()
-            .$method(&mut $backend.store, $backend.tracker $(, $arg)*)
-            .map_err(trap_context)
-    }};
 }
 
 /// Names the sysctl `create` refused, by the position the component reports.
@@ -861,12 +875,12 @@ mod tests {
     }
 
     #[test]
-    fn a_memory_cap_turns_growth_into_a_named_trap() {
-        // 4 MiB is less than the guest needs for twenty thousand entries.
+    fn a_memory_cap_refuses_new_flows_instead_of_trapping() {
+        // 8 MiB holds fewer than the twenty thousand entries offered: the rest are refused.
         let mut backend = ComponentBackend::with_component(
             embedded_component().unwrap(),
             &TrackerSettings::default(),
-            4 << 20,
+            8 << 20,
         )
         .unwrap();
         let mut batch = Vec::new();
@@ -881,14 +895,15 @@ mod tests {
             ctwasm_core::batch::push_packet(&mut batch, 1 + i as u64, 0, &p);
         }
         let mut verdicts = Vec::new();
-        let err = backend
-            .ingest(1, &batch, &mut verdicts)
-            .expect_err("the cap is hit");
-        let msg = format!("{err:#}");
-        assert!(
-            msg.contains("instance is dead") && msg.contains("growing memory"),
-            "{msg}"
-        );
+        backend.ingest(1, &batch, &mut verdicts).expect("no trap");
+        let refused = verdicts
+            .iter()
+            .filter(|&&v| v == ctwasm_core::Verdict::Drop as u8)
+            .count();
+        assert!(refused > 0, "the cap was never reached");
+        let stats = backend.stats().expect("the instance lives");
+        assert_eq!(stats.insert_failed, refused as u64, "{stats:?}");
+        assert_eq!(stats.entries as usize + refused, 20_000, "{stats:?}");
     }
 
     #[test]

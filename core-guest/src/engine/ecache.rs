@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::budget::{vec_bytes, vec_growth};
 use super::expect::{GROUP_EXP_DESTROY, GROUP_EXP_NEW};
 use super::table::{Life, NIL};
 use super::{Delivery, NS_PER_S, Tracker};
@@ -104,6 +105,21 @@ impl Outbox {
         self.bytes.try_reserve(MAX_FRAME_LEN).is_ok()
             && self.queued.try_reserve(1).is_ok()
             && self.in_flight.try_reserve(self.queued.len() + 1).is_ok()
+    }
+
+    /// Bytes the outbox takes now, and what [`Outbox::reserve_one`] may allocate:
+    /// `(now, growth)`.
+    pub(super) fn footprint(&self) -> (u64, u64) {
+        let now = vec_bytes::<u8>(self.bytes.capacity())
+            + vec_bytes::<Pending>(self.queued.capacity() + self.in_flight.capacity());
+        let growth = vec_growth::<u8>(self.bytes.len(), self.bytes.capacity(), MAX_FRAME_LEN)
+            + vec_growth::<Pending>(self.queued.len(), self.queued.capacity(), 1)
+            + vec_growth::<Pending>(
+                self.in_flight.len(),
+                self.in_flight.capacity(),
+                self.queued.len() + 1,
+            );
+        (now, growth)
     }
 
     /// Every message not yet reported, queued first.
@@ -274,7 +290,9 @@ impl Tracker {
             self.settle(source, kind, from_worker, Delivery::Delivered);
             return;
         }
-        if !self.ecache.outbox.reserve_one() {
+        if !self.within_budget(self.ecache.outbox.footprint().1)
+            || !self.ecache.outbox.reserve_one()
+        {
             // The outbox cannot grow inside the memory limit: the message fails as if a
             // listener's buffer were full (a reliable listener's DESTROY is retried later; other
             // listeners lose it, as they would on ENOBUFS).

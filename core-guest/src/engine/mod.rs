@@ -16,6 +16,7 @@
 //! them, and the host reports each outcome back in order. Reporting outcomes before the next
 //! `ingest` gives the kernel's exact semantics.
 
+mod budget;
 mod ecache;
 pub mod expect;
 mod packet;
@@ -166,6 +167,8 @@ pub struct Tracker {
     reliable_listener: bool,
     now_ns: u64,
     expectations: expect::Expectations,
+    /// The bytes the table, its timers and the outbox may take (see [`Tracker::set_memory_budget`]).
+    memory_budget: Option<u64>,
 }
 
 impl Tracker {
@@ -181,6 +184,7 @@ impl Tracker {
             reliable_listener: true,
             now_ns: 0,
             expectations: expect::Expectations::new(seed),
+            memory_budget: None,
             config,
         }
     }
@@ -195,6 +199,33 @@ impl Tracker {
     pub fn set_listeners(&mut self, present: bool, reliable: bool) {
         self.listener_present = present;
         self.reliable_listener = reliable;
+    }
+
+    /// Caps the memory the tracker's growing structures may take (the slab and its indexes,
+    /// timers, the outbox): past it, a new connection is refused (`drop` and `insert_failed`,
+    /// as the kernel counts a failed allocation) and an event that does not fit fails as if a
+    /// listener's buffer were full, instead of the tracker running out of memory. The figure is
+    /// computed, not measured, so the native engine and the component refuse at the same
+    /// point; an embedder sets it below its memory limit, leaving room for call buffers.
+    /// `None` (the default) sets no cap. Not part of a snapshot: set it again after a restore.
+    pub fn set_memory_budget(&mut self, bytes: Option<u64>) {
+        self.memory_budget = bytes;
+    }
+
+    /// Bytes the tracker's growing structures take now (what the memory budget caps).
+    pub fn memory_footprint(&self) -> u64 {
+        self.table.footprint()
+            + self.timers.footprint(0).0
+            + budget::vec_bytes::<u32>(self.fired.capacity())
+            + self.ecache.outbox.footprint().0
+    }
+
+    /// Whether `growth` more bytes stay within the memory budget.
+    fn within_budget(&self, growth: u64) -> bool {
+        match self.memory_budget {
+            None => true,
+            Some(budget) => growth == 0 || self.memory_footprint() + growth <= budget,
+        }
     }
 
     // ----- inputs ----------------------------------------------------------------------------

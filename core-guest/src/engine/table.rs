@@ -14,6 +14,7 @@ use foldhash::fast::FixedState;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::budget::{map_bytes, map_growth, vec_bytes, vec_growth};
 use super::ecache::Ecache;
 use super::{EntryView, seconds_left};
 use crate::event::{Status, TcpState};
@@ -167,7 +168,38 @@ impl Table {
         let slab_ok = !self.free.is_empty()
             || self.slab.try_reserve(1).is_ok()
             || self.slab.try_reserve_exact(self.slab.len() / 4 + 1).is_ok();
-        slab_ok && self.index.try_reserve(2).is_ok() && self.ids.try_reserve(1).is_ok()
+        // Every slot may come back to the free list: keep room for all of them, so `release`
+        // never has to allocate.
+        let free_room = self.slab.capacity().saturating_sub(self.free.len());
+        slab_ok
+            && self.free.try_reserve(free_room).is_ok()
+            && self.index.try_reserve(2).is_ok()
+            && self.ids.try_reserve(1).is_ok()
+    }
+
+    /// Bytes the table's structures take now (see [`super::budget`]).
+    pub(super) fn footprint(&self) -> u64 {
+        vec_bytes::<Entry>(self.slab.capacity())
+            + vec_bytes::<u32>(self.free.capacity())
+            + map_bytes::<(u16, Tuple), (u32, Direction)>(self.index.capacity())
+            + map_bytes::<u32, u32>(self.ids.capacity())
+    }
+
+    /// Bytes [`Table::reserve_one`] may allocate.
+    pub(super) fn growth_for_one(&self) -> u64 {
+        let (len, cap) = (self.slab.len(), self.slab.capacity());
+        let slab = if self.free.is_empty() {
+            let grown = vec_growth::<Entry>(len, cap, 1);
+            let new_cap = grown as usize / core::mem::size_of::<Entry>().max(1);
+            grown + vec_growth::<u32>(self.free.len(), self.free.capacity(), new_cap)
+        } else {
+            0
+        };
+        slab + map_growth::<(u16, Tuple), (u32, Direction)>(
+            self.index.len(),
+            self.index.capacity(),
+            2,
+        ) + map_growth::<u32, u32>(self.ids.len(), self.ids.capacity(), 1)
     }
 
     /// Takes a slot for a new, not yet confirmed entry; it counts from now on.

@@ -1131,3 +1131,44 @@ fn a_listener_that_leaves_releases_what_waited_for_it_on_the_next_retry() {
         "nobody was there to hear it"
     );
 }
+
+#[test]
+fn a_memory_budget_refuses_new_connections_and_keeps_the_table() {
+    let mut r = Run::new(false, |s| s.max = 10_000_000);
+    let budget = 256 << 10;
+    r.t.set_memory_budget(Some(budget));
+    let flow = |r: &mut Run, i: u32, reply: bool| {
+        let (a, b) = ([10, 1, (i >> 8) as u8, i as u8], [192, 0, 2, 1]);
+        let (src, dst, sport, dport) = if reply {
+            (b, a, 53, 4000)
+        } else {
+            (a, b, 4000, 53)
+        };
+        let p = build::ipv4(src, dst, ipproto::UDP, &build::udp(sport, dport, 8));
+        r.feed(u64::from(i) * MS, &p)
+    };
+    let mut created = 0;
+    let mut first_refused = None;
+    for i in 0..20_000u32 {
+        match flow(&mut r, i, false) {
+            Verdict::New => created += 1,
+            Verdict::Drop => {
+                first_refused.get_or_insert(i);
+            }
+            v => panic!("flow {i}: {v:?}"),
+        }
+        assert!(r.t.memory_footprint() <= budget, "over budget at flow {i}");
+    }
+    let first_refused = first_refused.expect("the budget was reached");
+    let s = r.t.stats();
+    assert_eq!(s.entries, created, "{s:?}");
+    assert_eq!(s.insert_failed, 20_000 - created);
+    assert!(created > 100, "only {created} flows fit");
+    // What the table holds still works: replies find their entries.
+    for i in 0..first_refused.min(50) {
+        assert_eq!(flow(&mut r, i, true), Verdict::EstablishedReply, "flow {i}");
+    }
+    // Without the cap, the same flows are taken.
+    r.t.set_memory_budget(None);
+    assert_eq!(flow(&mut r, 30_000, false), Verdict::New);
+}
