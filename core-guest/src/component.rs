@@ -13,6 +13,7 @@ use crate::config::{Config, ConfigError, RetryPolicy};
 use crate::engine::expect::{ExpectError, ExpectMask};
 use crate::engine::{Delivery, EntryView, Tracker as Engine};
 use crate::proxy::ConnError;
+use crate::snapshot::SnapshotError;
 use crate::tuple::{Addr, Direction, Family, L4Tuple, Tuple};
 
 wit_bindgen::generate!({
@@ -103,7 +104,10 @@ impl wit_tracker::GuestTracker for TrackerResource {
     }
 
     fn restore(bytes: Vec<u8>) -> Result<wit_tracker::Tracker, ErrorCode> {
-        let engine = Engine::restore(&bytes).map_err(|_| ErrorCode::BadSnapshot)?;
+        let engine = Engine::restore(&bytes).map_err(|e| match e {
+            SnapshotError::UnsupportedVersion { .. } => ErrorCode::UnsupportedSnapshot,
+            _ => ErrorCode::BadSnapshot,
+        })?;
         Ok(Self::wrap(engine, None))
     }
 

@@ -5,9 +5,13 @@
 //! cache and missed bits; the dying list in order; the timer wheel slot by slot (the order of
 //! timers within a tick is the order they fire in); the outbox, including messages handed to the
 //! host and not yet reported; the random generators' positions; the statistics. The hash index
-//! and the id map are rebuilt from the entries. The format is versioned and little-endian; a
-//! restore checks every index it reads, so hostile bytes give an error, never a panic or a
-//! tracker that breaks later.
+//! and the id map are rebuilt from the entries.
+//!
+//! The layout: the magic `CTWASM\0`, one byte of format version, the little-endian body, and a
+//! CRC-32 of everything before it. A restore refuses another version and any byte that changed
+//! (the CRC catches every single- and double-bit flip and every burst up to 32 bits) before it
+//! reads a field, then checks every index it reads, so hostile bytes give an error, never a
+//! panic, a half-loaded tracker or one that breaks later.
 
 use core::fmt;
 
@@ -17,8 +21,13 @@ use rand_chacha::ChaCha8Rng;
 /// Why bytes could not be restored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SnapshotError {
-    /// Not a snapshot of this format version.
+    /// Not a ctwasm tracker snapshot at all.
     BadHeader,
+    /// A snapshot of a format version this build does not read (`found`; it reads
+    /// [`FORMAT_VERSION`]).
+    UnsupportedVersion { found: u8 },
+    /// The bytes were changed after they were written: the checksum does not match.
+    Corrupt,
     /// The bytes end early.
     Truncated,
     /// A value is out of range or inconsistent with the rest (named by the field).
@@ -28,9 +37,12 @@ pub enum SnapshotError {
 impl fmt::Display for SnapshotError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SnapshotError::BadHeader => {
-                write!(f, "not a ctwasm tracker snapshot (or another version)")
-            }
+            SnapshotError::BadHeader => write!(f, "not a ctwasm tracker snapshot"),
+            SnapshotError::UnsupportedVersion { found } => write!(
+                f,
+                "a snapshot of format version {found}; this build reads version {FORMAT_VERSION}"
+            ),
+            SnapshotError::Corrupt => write!(f, "the snapshot is corrupt (checksum mismatch)"),
             SnapshotError::Truncated => write!(f, "the snapshot ends early"),
             SnapshotError::Invalid(what) => write!(f, "the snapshot's {what} is invalid"),
         }
@@ -39,7 +51,49 @@ impl fmt::Display for SnapshotError {
 
 impl std::error::Error for SnapshotError {}
 
-pub(crate) const MAGIC: &[u8; 8] = b"CTWASM\x00\x01";
+/// What every snapshot starts with, before its version byte.
+pub(crate) const MAGIC: &[u8; 7] = b"CTWASM\x00";
+
+/// The format version this build writes and reads. Version 2 added the checksum.
+pub const FORMAT_VERSION: u8 = 2;
+
+/// Bytes of the trailing checksum.
+const CHECKSUM_LEN: usize = 4;
+
+/// Starts a snapshot: the magic and the version.
+pub(crate) fn begin(w: &mut Writer) {
+    w.buf.extend_from_slice(MAGIC);
+    w.u8(FORMAT_VERSION);
+}
+
+/// Ends a snapshot: the checksum of everything before it.
+pub(crate) fn finish(mut w: Writer) -> Vec<u8> {
+    let crc = crc32fast::hash(&w.buf);
+    w.u32(crc);
+    w.buf
+}
+
+/// Checks the magic, the version and the checksum, and returns the body between them.
+pub(crate) fn body(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
+    let head = MAGIC.len() + 1;
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(SnapshotError::BadHeader);
+    }
+    match bytes.get(MAGIC.len()) {
+        None => return Err(SnapshotError::Truncated),
+        Some(&FORMAT_VERSION) => {}
+        Some(&found) => return Err(SnapshotError::UnsupportedVersion { found }),
+    }
+    if bytes.len() < head + CHECKSUM_LEN {
+        return Err(SnapshotError::Truncated);
+    }
+    let (signed, crc) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+    let crc = u32::from_le_bytes(crc.try_into().expect("four bytes"));
+    if crc32fast::hash(signed) != crc {
+        return Err(SnapshotError::Corrupt);
+    }
+    Ok(&signed[head..])
+}
 
 /// Appends fixed-width little-endian values.
 #[derive(Debug, Default)]

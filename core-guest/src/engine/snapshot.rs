@@ -11,14 +11,14 @@ use crate::proto::generic::GenericConn;
 use crate::proto::icmp::IcmpConn;
 use crate::proto::tcp::{Class, Side, TcpConn};
 use crate::proto::udp::UdpConn;
-use crate::snapshot::{MAGIC, Reader, SnapshotError, SnapshotError::Invalid, Writer};
+use crate::snapshot::{self as format, Reader, SnapshotError, SnapshotError::Invalid, Writer};
 use crate::tuple::{Addr, Family, L4Tuple};
 
 impl Tracker {
     /// The tracker's whole state as bytes; [`Tracker::restore`] continues from them.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut w = Writer::default();
-        w.buf.extend_from_slice(MAGIC);
+        format::begin(&mut w);
         write_config(&mut w, &self.config);
         let table = &self.table;
         w.u64(table.slab.len() as u64);
@@ -54,15 +54,12 @@ impl Tracker {
         w.u64(ecache.worker.in_flight as u64);
         w.u64(self.now_ns);
         self.expectations.encode(&mut w);
-        w.buf
+        format::finish(w)
     }
 
     /// A tracker from [`Tracker::snapshot`] bytes. Hostile bytes give an error, never a panic.
     pub fn restore(bytes: &[u8]) -> Result<Tracker, SnapshotError> {
-        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-            return Err(SnapshotError::BadHeader);
-        }
-        let mut r = Reader::new(&bytes[MAGIC.len()..]);
+        let mut r = Reader::new(format::body(bytes)?);
         let config = read_config(&mut r)?;
         let mut t = Tracker::new(config);
         let n = r.len()?;
