@@ -876,9 +876,9 @@ fn hostile_snapshots_are_errors_not_panics() {
         for flip in [0x01u8, 0x80, 0xff] {
             let mut bad = good.clone();
             bad[at] ^= flip;
-            let err = Tracker::restore(&bad)
-                .err()
-                .expect("a flipped byte restored");
+            let Err(err) = Tracker::restore(&bad) else {
+                panic!("a flipped byte {at} restored");
+            };
             assert!(
                 matches!(
                     err,
