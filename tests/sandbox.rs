@@ -209,3 +209,191 @@ fn a_table_that_fills_its_memory_refuses_new_flows_and_keeps_the_old_ones() {
         "{verdicts:?}"
     );
 }
+
+mod recovery {
+    use super::*;
+    use ctwasm_core::netlink::CtMessage;
+    use ctwasm_core::{Delivery, MessageKind};
+    use ctwasm_host::backend::DEFAULT_MEMORY_LIMIT;
+    use ctwasm_host::resilient::{Recovery, ResilientBackend};
+    use std::collections::BTreeMap;
+
+    const MS: u64 = 1_000_000;
+
+    /// What a reliable listener saw: every event message's bytes, in order, and the DESTROYs
+    /// it received per entry id.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Heard {
+        messages: Vec<Vec<u8>>,
+        destroys: BTreeMap<u32, u32>,
+    }
+
+    /// Takes every pending event; every seventh delivery fails, so missed bits and the dying
+    /// list are in play when the fault strikes.
+    fn pump(b: &mut dyn Backend, heard: &mut Heard) {
+        loop {
+            let mut out = Vec::new();
+            let n = b.take_events(512, &mut out).unwrap();
+            if n == 0 {
+                return;
+            }
+            let mut results = Vec::new();
+            for frame in batch::events(&out) {
+                let frame = frame.unwrap();
+                let failed = heard.messages.len() % 7 == 3;
+                heard.messages.push(frame.netlink.to_vec());
+                if failed {
+                    results.push(Delivery::Failed);
+                    continue;
+                }
+                results.push(Delivery::Delivered);
+                let (msg, _) = CtMessage::parse(frame.netlink).unwrap();
+                if msg.kind() == Some(MessageKind::Destroy) {
+                    *heard.destroys.entry(msg.id().unwrap()).or_default() += 1;
+                }
+            }
+            b.report_delivery(&results).unwrap();
+        }
+    }
+
+    /// 1 600 short UDP flows over 8 simulated seconds, then everything times out and drains.
+    fn stress(b: &mut dyn Backend) -> (Heard, usize) {
+        let mut heard = Heard::default();
+        b.set_listeners(true, true).unwrap();
+        for step in 0..160u64 {
+            let now = S + step * 50 * MS;
+            let mut batch = Vec::new();
+            for k in 0..10u16 {
+                let port = 1000 + (step as u16) * 10 + k;
+                let l4 = build::udp(port, 53, 8);
+                let p = build::ipv4([10, 0, 0, 1], [192, 0, 2, 1], ipproto::UDP, &l4);
+                batch::push_packet(&mut batch, now, 0, &p);
+            }
+            let mut verdicts = Vec::new();
+            b.ingest(now, &batch, &mut verdicts).unwrap();
+            assert_eq!(verdicts.len(), 10);
+            pump(b, &mut heard);
+        }
+        let mut now = 10 * S;
+        for _ in 0..400 {
+            now += S;
+            b.advance(now).unwrap();
+            pump(b, &mut heard);
+        }
+        let left = b.dump().unwrap().len();
+        (heard, left)
+    }
+
+    fn resilient(fault: Option<GuestFault>, deadline: Duration) -> ResilientBackend {
+        let settings = TrackerSettings {
+            seed: 7,
+            call_deadline: Some(deadline),
+            fault,
+            ..TrackerSettings::default()
+        };
+        let component = embedded_component().unwrap();
+        let inner =
+            ComponentBackend::with_component(component, &settings, DEFAULT_MEMORY_LIMIT).unwrap();
+        ResilientBackend::new(component, inner, DEFAULT_MEMORY_LIMIT, deadline, 64).unwrap()
+    }
+
+    fn uninterrupted() -> (Heard, usize) {
+        let mut b = resilient(None, Duration::from_secs(30));
+        let run = stress(&mut b);
+        assert_eq!(b.recovery().recoveries, 0);
+        run
+    }
+
+    fn assert_nothing_lost(run: &(Heard, usize), reference: &(Heard, usize), r: Recovery) {
+        let (heard, left) = run;
+        assert_eq!(*left, 0, "entries left in the table");
+        assert_eq!(heard.destroys.len(), 1600, "one DESTROY per connection");
+        assert!(heard.destroys.values().all(|&n| n == 1), "a DESTROY twice");
+        assert_eq!(r.recoveries, 1, "{r:?}");
+        assert_eq!((r.dropped_calls, r.dropped_packets), (0, 0), "{r:?}");
+        // The very messages an uninterrupted run sends, byte for byte and in order.
+        assert_eq!(heard.messages.len(), reference.0.messages.len());
+        assert!(
+            heard.messages == reference.0.messages,
+            "the event stream differs"
+        );
+    }
+
+    #[test]
+    fn a_guest_that_traps_mid_stress_loses_and_repeats_nothing() {
+        let reference = uninterrupted();
+        let mut b = resilient(Some(GuestFault::TrapAtPacket(777)), Duration::from_secs(30));
+        let run = stress(&mut b);
+        assert_nothing_lost(&run, &reference, b.recovery());
+    }
+
+    #[test]
+    fn a_guest_that_loops_mid_stress_is_stopped_and_loses_nothing() {
+        let reference = uninterrupted();
+        let mut b = resilient(
+            Some(GuestFault::LoopAtPacket(1234)),
+            Duration::from_millis(100),
+        );
+        let run = stress(&mut b);
+        assert_nothing_lost(&run, &reference, b.recovery());
+    }
+
+    #[test]
+    fn hot_swap_mid_stress_loses_and_repeats_nothing() {
+        let reference = uninterrupted();
+        // Another build of the same guest: the embedded component with a custom section added,
+        // so its bytes differ while it reads the same snapshots.
+        let mut bytes = ctwasm_host::artifacts::COMPONENT.to_vec();
+        let name = b"ctwasm-test-build";
+        bytes.push(0); // a custom section
+        bytes.push((1 + name.len() + 4) as u8);
+        bytes.push(name.len() as u8);
+        bytes.extend_from_slice(name);
+        bytes.extend_from_slice(b"v2.0");
+        let other =
+            wasmtime::component::Component::new(ctwasm_host::backend::shared_engine(), &bytes)
+                .unwrap();
+        let mut b = resilient(None, Duration::from_secs(30));
+        let mut heard = Heard::default();
+        b.set_listeners(true, true).unwrap();
+        // Half the traffic, the swap, then the rest, with the same driver as `stress`.
+        for step in 0..160u64 {
+            if step == 80 {
+                b.upgrade(&other).unwrap();
+            }
+            let now = S + step * 50 * MS;
+            let mut batch = Vec::new();
+            for k in 0..10u16 {
+                let port = 1000 + (step as u16) * 10 + k;
+                let l4 = build::udp(port, 53, 8);
+                let p = build::ipv4([10, 0, 0, 1], [192, 0, 2, 1], ipproto::UDP, &l4);
+                batch::push_packet(&mut batch, now, 0, &p);
+            }
+            let mut verdicts = Vec::new();
+            b.ingest(now, &batch, &mut verdicts).unwrap();
+            pump(&mut b, &mut heard);
+        }
+        let mut now = 10 * S;
+        for _ in 0..400 {
+            now += S;
+            b.advance(now).unwrap();
+            pump(&mut b, &mut heard);
+        }
+        assert_eq!(b.dump().unwrap().len(), 0);
+        assert_eq!(heard.destroys.len(), 1600);
+        assert!(heard.destroys.values().all(|&n| n == 1));
+        assert!(
+            heard.messages == reference.0.messages,
+            "the event stream differs"
+        );
+        // A component that cannot read the snapshot is refused, and the running one stays.
+        let mut b = resilient(None, Duration::from_secs(30));
+        // An empty component: the component-model preamble and nothing else.
+        let empty = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+        let not_ours =
+            wasmtime::component::Component::new(ctwasm_host::backend::shared_engine(), empty)
+                .unwrap();
+        assert!(b.upgrade(&not_ours).is_err());
+        assert_eq!(b.stats().unwrap().entries, 0);
+    }
+}

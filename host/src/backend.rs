@@ -163,6 +163,10 @@ pub struct TrackerSettings {
     pub call_deadline: Option<Duration>,
     /// A fault the guest commits on purpose (component only), to test containment.
     pub fault: Option<GuestFault>,
+    /// Recovery from guest faults (component only): a checkpoint every this many calls that
+    /// change the tracker, and a journal in between (see [`crate::resilient`]). `None`: a
+    /// fault leaves the instance dead.
+    pub checkpoint_every: Option<usize>,
 }
 
 /// A fault the component commits on purpose, so that its host's containment can be tested.
@@ -221,17 +225,30 @@ pub fn open_backend(
             }
             Box::new(NativeBackend::new(settings.engine_config()?))
         }
-        BackendKind::Component => Box::new(match component {
-            Some(path) => {
-                let bytes = std::fs::read(path)
-                    .with_context(|| format!("reading component {}", path.display()))?;
-                let compiled = Component::new(shared_engine(), &bytes)
-                    .map_err(wasm_error)
-                    .with_context(|| format!("compiling component {}", path.display()))?;
-                ComponentBackend::with_component(&compiled, settings, DEFAULT_MEMORY_LIMIT)?
+        BackendKind::Component => {
+            let compiled = match component {
+                Some(path) => {
+                    let bytes = std::fs::read(path)
+                        .with_context(|| format!("reading component {}", path.display()))?;
+                    Component::new(shared_engine(), &bytes)
+                        .map_err(wasm_error)
+                        .with_context(|| format!("compiling component {}", path.display()))?
+                }
+                None => embedded_component()?.clone(),
+            };
+            let inner =
+                ComponentBackend::with_component(&compiled, settings, DEFAULT_MEMORY_LIMIT)?;
+            match settings.checkpoint_every {
+                None => Box::new(inner),
+                Some(every) => Box::new(crate::resilient::ResilientBackend::new(
+                    &compiled,
+                    inner,
+                    DEFAULT_MEMORY_LIMIT,
+                    settings.call_deadline.unwrap_or(DEFAULT_CALL_DEADLINE),
+                    every,
+                )?),
             }
-            None => ComponentBackend::new(settings)?,
-        }),
+        }
     })
 }
 
@@ -403,6 +420,8 @@ pub struct ComponentBackend {
     tracker: ResourceAny,
     /// Epoch ticks one call may take.
     deadline_ticks: u64,
+    /// A call failed in the guest (a trap or an overrun deadline): the instance is dead.
+    dead: bool,
 }
 
 impl std::fmt::Debug for ComponentBackend {
@@ -417,20 +436,23 @@ impl std::fmt::Debug for ComponentBackend {
 macro_rules! call {
     ($backend:ident . $method:ident ( $($arg:expr),* )) => {{
         $backend.store.set_epoch_deadline($backend.deadline_ticks);
-        $backend
+        let result = $backend
             .bindings
             .ctwasm_core_tracker()
             .tracker()
-            .$method(&mut $backend.store, $backend.tracker $(, $arg)*)
-            .map_err(trap_context)
+            .$method(&mut $backend.store, $backend.tracker $(, $arg)*);
+        // Any failure of the call itself (a trap, an overrun deadline) kills the instance.
+        $backend.dead |= result.is_err();
+        result.map_err(trap_context)
     }};
     ($interface:ident : $backend:ident . $method:ident ( $($arg:expr),* )) => {{
         $backend.store.set_epoch_deadline($backend.deadline_ticks);
-        $backend
+        let result = $backend
             .bindings
             .$interface()
-            .$method(&mut $backend.store, $backend.tracker $(, $arg)*)
-            .map_err(trap_context)
+            .$method(&mut $backend.store, $backend.tracker $(, $arg)*);
+        $backend.dead |= result.is_err();
+        result.map_err(trap_context)
     }};
 }
 
@@ -462,7 +484,28 @@ impl ComponentBackend {
 
     /// A fresh instance of the embedded component continuing from `snapshot` bytes.
     pub fn restore(snapshot: &[u8]) -> Result<Self> {
-        let (mut store, bindings) = Self::instantiate(embedded_component()?, DEFAULT_MEMORY_LIMIT)?;
+        Self::restore_with(
+            embedded_component()?,
+            snapshot,
+            DEFAULT_MEMORY_LIMIT,
+            DEFAULT_CALL_DEADLINE,
+        )
+    }
+
+    /// Whether a call failed in the guest, which leaves the instance dead.
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    /// A fresh instance of `component` continuing from `snapshot` bytes, with its memory limit
+    /// and per-call deadline.
+    pub fn restore_with(
+        component: &Component,
+        snapshot: &[u8],
+        memory_limit: usize,
+        call_deadline: Duration,
+    ) -> Result<Self> {
+        let (mut store, bindings) = Self::instantiate(component, memory_limit)?;
         let tracker = bindings
             .ctwasm_core_tracker()
             .tracker()
@@ -473,10 +516,10 @@ impl ComponentBackend {
             store,
             bindings,
             tracker,
-            deadline_ticks: deadline_ticks(DEFAULT_CALL_DEADLINE),
+            deadline_ticks: deadline_ticks(call_deadline),
+            dead: false,
         };
-        let budget = memory_budget(DEFAULT_MEMORY_LIMIT);
-        call!(backend.call_set_memory_budget(Some(budget)))?;
+        call!(backend.call_set_memory_budget(Some(memory_budget(memory_limit))))?;
         Ok(backend)
     }
 
@@ -520,6 +563,7 @@ impl ComponentBackend {
             bindings,
             tracker,
             deadline_ticks,
+            dead: false,
         };
         call!(backend.call_set_memory_budget(Some(memory_budget(memory_limit))))?;
         Ok(backend)

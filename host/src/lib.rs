@@ -23,4 +23,5 @@ pub mod listener;
 pub mod mirror;
 pub mod output;
 pub mod replay;
+pub mod resilient;
 pub mod stress;
