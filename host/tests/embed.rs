@@ -517,3 +517,18 @@ fn the_pump_reports_every_message_in_order() {
     }
     assert!(runs[0] == runs[1], "the backends' events differ");
 }
+
+/// The README's embedding section is `examples/embed.rs`, which the crate's doctest runs.
+#[test]
+fn the_readme_shows_the_example_program() {
+    let readme = include_str!("../../README.md");
+    let example = include_str!("../examples/embed.rs");
+    let body = example
+        .split_once("\n\n")
+        .expect("a module doc, then the program")
+        .1;
+    assert!(
+        readme.contains(body),
+        "README.md's embedding section differs from host/examples/embed.rs"
+    );
+}
