@@ -229,6 +229,10 @@ impl wit_proxy::Guest for Component {
     ) -> Result<(), ErrorCode> {
         engine(&tracker).close(now, id, reset).map_err(conn_error)
     }
+
+    fn start(tracker: wit_tracker::TrackerBorrow<'_>, id: u32) -> Option<u64> {
+        engine(&tracker).connection_start(id)
+    }
 }
 
 impl wit_expect::Guest for Component {

@@ -131,6 +131,15 @@ impl Tracker {
         Ok(())
     }
 
+    /// When the live connection `id` started: its entry's creation instant, `None` if no live
+    /// entry has this id. Ids are unique among live and dying entries but are drawn again once
+    /// an entry is gone, so a host that keeps connections by id keeps the start with it and
+    /// checks it here before acting: the pair names one connection, never a later one that drew
+    /// the same id.
+    pub fn connection_start(&self, id: u32) -> Option<u64> {
+        self.get(id).filter(|e| !e.dying).map(|e| e.start_ns)
+    }
+
     fn live_conn(&self, id: u32) -> Result<(u16, Tuple), ConnError> {
         match self.get(id) {
             Some(e) if !e.dying => Ok((e.zone, e.orig)),

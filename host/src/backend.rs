@@ -49,7 +49,7 @@ pub fn memory_budget(memory_limit: usize) -> u64 {
 /// `Result` is the host's: a component that trapped (its instance is dead) or answered
 /// something its WIT contract rules out. The native backend never fails it. A refusal the
 /// tracker itself may give (an unknown id, a full table) is the inner `Result` or the `bool`.
-pub trait Backend {
+pub trait Backend: Send {
     /// "native" or "component".
     fn name(&self) -> &'static str;
     /// Tells the tracker whether any listener exists (`nf_conntrack_events=2` asks when an
@@ -100,6 +100,9 @@ pub trait Backend {
         id: u32,
         reset: bool,
     ) -> Result<std::result::Result<(), ConnError>>;
+    /// When the live connection `id` started (its entry's start), `None` if no live entry has
+    /// this id: with the id, it names one connection even after the id is drawn again.
+    fn connection_start(&mut self, id: u32) -> Result<Option<u64>>;
     /// Announces a connection `tuple` RELATED to the live entry `master_id`, for `timeout_s`
     /// seconds; `permanent` keeps the expectation after a connection matched it. Returns the
     /// expectation's id.
@@ -194,6 +197,13 @@ fn deadline_ticks(deadline: Duration) -> u64 {
 
 impl TrackerSettings {
     pub fn engine_config(&self) -> Result<Config> {
+        self.engine_config_typed().map_err(|e| anyhow!("{e}"))
+    }
+
+    /// The engine's configuration, or the first setting it refused.
+    pub fn engine_config_typed(
+        &self,
+    ) -> std::result::Result<Config, ctwasm_core::config::ConfigError> {
         let mut config = Config {
             seed: self.seed,
             ..Config::default()
@@ -202,10 +212,7 @@ impl TrackerSettings {
             config.retry_policy = p;
         }
         for (name, value) in &self.sysctls {
-            config
-                .sysctls
-                .set(name, value)
-                .map_err(|e| anyhow!("{e}"))?;
+            config.sysctls.set(name, value)?;
         }
         Ok(config)
     }
@@ -262,9 +269,12 @@ pub struct NativeBackend {
 
 impl NativeBackend {
     pub fn new(config: Config) -> Self {
-        NativeBackend {
-            tracker: Tracker::new(config),
-        }
+        Self::from_tracker(Tracker::new(config))
+    }
+
+    /// The backend of an engine built already (restored from a snapshot, say).
+    pub fn from_tracker(tracker: Tracker) -> Self {
+        NativeBackend { tracker }
     }
 }
 
@@ -344,6 +354,9 @@ impl Backend for NativeBackend {
         reset: bool,
     ) -> Result<std::result::Result<(), ConnError>> {
         Ok(self.tracker.close(now_ns, id, reset))
+    }
+    fn connection_start(&mut self, id: u32) -> Result<Option<u64>> {
+        Ok(self.tracker.connection_start(id))
     }
     fn expect(
         &mut self,
@@ -511,7 +524,11 @@ impl ComponentBackend {
             .tracker()
             .call_restore(&mut store, snapshot)
             .map_err(trap_context)?
-            .map_err(|e| anyhow!("restoring a snapshot: the component refused it ({e:?})"))?;
+            .map_err(|e| {
+                anyhow::Error::new(SnapshotRefused).context(format!(
+                    "restoring a snapshot: the component refused it ({e:?})"
+                ))
+            })?;
         let mut backend = ComponentBackend {
             store,
             bindings,
@@ -570,6 +587,19 @@ impl ComponentBackend {
     }
 }
 
+/// The tracker refused a snapshot's bytes (not a snapshot of this format, cut short, or
+/// inconsistent); carried by the error of [`ComponentBackend::restore_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotRefused;
+
+impl std::fmt::Display for SnapshotRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the tracker refused the snapshot")
+    }
+}
+
+impl std::error::Error for SnapshotRefused {}
+
 /// Names the sysctl `create` refused, by the position the component reports.
 fn config_error(settings: &TrackerSettings, e: wit::ConfigError) -> anyhow::Error {
     let Some((name, value)) = settings.sysctls.get(e.sysctl as usize) else {
@@ -582,10 +612,41 @@ fn config_error(settings: &TrackerSettings, e: wit::ConfigError) -> anyhow::Erro
     }
 }
 
+/// How a component call failed, attached to the error a [`Backend`] method returns so that a
+/// caller can tell the cases apart (`err.downcast_ref::<ComponentFault>()`); its `Display` is
+/// the sentence the CLI prints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ComponentFault {
+    /// The guest trapped (a panic, an out-of-bounds access, memory it could not grow): the
+    /// instance is dead.
+    Trapped(String),
+    /// The call ran past [`TrackerSettings::call_deadline`] and was stopped: the instance is
+    /// dead.
+    DeadlineExceeded,
+    /// The guest answered something its WIT contract rules out.
+    OffContract(String),
+}
+
+impl std::fmt::Display for ComponentFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ComponentFault::Trapped(what) => write!(f, "{what}; its instance is dead"),
+            ComponentFault::DeadlineExceeded => f.write_str(
+                "the component overran its per-call deadline and was stopped; its instance is dead",
+            ),
+            ComponentFault::OffContract(what) => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for ComponentFault {}
+
 /// A code the WIT does not list for the call that returned it: the component broke its
 /// contract, which the host reports as it reports a trap.
 fn off_contract(call: &str, code: ErrorCode) -> anyhow::Error {
-    anyhow!("the component's `{call}` returned {code:?}, which its WIT contract rules out")
+    anyhow::Error::new(ComponentFault::OffContract(format!(
+        "the component's `{call}` returned {code:?}, which its WIT contract rules out"
+    )))
 }
 
 /// A wasmtime error as an `anyhow` one, with its chain of causes.
@@ -595,15 +656,12 @@ fn wasm_error(e: wasmtime::Error) -> anyhow::Error {
 
 /// Names the trap, which `to_string` of the error hides.
 fn trap_context(e: wasmtime::Error) -> anyhow::Error {
-    let what = match e.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => {
-            "the component overran its per-call deadline and was stopped; its instance is dead"
-                .to_string()
-        }
-        Some(trap) => format!("the component trapped ({trap:?}); its instance is dead"),
-        None => "the component call failed; its instance is dead".to_string(),
+    let fault = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => ComponentFault::DeadlineExceeded,
+        Some(trap) => ComponentFault::Trapped(format!("the component trapped ({trap:?})")),
+        None => ComponentFault::Trapped("the component call failed".to_string()),
     };
-    wasm_error(e).context(what)
+    wasm_error(e).context(fault)
 }
 
 impl Backend for ComponentBackend {
@@ -716,6 +774,9 @@ impl Backend for ComponentBackend {
     ) -> Result<std::result::Result<(), ConnError>> {
         let r = call!(ctwasm_core_proxy: self.call_close(now_ns, id, reset))?;
         r.map_or_else(|e| conn_error("close", e).map(Err), |()| Ok(Ok(())))
+    }
+    fn connection_start(&mut self, id: u32) -> Result<Option<u64>> {
+        call!(ctwasm_core_proxy: self.call_start(id))
     }
     fn expect(
         &mut self,
@@ -910,7 +971,7 @@ mod tests {
             ..TrackerSettings::default()
         };
         for kind in [BackendKind::Native, BackendKind::Component] {
-            let err = open_backend(kind, &settings, None).err().expect("refused");
+            let err = open_backend(kind, &settings, None).expect_err("refused");
             assert!(
                 format!("{err:#}").contains("nf_conntrack_bogus"),
                 "{kind:?}: {err:#}"

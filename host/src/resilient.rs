@@ -309,6 +309,9 @@ impl Backend for ResilientBackend {
         let call = Call::Close(now_ns, id, reset);
         self.run(Some(call), |b| b.close(now_ns, id, reset))
     }
+    fn connection_start(&mut self, id: u32) -> Result<Option<u64>> {
+        self.run(None, |b| b.connection_start(id))
+    }
     fn expect(
         &mut self,
         now_ns: u64,
