@@ -31,6 +31,7 @@ use crate::backend::{
     embedded_component,
 };
 pub use crate::backend::{BackendKind, DEFAULT_CALL_DEADLINE, DEFAULT_MEMORY_LIMIT, GuestFault};
+use crate::resilient::{CallDropped, ResilientBackend};
 pub use ctwasm_core::{
     Delivery, Direction, EntryView, EventBits, ExpectMask, ExpectStats, RetryPolicy, Stats, Tuple,
     Verdict,
@@ -147,6 +148,10 @@ pub enum Fault {
     OffContract(String),
     /// An earlier call failed and the instance is gone; nothing was called.
     Dead,
+    /// With recovery on ([`TrackerBuilder::checkpoint_every`]): the call failed in the guest,
+    /// failed again on a recovered instance, and was dropped. The tracker lives on, at the
+    /// state before the call. The text says how it failed.
+    Dropped(String),
 }
 
 impl fmt::Display for Error {
@@ -198,6 +203,7 @@ impl fmt::Display for Fault {
             Fault::DeadlineExceeded => f.write_str("a call overran its deadline"),
             Fault::OffContract(what) => f.write_str(what),
             Fault::Dead => f.write_str("the instance is gone after an earlier failure"),
+            Fault::Dropped(what) => write!(f, "the call was dropped after a recovery: {what}"),
         }
     }
 }
@@ -249,9 +255,9 @@ fn conn_refusal(e: ctwasm_core::ConnError) -> Error {
 /// # Ok::<(), ctwasm_host::Error>(())
 /// ```
 ///
-/// There is no snapshot cadence yet: a tracker snapshots when asked ([`Tracker::snapshot`]);
-/// taking snapshots on its own belongs with recovering from a fault without losing state,
-/// which this version does not do.
+/// With [`TrackerBuilder::checkpoint_every`], the tracker also survives its guest: it snapshots
+/// itself every so many calls, and after a trap or an overrun deadline continues on a fresh
+/// instance with nothing lost (see [`crate::resilient`]).
 #[derive(Clone, Debug)]
 pub struct TrackerBuilder {
     settings: TrackerSettings,
@@ -297,8 +303,9 @@ impl TrackerBuilder {
         self
     }
 
-    /// The most linear memory the component may use, in bytes; growing past it traps
-    /// ([`Fault::Trapped`]). The native backend has no cap.
+    /// The most linear memory the component may use, in bytes. The tracker's own structures
+    /// are kept to a budget below it, so a table that fills it refuses new connections
+    /// (`drop`, `insert_failed`) instead of trapping. The native backend has no cap.
     pub fn memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = bytes;
         self
@@ -316,6 +323,17 @@ impl TrackerBuilder {
     /// [`BackendKind::Native`] (linked in, faster, shares the embedder's fate).
     pub fn backend(mut self, kind: BackendKind) -> Self {
         self.kind = kind;
+        self
+    }
+
+    /// Recovery from guest faults (component only): a checkpoint every `calls` calls that
+    /// change the tracker and a journal in between; after a trap or an overrun deadline the
+    /// tracker continues on a fresh instance at the exact state it had, and the failing call
+    /// is tried once more (if it fails again it is dropped: [`Fault::Dropped`]). Costs a
+    /// snapshot per checkpoint; a table too large for one snapshot copy (about 0.9 million
+    /// entries) keeps its older checkpoint and a longer journal.
+    pub fn checkpoint_every(mut self, calls: usize) -> Self {
+        self.settings.checkpoint_every = Some(calls.max(1));
         self
     }
 
@@ -341,15 +359,27 @@ impl TrackerBuilder {
         let config = self.engine_config()?;
         let backend: Box<dyn Backend> = match self.kind {
             BackendKind::Native => Box::new(NativeBackend::new(config)),
-            BackendKind::Component => Box::new(
-                embedded_component()
-                    .and_then(|c| {
-                        ComponentBackend::with_component(c, &self.settings, self.memory_limit)
-                    })
-                    .map_err(|e| Error::Fault(fault_of(&e)))?,
-            ),
+            BackendKind::Component => self
+                .component_backend()
+                .map_err(|e| Error::Fault(fault_of(&e)))?,
         };
         Ok(self.tracker(backend))
+    }
+
+    /// The component instance, wrapped for recovery when asked.
+    fn component_backend(&self) -> anyhow::Result<Box<dyn Backend>> {
+        let component = embedded_component()?;
+        let inner = ComponentBackend::with_component(component, &self.settings, self.memory_limit)?;
+        Ok(match self.settings.checkpoint_every {
+            None => Box::new(inner),
+            Some(every) => Box::new(ResilientBackend::new(
+                component,
+                inner,
+                self.memory_limit,
+                self.settings.call_deadline.unwrap_or(DEFAULT_CALL_DEADLINE),
+                every,
+            )?),
+        })
     }
 
     /// Builds a tracker that continues from `snapshot` bytes (from [`Tracker::snapshot`] of
@@ -362,21 +392,27 @@ impl TrackerBuilder {
                 ctwasm_core::Tracker::restore(snapshot)
                     .map_err(|_| Error::Refused(Refusal::BadSnapshot))?,
             )),
-            BackendKind::Component => Box::new(
-                embedded_component()
-                    .and_then(|c| {
-                        ComponentBackend::restore_with(
+            BackendKind::Component => {
+                let deadline = self.settings.call_deadline.unwrap_or(DEFAULT_CALL_DEADLINE);
+                let restored = embedded_component().and_then(|c| {
+                    let inner =
+                        ComponentBackend::restore_with(c, snapshot, self.memory_limit, deadline)?;
+                    Ok(match self.settings.checkpoint_every {
+                        None => Box::new(inner) as Box<dyn Backend>,
+                        Some(every) => Box::new(ResilientBackend::new(
                             c,
-                            snapshot,
+                            inner,
                             self.memory_limit,
-                            self.settings.call_deadline.unwrap_or(DEFAULT_CALL_DEADLINE),
-                        )
+                            deadline,
+                            every,
+                        )?),
                     })
-                    .map_err(|e| match e.downcast_ref::<SnapshotRefused>() {
-                        Some(_) => Error::Refused(Refusal::BadSnapshot),
-                        None => Error::Fault(fault_of(&e)),
-                    })?,
-            ),
+                });
+                restored.map_err(|e| match e.downcast_ref::<SnapshotRefused>() {
+                    Some(_) => Error::Refused(Refusal::BadSnapshot),
+                    None => Error::Fault(fault_of(&e)),
+                })?
+            }
         };
         Ok(self.tracker(backend))
     }
@@ -681,6 +717,9 @@ impl Tracker {
             return Err(Error::Fault(Fault::Dead));
         }
         f(self.backend.as_mut()).map_err(|e| {
+            if e.downcast_ref::<CallDropped>().is_some() {
+                return Error::Fault(Fault::Dropped(format!("{e:#}")));
+            }
             self.dead = true;
             Error::Fault(fault_of(&e))
         })

@@ -48,6 +48,19 @@ enum Call {
     Unexpect(u64, u32),
 }
 
+/// Carried by the error of a call that failed again after a recovery: the call was dropped,
+/// and the tracker (a fresh instance at the state before it) is alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallDropped;
+
+impl std::fmt::Display for CallDropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the call failed again after a recovery and was dropped")
+    }
+}
+
+impl std::error::Error for CallDropped {}
+
 /// What recovery has done so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Recovery {
@@ -173,7 +186,7 @@ impl ResilientBackend {
                             self.recovery.dropped_packets +=
                                 ctwasm_core::batch::packets(packets).count() as u64;
                         }
-                        return Err(e.context("the call failed again after a recovery: dropped"));
+                        return Err(anyhow::Error::new(CallDropped).context(format!("{e:#}")));
                     }
                     other => other,
                 }

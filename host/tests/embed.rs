@@ -582,3 +582,37 @@ fn pending_events_past_the_copy_limit_drain_without_a_trap() {
     );
     assert_usable(&mut t, 1);
 }
+
+/// With recovery on, a guest that traps costs the embedder nothing: every call succeeds and the
+/// table is what it would have been.
+#[test]
+fn with_checkpoints_a_trapping_guest_is_recovered_without_a_trace() {
+    let mut recovering = Tracker::builder()
+        .checkpoint_every(4)
+        .inject_fault(GuestFault::TrapAtPacket(7))
+        .build()
+        .unwrap();
+    let mut plain = Tracker::builder().build().unwrap();
+    for i in 0..20 {
+        let now = 1_000 + u64::from(i);
+        let a = recovering.ingest_packet(now, 0, &udp(i)).unwrap();
+        let b = plain.ingest_packet(now, 0, &udp(i)).unwrap();
+        assert_eq!(a, b, "packet {i}");
+    }
+    assert_eq!(recovering.dump().unwrap(), plain.dump().unwrap());
+    let mut heard = (Vec::new(), Vec::new());
+    recovering
+        .poll_events(|e| {
+            heard.0.push(e.netlink().to_vec());
+            Delivery::Delivered
+        })
+        .unwrap();
+    plain
+        .poll_events(|e| {
+            heard.1.push(e.netlink().to_vec());
+            Delivery::Delivered
+        })
+        .unwrap();
+    assert_eq!(heard.0.len(), 20);
+    assert!(heard.0 == heard.1, "the event streams differ");
+}
