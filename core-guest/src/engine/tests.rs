@@ -1217,3 +1217,25 @@ fn a_memory_budget_refuses_new_connections_and_keeps_the_table() {
     r.t.set_memory_budget(None);
     assert_eq!(flow(&mut r, 30_000, false), Verdict::New);
 }
+
+#[test]
+fn under_the_on_drain_policy_a_failed_destroy_goes_out_again_when_the_listener_drains() {
+    let mut r = Run::new(false, |_| {});
+    r.t = Tracker::new(Config {
+        retry_policy: crate::config::RetryPolicy::OnDrain,
+        ..r.t.config().clone()
+    });
+    r.t.set_listeners(true, true);
+    r.udp(0, true, 10);
+    r.fail_next = 1;
+    r.t.flush(T0 + MS);
+    r.pump();
+    assert_eq!(r.t.stats().dying, 1, "the DESTROY failed");
+    // The host says its listener has room: the worker sends the DESTROY again at once.
+    r.t.listeners_drained(T0 + 2 * MS);
+    r.advance(2 * MS);
+    let destroys: Vec<_> = r.log.iter().filter(|e| e.kind == D).collect();
+    assert_eq!(destroys.len(), 1, "{:?}", r.sequence());
+    assert!(destroys[0].redelivery);
+    assert_eq!(r.t.stats().dying, 0);
+}
