@@ -31,6 +31,9 @@ struct Position {
     deadline_ns: u64,
 }
 
+// Same size natively and in the guest: the tracker's memory budget counts positions.
+const _: () = assert!(core::mem::size_of::<Position>() == 24);
+
 const UNSCHEDULED: Position = Position {
     scheduled: false,
     level: 0,

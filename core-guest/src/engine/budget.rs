@@ -8,6 +8,15 @@
 
 use core::mem::size_of;
 
+// The figures must be the same natively and in the guest, so the sizes they use are checked at
+// compile time for both (the guest is compiled by host/build.rs): a field that changes them on
+// one target only is a build error, not a silent divergence.
+const _: () = {
+    assert!(size_of::<super::table::Entry>() == 240);
+    assert!(size_of::<super::ecache::Pending>() == 32);
+    assert!(size_of::<((u16, crate::tuple::Tuple), (u32, crate::tuple::Direction))>() == 52);
+};
+
 /// The smallest capacity std gives a vector that grows from empty (for elements up to 1 KiB).
 const MIN_VEC_CAPACITY: usize = 4;
 

@@ -71,9 +71,10 @@ pub(super) struct Pending {
     pub(super) kind: MessageKind,
     /// Sent by the dying-list worker (kernel and on-drain policies).
     pub(super) from_worker: bool,
-    /// Byte range of the frame in [`Outbox::bytes`].
-    pub(super) start: usize,
-    pub(super) len: usize,
+    /// Byte range of the frame in [`Outbox::bytes`] (fixed-width, so that a `Pending` has the
+    /// same size natively and in the guest, which the memory budget relies on).
+    pub(super) start: u64,
+    pub(super) len: u32,
 }
 
 /// Messages waiting for the host, then waiting for their outcome.
@@ -90,7 +91,8 @@ impl Outbox {
     pub(super) fn take(&mut self, max: usize, out: &mut Vec<u8>) -> usize {
         let n = max.min(self.queued.len());
         for p in self.queued.drain(..n) {
-            out.extend_from_slice(&self.bytes[p.start..p.start + p.len]);
+            let start = p.start as usize;
+            out.extend_from_slice(&self.bytes[start..start + p.len as usize]);
             self.in_flight.push_back(p);
         }
         if self.queued.is_empty() {
@@ -327,12 +329,13 @@ impl Tracker {
         let frame = batch::begin_event(out, bits, group, flags, now_ns);
         write(out);
         batch::finish_event(out, frame);
-        let len = out.len() - start;
+        // A frame is a few hundred bytes (`MAX_FRAME_LEN`), far below `u32::MAX`.
+        let len = (out.len() - start) as u32;
         self.ecache.outbox.queued.push_back(Pending {
             source,
             kind,
             from_worker,
-            start,
+            start: start as u64,
             len,
         });
         if from_worker {

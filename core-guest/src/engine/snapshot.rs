@@ -85,8 +85,8 @@ impl Tracker {
                 let p = read_pending(&mut r)?;
                 let in_bytes = p
                     .start
-                    .checked_add(p.len)
-                    .is_some_and(|end| end <= ecache.outbox.bytes.len());
+                    .checked_add(u64::from(p.len))
+                    .is_some_and(|end| end <= ecache.outbox.bytes.len() as u64);
                 let entry_ok = match p.source {
                     Source::Entry { slot, .. } => slot_ok(slot),
                     Source::Expectation { .. } => true,
@@ -196,8 +196,8 @@ fn write_pending(w: &mut Writer, p: &Pending) {
     w.u8(p.kind as u8);
     w.bool(p.from_worker);
     w.bool(expect);
-    w.u64(p.start as u64);
-    w.u64(p.len as u64);
+    w.u64(p.start);
+    w.u64(u64::from(p.len));
 }
 
 fn read_pending(r: &mut Reader<'_>) -> Result<Pending, SnapshotError> {
@@ -228,8 +228,8 @@ fn read_pending(r: &mut Reader<'_>) -> Result<Pending, SnapshotError> {
         source,
         kind,
         from_worker,
-        start: r.usize("outbox")?,
-        len: r.usize("outbox")?,
+        start: r.u64()?,
+        len: u32::try_from(r.u64()?).map_err(|_| Invalid("outbox"))?,
     })
 }
 
