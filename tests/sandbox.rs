@@ -397,3 +397,32 @@ mod recovery {
         assert_eq!(b.stats().unwrap().entries, 0);
     }
 }
+
+/// The host reports outcomes for the messages it took, in order. Reports beyond what was taken
+/// are ignored, fewer leave the rest waiting; either way the tracker keeps working, the same in
+/// both backends.
+#[test]
+fn more_or_fewer_delivery_reports_than_messages_taken_are_harmless() {
+    use ctwasm_core::Delivery;
+    for kind in [BackendKind::Native, BackendKind::Component] {
+        let mut b = open_backend(kind, &TrackerSettings::default(), None).unwrap();
+        let mut verdicts = Vec::new();
+        b.ingest(S, &batch_of(S, 1..4), &mut verdicts).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(b.take_events(u32::MAX, &mut out).unwrap(), 3);
+        // Five reports for three messages: the extra two are ignored.
+        b.report_delivery(&[Delivery::Delivered; 5]).unwrap();
+        b.flush(2 * S).unwrap();
+        out.clear();
+        assert_eq!(b.take_events(u32::MAX, &mut out).unwrap(), 3, "{kind:?}");
+        // One report for three DESTROYs: two stay in flight, their entries still counted.
+        b.report_delivery(&[Delivery::Delivered]).unwrap();
+        assert_eq!(b.stats().unwrap().count, 2, "{kind:?}");
+        // No report at all is fine too; the late ones settle them.
+        b.report_delivery(&[]).unwrap();
+        b.report_delivery(&[Delivery::Delivered, Delivery::Delivered])
+            .unwrap();
+        let s = b.stats().unwrap();
+        assert_eq!((s.count, s.events_delivered), (0, 6), "{kind:?}");
+    }
+}
