@@ -1239,3 +1239,33 @@ fn under_the_on_drain_policy_a_failed_destroy_goes_out_again_when_the_listener_d
     assert!(destroys[0].redelivery);
     assert_eq!(r.t.stats().dying, 0);
 }
+
+#[test]
+fn a_snapshot_that_claims_a_huge_table_is_refused_without_allocating_it() {
+    let empty = Tracker::new(Config::default()).snapshot();
+    let mut one = Run::new(false, |_| {});
+    one.t = Tracker::new(Config::default());
+    one.udp(0, true, 10);
+    let full = one.t.snapshot();
+    // The entry count is the first field that differs: it follows the configuration.
+    let at = (0..empty.len())
+        .find(|&i| empty[i] != full[i])
+        .expect("the snapshots differ");
+    assert_eq!(u64::from_le_bytes(empty[at..at + 8].try_into().unwrap()), 0);
+    let resign = |bytes: &mut Vec<u8>| {
+        let n = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[..n]);
+        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+    };
+    for claim in [u64::MAX, 1 << 40, 1 << 32, 100_000_000] {
+        let mut forged = empty.clone();
+        forged[at..at + 8].copy_from_slice(&claim.to_le_bytes());
+        resign(&mut forged);
+        // Refused by the count's check against the bytes left, before anything is allocated.
+        assert_eq!(
+            Tracker::restore(&forged).err(),
+            Some(SnapshotError::Truncated),
+            "a claim of {claim} entries"
+        );
+    }
+}
