@@ -256,11 +256,16 @@ mod recovery {
         }
     }
 
-    /// 1 600 short UDP flows over 8 simulated seconds, then everything times out and drains.
-    fn stress(b: &mut dyn Backend) -> (Heard, usize) {
+    /// 1 600 short UDP flows over 8 simulated seconds, then everything times out and drains;
+    /// `before_step` runs before each of the 160 steps (the hot swap uses it).
+    fn stress(
+        b: &mut ResilientBackend,
+        mut before_step: impl FnMut(u64, &mut ResilientBackend),
+    ) -> (Heard, usize) {
         let mut heard = Heard::default();
         b.set_listeners(true, true).unwrap();
         for step in 0..160u64 {
+            before_step(step, b);
             let now = S + step * 50 * MS;
             let mut batch = Vec::new();
             for k in 0..10u16 {
@@ -299,7 +304,7 @@ mod recovery {
 
     fn uninterrupted() -> (Heard, usize) {
         let mut b = resilient(None, Duration::from_secs(30));
-        let run = stress(&mut b);
+        let run = stress(&mut b, |_, _| {});
         assert_eq!(b.recovery().recoveries, 0);
         run
     }
@@ -323,7 +328,7 @@ mod recovery {
     fn a_guest_that_traps_mid_stress_loses_and_repeats_nothing() {
         let reference = uninterrupted();
         let mut b = resilient(Some(GuestFault::TrapAtPacket(777)), Duration::from_secs(30));
-        let run = stress(&mut b);
+        let run = stress(&mut b, |_, _| {});
         assert_nothing_lost(&run, &reference, b.recovery());
     }
 
@@ -334,7 +339,7 @@ mod recovery {
             Some(GuestFault::LoopAtPacket(1234)),
             Duration::from_millis(100),
         );
-        let run = stress(&mut b);
+        let run = stress(&mut b, |_, _| {});
         assert_nothing_lost(&run, &reference, b.recovery());
     }
 
@@ -354,32 +359,12 @@ mod recovery {
             wasmtime::component::Component::new(ctwasm_host::backend::shared_engine(), &bytes)
                 .unwrap();
         let mut b = resilient(None, Duration::from_secs(30));
-        let mut heard = Heard::default();
-        b.set_listeners(true, true).unwrap();
-        // Half the traffic, the swap, then the rest, with the same driver as `stress`.
-        for step in 0..160u64 {
+        let (heard, left) = stress(&mut b, |step, b| {
             if step == 80 {
                 b.upgrade(&other).unwrap();
             }
-            let now = S + step * 50 * MS;
-            let mut batch = Vec::new();
-            for k in 0..10u16 {
-                let port = 1000 + (step as u16) * 10 + k;
-                let l4 = build::udp(port, 53, 8);
-                let p = build::ipv4([10, 0, 0, 1], [192, 0, 2, 1], ipproto::UDP, &l4);
-                batch::push_packet(&mut batch, now, 0, &p);
-            }
-            let mut verdicts = Vec::new();
-            b.ingest(now, &batch, &mut verdicts).unwrap();
-            pump(&mut b, &mut heard);
-        }
-        let mut now = 10 * S;
-        for _ in 0..400 {
-            now += S;
-            b.advance(now).unwrap();
-            pump(&mut b, &mut heard);
-        }
-        assert_eq!(b.dump().unwrap().len(), 0);
+        });
+        assert_eq!(left, 0);
         assert_eq!(heard.destroys.len(), 1600);
         assert!(heard.destroys.values().all(|&n| n == 1));
         assert!(
