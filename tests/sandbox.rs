@@ -411,3 +411,41 @@ fn more_or_fewer_delivery_reports_than_messages_taken_are_harmless() {
         assert_eq!((s.count, s.events_delivered), (0, 6), "{kind:?}");
     }
 }
+
+/// Taking every pending event at once (`take_events(u32::MAX)`) when they are far more than one
+/// component call can copy out: the backend asks in chunks, so nothing traps and nothing is
+/// stranded in flight.
+#[test]
+fn taking_more_events_than_one_call_can_copy_strands_nothing() {
+    const FLOWS: u32 = 450_000;
+    let settings = TrackerSettings {
+        sysctls: vec![("nf_conntrack_max".into(), (FLOWS + 1000).to_string())],
+        ..TrackerSettings::default()
+    };
+    let mut b = open_backend(BackendKind::Component, &settings, None).unwrap();
+    let mut verdicts = Vec::new();
+    for start in (0..FLOWS).step_by(50_000) {
+        let mut batch = Vec::new();
+        for i in start..start + 50_000 {
+            let a = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+            let port = 1000 + (i % 50_000) as u16;
+            let l4 = build::udp(port, 53, 8);
+            batch::push_packet(&mut batch, S, 0, &build::ipv4(a, [10, 255, 0, 1], 17, &l4));
+        }
+        b.ingest(S, &batch, &mut verdicts).unwrap();
+    }
+    b.flush(2 * S).unwrap();
+    // A NEW and a DESTROY per flow: 900 000 messages, about 148 MB of frames.
+    let mut out = Vec::new();
+    let n = b.take_events(u32::MAX, &mut out).unwrap();
+    assert_eq!(n, 2 * FLOWS as usize);
+    assert!(out.len() > 128 << 20, "only {} bytes", out.len());
+    b.report_delivery(&vec![ctwasm_core::Delivery::Delivered; n])
+        .unwrap();
+    let s = b.stats().unwrap();
+    assert_eq!(
+        (s.count, s.events_delivered),
+        (0, 2 * u64::from(FLOWS)),
+        "{s:?}"
+    );
+}

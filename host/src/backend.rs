@@ -34,6 +34,10 @@ pub const EMBEDDED_COMPONENT: &[u8] = crate::artifacts::COMPONENT;
 /// Default cap on the guest's linear memory.
 pub const DEFAULT_MEMORY_LIMIT: usize = 4 << 30;
 
+/// Event messages one `take-events` call asks for at most: a few hundred bytes each, so a
+/// chunk stays far below the size wasmtime refuses to copy out of a call (about 128 MB).
+const TAKE_CHUNK: u32 = 65_536;
+
 /// The memory budget a component gets under `memory_limit` bytes of linear memory: a quarter of
 /// the limit (between 4 and 256 MiB) stays free for the guest's own data, its stack and the
 /// buffers each call copies in and out, so that the tracker refuses connections before any
@@ -690,10 +694,21 @@ impl Backend for ComponentBackend {
         call!(self.call_next_deadline())
     }
     fn take_events(&mut self, max: u32, out: &mut Vec<u8>) -> Result<usize> {
-        let bytes = call!(self.call_take_events(max))?;
-        let n = ctwasm_core::batch::events(&bytes).count();
-        out.extend_from_slice(&bytes);
-        Ok(n)
+        // The guest hands messages over as soon as it is asked, so one call whose result is
+        // too large for wasmtime to copy back (about 128 MB) would strand them: ask in chunks
+        // that always fit, as many times as `max` needs.
+        let mut taken = 0usize;
+        while (taken as u64) < u64::from(max) {
+            let chunk = (max - taken as u32).min(TAKE_CHUNK);
+            let bytes = call!(self.call_take_events(chunk))?;
+            let n = ctwasm_core::batch::events(&bytes).count();
+            out.extend_from_slice(&bytes);
+            taken += n;
+            if n < chunk as usize {
+                break;
+            }
+        }
+        Ok(taken)
     }
     fn report_delivery(&mut self, results: &[Delivery]) -> Result<()> {
         let results: Vec<wit::Delivery> = results
