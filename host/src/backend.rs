@@ -249,16 +249,7 @@ pub fn open_backend(
             };
             let inner =
                 ComponentBackend::with_component(&compiled, settings, DEFAULT_MEMORY_LIMIT)?;
-            match settings.checkpoint_every {
-                None => Box::new(inner),
-                Some(every) => Box::new(crate::resilient::ResilientBackend::new(
-                    &compiled,
-                    inner,
-                    DEFAULT_MEMORY_LIMIT,
-                    settings.call_deadline.unwrap_or(DEFAULT_CALL_DEADLINE),
-                    every,
-                )?),
-            }
+            crate::resilient::with_recovery(&compiled, inner, DEFAULT_MEMORY_LIMIT, settings)?
         }
     })
 }

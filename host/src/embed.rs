@@ -31,7 +31,7 @@ use crate::backend::{
     embedded_component,
 };
 pub use crate::backend::{BackendKind, DEFAULT_CALL_DEADLINE, DEFAULT_MEMORY_LIMIT, GuestFault};
-use crate::resilient::{CallDropped, ResilientBackend};
+use crate::resilient::{CallDropped, with_recovery};
 pub use ctwasm_core::{
     Delivery, Direction, EntryView, EventBits, ExpectMask, ExpectStats, RetryPolicy, Stats, Tuple,
     Verdict,
@@ -370,16 +370,7 @@ impl TrackerBuilder {
     fn component_backend(&self) -> anyhow::Result<Box<dyn Backend>> {
         let component = embedded_component()?;
         let inner = ComponentBackend::with_component(component, &self.settings, self.memory_limit)?;
-        Ok(match self.settings.checkpoint_every {
-            None => Box::new(inner),
-            Some(every) => Box::new(ResilientBackend::new(
-                component,
-                inner,
-                self.memory_limit,
-                self.settings.call_deadline.unwrap_or(DEFAULT_CALL_DEADLINE),
-                every,
-            )?),
-        })
+        with_recovery(component, inner, self.memory_limit, &self.settings)
     }
 
     /// Builds a tracker that continues from `snapshot` bytes (from [`Tracker::snapshot`] of
@@ -397,16 +388,7 @@ impl TrackerBuilder {
                 let restored = embedded_component().and_then(|c| {
                     let inner =
                         ComponentBackend::restore_with(c, snapshot, self.memory_limit, deadline)?;
-                    Ok(match self.settings.checkpoint_every {
-                        None => Box::new(inner) as Box<dyn Backend>,
-                        Some(every) => Box::new(ResilientBackend::new(
-                            c,
-                            inner,
-                            self.memory_limit,
-                            deadline,
-                            every,
-                        )?),
-                    })
+                    with_recovery(c, inner, self.memory_limit, &self.settings)
                 });
                 restored.map_err(|e| match e.downcast_ref::<SnapshotRefused>() {
                     Some(_) => Error::Refused(Refusal::BadSnapshot),

@@ -28,7 +28,7 @@ use ctwasm_core::{
 };
 use wasmtime::component::Component;
 
-use crate::backend::{Backend, ComponentBackend};
+use crate::backend::{Backend, ComponentBackend, DEFAULT_CALL_DEADLINE, TrackerSettings};
 
 /// One call that changed the tracker, kept to be replayed after a fault.
 #[derive(Clone, Debug)]
@@ -73,6 +73,26 @@ pub struct Recovery {
     /// Checkpoints taken, and checkpoints that could not be taken.
     pub checkpoints: u64,
     pub failed_checkpoints: u64,
+}
+
+/// `inner` as a backend, wrapped for recovery when `settings.checkpoint_every` asks for it
+/// (the one place that decides, for `open_backend` and the embedding API alike).
+pub fn with_recovery(
+    component: &Component,
+    inner: ComponentBackend,
+    memory_limit: usize,
+    settings: &TrackerSettings,
+) -> Result<Box<dyn Backend>> {
+    Ok(match settings.checkpoint_every {
+        None => Box::new(inner),
+        Some(every) => Box::new(ResilientBackend::new(
+            component,
+            inner,
+            memory_limit,
+            settings.call_deadline.unwrap_or(DEFAULT_CALL_DEADLINE),
+            every,
+        )?),
+    })
 }
 
 /// A [`ComponentBackend`] with checkpoints, a journal and recovery (see the module docs).
