@@ -292,7 +292,7 @@ impl Tracker {
             self.settle(source, kind, from_worker, Delivery::Delivered);
             return;
         }
-        if !self.within_budget(self.ecache.outbox.footprint().1)
+        if !self.within_budget(|| self.ecache.outbox.footprint().1)
             || !self.ecache.outbox.reserve_one()
         {
             // The outbox cannot grow inside the memory limit: the message fails as if a

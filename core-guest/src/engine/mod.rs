@@ -220,12 +220,14 @@ impl Tracker {
             + self.ecache.outbox.footprint().0
     }
 
-    /// Whether `growth` more bytes stay within the memory budget.
-    fn within_budget(&self, growth: u64) -> bool {
-        match self.memory_budget {
-            None => true,
-            Some(budget) => growth == 0 || self.memory_footprint() + growth <= budget,
-        }
+    /// Whether the bytes `growth` computes stay within the memory budget; with no budget set
+    /// (the default) nothing is computed, so the packet path pays nothing for the check.
+    fn within_budget(&self, growth: impl FnOnce() -> u64) -> bool {
+        let Some(budget) = self.memory_budget else {
+            return true;
+        };
+        let growth = growth();
+        growth == 0 || self.memory_footprint() + growth <= budget
     }
 
     // ----- inputs ----------------------------------------------------------------------------

@@ -125,9 +125,11 @@ impl Tracker {
             return Err(Verdict::Drop);
         }
         let handles = self.table.slab.len() + 1;
-        let growth = self.table.growth_for_one()
-            + self.timers.footprint(handles).1
-            + super::budget::vec_growth::<u32>(self.fired.len(), self.fired.capacity(), handles);
+        let growth = || {
+            self.table.growth_for_one()
+                + self.timers.footprint(handles).1
+                + super::budget::vec_growth::<u32>(self.fired.len(), self.fired.capacity(), handles)
+        };
         if !self.within_budget(growth)
             || !self.table.reserve_one()
             || !self.timers.reserve(handles)
