@@ -66,6 +66,15 @@ pub(crate) fn begin(w: &mut Writer) {
     w.u8(FORMAT_VERSION);
 }
 
+/// Writes the checksum of `bytes` (a whole snapshot) again over its last four bytes: for tests
+/// that forge snapshots whose fields, not their checksum, must be refused.
+#[cfg(test)]
+pub(crate) fn resign(bytes: &mut [u8]) {
+    let n = bytes.len() - CHECKSUM_LEN;
+    let crc = crc32fast::hash(&bytes[..n]);
+    bytes[n..].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// Ends a snapshot: the checksum of everything before it.
 pub(crate) fn finish(mut w: Writer) -> Vec<u8> {
     let crc = crc32fast::hash(&w.buf);

@@ -892,17 +892,12 @@ fn hostile_snapshots_are_errors_not_panics() {
     }
     // Changed bytes with a valid checksum (a bug or a forger, not line noise) reach the field
     // checks: whatever those accept must keep working.
-    let resign = |bytes: &mut Vec<u8>| {
-        let n = bytes.len() - 4;
-        let crc = crc32fast::hash(&bytes[..n]);
-        bytes[n..].copy_from_slice(&crc.to_le_bytes());
-    };
     let mut rejected = 0;
     for at in 8..good.len() - 4 {
         for flip in [0x01u8, 0x80, 0xff] {
             let mut bad = good.clone();
             bad[at] ^= flip;
-            resign(&mut bad);
+            crate::snapshot::resign(&mut bad);
             if let Ok(mut t) = Tracker::restore(&bad) {
                 // Whatever was accepted must keep working.
                 t.ingest(T0 + 2 * S, 0, &sample_packets()[0]);
@@ -1252,15 +1247,10 @@ fn a_snapshot_that_claims_a_huge_table_is_refused_without_allocating_it() {
         .find(|&i| empty[i] != full[i])
         .expect("the snapshots differ");
     assert_eq!(u64::from_le_bytes(empty[at..at + 8].try_into().unwrap()), 0);
-    let resign = |bytes: &mut Vec<u8>| {
-        let n = bytes.len() - 4;
-        let crc = crc32fast::hash(&bytes[..n]);
-        bytes[n..].copy_from_slice(&crc.to_le_bytes());
-    };
     for claim in [u64::MAX, 1 << 40, 1 << 32, 100_000_000] {
         let mut forged = empty.clone();
         forged[at..at + 8].copy_from_slice(&claim.to_le_bytes());
-        resign(&mut forged);
+        crate::snapshot::resign(&mut forged);
         // Refused by the count's check against the bytes left, before anything is allocated.
         assert_eq!(
             Tracker::restore(&forged).err(),
