@@ -129,10 +129,6 @@ impl Writer {
     pub(crate) fn u128(&mut self, v: u128) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
-    pub(crate) fn bytes(&mut self, v: &[u8]) {
-        self.u64(v.len() as u64);
-        self.buf.extend_from_slice(v);
-    }
     pub(crate) fn opt_u64(&mut self, v: Option<u64>) {
         self.bool(v.is_some());
         self.u64(v.unwrap_or(0));

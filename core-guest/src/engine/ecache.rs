@@ -12,13 +12,11 @@
 //!   the kernel's retry worker ([`RetryWorker`], 16 entries a run, 10 ms back-off), or when the
 //!   host says its listeners drained.
 
-use std::collections::VecDeque;
-
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::budget::{vec_bytes, vec_growth};
 use super::expect::{GROUP_EXP_DESTROY, GROUP_EXP_NEW};
+use super::outbox::Outbox;
 use super::table::{Life, NIL};
 use super::{Delivery, NS_PER_S, Tracker};
 use crate::batch;
@@ -31,9 +29,6 @@ const KERNEL_FIRST_RETRY_NS: u64 = NS_PER_S;
 pub(super) const KERNEL_RETRY_NS: u64 = 10_000_000;
 /// DESTROYs one worker run sends before waiting for their outcomes (the 4.x batch size).
 const WORKER_BATCH: usize = 16;
-/// Room an event frame may need: the frame header and the largest message the encoder writes
-/// (an IPv6 entry with every optional attribute is under 400 bytes).
-const MAX_FRAME_LEN: usize = 512;
 
 /// The per-entry event-cache extension.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -71,63 +66,10 @@ pub(super) struct Pending {
     pub(super) kind: MessageKind,
     /// Sent by the dying-list worker (kernel and on-drain policies).
     pub(super) from_worker: bool,
-    /// Byte range of the frame in [`Outbox::bytes`] (fixed-width, so that a `Pending` has the
+    /// Where the frame's bytes are in the [`Outbox`] (fixed-width, so that a `Pending` has the
     /// same size natively and in the guest, which the memory budget relies on).
     pub(super) start: u64,
     pub(super) len: u32,
-}
-
-/// Messages waiting for the host, then waiting for their outcome.
-#[derive(Debug, Default)]
-pub(super) struct Outbox {
-    /// The frames of the queued messages.
-    pub(super) bytes: Vec<u8>,
-    pub(super) queued: VecDeque<Pending>,
-    pub(super) in_flight: VecDeque<Pending>,
-}
-
-impl Outbox {
-    /// Moves up to `max` queued frames into `out`; they wait for their outcome from now on.
-    pub(super) fn take(&mut self, max: usize, out: &mut Vec<u8>) -> usize {
-        let n = max.min(self.queued.len());
-        for p in self.queued.drain(..n) {
-            let start = p.start as usize;
-            out.extend_from_slice(&self.bytes[start..start + p.len as usize]);
-            self.in_flight.push_back(p);
-        }
-        if self.queued.is_empty() {
-            self.bytes.clear();
-        }
-        n
-    }
-
-    /// Makes room for one more message without growing past what memory allows: `false` when
-    /// the memory is not there (the caller must not queue then).
-    fn reserve_one(&mut self) -> bool {
-        self.bytes.try_reserve(MAX_FRAME_LEN).is_ok()
-            && self.queued.try_reserve(1).is_ok()
-            && self.in_flight.try_reserve(self.queued.len() + 1).is_ok()
-    }
-
-    /// Bytes the outbox takes now, and what [`Outbox::reserve_one`] may allocate:
-    /// `(now, growth)`.
-    pub(super) fn footprint(&self) -> (u64, u64) {
-        let now = vec_bytes::<u8>(self.bytes.capacity())
-            + vec_bytes::<Pending>(self.queued.capacity() + self.in_flight.capacity());
-        let growth = vec_growth::<u8>(self.bytes.len(), self.bytes.capacity(), MAX_FRAME_LEN)
-            + vec_growth::<Pending>(self.queued.len(), self.queued.capacity(), 1)
-            + vec_growth::<Pending>(
-                self.in_flight.len(),
-                self.in_flight.capacity(),
-                self.queued.len() + 1,
-            );
-        (now, growth)
-    }
-
-    /// Every message not yet reported, queued first.
-    pub(super) fn unreported(&self) -> impl Iterator<Item = &Pending> {
-        self.queued.iter().chain(&self.in_flight)
-    }
 }
 
 /// Entries whose DESTROY failed, oldest first. The links live in the entries (`dying_prev`,
@@ -324,20 +266,20 @@ impl Tracker {
         } else {
             0
         };
-        let out = &mut self.ecache.outbox.bytes;
-        let start = out.len();
-        let frame = batch::begin_event(out, bits, group, flags, now_ns);
-        write(out);
-        batch::finish_event(out, frame);
-        // A frame is a few hundred bytes (`MAX_FRAME_LEN`), far below `u32::MAX`.
-        let len = (out.len() - start) as u32;
-        self.ecache.outbox.queued.push_back(Pending {
-            source,
-            kind,
-            from_worker,
-            start: start as u64,
-            len,
-        });
+        self.ecache.outbox.push(
+            |out| {
+                let frame = batch::begin_event(out, bits, group, flags, now_ns);
+                write(out);
+                batch::finish_event(out, frame);
+            },
+            |start, len| Pending {
+                source,
+                kind,
+                from_worker,
+                start,
+                len,
+            },
+        );
         if from_worker {
             self.ecache.worker.in_flight += 1;
         }

@@ -19,6 +19,7 @@
 mod budget;
 mod ecache;
 pub mod expect;
+mod outbox;
 mod packet;
 mod snapshot;
 mod table;

@@ -2,6 +2,7 @@
 //! (the format's rationale is in `crate::snapshot`).
 
 use super::ecache::{Ecache, Pending, Source};
+use super::outbox::MAX_FRAME_LEN;
 use super::table::{Entry, Life, NIL};
 use super::*;
 use crate::config::{RetryPolicy, Sysctls};
@@ -31,12 +32,23 @@ impl Tracker {
         }
         self.timers.encode(&mut w);
         let ecache = &self.ecache;
-        w.bytes(&ecache.outbox.bytes);
-        for list in [&ecache.outbox.queued, &ecache.outbox.in_flight] {
-            w.u64(list.len() as u64);
-            for p in list {
-                write_pending(&mut w, p);
-            }
+        // The queued frames, back to back: a snapshot does not depend on how the outbox lays
+        // them out in blocks. In-flight messages need no bytes (they were taken).
+        let outbox = &ecache.outbox;
+        let frames_len: usize = outbox.queued_frames().map(|(_, f)| f.len()).sum();
+        w.u64(frames_len as u64);
+        for (_, frame) in outbox.queued_frames() {
+            w.buf.extend_from_slice(frame);
+        }
+        w.u64(outbox.queued.len() as u64);
+        let mut start = 0;
+        for (p, _) in outbox.queued_frames() {
+            write_pending(&mut w, &Pending { start, ..*p });
+            start += u64::from(p.len);
+        }
+        w.u64(outbox.in_flight.len() as u64);
+        for p in outbox.in_flight.iter() {
+            write_pending(&mut w, &Pending { start: 0, ..*p });
         }
         w.u32(ecache.dying.head);
         w.u32(ecache.dying.tail);
@@ -78,26 +90,23 @@ impl Tracker {
         }
         t.timers = TimerWheel::decode(&mut r, slab_len)?;
         let ecache = &mut t.ecache;
-        ecache.outbox.bytes = r.bytes()?.to_vec();
+        let frames = r.bytes()?;
         for which in 0..2 {
             let n = r.len()?;
             for _ in 0..n {
                 let p = read_pending(&mut r)?;
-                let in_bytes = p
-                    .start
-                    .checked_add(u64::from(p.len))
-                    .is_some_and(|end| end <= ecache.outbox.bytes.len() as u64);
+                let frame = usize::try_from(p.start)
+                    .ok()
+                    .and_then(|start| frames.get(start..start.checked_add(p.len as usize)?))
+                    .filter(|f| f.len() <= MAX_FRAME_LEN);
                 let entry_ok = match p.source {
                     Source::Entry { slot, .. } => slot_ok(slot),
                     Source::Expectation { .. } => true,
                 };
-                if !entry_ok || (which == 0 && !in_bytes) {
-                    return Err(Invalid("outbox"));
-                }
-                if which == 0 {
-                    ecache.outbox.queued.push_back(p)
-                } else {
-                    ecache.outbox.in_flight.push_back(p)
+                match (entry_ok, which, frame) {
+                    (true, 0, Some(frame)) => ecache.outbox.push_frame(frame, p),
+                    (true, 1, _) => ecache.outbox.in_flight.push_back(p),
+                    _ => return Err(Invalid("outbox")),
                 }
             }
         }
