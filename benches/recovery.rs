@@ -1,10 +1,8 @@
 //! What recovering from a guest fault costs: restoring a fresh component instance from the last
 //! checkpoint (a snapshot of `N` live entries) and replaying a journal of 64 calls, which is
 //! what `ResilientBackend` does after a trap or an overrun deadline. Also the checkpoint itself
-//! (the snapshot taken every `checkpoint_every` calls). Run with `cargo bench --bench recovery`.
-//!
-//! Sizes stop below a million entries: a snapshot crosses the component boundary in one copy,
-//! which wasmtime refuses past about 128 MB (some 0.9 million entries).
+//! (the snapshot taken every `checkpoint_every` calls), which crosses the component boundary in
+//! pieces of 16 MiB. Run with `cargo bench --bench recovery`.
 
 use std::time::Duration;
 
@@ -54,7 +52,7 @@ fn recovery(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
     let component = embedded_component().unwrap();
-    for entries in [100_000u32, 800_000] {
+    for entries in [100_000u32, 1_000_000] {
         let mut b = loaded(entries);
         let snapshot = b.snapshot().unwrap();
         // A journal of 64 calls: 63 batches of 32 packets of known flows, and an advance.

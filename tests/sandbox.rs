@@ -215,7 +215,7 @@ mod recovery {
     use ctwasm_core::netlink::CtMessage;
     use ctwasm_core::{Delivery, MessageKind};
     use ctwasm_host::backend::DEFAULT_MEMORY_LIMIT;
-    use ctwasm_host::resilient::{Recovery, ResilientBackend};
+    use ctwasm_host::resilient::{CallDropped, Recovery, ResilientBackend};
     use std::collections::BTreeMap;
 
     const MS: u64 = 1_000_000;
@@ -299,7 +299,9 @@ mod recovery {
         let component = embedded_component().unwrap();
         let inner =
             ComponentBackend::with_component(component, &settings, DEFAULT_MEMORY_LIMIT).unwrap();
-        ResilientBackend::new(component, inner, DEFAULT_MEMORY_LIMIT, deadline, 64).unwrap()
+        ResilientBackend::new(component, inner, DEFAULT_MEMORY_LIMIT, deadline, 64)
+            .unwrap()
+            .with_recurring_fault(fault.filter(|f| f.recurs()))
     }
 
     fn uninterrupted() -> (Heard, usize) {
@@ -309,13 +311,18 @@ mod recovery {
         run
     }
 
+    /// One recovery, nothing dropped, and the uninterrupted run's events.
     fn assert_nothing_lost(run: &(Heard, usize), reference: &(Heard, usize), r: Recovery) {
+        assert_eq!(r.recoveries, 1, "{r:?}");
+        assert_eq!((r.dropped_calls, r.dropped_packets), (0, 0), "{r:?}");
+        assert_same_run(run, reference);
+    }
+
+    fn assert_same_run(run: &(Heard, usize), reference: &(Heard, usize)) {
         let (heard, left) = run;
         assert_eq!(*left, 0, "entries left in the table");
         assert_eq!(heard.destroys.len(), 1600, "one DESTROY per connection");
         assert!(heard.destroys.values().all(|&n| n == 1), "a DESTROY twice");
-        assert_eq!(r.recoveries, 1, "{r:?}");
-        assert_eq!((r.dropped_calls, r.dropped_packets), (0, 0), "{r:?}");
         // The very messages an uninterrupted run sends, byte for byte and in order.
         assert_eq!(heard.messages.len(), reference.0.messages.len());
         assert!(
@@ -341,6 +348,36 @@ mod recovery {
         );
         let run = stress(&mut b, |_, _| {});
         assert_nothing_lost(&run, &reference, b.recovery());
+    }
+
+    /// A packet that makes the guest trap every time (a bug on that input, in every instance):
+    /// recovery retries the call once on a restored instance, which traps again; the call is
+    /// dropped and reported, its packets counted, and everything else goes on as if the call
+    /// had never been made.
+    #[test]
+    fn a_fault_that_comes_back_drops_only_its_call() {
+        let reference = uninterrupted();
+        let mut b = resilient(Some(GuestFault::TrapInZone(7)), Duration::from_secs(30));
+        let run = stress(&mut b, |step, b| {
+            if step == 80 {
+                let now = S + step * 50 * MS;
+                let mut poison = Vec::new();
+                for k in 0..5u16 {
+                    let l4 = build::udp(40_000 + k, 53, 8);
+                    let p = build::ipv4([10, 0, 0, 9], [192, 0, 2, 9], ipproto::UDP, &l4);
+                    batch::push_packet(&mut poison, now, 7, &p);
+                }
+                let err = b.ingest(now, &poison, &mut Vec::new()).unwrap_err();
+                assert!(err.downcast_ref::<CallDropped>().is_some(), "{err:#}");
+            }
+        });
+        let r = b.recovery();
+        assert_eq!(
+            (r.recoveries, r.dropped_calls, r.dropped_packets),
+            (2, 1, 5),
+            "{r:?}"
+        );
+        assert_same_run(&run, &reference);
     }
 
     #[test]
@@ -409,6 +446,52 @@ fn more_or_fewer_delivery_reports_than_messages_taken_are_harmless() {
             .unwrap();
         let s = b.stats().unwrap();
         assert_eq!((s.count, s.events_delivered), (0, 6), "{kind:?}");
+    }
+}
+
+/// A snapshot of a million entries (about 150 MB, more than one component call may copy)
+/// leaves the component and enters a fresh one in pieces; the restored tracker's own snapshot is
+/// the same bytes, and so is the native engine's after restoring them.
+#[test]
+fn a_snapshot_of_a_million_entries_crosses_the_boundary() {
+    const FLOWS: u32 = 1_000_000;
+    let settings = TrackerSettings {
+        sysctls: vec![("nf_conntrack_max".into(), (FLOWS + 1000).to_string())],
+        ..TrackerSettings::default()
+    };
+    let mut b = open_backend(BackendKind::Component, &settings, None).unwrap();
+    let mut verdicts = Vec::new();
+    for start in (0..FLOWS).step_by(50_000) {
+        let mut batch = Vec::new();
+        for i in start..start + 50_000 {
+            let a = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+            let l4 = build::udp(1000 + (i % 50_000) as u16, 53, 8);
+            batch::push_packet(&mut batch, S, 0, &build::ipv4(a, [10, 255, 0, 1], 17, &l4));
+        }
+        b.ingest(S, &batch, &mut verdicts).unwrap();
+    }
+    let snapshot = b.snapshot().unwrap();
+    assert!(snapshot.len() > 128 << 20, "only {} bytes", snapshot.len());
+    let mut restored = ComponentBackend::restore(&snapshot).unwrap();
+    assert_eq!(restored.stats().unwrap().count, u64::from(FLOWS));
+    assert!(
+        restored.snapshot().unwrap() == snapshot,
+        "the restored snapshot differs"
+    );
+    let mut native = ctwasm_host::backend::restore_backend(BackendKind::Native, &snapshot).unwrap();
+    assert!(
+        native.snapshot().unwrap() == snapshot,
+        "the native engine's snapshot differs"
+    );
+    // Both go on alike: a reply finds its entry.
+    let l4 = build::udp(53, 1000, 8);
+    let reply = build::ipv4([10, 255, 0, 1], [10, 0, 0, 0], 17, &l4);
+    let mut batch = Vec::new();
+    batch::push_packet(&mut batch, 2 * S, 0, &reply);
+    for t in [&mut restored as &mut dyn Backend, native.as_mut()] {
+        let mut v = Vec::new();
+        t.ingest(2 * S, &batch, &mut v).unwrap();
+        assert_eq!(v, [Verdict::EstablishedReply as u8]);
     }
 }
 

@@ -32,29 +32,63 @@ export!(Component);
 
 impl wit_tracker::Guest for Component {
     type Tracker = TrackerResource;
+    type SnapshotBytes = SnapshotBytes;
+}
+
+/// The guest-owned `snapshot-bytes` resource: a snapshot that crosses the boundary in pieces.
+struct SnapshotBytes {
+    bytes: RefCell<Vec<u8>>,
+}
+
+impl wit_tracker::GuestSnapshotBytes for SnapshotBytes {
+    fn new() -> Self {
+        SnapshotBytes {
+            bytes: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.bytes.borrow().len() as u64
+    }
+
+    fn read(&self, offset: u64, max: u32) -> Vec<u8> {
+        let bytes = self.bytes.borrow();
+        let start = usize::try_from(offset).map_or(bytes.len(), |o| o.min(bytes.len()));
+        let end = start.saturating_add(max as usize).min(bytes.len());
+        bytes[start..end].to_vec()
+    }
+
+    fn append(&self, more: Vec<u8>) -> Result<(), ErrorCode> {
+        let mut bytes = self.bytes.borrow_mut();
+        bytes
+            .try_reserve(more.len())
+            .map_err(|_| ErrorCode::NoMemory)?;
+        bytes.extend_from_slice(&more);
+        Ok(())
+    }
 }
 
 /// The guest-owned `tracker` resource. The component model hands out `&self`, and a resource
 /// is only ever entered by one call at a time, so a `RefCell` suffices.
 struct TrackerResource {
     engine: RefCell<Engine>,
-    /// The fault to commit on purpose (testing only), and the packets ingested so far.
-    fault: Option<wit::Fault>,
+    /// The fault to commit on purpose (testing only), and the packets ingested since it was set.
+    fault: Cell<Option<wit::Fault>>,
     packets: Cell<u64>,
 }
 
 impl TrackerResource {
-    fn wrap(engine: Engine, fault: Option<wit::Fault>) -> wit_tracker::Tracker {
+    fn wrap(engine: Engine) -> wit_tracker::Tracker {
         wit_tracker::Tracker::new(TrackerResource {
             engine: RefCell::new(engine),
-            fault,
+            fault: Cell::new(None),
             packets: Cell::new(0),
         })
     }
 
     /// Commits the configured fault if its packet is in this batch.
     fn commit_fault(&self, batch: &[u8]) {
-        let Some(fault) = self.fault else {
+        let Some(fault) = self.fault.get() else {
             return;
         };
         let before = self.packets.get();
@@ -67,6 +101,11 @@ impl TrackerResource {
             wit::Fault::LoopAtPacket(n) if before < n && n <= after => loop {
                 core::hint::black_box(n);
             },
+            wit::Fault::TrapInZone(zone)
+                if crate::batch::packets(batch).any(|p| p.is_ok_and(|p| p.zone == zone)) =>
+            {
+                panic!("fault injected in zone {zone}")
+            }
             _ => {}
         }
     }
@@ -100,15 +139,18 @@ impl wit_tracker::GuestTracker for TrackerResource {
                     sysctl: i as u32,
                 })?;
         }
-        Ok(Self::wrap(Engine::new(engine_config), config.fault))
+        Ok(Self::wrap(Engine::new(engine_config)))
     }
 
-    fn restore(bytes: Vec<u8>) -> Result<wit_tracker::Tracker, ErrorCode> {
+    fn restore(
+        bytes: wit_tracker::SnapshotBytesBorrow<'_>,
+    ) -> Result<wit_tracker::Tracker, ErrorCode> {
+        let bytes = bytes.get::<SnapshotBytes>().bytes.borrow();
         let engine = Engine::restore(&bytes).map_err(|e| match e {
             SnapshotError::UnsupportedVersion { .. } => ErrorCode::UnsupportedSnapshot,
             _ => ErrorCode::BadSnapshot,
         })?;
-        Ok(Self::wrap(engine, None))
+        Ok(Self::wrap(engine))
     }
 
     fn set_listeners(&self, listeners: wit::ListenerPresence) {
@@ -185,12 +227,19 @@ impl wit_tracker::GuestTracker for TrackerResource {
         crate::stats_fields!(to_wit)
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        self.engine.borrow().snapshot()
+    fn snapshot(&self) -> wit_tracker::SnapshotBytes {
+        wit_tracker::SnapshotBytes::new(SnapshotBytes {
+            bytes: RefCell::new(self.engine.borrow().snapshot()),
+        })
     }
 
     fn set_memory_budget(&self, bytes: Option<u64>) {
         self.engine.borrow_mut().set_memory_budget(bytes);
+    }
+
+    fn set_fault(&self, fault: Option<wit::Fault>) {
+        self.fault.set(fault);
+        self.packets.set(0);
     }
 }
 

@@ -179,10 +179,21 @@ pub struct TrackerSettings {
 /// A fault the component commits on purpose, so that its host's containment can be tested.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestFault {
-    /// Trap while ingesting this packet (counted from 1 over the tracker's life).
+    /// Trap while ingesting this packet (counted from 1 over the instance's life): a one-off
+    /// failure, which a restored instance does not repeat.
     TrapAtPacket(u64),
-    /// Loop for ever at this packet, until the per-call deadline stops it.
+    /// Loop for ever at this packet, until the per-call deadline stops it (one-off, too).
     LoopAtPacket(u64),
+    /// Trap on every packet of this zone: a bug that the same input hits every time, in every
+    /// instance, restored ones included.
+    TrapInZone(u16),
+}
+
+impl GuestFault {
+    /// Whether a fresh instance of the same build would commit it again on the same input.
+    pub fn recurs(self) -> bool {
+        matches!(self, GuestFault::TrapInZone(_))
+    }
 }
 
 /// The default longest call: generous (a flush of millions of entries takes seconds), a guard
@@ -514,21 +525,25 @@ impl ComponentBackend {
         call_deadline: Duration,
     ) -> Result<Self> {
         let (mut store, bindings) = Self::instantiate(component, memory_limit)?;
-        let tracker = bindings
+        let deadline_ticks = deadline_ticks(call_deadline);
+        let buffer = snapshot_into_guest(&mut store, &bindings, deadline_ticks, snapshot)?;
+        store.set_epoch_deadline(deadline_ticks);
+        let restored = bindings
             .ctwasm_core_tracker()
             .tracker()
-            .call_restore(&mut store, snapshot)
-            .map_err(trap_context)?
-            .map_err(|e| {
-                anyhow::Error::new(SnapshotRefused).context(format!(
-                    "restoring a snapshot: the component refused it ({e:?})"
-                ))
-            })?;
+            .call_restore(&mut store, buffer)
+            .map_err(trap_context)?;
+        buffer.resource_drop(&mut store).map_err(trap_context)?;
+        let tracker = restored.map_err(|e| {
+            anyhow::Error::new(SnapshotRefused).context(format!(
+                "restoring a snapshot: the component refused it ({e:?})"
+            ))
+        })?;
         let mut backend = ComponentBackend {
             store,
             bindings,
             tracker,
-            deadline_ticks: deadline_ticks(call_deadline),
+            deadline_ticks,
             dead: false,
         };
         call!(backend.call_set_memory_budget(Some(memory_budget(memory_limit))))?;
@@ -556,10 +571,6 @@ impl ComponentBackend {
                 RetryPolicy::Kernel => wit::RetryPolicy::Kernel,
                 RetryPolicy::OnDrain => wit::RetryPolicy::OnDrain,
             },
-            fault: settings.fault.map(|f| match f {
-                GuestFault::TrapAtPacket(n) => wit::Fault::TrapAtPacket(n),
-                GuestFault::LoopAtPacket(n) => wit::Fault::LoopAtPacket(n),
-            }),
         };
         let deadline_ticks =
             deadline_ticks(settings.call_deadline.unwrap_or(DEFAULT_CALL_DEADLINE));
@@ -578,8 +589,87 @@ impl ComponentBackend {
             dead: false,
         };
         call!(backend.call_set_memory_budget(Some(memory_budget(memory_limit))))?;
+        if settings.fault.is_some() {
+            backend.set_fault(settings.fault)?;
+        }
         Ok(backend)
     }
+
+    /// Makes the guest commit `fault` from now on (none: no fault). For tests only.
+    pub fn set_fault(&mut self, fault: Option<GuestFault>) -> Result<()> {
+        let fault = fault.map(|f| match f {
+            GuestFault::TrapAtPacket(n) => wit::Fault::TrapAtPacket(n),
+            GuestFault::LoopAtPacket(n) => wit::Fault::LoopAtPacket(n),
+            GuestFault::TrapInZone(zone) => wit::Fault::TrapInZone(zone),
+        });
+        call!(self.call_set_fault(fault))
+    }
+}
+
+/// The most bytes of a snapshot one call moves across the boundary: far below the ~128 MB
+/// wasmtime copies in one call, and large enough that a 150 MB snapshot takes ten calls.
+const SNAPSHOT_PIECE: u32 = 16 << 20;
+
+/// Copies `bytes` into a new `snapshot-bytes` resource of the instance, a piece at a time.
+fn snapshot_into_guest(
+    store: &mut Store<HostState>,
+    bindings: &CtwasmCore,
+    deadline_ticks: u64,
+    bytes: &[u8],
+) -> Result<ResourceAny> {
+    let api = bindings.ctwasm_core_tracker().snapshot_bytes();
+    store.set_epoch_deadline(deadline_ticks);
+    let buffer = api.call_constructor(&mut *store).map_err(trap_context)?;
+    for piece in bytes.chunks(SNAPSHOT_PIECE as usize) {
+        store.set_epoch_deadline(deadline_ticks);
+        if let Err(code) = api
+            .call_append(&mut *store, buffer, piece)
+            .map_err(trap_context)?
+        {
+            buffer.resource_drop(&mut *store).map_err(trap_context)?;
+            return Err(anyhow::Error::new(SnapshotRefused).context(format!(
+                "the instance cannot hold a snapshot of {} bytes ({code:?})",
+                bytes.len()
+            )));
+        }
+    }
+    Ok(buffer)
+}
+
+/// Copies the bytes of the instance's `snapshot-bytes` resource `buffer` out, a piece at a
+/// time, and drops it.
+fn snapshot_out_of_guest(
+    store: &mut Store<HostState>,
+    bindings: &CtwasmCore,
+    deadline_ticks: u64,
+    buffer: ResourceAny,
+) -> Result<Vec<u8>> {
+    let api = bindings.ctwasm_core_tracker().snapshot_bytes();
+    store.set_epoch_deadline(deadline_ticks);
+    let len = api.call_len(&mut *store, buffer).map_err(trap_context)?;
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(usize::try_from(len).unwrap_or(usize::MAX))
+        .map_err(|_| {
+            anyhow!("the component's snapshot of {len} bytes does not fit in the host's memory")
+        })?;
+    while (bytes.len() as u64) < len {
+        store.set_epoch_deadline(deadline_ticks);
+        let piece = api
+            .call_read(&mut *store, buffer, bytes.len() as u64, SNAPSHOT_PIECE)
+            .map_err(trap_context)?;
+        if piece.is_empty() || piece.len() > SNAPSHOT_PIECE as usize {
+            return Err(anyhow::Error::new(ComponentFault::OffContract(format!(
+                "the component's `snapshot-bytes.read` gave {} bytes at offset {} of {len}",
+                piece.len(),
+                bytes.len()
+            ))));
+        }
+        bytes.extend_from_slice(&piece);
+    }
+    bytes.truncate(len as usize);
+    buffer.resource_drop(&mut *store).map_err(trap_context)?;
+    Ok(bytes)
 }
 
 /// The tracker refused a snapshot's bytes (not a snapshot of this format, cut short, or
@@ -831,7 +921,17 @@ impl Backend for ComponentBackend {
         })
     }
     fn snapshot(&mut self) -> Result<Vec<u8>> {
-        call!(self.call_snapshot())
+        let buffer = call!(self.call_snapshot())?;
+        let bytes =
+            snapshot_out_of_guest(&mut self.store, &self.bindings, self.deadline_ticks, buffer);
+        // Only a failed call (a trap, an overrun deadline) kills the instance.
+        self.dead |= bytes.as_ref().is_err_and(|e| {
+            matches!(
+                e.downcast_ref::<ComponentFault>(),
+                Some(ComponentFault::Trapped(_) | ComponentFault::DeadlineExceeded)
+            )
+        });
+        bytes
     }
 }
 
@@ -1317,13 +1417,16 @@ mod boundary_tests {
 
     /// Restores one candidate inside `b`'s instance; the new tracker, if any, is dropped again.
     fn try_restore(b: &mut ComponentBackend, bytes: &[u8]) -> std::result::Result<(), ErrorCode> {
+        let buffer =
+            snapshot_into_guest(&mut b.store, &b.bindings, b.deadline_ticks, bytes).unwrap();
         let r = b
             .bindings
             .ctwasm_core_tracker()
             .tracker()
-            .call_restore(&mut b.store, bytes)
+            .call_restore(&mut b.store, buffer)
             .map_err(trap_context)
             .unwrap();
+        buffer.resource_drop(&mut b.store).unwrap();
         r.map(|restored| restored.resource_drop(&mut b.store).unwrap())
     }
 

@@ -16,9 +16,9 @@
 //!
 //! What it costs: a snapshot per checkpoint, the journal's memory in between, and on a fault
 //! one restore plus the replay of at most `checkpoint_every` calls. Snapshots cross the
-//! component boundary in one piece, so a table too large for one copy (wasmtime refuses a copy
-//! past about 128 MB, some 0.9 million entries) cannot be checkpointed yet: the checkpoint then
-//! fails and is reported, and the backend keeps the previous one with a longer journal.
+//! component boundary in pieces of 16 MiB, so tables of millions of entries are checkpointed
+//! too (one copy is limited to about 128 MB). A checkpoint that cannot be taken is reported,
+//! and the backend keeps the previous one with a longer journal.
 
 use std::time::Duration;
 
@@ -28,7 +28,9 @@ use ctwasm_core::{
 };
 use wasmtime::component::Component;
 
-use crate::backend::{Backend, ComponentBackend, DEFAULT_CALL_DEADLINE, TrackerSettings};
+use crate::backend::{
+    Backend, ComponentBackend, DEFAULT_CALL_DEADLINE, GuestFault, TrackerSettings,
+};
 
 /// One call that changed the tracker, kept to be replayed after a fault.
 #[derive(Clone, Debug)]
@@ -85,13 +87,16 @@ pub fn with_recovery(
 ) -> Result<Box<dyn Backend>> {
     Ok(match settings.checkpoint_every {
         None => Box::new(inner),
-        Some(every) => Box::new(ResilientBackend::new(
-            component,
-            inner,
-            memory_limit,
-            settings.call_deadline.unwrap_or(DEFAULT_CALL_DEADLINE),
-            every,
-        )?),
+        Some(every) => Box::new(
+            ResilientBackend::new(
+                component,
+                inner,
+                memory_limit,
+                settings.call_deadline.unwrap_or(DEFAULT_CALL_DEADLINE),
+                every,
+            )?
+            .with_recurring_fault(settings.fault.filter(|f| f.recurs())),
+        ),
     })
 }
 
@@ -105,6 +110,9 @@ pub struct ResilientBackend {
     checkpoint: Vec<u8>,
     journal: Vec<Call>,
     recovery: Recovery,
+    /// A fault (testing only) that every instance of the build commits: set again in each
+    /// restored instance, as a real bug would be there again.
+    recurring_fault: Option<GuestFault>,
 }
 
 impl std::fmt::Debug for ResilientBackend {
@@ -137,7 +145,15 @@ impl ResilientBackend {
             checkpoint,
             journal: Vec::new(),
             recovery: Recovery::default(),
+            recurring_fault: None,
         })
+    }
+
+    /// Sets `fault` again in every instance recovery restores (testing only; the first
+    /// instance must have it already).
+    pub fn with_recurring_fault(mut self, fault: Option<GuestFault>) -> Self {
+        self.recurring_fault = fault;
+        self
     }
 
     /// What recovery has done so far.
@@ -176,6 +192,9 @@ impl ResilientBackend {
             self.call_deadline,
         )
         .context("recovering: restoring the last checkpoint")?;
+        if self.recurring_fault.is_some() {
+            fresh.set_fault(self.recurring_fault)?;
+        }
         let mut scratch = Vec::new();
         for call in &self.journal {
             scratch.clear();

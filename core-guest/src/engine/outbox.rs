@@ -66,14 +66,17 @@ impl Outbox {
         self.base += (done * BLOCK_LEN) as u64;
     }
 
+    /// Whether the last block has `len` bytes free.
+    fn room_for(&self, len: usize) -> bool {
+        self.blocks
+            .back()
+            .is_some_and(|b| BLOCK_LEN - b.len() >= len)
+    }
+
     /// Makes room for one more message without growing past what memory allows: `false` when
     /// the memory is not there (the caller must not queue then).
     pub(super) fn reserve_one(&mut self) -> bool {
-        let room = self
-            .blocks
-            .back()
-            .is_some_and(|b| BLOCK_LEN - b.len() >= MAX_FRAME_LEN);
-        if !room {
+        if !self.room_for(MAX_FRAME_LEN) {
             let mut block = Vec::new();
             if block.try_reserve_exact(BLOCK_LEN).is_err() || self.blocks.try_reserve(1).is_err() {
                 return false;
@@ -103,11 +106,7 @@ impl Outbox {
 
     /// Queues a frame as it is (a restored snapshot's), with the [`Pending`] it belongs to.
     pub(super) fn push_frame(&mut self, bytes: &[u8], mut p: Pending) {
-        let room = self
-            .blocks
-            .back()
-            .is_some_and(|b| BLOCK_LEN - b.len() >= bytes.len());
-        if !room {
+        if !self.room_for(bytes.len()) {
             self.blocks.push_back(Vec::with_capacity(BLOCK_LEN));
         }
         self.push(
@@ -134,14 +133,10 @@ impl Outbox {
             + vec_bytes::<Vec<u8>>(self.blocks.capacity())
             + self.queued.footprint()
             + self.in_flight.footprint();
-        let needs_block = !self
-            .blocks
-            .back()
-            .is_some_and(|b| BLOCK_LEN - b.len() >= MAX_FRAME_LEN);
-        let block_growth = if needs_block {
-            BLOCK_LEN as u64 + vec_growth::<Vec<u8>>(self.blocks.len(), self.blocks.capacity(), 1)
-        } else {
+        let block_growth = if self.room_for(MAX_FRAME_LEN) {
             0
+        } else {
+            BLOCK_LEN as u64 + vec_growth::<Vec<u8>>(self.blocks.len(), self.blocks.capacity(), 1)
         };
         (now, block_growth + self.queued.growth_for_one())
     }
@@ -180,10 +175,6 @@ impl<T> Default for ChunkedQueue<T> {
 impl<T: Copy> ChunkedQueue<T> {
     pub(super) fn len(&self) -> usize {
         self.len
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     fn back_is_full(&self) -> bool {
@@ -317,7 +308,7 @@ mod tests {
         while let Some(v) = model.pop_front() {
             assert_eq!(queue.pop_front(), Some(v));
         }
-        assert!(queue.is_empty() && queue.pop_front().is_none());
+        assert!(queue.len() == 0 && queue.pop_front().is_none());
     }
 
     fn queue(outbox: &mut Outbox, fill: u8, len: usize) {
