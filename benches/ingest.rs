@@ -4,7 +4,8 @@
 //! tracker, counters; no events) and packets that each open a new flow (allocation, id, two
 //! hash inserts, a NEW event taken and reported, and the expiry of older flows as simulated time
 //! moves on). Each measurement includes taking the batch's events and reporting them delivered,
-//! since a host must; the component numbers include the boundary crossing. Run with
+//! since a host must; the component numbers include the boundary crossing, which the
+//! `boundary` group measures on its own. Run with
 //! `cargo bench --bench ingest`; the README quotes the medians and ratios of one run.
 
 use std::hint::black_box;
@@ -140,9 +141,32 @@ fn new_connections(c: &mut Criterion) {
     group.finish();
 }
 
+/// What one crossing of the component boundary costs, to weigh calls per batch: an empty
+/// `take-events` (what a host pays after a batch that raised no event) and `report-delivery`
+/// with 1, 32 and 256 outcomes (what a cumulative report, one count instead of a list, would
+/// save).
+fn boundary(c: &mut Criterion) {
+    let mut group = c.benchmark_group("boundary/component");
+    let mut b = backend(BackendKind::Component);
+    let mut events = Vec::new();
+    group.bench_function("take-events-empty", |bench| {
+        bench.iter(|| {
+            events.clear();
+            black_box(b.take_events(u32::MAX, &mut events).unwrap())
+        })
+    });
+    for n in [1usize, 32, 256] {
+        let results = vec![Delivery::Delivered; n];
+        group.bench_function(BenchmarkId::new("report-delivery", n), |bench| {
+            bench.iter(|| b.report_delivery(black_box(&results)).unwrap())
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3)).warm_up_time(std::time::Duration::from_secs(1));
-    targets = established, new_connections
+    targets = established, new_connections, boundary
 }
 criterion_main!(benches);
