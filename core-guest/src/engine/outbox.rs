@@ -38,16 +38,38 @@ impl Outbox {
     /// Fewer are moved only if the in-flight list cannot grow inside the memory there is.
     pub(super) fn take(&mut self, max: usize, out: &mut Vec<u8>) -> usize {
         let mut n = 0;
+        // Frames queued one after the other lie back to back in a block: they are copied out as
+        // one run, `start..end` of the stream.
+        let mut run: Option<(u64, u64)> = None;
         while n < max && self.in_flight.try_reserve_one() {
             let Some(p) = self.queued.pop_front() else {
                 break;
             };
-            out.extend_from_slice(frame(&self.blocks, self.base, &p));
+            let end = p.start + u64::from(p.len);
+            let starts_block = p.start % BLOCK_LEN as u64 == 0;
+            run = match run {
+                Some((start, run_end)) if run_end == p.start && !starts_block => Some((start, end)),
+                Some((start, run_end)) => {
+                    out.extend_from_slice(self.stream(start, run_end));
+                    Some((p.start, end))
+                }
+                None => Some((p.start, end)),
+            };
             self.in_flight.push_back(p);
             n += 1;
         }
+        if let Some((start, end)) = run {
+            out.extend_from_slice(self.stream(start, end));
+        }
         self.release_taken_blocks();
         n
+    }
+
+    /// Bytes `start..end` of the stream, which lie in one block.
+    fn stream(&self, start: u64, end: u64) -> &[u8] {
+        let at = (start - self.base) as usize;
+        let (index, offset) = (at / BLOCK_LEN, at % BLOCK_LEN);
+        &self.blocks[index][offset..offset + (end - start) as usize]
     }
 
     /// Frees the blocks in front of the oldest queued frame. With nothing queued the last block
@@ -67,6 +89,7 @@ impl Outbox {
     }
 
     /// Whether the last block has `len` bytes free.
+    #[inline]
     fn room_for(&self, len: usize) -> bool {
         self.blocks
             .back()
@@ -75,6 +98,7 @@ impl Outbox {
 
     /// Makes room for one more message without growing past what memory allows: `false` when
     /// the memory is not there (the caller must not queue then).
+    #[inline]
     pub(super) fn reserve_one(&mut self) -> bool {
         if !self.room_for(MAX_FRAME_LEN) {
             let mut block = Vec::new();
@@ -88,6 +112,7 @@ impl Outbox {
 
     /// Queues the frame `write` appends (after [`Outbox::reserve_one`] said yes) and the
     /// [`Pending`] that `pending(start, len)` makes of where it landed.
+    #[inline]
     pub(super) fn push(
         &mut self,
         write: impl FnOnce(&mut Vec<u8>),
@@ -123,7 +148,7 @@ impl Outbox {
     pub(super) fn queued_frames(&self) -> impl Iterator<Item = (&Pending, &[u8])> {
         self.queued
             .iter()
-            .map(|p| (p, frame(&self.blocks, self.base, p)))
+            .map(|p| (p, self.stream(p.start, p.start + u64::from(p.len))))
     }
 
     /// Bytes the outbox takes now, and what [`Outbox::reserve_one`] may allocate:
@@ -173,15 +198,18 @@ impl<T> Default for ChunkedQueue<T> {
 }
 
 impl<T: Copy> ChunkedQueue<T> {
+    #[inline]
     pub(super) fn len(&self) -> usize {
         self.len
     }
 
+    #[inline]
     fn back_is_full(&self) -> bool {
         self.chunks.back().is_none_or(|c| c.len() == CHUNK_LEN)
     }
 
     /// Makes room for one more item: `false` when the memory is not there.
+    #[inline]
     pub(super) fn try_reserve_one(&mut self) -> bool {
         if !self.back_is_full() {
             return true;
@@ -194,6 +222,7 @@ impl<T: Copy> ChunkedQueue<T> {
         true
     }
 
+    #[inline]
     pub(super) fn push_back(&mut self, item: T) {
         if self.back_is_full() {
             self.chunks.push_back(Vec::with_capacity(CHUNK_LEN));
@@ -209,6 +238,7 @@ impl<T: Copy> ChunkedQueue<T> {
         self.chunks.front().and_then(|c| c.get(self.head))
     }
 
+    #[inline]
     pub(super) fn pop_front(&mut self) -> Option<T> {
         let only_chunk = self.chunks.len() == 1;
         let front = self.chunks.front_mut()?;
@@ -248,13 +278,6 @@ impl<T: Copy> ChunkedQueue<T> {
             0
         }
     }
-}
-
-/// The bytes of the queued frame `p`.
-fn frame<'a>(blocks: &'a VecDeque<Vec<u8>>, base: u64, p: &Pending) -> &'a [u8] {
-    let at = (p.start - base) as usize;
-    let (index, offset) = (at / BLOCK_LEN, at % BLOCK_LEN);
-    &blocks[index][offset..offset + p.len as usize]
 }
 
 #[cfg(test)]

@@ -43,24 +43,31 @@ pub trait AttrSink {
 
 impl AttrSink for MessageWriter<'_> {
     type Nest = usize;
+    #[inline]
     fn u8(&mut self, kind: u16, v: u8) {
         MessageWriter::u8(self, kind, v)
     }
+    #[inline]
     fn u16(&mut self, kind: u16, v: u16) {
         MessageWriter::u16(self, kind, v)
     }
+    #[inline]
     fn u32(&mut self, kind: u16, v: u32) {
         MessageWriter::u32(self, kind, v)
     }
+    #[inline]
     fn u64(&mut self, kind: u16, v: u64) {
         MessageWriter::u64(self, kind, v)
     }
+    #[inline]
     fn bytes(&mut self, kind: u16, v: &[u8]) {
         MessageWriter::bytes(self, kind, v)
     }
+    #[inline]
     fn begin_nest(&mut self, kind: u16) -> usize {
         MessageWriter::begin_nest(self, kind)
     }
+    #[inline]
     fn end_nest(&mut self, nest: usize) {
         MessageWriter::end_nest(self, nest)
     }

@@ -44,6 +44,7 @@ impl<'a> MessageWriter<'a> {
         self.out[self.start..self.start + 4].copy_from_slice(&len.to_ne_bytes());
     }
 
+    #[inline]
     fn leaf(&mut self, kind: u16, payload: &[u8]) {
         let len = (NLA_HDRLEN + payload.len()) as u16;
         self.out.extend_from_slice(&len.to_ne_bytes());
@@ -53,19 +54,24 @@ impl<'a> MessageWriter<'a> {
         self.out.extend_from_slice(&[0u8; 3][..pad]);
     }
 
+    #[inline]
     pub fn u8(&mut self, kind: u16, v: u8) {
         self.leaf(kind, &[v]);
     }
     /// Big-endian, as ctnetlink payloads are.
+    #[inline]
     pub fn u16(&mut self, kind: u16, v: u16) {
         self.leaf(kind, &v.to_be_bytes());
     }
+    #[inline]
     pub fn u32(&mut self, kind: u16, v: u32) {
         self.leaf(kind, &v.to_be_bytes());
     }
+    #[inline]
     pub fn u64(&mut self, kind: u16, v: u64) {
         self.leaf(kind, &v.to_be_bytes());
     }
+    #[inline]
     pub fn bytes(&mut self, kind: u16, v: &[u8]) {
         self.leaf(kind, v);
     }
