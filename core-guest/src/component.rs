@@ -111,6 +111,12 @@ impl TrackerResource {
     }
 }
 
+/// Messages waiting to be taken, as the WIT counts them (a queue past `u32::MAX` would not fit
+/// in a guest's memory, but saturate rather than wrap).
+fn queued_events(engine: &Engine) -> u32 {
+    u32::try_from(engine.pending_events()).unwrap_or(u32::MAX)
+}
+
 /// The engine behind a borrowed `tracker` handle.
 fn engine<'a>(t: &'a wit_tracker::TrackerBorrow<'_>) -> std::cell::RefMut<'a, Engine> {
     t.get::<TrackerResource>().engine.borrow_mut()
@@ -161,13 +167,15 @@ impl wit_tracker::GuestTracker for TrackerResource {
         );
     }
 
-    fn ingest(&self, now: u64, packets: Vec<u8>) -> Vec<u8> {
+    fn ingest(&self, now: u64, packets: Vec<u8>) -> wit::Ingested {
         self.commit_fault(&packets);
         let mut verdicts = Vec::with_capacity(packets.len() / 64 + 1);
-        self.engine
-            .borrow_mut()
-            .ingest_batch_at(now, &packets, &mut verdicts);
-        verdicts
+        let mut engine = self.engine.borrow_mut();
+        engine.ingest_batch_at(now, &packets, &mut verdicts);
+        wit::Ingested {
+            verdicts,
+            queued_events: queued_events(&engine),
+        }
     }
 
     fn advance(&self, now: u64) {
@@ -184,7 +192,7 @@ impl wit_tracker::GuestTracker for TrackerResource {
         out
     }
 
-    fn report_delivery(&self, results: Vec<wit::Delivery>) {
+    fn report_delivery(&self, results: Vec<wit::Delivery>) -> u32 {
         let results: Vec<Delivery> = results
             .into_iter()
             .map(|r| match r {
@@ -192,7 +200,9 @@ impl wit_tracker::GuestTracker for TrackerResource {
                 wit::Delivery::Failed => Delivery::Failed,
             })
             .collect();
-        self.engine.borrow_mut().report_delivery(&results);
+        let mut engine = self.engine.borrow_mut();
+        engine.report_delivery(&results);
+        queued_events(&engine)
     }
 
     fn listeners_drained(&self, now: u64) {

@@ -441,6 +441,10 @@ pub struct ComponentBackend {
     deadline_ticks: u64,
     /// A call failed in the guest (a trap or an overrun deadline): the instance is dead.
     dead: bool,
+    /// Messages waiting in the guest, as far as the last call tells (`ingest` and
+    /// `report-delivery` count them, and a `take-events` that returns fewer than asked leaves
+    /// none); every other call forgets it. At `Some(0)` `take_events` skips the call.
+    queued_events: Option<u32>,
 }
 
 impl std::fmt::Debug for ComponentBackend {
@@ -454,6 +458,7 @@ impl std::fmt::Debug for ComponentBackend {
 /// method could not do).
 macro_rules! call {
     ($backend:ident . $method:ident ( $($arg:expr),* )) => {{
+        $backend.queued_events = None;
         $backend.store.set_epoch_deadline($backend.deadline_ticks);
         let result = $backend
             .bindings
@@ -465,6 +470,7 @@ macro_rules! call {
         result.map_err(trap_context)
     }};
     ($interface:ident : $backend:ident . $method:ident ( $($arg:expr),* )) => {{
+        $backend.queued_events = None;
         $backend.store.set_epoch_deadline($backend.deadline_ticks);
         let result = $backend
             .bindings
@@ -545,6 +551,7 @@ impl ComponentBackend {
             tracker,
             deadline_ticks,
             dead: false,
+            queued_events: None,
         };
         call!(backend.call_set_memory_budget(Some(memory_budget(memory_limit))))?;
         Ok(backend)
@@ -587,6 +594,7 @@ impl ComponentBackend {
             tracker,
             deadline_ticks,
             dead: false,
+            queued_events: None,
         };
         call!(backend.call_set_memory_budget(Some(memory_budget(memory_limit))))?;
         if settings.fault.is_some() {
@@ -764,8 +772,9 @@ impl Backend for ComponentBackend {
         call!(self.call_set_listeners(listeners))
     }
     fn ingest(&mut self, now_ns: u64, packets: &[u8], verdicts: &mut Vec<u8>) -> Result<()> {
-        let v = call!(self.call_ingest(now_ns, packets))?;
-        verdicts.extend_from_slice(&v);
+        let ingested = call!(self.call_ingest(now_ns, packets))?;
+        verdicts.extend_from_slice(&ingested.verdicts);
+        self.queued_events = Some(ingested.queued_events);
         Ok(())
     }
     fn advance(&mut self, now_ns: u64) -> Result<()> {
@@ -779,15 +788,18 @@ impl Backend for ComponentBackend {
         // too large for wasmtime to copy back (about 128 MB) would strand them: ask in chunks
         // that always fit, as many times as `max` needs.
         let mut taken = 0usize;
-        while (taken as u64) < u64::from(max) {
+        while (taken as u64) < u64::from(max) && self.queued_events != Some(0) {
             let chunk = (max - taken as u32).min(TAKE_CHUNK);
+            let known = self.queued_events;
             let bytes = call!(self.call_take_events(chunk))?;
             let n = ctwasm_core::batch::events(&bytes).count();
             out.extend_from_slice(&bytes);
             taken += n;
-            if n < chunk as usize {
-                break;
-            }
+            self.queued_events = if n < chunk as usize {
+                Some(0)
+            } else {
+                known.map(|k| k.saturating_sub(n as u32))
+            };
         }
         Ok(taken)
     }
@@ -799,7 +811,8 @@ impl Backend for ComponentBackend {
                 Delivery::Failed => wit::Delivery::Failed,
             })
             .collect();
-        call!(self.call_report_delivery(&results))
+        self.queued_events = Some(call!(self.call_report_delivery(&results))?);
+        Ok(())
     }
     fn listeners_drained(&mut self, now_ns: u64) -> Result<()> {
         call!(self.call_listeners_drained(now_ns))
