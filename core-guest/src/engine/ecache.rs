@@ -340,23 +340,15 @@ impl Tracker {
                 self.after_destroy_sent();
             }
             (MessageKind::Destroy, Delivery::Failed) => {
-                if let Some(c) = self.table.entry_mut(slot).ecache.as_mut() {
-                    c.missed.insert(bits.without(EventBits::DESTROY));
-                }
+                self.table
+                    .update_missed(slot, |m| m.insert(bits.without(EventBits::DESTROY)));
                 self.dying_push(slot);
                 self.after_destroy_failed(slot, from_worker);
             }
-            (_, Delivery::Delivered) => {
-                if let Some(c) = self.table.entry_mut(slot).ecache.as_mut() {
-                    c.missed.remove(missed_sent);
-                }
-            }
+            (_, Delivery::Delivered) => self.table.update_missed(slot, |m| m.remove(missed_sent)),
             (_, Delivery::Failed) => {
-                let e = self.table.entry_mut(slot);
-                if e.life == Life::Live
-                    && let Some(c) = e.ecache.as_mut()
-                {
-                    c.missed.insert(bits);
+                if self.table.entry(slot).life == Life::Live {
+                    self.table.update_missed(slot, |m| m.insert(bits));
                 }
             }
         }

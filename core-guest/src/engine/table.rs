@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use super::budget::{map_bytes, map_growth, vec_bytes, vec_growth};
 use super::ecache::Ecache;
 use super::{EntryView, seconds_left};
-use crate::event::{Status, TcpState};
+use crate::event::{EventBits, Status, TcpState};
 use crate::netlink::Counters;
 use crate::proto::ProtoState;
 use crate::tuple::{Direction, L4Tuple, Tuple};
@@ -98,6 +98,11 @@ impl Entry {
         self.orig.invert().unwrap_or(self.orig)
     }
 
+    /// Failed messages left bits for the next one to carry.
+    pub(super) fn has_missed(&self) -> bool {
+        self.ecache.is_some_and(|c| !c.missed.is_empty())
+    }
+
     /// Confirmed and in the hash.
     pub(super) fn is_live(&self) -> bool {
         self.life == Life::Live && self.status.contains(Status::CONFIRMED)
@@ -120,6 +125,9 @@ pub(super) struct Table {
     pub(super) id_rng: ChaCha8Rng,
     /// Entries counted against `nf_conntrack_max`: live, destroying and dying.
     pub(super) count: u64,
+    /// Live entries whose missed bits wait for the next message (`Stats::missed_pending`), kept
+    /// as they change so that `stats` does not walk the table.
+    missed_live: u64,
     /// Entries in the hash.
     pub(super) live: u64,
 }
@@ -135,6 +143,7 @@ impl Table {
             ids: HashMap::with_hasher(FixedState::with_seed(seed ^ 0x6964_7300_0000_0001)),
             id_rng,
             count: 0,
+            missed_live: 0,
             live: 0,
         }
     }
@@ -225,6 +234,9 @@ impl Table {
     /// got through. Reports still on their way about it will find a new generation.
     pub(super) fn release(&mut self, slot: u32) {
         let e = &mut self.slab[slot as usize];
+        if e.life == Life::Live {
+            self.missed_live -= u64::from(e.has_missed());
+        }
         if e.id != 0 {
             self.ids.remove(&e.id);
             e.id = 0;
@@ -258,6 +270,7 @@ impl Table {
     pub(super) fn unhash(&mut self, slot: u32) {
         let e = &self.slab[slot as usize];
         let (zone, orig, reply) = (e.zone, e.orig, e.reply());
+        self.missed_live -= u64::from(e.has_missed());
         self.index.remove(&(zone, orig));
         self.index.remove(&(zone, reply));
         self.live -= 1;
@@ -303,10 +316,34 @@ impl Table {
 
     /// Live entries carrying undelivered event bits.
     pub(super) fn missed_pending(&self) -> u64 {
+        debug_assert!(
+            self.slab.len() > 100_000 || self.missed_live == self.count_missed_live(),
+            "the missed_pending counter drifted"
+        );
+        self.missed_live
+    }
+
+    /// Walks the table for what `missed_live` counts (restores, and checks in debug builds of
+    /// small tables).
+    fn count_missed_live(&self) -> u64 {
         self.slab
             .iter()
-            .filter(|e| e.life == Life::Live && e.ecache.is_some_and(|c| !c.missed.is_empty()))
+            .filter(|e| e.life == Life::Live && e.has_missed())
             .count() as u64
+    }
+
+    /// Changes the missed bits of the entry in `slot` with `change`, keeping `missed_live`.
+    pub(super) fn update_missed(&mut self, slot: u32, change: impl FnOnce(&mut EventBits)) {
+        let e = &mut self.slab[slot as usize];
+        let Some(c) = e.ecache.as_mut() else {
+            return;
+        };
+        let before = !c.missed.is_empty();
+        change(&mut c.missed);
+        let after = !c.missed.is_empty();
+        if e.life == Life::Live {
+            self.missed_live = self.missed_live + u64::from(after) - u64::from(before);
+        }
     }
 
     /// Rebuilds both indexes from the slab (after a restore); `Err` names what is inconsistent.
@@ -341,6 +378,7 @@ impl Table {
                 Life::Destroying | Life::Free => {}
             }
         }
+        self.missed_live = self.count_missed_live();
         Ok((live, counted, dying))
     }
 }

@@ -1259,3 +1259,41 @@ fn a_snapshot_that_claims_a_huge_table_is_refused_without_allocating_it() {
         );
     }
 }
+
+/// A host that takes one message a round while one new event arrives a round keeps a constant
+/// backlog; the outbox must not grow with the number of rounds (it used to keep every byte
+/// until the queue emptied: ~305 bytes more per event, for ever).
+#[test]
+fn a_constant_backlog_keeps_the_outbox_bounded() {
+    // Entries outlive the run (no DESTROY joins the backlog): 200 000 rounds of 1 ms.
+    let mut config = Config::default();
+    config.sysctls.set("nf_conntrack_udp_timeout", "3600").unwrap();
+    let mut t = Tracker::new(config);
+    t.set_listeners(true, true);
+    let mut out = Vec::new();
+    let mut footprints = Vec::new();
+    for round in 0..200_000u32 {
+        let a = [10, (round >> 16) as u8, (round >> 8) as u8, round as u8];
+        let l4 = build::udp(1000 + (round % 50_000) as u16, 53, 8);
+        t.ingest(
+            T0 + u64::from(round) * MS,
+            0,
+            &build::ipv4(a, [10, 255, 0, 1], 17, &l4),
+        );
+        // Ten messages wait before the host starts taking one per round.
+        if round >= 10 {
+            out.clear();
+            assert_eq!(t.take_events(1, &mut out), 1);
+            t.report_delivery(&[Delivery::Delivered]);
+        }
+        if round % 20_000 == 19_999 {
+            footprints.push(t.ecache.outbox.footprint().0);
+            assert_eq!(t.pending_events(), 10);
+        }
+    }
+    let (first, last) = (footprints[0], *footprints.last().unwrap());
+    assert!(
+        last <= first,
+        "the outbox grew from {first} to {last} bytes"
+    );
+}
