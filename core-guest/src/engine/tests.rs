@@ -1267,7 +1267,10 @@ fn a_snapshot_that_claims_a_huge_table_is_refused_without_allocating_it() {
 fn a_constant_backlog_keeps_the_outbox_bounded() {
     // Entries outlive the run (no DESTROY joins the backlog): 200 000 rounds of 1 ms.
     let mut config = Config::default();
-    config.sysctls.set("nf_conntrack_udp_timeout", "3600").unwrap();
+    config
+        .sysctls
+        .set("nf_conntrack_udp_timeout", "3600")
+        .unwrap();
     let mut t = Tracker::new(config);
     t.set_listeners(true, true);
     let mut out = Vec::new();
