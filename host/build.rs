@@ -8,7 +8,8 @@
 //! toolchain without that target gets it through rustup, so the README's first command works on
 //! a fresh machine.
 //! `rerun-if-changed` comes from the nested build's depfile, so an edit to any guest source or
-//! to the WIT rebuilds it and nothing else does.
+//! to the WIT rebuilds it and nothing else does. A second build of the same guest, optimized for
+//! size, is made beside it for the hot-swap tests (a really different build) and not embedded.
 
 use std::env;
 use std::fs;
@@ -23,10 +24,46 @@ fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let workspace = manifest_dir.parent().context("host/ has a parent")?;
-    let target_dir = out_dir.join("guest-target");
 
     ensure_target_installed()?;
 
+    let artifacts = build_guest(workspace, &out_dir.join("guest-target"), &[])?;
+    componentize(
+        &artifacts.join("ctwasm_core.wasm"),
+        &out_dir.join("ctwasm_core.component.wasm"),
+    )?;
+    // A second build of the same sources, optimized for size rather than speed: different code
+    // throughout, the same snapshots. Tests hot-swap a running tracker between the two; it is
+    // not embedded.
+    let size_artifacts = build_guest(
+        workspace,
+        &out_dir.join("guest-target-size"),
+        &["-C", "opt-level=s"],
+    )?;
+    componentize(
+        &size_artifacts.join("ctwasm_core.wasm"),
+        &out_dir.join("ctwasm_core.size.component.wasm"),
+    )?;
+
+    for path in depfile_inputs(&artifacts.join("ctwasm_core.d"))? {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    println!("cargo:rerun-if-changed={}", workspace.join("wit").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("Cargo.lock").display()
+    );
+    println!("cargo:rerun-if-changed=build.rs");
+    Ok(())
+}
+
+/// Builds `ctwasm-core` for the guest's target into `target_dir`, with `rustc_args` for the
+/// crate itself; returns the directory holding `ctwasm_core.wasm` and its depfile.
+fn build_guest(
+    workspace: &Path,
+    target_dir: &Path,
+    rustc_args: &[&str],
+) -> anyhow::Result<PathBuf> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
@@ -40,7 +77,10 @@ fn main() -> anyhow::Result<()> {
             "cdylib",
         ])
         .args(["--target", TARGET, "--profile", "guest", "--target-dir"])
-        .arg(&target_dir);
+        .arg(target_dir);
+    if !rustc_args.is_empty() {
+        cmd.arg("--").args(rustc_args);
+    }
     // Variables the outer build sets that must not leak into the guest's build.
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",
@@ -60,29 +100,20 @@ fn main() -> anyhow::Result<()> {
     if !status.success() {
         bail!("building the guest (ctwasm-core for {TARGET}) failed; see the errors above");
     }
+    Ok(target_dir.join(TARGET).join("guest"))
+}
 
-    let artifacts = target_dir.join(TARGET).join("guest");
-    let module_path = artifacts.join("ctwasm_core.wasm");
+/// Turns the core module at `module_path` into a component at `out`.
+fn componentize(module_path: &Path, out: &Path) -> anyhow::Result<()> {
     let module =
-        fs::read(&module_path).with_context(|| format!("reading {}", module_path.display()))?;
+        fs::read(module_path).with_context(|| format!("reading {}", module_path.display()))?;
     let component = wit_component::ComponentEncoder::default()
         .module(&module)
         .context("reading the guest module's component type")?
         .validate(true)
         .encode()
         .context("encoding the guest as a component")?;
-    fs::write(out_dir.join("ctwasm_core.component.wasm"), component)?;
-
-    for path in depfile_inputs(&artifacts.join("ctwasm_core.d"))? {
-        println!("cargo:rerun-if-changed={}", path.display());
-    }
-    println!("cargo:rerun-if-changed={}", workspace.join("wit").display());
-    println!(
-        "cargo:rerun-if-changed={}",
-        workspace.join("Cargo.lock").display()
-    );
-    println!("cargo:rerun-if-changed=build.rs");
-    Ok(())
+    fs::write(out, component).with_context(|| format!("writing {}", out.display()))
 }
 
 /// Makes sure the guest's target is installed in the toolchain that builds it: if it is missing

@@ -383,23 +383,23 @@ mod recovery {
     #[test]
     fn hot_swap_mid_stress_loses_and_repeats_nothing() {
         let reference = uninterrupted();
-        // Another build of the same guest: the embedded component with a custom section added,
-        // so its bytes differ while it reads the same snapshots.
-        let mut bytes = ctwasm_host::artifacts::COMPONENT.to_vec();
-        let name = b"ctwasm-test-build";
-        bytes.push(0); // a custom section
-        bytes.push((1 + name.len() + 4) as u8);
-        bytes.push(name.len() as u8);
-        bytes.extend_from_slice(name);
-        bytes.extend_from_slice(b"v2.0");
-        let other =
-            wasmtime::component::Component::new(ctwasm_host::backend::shared_engine(), &bytes)
-                .unwrap();
+        // Another build of the same guest: optimized for size instead of speed, so its code
+        // differs throughout while it reads the same snapshots. The run moves to it mid-stress
+        // and back to the embedded build later.
+        let bytes = std::fs::read(ctwasm_host::artifacts::SIZE_BUILD_PATH).unwrap();
+        assert_ne!(
+            bytes,
+            ctwasm_host::artifacts::COMPONENT,
+            "the same build twice"
+        );
+        let engine = ctwasm_host::backend::shared_engine();
+        let other = wasmtime::component::Component::new(engine, &bytes).unwrap();
+        let embedded = embedded_component().unwrap().clone();
         let mut b = resilient(None, Duration::from_secs(30));
-        let (heard, left) = stress(&mut b, |step, b| {
-            if step == 80 {
-                b.upgrade(&other).unwrap();
-            }
+        let (heard, left) = stress(&mut b, |step, b| match step {
+            60 => b.upgrade(&other).unwrap(),
+            120 => b.upgrade(&embedded).unwrap(),
+            _ => {}
         });
         assert_eq!(left, 0);
         assert_eq!(heard.destroys.len(), 1600);

@@ -10,3 +10,9 @@ pub const COMPONENT: &[u8] =
 
 /// The WIT package the component implements, as the text of `wit/ctwasm.wit`.
 pub const WIT: &str = include_str!("../../wit/ctwasm.wit");
+
+/// Where `build.rs` left a second build of the same guest, optimized for size (`-C
+/// opt-level=s`) instead of speed: other code throughout, the same interface and snapshots. For
+/// tests that hot-swap a running tracker between two builds; nothing embeds it.
+#[doc(hidden)]
+pub const SIZE_BUILD_PATH: &str = concat!(env!("OUT_DIR"), "/ctwasm_core.size.component.wasm");
