@@ -1443,6 +1443,70 @@ mod boundary_tests {
         r.map(|restored| restored.resource_drop(&mut b.store).unwrap())
     }
 
+    /// The `snapshot-bytes` buffer's calls with hostile offsets and sizes: reads past the end
+    /// or of nothing give nothing, never a trap; a buffer filled by pieces of any size restores
+    /// as the whole; a buffer cut short is `bad-snapshot`.
+    #[test]
+    fn snapshot_bytes_with_hostile_offsets_and_pieces() {
+        let mut b = component();
+        for i in 0..50u16 {
+            b.open(
+                1_000 + u64::from(i),
+                0,
+                &v4_tuple([10, 0, 0, 1], [10, 0, 1, 1], 17, i, 53),
+            )
+            .unwrap()
+            .unwrap();
+        }
+        let snapshot = b.snapshot().unwrap();
+        let len = snapshot.len() as u64;
+        let api = b.bindings.ctwasm_core_tracker().snapshot_bytes();
+        let buffer = call!(b.call_snapshot()).unwrap();
+        assert_eq!(api.call_len(&mut b.store, buffer).unwrap(), len);
+        for (offset, max, expect) in [
+            (0, 0, 0),
+            (0, u32::MAX, len),
+            (len - 1, 10, 1),
+            (len, 10, 0),
+            (len + 1, u32::MAX, 0),
+            (u64::MAX, u32::MAX, 0),
+            (u64::MAX - 3, 8, 0),
+        ] {
+            let got = api.call_read(&mut b.store, buffer, offset, max).unwrap();
+            assert_eq!(got.len() as u64, expect, "read({offset}, {max})");
+        }
+        buffer.resource_drop(&mut b.store).unwrap();
+
+        // Pieces of 1, 7 and 4 096 bytes, and empty appends between them, make the same bytes.
+        let buffer = api.call_constructor(&mut b.store).unwrap();
+        let mut at = 0;
+        for size in [1usize, 0, 7, 4096].into_iter().cycle() {
+            if at == snapshot.len() {
+                break;
+            }
+            let end = (at + size).min(snapshot.len());
+            api.call_append(&mut b.store, buffer, &snapshot[at..end])
+                .unwrap()
+                .unwrap();
+            at = end;
+        }
+        let restored = b
+            .bindings
+            .ctwasm_core_tracker()
+            .tracker()
+            .call_restore(&mut b.store, buffer)
+            .unwrap()
+            .unwrap();
+        restored.resource_drop(&mut b.store).unwrap();
+        buffer.resource_drop(&mut b.store).unwrap();
+        assert_eq!(
+            try_restore(&mut b, &snapshot[..snapshot.len() - 1]),
+            Err(ErrorCode::BadSnapshot)
+        );
+        assert_eq!(try_restore(&mut b, &[]), Err(ErrorCode::BadSnapshot));
+        assert_usable(&mut b, 1);
+    }
+
     /// Random, truncated and bit-flipped snapshots: `bad-snapshot` (or, for a flip the format
     /// cannot notice, whatever the native engine says), never a trap, and the instance's own
     /// tracker goes on.
