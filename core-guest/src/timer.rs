@@ -260,7 +260,8 @@ impl TimerWheel {
                 .map(|h| self.positions[h as usize].deadline_ns)
                 .min()
         } else {
-            Some(start << TICK_SHIFT)
+            // Saturating: a slot of the last rounds before the clock ends starts past u64::MAX ns.
+            Some(start.saturating_mul(1 << TICK_SHIFT))
         }
     }
 
@@ -328,7 +329,7 @@ impl TimerWheel {
         use crate::snapshot::SnapshotError::Invalid;
         let mut wheel = TimerWheel::new();
         wheel.elapsed = r.u64()?;
-        if wheel.elapsed > u64::MAX >> (TICK_SHIFT + 1) {
+        if wheel.elapsed > tick_of(u64::MAX) {
             return Err(Invalid("timer wheel's clock"));
         }
         wheel.positions = vec![UNSCHEDULED; handles];

@@ -143,13 +143,17 @@ impl<'a> Simulation<'a> {
                 .filter(|t| *t <= at)
                 .min();
             if again.is_some() {
-                self.now_ns = at + 1;
-                if at + 1 > target {
+                // The clock ends at u64::MAX ns: nothing can happen after its last instant.
+                let Some(step) = at.checked_add(1) else {
+                    break;
+                };
+                self.now_ns = step;
+                if step > target {
                     break;
                 }
-                self.listeners.advance(at + 1);
-                self.backend.advance(at + 1)?;
-                self.pump(at + 1, sink)?;
+                self.listeners.advance(step);
+                self.backend.advance(step)?;
+                self.pump(step, sink)?;
             }
         }
         self.now_ns = self.now_ns.max(target);
@@ -247,8 +251,9 @@ impl<'a> Simulation<'a> {
                 .into_iter()
                 .flatten()
                 .min();
-            match next {
-                Some(t) if t <= end => self.run_until(t.max(self.now_ns + 1), sink)?,
+            match (next, self.now_ns.checked_add(1)) {
+                (Some(t), Some(step)) if t <= end => self.run_until(t.max(step), sink)?,
+                // Nothing due within the horizon, or the clock has reached its end.
                 _ => return Ok(()),
             }
         }
@@ -298,4 +303,64 @@ pub fn replay(
     }
     sim.settle(HOUR_NS, sink)?;
     sim.report(packets.len() as u64, verdicts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{BackendKind, TrackerSettings, open_backend};
+    use crate::listener::ListenerConfig;
+    use ctwasm_core::wire::build;
+
+    struct Count(u64);
+
+    impl EventSink for Count {
+        fn event(&mut self, _: &EventFrame<'_>, _: &CtMessage) -> Result<()> {
+            self.0 += 1;
+            Ok(())
+        }
+    }
+
+    /// Packets stamped at the very end of the clock (a pcapng whose offset or resolution
+    /// saturates its timestamps) with a reliable listener that takes nothing: the replay ends,
+    /// under every retry policy, instead of stepping for ever at the last instant.
+    #[test]
+    fn a_replay_at_the_end_of_the_clock_ends() {
+        for policy in ["grace", "kernel", "on-drain"] {
+            let settings = TrackerSettings {
+                retry_policy: ctwasm_core::config::RetryPolicy::parse(policy),
+                ..TrackerSettings::default()
+            };
+            let mut backend = open_backend(BackendKind::Native, &settings, None).unwrap();
+            let listeners =
+                Listeners::new([ListenerConfig::parse("reliable,faults=1,record").unwrap()]);
+            let packets: Vec<CapturedPacket> = (0..3u16)
+                .map(|i| CapturedPacket {
+                    ts_ns: u64::MAX - 1_000 + u64::from(i),
+                    l3: build::ipv4(
+                        [10, 0, 0, 1],
+                        [10, 0, 0, 2],
+                        17,
+                        &build::udp(5000 + i, 53, 8),
+                    ),
+                })
+                .collect();
+            let options = ReplayOptions {
+                expire_at_end: true,
+                flush_at_end: true,
+                ..ReplayOptions::default()
+            };
+            let report = replay(
+                backend.as_mut(),
+                listeners,
+                &packets,
+                &options,
+                &mut Count(0),
+                |_| {},
+            )
+            .unwrap();
+            // Every DESTROY failed and none could be retried later: the entries wait.
+            assert_eq!(report.stats.dying, 3, "{policy}: {:?}", report.stats);
+        }
+    }
 }

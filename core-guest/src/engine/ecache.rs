@@ -444,25 +444,31 @@ impl Tracker {
         }
     }
 
+    /// Schedules the retry of a failed DESTROY. A retry always lies in the future: one whose
+    /// instant is past the end of the clock (`u64::MAX` ns) is not scheduled at all, since
+    /// firing it at the last instant would fail and reschedule it there again for ever. Such
+    /// an entry waits on the dying list (the on-drain policy still retries when the listeners
+    /// drain).
     fn after_destroy_failed(&mut self, slot: u32, from_worker: bool) {
         let now = self.now_ns;
         match self.config.retry_policy {
             RetryPolicy::Grace => {
-                let at = now.saturating_add(self.grace_delay_ns());
-                self.timers.schedule(slot, at);
+                if let Some(at) = now.checked_add(self.grace_delay_ns()) {
+                    self.timers.schedule(slot, at);
+                }
             }
             RetryPolicy::Kernel if from_worker => {
-                self.ecache
-                    .worker
-                    .schedule(now.saturating_add(KERNEL_RETRY_NS));
+                if let Some(at) = now.checked_add(KERNEL_RETRY_NS) {
+                    self.ecache.worker.schedule(at);
+                }
             }
             // On-drain waits for the host's word that the listener drained; the slow fallback
             // keeps a host that never says so from stranding entries.
             RetryPolicy::Kernel | RetryPolicy::OnDrain => {
-                if self.ecache.worker.idle() {
-                    self.ecache
-                        .worker
-                        .schedule(now.saturating_add(KERNEL_FIRST_RETRY_NS));
+                if self.ecache.worker.idle()
+                    && let Some(at) = now.checked_add(KERNEL_FIRST_RETRY_NS)
+                {
+                    self.ecache.worker.schedule(at);
                 }
             }
         }

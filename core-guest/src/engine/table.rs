@@ -364,13 +364,15 @@ impl Table {
             match e.life {
                 Life::Live => {
                     live += 1;
-                    self.index
-                        .insert((e.zone, e.orig), (slot, Direction::Original));
-                    if self
+                    let orig = self
                         .index
-                        .insert((e.zone, e.reply()), (slot, Direction::Reply))
-                        .is_some()
-                    {
+                        .insert((e.zone, e.orig), (slot, Direction::Original));
+                    let reply = self
+                        .index
+                        .insert((e.zone, e.reply()), (slot, Direction::Reply));
+                    // A self-addressed packet (`a:p -> a:p`) makes an entry whose reply tuple is
+                    // its original: one key, the reply direction, as `insert` leaves it.
+                    if orig.is_some() || reply.is_some_and(|(other, _)| other != slot) {
                         return Err("tuples (two entries with one tuple)");
                     }
                 }

@@ -5,7 +5,7 @@
 
 use super::table::Life;
 use super::*;
-use crate::config::Sysctls;
+use crate::config::{RetryPolicy, Sysctls};
 use crate::event::ExpEventBits;
 use crate::netlink::{CtAttr, CtMessage};
 use crate::proto::tcp::flag::*;
@@ -1217,7 +1217,7 @@ fn a_memory_budget_refuses_new_connections_and_keeps_the_table() {
 fn under_the_on_drain_policy_a_failed_destroy_goes_out_again_when_the_listener_drains() {
     let mut r = Run::new(false, |_| {});
     r.t = Tracker::new(Config {
-        retry_policy: crate::config::RetryPolicy::OnDrain,
+        retry_policy: RetryPolicy::OnDrain,
         ..r.t.config().clone()
     });
     r.t.set_listeners(true, true);
@@ -1299,4 +1299,71 @@ fn a_constant_backlog_keeps_the_outbox_bounded() {
         last <= first,
         "the outbox grew from {first} to {last} bytes"
     );
+}
+
+/// At the end of the clock a failed DESTROY cannot be retried later, and retrying it at the
+/// last instant would fail and fire again for ever (a host stepping time spun at 100 % CPU):
+/// under every policy, the retry is left unscheduled and the entry waits on the dying list.
+#[test]
+fn a_destroy_failing_at_the_end_of_the_clock_does_not_retry_for_ever() {
+    for policy in [
+        RetryPolicy::Grace,
+        RetryPolicy::Kernel,
+        RetryPolicy::OnDrain,
+    ] {
+        let mut t = Tracker::new(Config {
+            retry_policy: policy,
+            ..Config::default()
+        });
+        t.set_listeners(true, true);
+        let now = u64::MAX - 1_000;
+        let l4 = build::udp(5000, 53, 8);
+        t.ingest(now, 0, &build::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 17, &l4));
+        t.flush(now);
+        let mut out = Vec::new();
+        let mut sent = 0;
+        for _ in 0..100 {
+            t.advance(u64::MAX);
+            out.clear();
+            let n = t.take_events(usize::MAX, &mut out);
+            sent += n;
+            t.report_delivery(&vec![Delivery::Failed; n]);
+        }
+        // The NEW and the first DESTROY, and at most one retry at the last instant.
+        assert!(
+            sent <= 3,
+            "{policy:?}: {sent} messages in 100 steps at the last instant"
+        );
+        assert_eq!(t.stats().dying, 1, "{policy:?}");
+    }
+}
+
+/// Whatever the engine can reach, its snapshot restores: a self-addressed packet (its reply
+/// tuple is its original tuple) and a clock past 2^63 ns used to make `restore` refuse the
+/// tracker's own snapshot ("two entries with one tuple", "timer wheel's clock").
+#[test]
+fn states_reached_by_legitimate_packets_restore() {
+    let self_addressed = build::ipv4([10, 0, 0, 1], [10, 0, 0, 1], 17, &build::udp(5000, 5000, 8));
+    let other = build::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 17, &build::udp(5001, 53, 8));
+    for start in [T0, 1 << 63, u64::MAX - 10 * S] {
+        let mut t = Tracker::new(Config::default());
+        assert_eq!(t.ingest(start, 0, &self_addressed), Verdict::New);
+        t.ingest(start, 0, &other);
+        let snapshot = t.snapshot();
+        let mut restored = Tracker::restore(&snapshot)
+            .unwrap_or_else(|e| panic!("at {start}: its own snapshot refused: {e}"));
+        assert!(restored.snapshot() == snapshot, "at {start}");
+        // Both go on alike: the self-addressed flow is found again, and time runs out the same.
+        for t in [&mut t, &mut restored] {
+            assert_eq!(
+                t.ingest(start + S, 0, &self_addressed),
+                Verdict::EstablishedReply
+            );
+            t.advance(start.saturating_add(3600 * S));
+        }
+        assert!(
+            t.snapshot() == restored.snapshot(),
+            "at {start}: the runs diverged"
+        );
+    }
 }
