@@ -40,7 +40,7 @@ pub struct WatchArgs {
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
     /// Stop after this many seconds.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = crate::values::seconds)]
     duration: Option<f64>,
     /// Stop after this many event messages.
     #[arg(long, value_name = "N")]

@@ -23,7 +23,7 @@ pub struct ListenArgs {
     /// The Unix datagram socket to bind (must not exist yet; removed at the end).
     socket: PathBuf,
     /// Messages read per second (default: as fast as they come).
-    #[arg(long, value_name = "MSGS_PER_S")]
+    #[arg(long, value_name = "MSGS_PER_S", value_parser = crate::values::rate)]
     rate: Option<f64>,
     /// Output format of the events.
     #[arg(long, value_enum, default_value = "conntrack")]
@@ -35,7 +35,7 @@ pub struct ListenArgs {
     #[arg(long, value_name = "N")]
     count: Option<u64>,
     /// Stop after this many seconds.
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", value_parser = crate::values::seconds)]
     duration: Option<f64>,
     /// No counts on stderr.
     #[arg(long, short = 'q')]

@@ -27,6 +27,7 @@ mod shadow_cmd;
 #[cfg(target_os = "linux")]
 mod signals;
 mod stress_cmd;
+mod values;
 
 #[derive(Parser, Debug)]
 #[command(

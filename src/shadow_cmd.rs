@@ -16,14 +16,14 @@ pub struct ShadowArgs {
     #[arg(long, default_value = "lo")]
     interface: String,
     /// Stop after this many seconds (default: at SIGINT or SIGTERM).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = crate::values::seconds)]
     duration: Option<f64>,
     /// Run the engine with this sysctl instead of the kernel's (repeatable), e.g.
     /// net.netfilter.nf_conntrack_tcp_timeout_time_wait=30.
     #[arg(long = "sysctl", value_name = "NAME=VALUE")]
     sysctls: Vec<String>,
     /// Seconds between running counts.
-    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 5.0, value_name = "SECS", value_parser = crate::values::seconds)]
     report_every: f64,
     /// Print every flow side by side at the end, not only the divergent ones.
     #[arg(long, short = 'v')]

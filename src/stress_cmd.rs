@@ -31,7 +31,8 @@ pub struct StressArgs {
     #[arg(long, default_value_t = 100_000)]
     flows: u64,
     /// New connections per simulated second.
-    #[arg(long, value_name = "FLOWS_PER_S", default_value_t = 100_000.0)]
+    #[arg(long, value_name = "FLOWS_PER_S", default_value_t = 100_000.0,
+          value_parser = crate::values::rate)]
     flow_rate: f64,
     /// The listener's effective receive buffer, bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 2048)]

@@ -84,20 +84,22 @@ pub enum CtnlError {
     ThreadPanicked,
 }
 
+/// The causes that `source` returns (the OS error, the decode error) are not repeated here:
+/// a report that prints the chain (`{:#}`) shows each once.
 impl fmt::Display for CtnlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CtnlError::Netns { name, source } => {
-                write!(f, "cannot enter network namespace `{name}`: {source}")
+            CtnlError::Netns { name, .. } => {
+                write!(f, "cannot enter network namespace `{name}`")
             }
-            CtnlError::Socket { op, source } => write!(f, "netlink {op}: {source}"),
+            CtnlError::Socket { op, .. } => write!(f, "netlink {op}"),
             CtnlError::Kernel { request, errno } => write!(
                 f,
                 "ctnetlink {request}: {}",
                 io::Error::from_raw_os_error(*errno)
             ),
-            CtnlError::Decode { request, error } => {
-                write!(f, "ctnetlink {request}: reply does not decode: {error}")
+            CtnlError::Decode { request, .. } => {
+                write!(f, "ctnetlink {request}: reply does not decode")
             }
             CtnlError::Truncated { len } => {
                 write!(
@@ -761,6 +763,17 @@ mod tests {
     use super::*;
     use ctwasm_core::netlink::RawAttr;
     use proptest::prelude::*;
+
+    /// A namespace that does not exist: the report names it and gives the OS error once.
+    #[test]
+    fn a_namespace_error_says_the_os_error_once() {
+        let err = crate::netns::in_netns(Some("ctwasm-no-such-namespace"), || ()).unwrap_err();
+        let report = format!("{:#}", anyhow::Error::new(err));
+        let os = io::Error::from_raw_os_error(libc::ENOENT).to_string();
+        let os = os.split(" (os error").next().unwrap();
+        assert_eq!(report.matches(os).count(), 1, "{report}");
+        assert!(report.contains("ctwasm-no-such-namespace"), "{report}");
+    }
 
     fn stats_reply(cpu: u16, counters: &[(u16, u32)], seq: u32) -> Vec<u8> {
         let mut m = request(

@@ -99,9 +99,14 @@ impl SocketListenerConfig {
                 Some(("buffer" | "rcvbuf", v)) => c.buffer = parse_bytes(v)?,
                 Some(("groups", v)) => c.groups = parse_groups(v)?,
                 Some(("name", v)) if !v.is_empty() => c.name = v.to_string(),
+                // Bounded so that a simulated second maps onto a real `Duration` (at most
+                // about eleven days of real time per simulated second).
                 Some(("pace", v)) => match v.parse::<f64>() {
-                    Ok(p) if p.is_finite() && p > 0.0 => c.pace = Some(p),
-                    _ => bail!("pace `{v}` is not a positive number of simulated s per real s"),
+                    Ok(p) if (1e-6..=1e9).contains(&p) => c.pace = Some(p),
+                    _ => bail!(
+                        "pace `{v}` is not a number of simulated s per real s from 0.000001 to \
+                         1000000000"
+                    ),
                 },
                 None if part == "reliable" || part == "broadcast-error" => c.broadcast_error = true,
                 _ => bail!(
