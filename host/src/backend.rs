@@ -15,7 +15,7 @@ use ctwasm_core::engine::expect::FLAG_PERMANENT;
 use ctwasm_core::netlink::Counters;
 use ctwasm_core::{
     Addr, Config, Delivery, Direction, EntryView, ExpectError, ExpectMask, ExpectStats, Family,
-    L4Tuple, RetryPolicy, Stats, Status, TcpState, Tracker, Tuple,
+    L4Tuple, RetryPolicy, Stats, Status, TcpState, Tracker, Tuple, Verdict,
 };
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
@@ -614,6 +614,50 @@ impl ComponentBackend {
     }
 }
 
+/// Checks what a guest answered to `ingest`: one verdict for each packet the batch frames (up
+/// to the first broken frame, where the engine stops), each a verdict the WIT lists. A guest
+/// that says otherwise is off contract: its answer is not passed on.
+fn check_verdicts(packets: &[u8], verdicts: &[u8]) -> Result<()> {
+    let framed = ctwasm_core::batch::packets(packets)
+        .take_while(Result::is_ok)
+        .count();
+    if verdicts.len() != framed {
+        return Err(anyhow::Error::new(ComponentFault::OffContract(format!(
+            "the component's `ingest` gave {} verdicts for {framed} packets",
+            verdicts.len()
+        ))));
+    }
+    // The discriminants run from 0 to `Untracked`: one comparison a byte, which vectorizes.
+    if verdicts.iter().any(|&v| v > Verdict::Untracked as u8) {
+        let v = verdicts.iter().max().expect("not empty");
+        return Err(anyhow::Error::new(ComponentFault::OffContract(format!(
+            "the component's `ingest` gave verdict {v}, which the WIT does not list"
+        ))));
+    }
+    Ok(())
+}
+
+/// The number of event messages in what a guest answered to `take-events(max)`: every frame
+/// must be whole, and there may be no more than `max`.
+fn count_event_frames(bytes: &[u8], max: u32) -> Result<usize> {
+    let mut n = 0usize;
+    for frame in ctwasm_core::batch::events(bytes) {
+        if let Err(e) = frame {
+            return Err(anyhow::Error::new(ComponentFault::OffContract(format!(
+                "the component's `take-events` gave a broken frame at byte {}",
+                e.offset
+            ))));
+        }
+        n += 1;
+    }
+    if n > max as usize {
+        return Err(anyhow::Error::new(ComponentFault::OffContract(format!(
+            "the component's `take-events({max})` gave {n} messages"
+        ))));
+    }
+    Ok(n)
+}
+
 /// The most bytes of a snapshot one call moves across the boundary: far below the ~128 MB
 /// wasmtime copies in one call, and large enough that a 150 MB snapshot takes ten calls.
 const SNAPSHOT_PIECE: u32 = 16 << 20;
@@ -773,6 +817,7 @@ impl Backend for ComponentBackend {
     }
     fn ingest(&mut self, now_ns: u64, packets: &[u8], verdicts: &mut Vec<u8>) -> Result<()> {
         let ingested = call!(self.call_ingest(now_ns, packets))?;
+        check_verdicts(packets, &ingested.verdicts)?;
         verdicts.extend_from_slice(&ingested.verdicts);
         self.queued_events = Some(ingested.queued_events);
         Ok(())
@@ -792,7 +837,7 @@ impl Backend for ComponentBackend {
             let chunk = (max - taken as u32).min(TAKE_CHUNK);
             let known = self.queued_events;
             let bytes = call!(self.call_take_events(chunk))?;
-            let n = ctwasm_core::batch::events(&bytes).count();
+            let n = count_event_frames(&bytes, chunk)?;
             out.extend_from_slice(&bytes);
             taken += n;
             self.queued_events = if n < chunk as usize {
@@ -1122,7 +1167,7 @@ mod tests {
         backend.ingest(1, &batch, &mut verdicts).expect("no trap");
         let refused = verdicts
             .iter()
-            .filter(|&&v| v == ctwasm_core::Verdict::Drop as u8)
+            .filter(|&&v| v == Verdict::Drop as u8)
             .count();
         assert!(refused > 0, "the cap was never reached");
         let stats = backend.stats().expect("the instance lives");
@@ -1222,6 +1267,63 @@ mod snapshot_tests {
             );
         }
         assert!(restore_backend(BackendKind::Component, b"not a snapshot").is_err());
+    }
+}
+
+#[cfg(test)]
+mod guest_answer_tests {
+    //! What the host accepts from a guest, checked without a hostile component: the pure
+    //! checks `ComponentBackend` applies to every answer.
+
+    use super::*;
+    use ctwasm_core::batch;
+
+    fn batch_of(n: usize) -> Vec<u8> {
+        let mut b = Vec::new();
+        for _ in 0..n {
+            batch::push_packet(&mut b, 1, 0, &[0x45, 0, 0, 20]);
+        }
+        b
+    }
+
+    #[test]
+    fn verdicts_must_match_the_packets_one_for_one() {
+        let ten = batch_of(10);
+        assert!(check_verdicts(&ten, &[Verdict::New as u8; 10]).is_ok());
+        for wrong in [0usize, 9, 11, 50_000] {
+            let err = check_verdicts(&ten, &vec![0; wrong]).unwrap_err();
+            assert!(
+                matches!(err.downcast_ref(), Some(ComponentFault::OffContract(_))),
+                "{wrong}: {err:#}"
+            );
+        }
+        assert!(
+            check_verdicts(&ten, &[200; 10]).is_err(),
+            "an unlisted verdict"
+        );
+        // A batch cut inside its third frame has two verdicts, as the engine gives.
+        let mut cut = batch_of(3);
+        cut.truncate(cut.len() - 2);
+        assert!(check_verdicts(&cut, &[0, 0]).is_ok());
+        assert!(check_verdicts(&cut, &[0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn taken_events_must_be_whole_frames_and_no_more_than_asked() {
+        let mut events = Vec::new();
+        for _ in 0..3 {
+            let at = batch::begin_event(&mut events, Default::default(), 1, 0, 5);
+            events.extend_from_slice(&[0u8; 20]);
+            batch::finish_event(&mut events, at);
+        }
+        assert_eq!(count_event_frames(&events, 3).unwrap(), 3);
+        assert!(count_event_frames(&events, 2).is_err(), "more than asked");
+        assert!(
+            count_event_frames(&events[..events.len() - 1], 3).is_err(),
+            "a cut frame"
+        );
+        assert!(count_event_frames(&[0xff; 7], 10).is_err(), "garbage");
+        assert_eq!(count_event_frames(&[], 10).unwrap(), 0);
     }
 }
 
