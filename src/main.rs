@@ -57,7 +57,8 @@ enum Command {
     /// Read a socket listener's event messages from its Unix socket at a chosen pace; print them.
     Listen(listen_cmd::ListenArgs),
     /// Run the engine beside the kernel on a namespace's live packets; report, flow by flow,
-    /// whether their events agree.
+    /// whether their events agree. Exit status: 0 when every flow agreed, 2 when some diverged,
+    /// 1 on an error.
     Shadow(shadow_cmd::ShadowArgs),
     /// Write the WebAssembly component this binary embeds (the one `--backend component` runs).
     Component(artifacts_cmd::ComponentArgs),
@@ -68,9 +69,10 @@ enum Command {
 /// `--format`; with `-o` it becomes an [`output::Format`] ([`output_format`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum FormatArg {
-    /// As `conntrack -E` prints them.
+    /// The lines conntrack-tools prints: `conntrack -E` for events, `conntrack -L` for
+    /// entries.
     Conntrack,
-    /// One JSON object per event message.
+    /// One JSON object a line: an event message, or an entry.
     Json,
 }
 
@@ -110,7 +112,9 @@ struct ReplayArgs {
     /// Flush the table (conntrack -F) after the last packet.
     #[arg(long)]
     flush_at_end: bool,
-    /// After the last packet, let simulated time run until every entry has timed out.
+    /// After the last packet, let simulated time run until every entry has timed out (up to
+    /// six days, past the longest default timeout). Without it, time runs on for one hour after
+    /// the last packet, so this matters only for timeouts longer than that.
     #[arg(long)]
     expire_at_end: bool,
     /// Seed of the tracker's random choices (ids, grace delays).
@@ -283,7 +287,13 @@ fn print_summary(path: &std::path::Path, backend: &str, skipped: u64, r: &Replay
     };
     let _ = writeln!(e, "  conntrack: {}", line(kernel));
     let _ = writeln!(e, "  events: {}", line(events));
-    for (name, l) in &r.listeners {
+    for (i, (name, l)) in r.listeners.iter().enumerate() {
+        // Unnamed listeners (the spec's default name) are told apart by their position.
+        let name = if name == "listener" {
+            format!("{}", i + 1)
+        } else {
+            name.clone()
+        };
         let _ = writeln!(e, "  listener {name}: {l}");
     }
 }

@@ -48,3 +48,46 @@ fn absurd_seconds_and_rates_are_refused_before_the_run() {
         "pace",
     );
 }
+
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ctwasm"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Rough edges a new user hit: a component file given to the native backend was ignored in
+/// silence; an unnamed listener was reported as "listener listener"; `list --help` described
+/// event messages; `shadow`'s exit status 2 was not in its help.
+#[test]
+fn rough_edges_a_new_user_hit() {
+    let capture = "tests/captures/tcp-close-v4.pcap";
+    let (code, _, stderr) = run(&[
+        "replay",
+        capture,
+        "--backend",
+        "native",
+        "--component",
+        "/nonexistent.wasm",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("component backend"), "{stderr}");
+
+    let (code, _, stderr) = run(&["replay", capture, "--listener", "reliable"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("listener 1:"), "{stderr}");
+    assert!(!stderr.contains("listener listener"), "{stderr}");
+
+    let (_, help, _) = run(&["list", "--help"]);
+    assert!(help.contains("conntrack -L"), "{help}");
+    assert!(!help.contains("per event message"), "{help}");
+
+    let (_, help, _) = run(&["help"]);
+    assert!(help.contains("2 when some diverged"), "{help}");
+}

@@ -5,12 +5,14 @@
 //! high-rate paths cross as one buffer per batch. Both formats are little-endian and fixed, so a
 //! batch is the same bytes on every platform and in every component runtime.
 //!
-//! Packet batch: for each packet, a 16-byte header then the packet's bytes:
-//! `ts_ns: u64 | zone: u16 | mark: u16 (reserved, 0) | len: u32 | len bytes of L3 packet`.
+//! Packet batch: for each packet, a 16-byte header then the packet's bytes (the WIT's `ingest`
+//! says the same): `ts_ns: u64le | zone: u16le | reserved: u16le | len: u32le | len bytes`; the
+//! reserved field is written 0 and not read.
 //!
-//! Event batch: for each message, a 16-byte header then the ctnetlink message:
-//! `frame_len: u32 (header included) | events: u16 (IPCT_* bits carried) | group: u8 | flags: u8 |
-//! ts_ns: u64 | ctnetlink bytes`. `flags` bit 0 marks a redelivered DESTROY.
+//! Event batch: for each message, a 16-byte header then the ctnetlink message (the WIT's
+//! `take-events` says the same): `frame_len: u32le | events: u16le | group: u8 | flags: u8 |
+//! ts_ns: u64le | ctnetlink message`. `frame_len` counts the header; `events` holds the IPCT_*
+//! bits carried; `flags` bit 0 marks a redelivered DESTROY.
 
 use crate::event::EventBits;
 
@@ -144,6 +146,29 @@ pub fn events(batch: &[u8]) -> impl Iterator<Item = Result<EventFrame<'_>, Frami
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The frame layouts this module documents are the ones the WIT documents, word for word.
+    #[test]
+    fn the_frame_layouts_are_the_wits() {
+        let wit: String = include_str!("../../wit/ctwasm.wit")
+            .lines()
+            .map(|l| l.trim().trim_start_matches("///").trim())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let doc: String = include_str!("batch.rs")
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .map(|l| l.trim_start_matches("//!").trim())
+            .collect::<Vec<_>>()
+            .join(" ");
+        for layout in [
+            "`ts_ns: u64le | zone: u16le | reserved: u16le | len: u32le | len bytes`",
+            "`frame_len: u32le | events: u16le | group: u8 | flags: u8 | ts_ns: u64le | ctnetlink message`",
+        ] {
+            assert!(wit.contains(layout), "the WIT lacks {layout}");
+            assert!(doc.contains(layout), "batch.rs lacks {layout}");
+        }
+    }
 
     #[test]
     fn packets_round_trip_and_a_cut_frame_is_an_error() {

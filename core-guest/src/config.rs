@@ -184,12 +184,15 @@ impl Sysctls {
     }
 
     /// Applies `name=value` where `name` is a kernel sysctl name, with or without the
-    /// `net.netfilter.` prefix (`net.nf_conntrack_max` is accepted too, as in `/proc`).
+    /// `net.netfilter.` prefix (`net.nf_conntrack_max` is accepted too, as in `/proc`), with dots
+    /// or with slashes (`net/netfilter/nf_conntrack_max`).
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
-        let short = name
+        // `net/netfilter/NAME`, the form of the path under /proc/sys, as `sysctl` accepts it.
+        let dotted = name.replace('/', ".");
+        let short = dotted
             .strip_prefix("net.netfilter.")
-            .or_else(|| name.strip_prefix("net."))
-            .unwrap_or(name);
+            .or_else(|| dotted.strip_prefix("net."))
+            .unwrap_or(&dotted);
         let bad = |expected: &'static str| ConfigError::BadValue {
             name: name.to_string(),
             value: value.to_string(),
@@ -306,6 +309,16 @@ mod tests {
             .unwrap();
         assert_eq!(s.tcp_timeout(TcpState::TimeWait), 3);
         assert_eq!(s.tcp_timeout(TcpState::None), 7);
+        // The /proc/sys path form, as `sysctl` takes it.
+        s.set("net/netfilter/nf_conntrack_udp_timeout", "11")
+            .unwrap();
+        s.set("net/nf_conntrack_max", "101").unwrap();
+        assert_eq!((s.udp_timeout, s.max), (11, 101));
+        s.set("net.nf_conntrack_max", "100").unwrap();
+        assert!(matches!(
+            s.set("net/netfilter/nf_conntrack_bogus", "1"),
+            Err(ConfigError::UnknownSysctl(name)) if name == "net/netfilter/nf_conntrack_bogus"
+        ));
         assert_eq!((s.udp_timeout_stream, s.max), (4, 100));
         assert!(matches!(
             s.set("nf_conntrack_events", "3"),

@@ -245,6 +245,13 @@ pub fn open_backend(
             if settings.fault.is_some() {
                 bail!("fault injection is a component feature: use the component backend");
             }
+            if let Some(path) = component {
+                bail!(
+                    "a component file ({}) is for the component backend; the native backend \
+                     runs the engine linked into this binary",
+                    path.display()
+                );
+            }
             Box::new(NativeBackend::new(settings.engine_config()?))
         }
         BackendKind::Component => {
