@@ -330,8 +330,8 @@ impl TrackerBuilder {
     /// change the tracker and a journal in between; after a trap or an overrun deadline the
     /// tracker continues on a fresh instance at the exact state it had, and the failing call
     /// is tried once more (if it fails again it is dropped: [`Fault::Dropped`]). Costs a
-    /// snapshot per checkpoint; a table too large for one snapshot copy (about 0.9 million
-    /// entries) keeps its older checkpoint and a longer journal.
+    /// snapshot per checkpoint (about 30 ms at 100 000 entries, 0.3 s at a million); a
+    /// checkpoint that cannot be taken keeps the older one and a longer journal.
     pub fn checkpoint_every(mut self, calls: usize) -> Self {
         self.settings.checkpoint_every = Some(calls.max(1));
         self
