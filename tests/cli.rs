@@ -91,3 +91,40 @@ fn rough_edges_a_new_user_hit() {
     let (_, help, _) = run(&["help"]);
     assert!(help.contains("2 when some diverged"), "{help}");
 }
+
+/// The README's first command prints what its comment says: the lines of
+/// `tests/captures/tcp-close-v4.events`, but for the ids, the bracketed times and the DESTROY's
+/// time, which the README names.
+#[test]
+fn the_readmes_first_command_prints_the_kernels_lines() {
+    let readme = include_str!("../README.md");
+    let command: String = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("cargo run --release -- replay"))
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.trim_end_matches('\\').trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let args: Vec<&str> = command
+        .strip_prefix("cargo run --release -- ")
+        .expect("the README's first command")
+        .split_whitespace()
+        .collect();
+    let (code, stdout, stderr) = run(&args);
+    assert_eq!(code, Some(0), "{stderr}");
+    // Without the id and the bracketed time; the DESTROY's counters, delta-time and stamps
+    // stay in.
+    let strip = |line: &str| -> String {
+        let line = line.split_once('\t').map_or(line, |(_, rest)| rest);
+        line.split_whitespace()
+            .filter(|w| !w.starts_with("id="))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let ours: Vec<String> = stdout.lines().map(strip).collect();
+    let kernel: Vec<String> = include_str!("captures/tcp-close-v4.events")
+        .lines()
+        .map(strip)
+        .collect();
+    assert_eq!(ours, kernel);
+}
