@@ -483,6 +483,10 @@ impl Listener {
     pub fn queued_messages(&self) -> usize {
         self.queue.len()
     }
+    /// Messages of conntrack group `group` in the socket's queue, not yet read.
+    pub fn queued_in_group(&self, group: u8) -> usize {
+        self.queue.iter().filter(|q| q.group == group).count()
+    }
     /// Whether the socket refuses everything until its reader empties the queue.
     pub fn is_congested(&self) -> bool {
         self.congested
