@@ -131,11 +131,7 @@ fn udp_packet(flow: u32, reply: bool) -> Vec<u8> {
 }
 
 /// Ingests one packet of each flow in `flows`, returns the verdicts.
-fn ingest_flows(
-    tracker: &mut ComponentBackend,
-    now: u64,
-    flows: impl Iterator<Item = u32>,
-) -> Vec<u8> {
+fn ingest_flows(tracker: &mut dyn Backend, now: u64, flows: impl Iterator<Item = u32>) -> Vec<u8> {
     let mut batch = Vec::new();
     for flow in flows {
         batch::push_packet(&mut batch, now, 0, &udp_packet(flow, false));
@@ -145,6 +141,20 @@ fn ingest_flows(
         .ingest(now, &batch, &mut verdicts)
         .expect("the guest survives");
     verdicts
+}
+
+/// A component tracker with room for `flows` entries and one UDP entry for each of them,
+/// ingested in batches of 50 000.
+fn component_with_flows(flows: u32) -> Box<dyn Backend> {
+    let settings = TrackerSettings {
+        sysctls: vec![("nf_conntrack_max".into(), (flows + 1000).to_string())],
+        ..TrackerSettings::default()
+    };
+    let mut b = open_backend(BackendKind::Component, &settings, None).unwrap();
+    for start in (0..flows).step_by(50_000) {
+        ingest_flows(b.as_mut(), S, start..(start + 50_000).min(flows));
+    }
+    b
 }
 
 #[test]
@@ -455,21 +465,7 @@ fn more_or_fewer_delivery_reports_than_messages_taken_are_harmless() {
 #[test]
 fn a_snapshot_of_a_million_entries_crosses_the_boundary() {
     const FLOWS: u32 = 1_000_000;
-    let settings = TrackerSettings {
-        sysctls: vec![("nf_conntrack_max".into(), (FLOWS + 1000).to_string())],
-        ..TrackerSettings::default()
-    };
-    let mut b = open_backend(BackendKind::Component, &settings, None).unwrap();
-    let mut verdicts = Vec::new();
-    for start in (0..FLOWS).step_by(50_000) {
-        let mut batch = Vec::new();
-        for i in start..start + 50_000 {
-            let a = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
-            let l4 = build::udp(1000 + (i % 50_000) as u16, 53, 8);
-            batch::push_packet(&mut batch, S, 0, &build::ipv4(a, [10, 255, 0, 1], 17, &l4));
-        }
-        b.ingest(S, &batch, &mut verdicts).unwrap();
-    }
+    let mut b = component_with_flows(FLOWS);
     let snapshot = b.snapshot().unwrap();
     assert!(snapshot.len() > 128 << 20, "only {} bytes", snapshot.len());
     let mut restored = ComponentBackend::restore(&snapshot).unwrap();
@@ -484,10 +480,8 @@ fn a_snapshot_of_a_million_entries_crosses_the_boundary() {
         "the native engine's snapshot differs"
     );
     // Both go on alike: a reply finds its entry.
-    let l4 = build::udp(53, 1000, 8);
-    let reply = build::ipv4([10, 255, 0, 1], [10, 0, 0, 0], 17, &l4);
     let mut batch = Vec::new();
-    batch::push_packet(&mut batch, 2 * S, 0, &reply);
+    batch::push_packet(&mut batch, 2 * S, 0, &udp_packet(0, true));
     for t in [&mut restored as &mut dyn Backend, native.as_mut()] {
         let mut v = Vec::new();
         t.ingest(2 * S, &batch, &mut v).unwrap();
@@ -501,22 +495,7 @@ fn a_snapshot_of_a_million_entries_crosses_the_boundary() {
 #[test]
 fn taking_more_events_than_one_call_can_copy_strands_nothing() {
     const FLOWS: u32 = 450_000;
-    let settings = TrackerSettings {
-        sysctls: vec![("nf_conntrack_max".into(), (FLOWS + 1000).to_string())],
-        ..TrackerSettings::default()
-    };
-    let mut b = open_backend(BackendKind::Component, &settings, None).unwrap();
-    let mut verdicts = Vec::new();
-    for start in (0..FLOWS).step_by(50_000) {
-        let mut batch = Vec::new();
-        for i in start..start + 50_000 {
-            let a = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
-            let port = 1000 + (i % 50_000) as u16;
-            let l4 = build::udp(port, 53, 8);
-            batch::push_packet(&mut batch, S, 0, &build::ipv4(a, [10, 255, 0, 1], 17, &l4));
-        }
-        b.ingest(S, &batch, &mut verdicts).unwrap();
-    }
+    let mut b = component_with_flows(FLOWS);
     b.flush(2 * S).unwrap();
     // A NEW and a DESTROY per flow: 900 000 messages, about 148 MB of frames.
     let mut out = Vec::new();
