@@ -1645,23 +1645,11 @@ mod boundary_tests {
         let snapshot = b.snapshot().unwrap();
         assert_eq!(try_restore(&mut b, &snapshot), Ok(()));
 
-        // xorshift64: reproducible noise without a dependency.
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
         let mut n = 0;
-        for round in 0..200 {
-            let len = (next() % 4096) as usize;
-            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            if round % 2 == 1 {
-                // Past the magic, into the parser proper.
-                let keep = snapshot.len().min(8 + round);
-                bytes.splice(0..0, snapshot[..keep].iter().copied());
-            }
+        for (round, bytes) in crate::testing::snapshot_noise(&snapshot, 200, 4096)
+            .into_iter()
+            .enumerate()
+        {
             assert_eq!(
                 try_restore(&mut b, &bytes),
                 Err(ErrorCode::BadSnapshot),

@@ -46,6 +46,7 @@ pub mod output;
 pub mod replay;
 pub mod resilient;
 pub mod stress;
+pub mod testing;
 
 pub use embed::{
     BackendKind, Batch, ConfigError, Connection, Delivery, Direction, EVENT_CHUNK, EntryView,

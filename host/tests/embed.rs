@@ -425,21 +425,11 @@ fn hostile_snapshots_are_refused_and_leave_the_tracker_usable() {
             t.ingest_packet(1_000 + i as u64, 0, &udp(i)).unwrap();
         }
         let snapshot = t.snapshot().unwrap();
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
         let mut n = 0;
-        for round in 0..50 {
-            let len = (next() % 2048) as usize;
-            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            if round % 2 == 1 {
-                let keep = snapshot.len().min(8 + round);
-                bytes.splice(0..0, snapshot[..keep].iter().copied());
-            }
+        for (round, bytes) in ctwasm_host::testing::snapshot_noise(&snapshot, 50, 2048)
+            .into_iter()
+            .enumerate()
+        {
             assert_eq!(
                 t.restore(&bytes),
                 Err(Error::Refused(Refusal::BadSnapshot)),

@@ -285,6 +285,8 @@ mod tests {
     use super::*;
     use crate::engine::ecache::Source;
     use crate::event::{EventBits, MessageKind};
+    use rand::{RngExt, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
 
     fn pending() -> Pending {
         Pending {
@@ -307,14 +309,11 @@ mod tests {
     fn the_chunked_queue_is_a_fifo() {
         let mut queue = ChunkedQueue::default();
         let mut model = VecDeque::new();
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
         let mut next = 0u64;
         for _ in 0..200_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
             // Pushes win slightly, then pops, so the queue grows and empties more than once.
-            let push = (state % 100) < if next < 60_000 { 55 } else { 40 };
+            let push = rng.random_range(0..100) < if next < 60_000 { 55 } else { 40 };
             if push {
                 assert!(queue.try_reserve_one());
                 queue.push_back(next);
