@@ -11,7 +11,7 @@ use std::time::Duration;
 use ctwasm_core::wire::build;
 use ctwasm_host::{
     BackendKind, Batch, ConfigError, Connection, Delivery, Direction, Error, ExpectMask, Fault,
-    GuestFault, Listeners, Refusal, Tracker, Verdict, port_tuple,
+    GuestFault, Listeners, Refusal, Tracker, Tuple, Verdict, port_tuple,
 };
 
 const BOTH: [BackendKind; 2] = [BackendKind::Native, BackendKind::Component];
@@ -31,6 +31,11 @@ fn udp(i: u32) -> Vec<u8> {
 }
 
 /// The tracker answers after whatever came before: a new UDP flow is `New`.
+/// The `proto` tuple between two socket addresses, as `port_tuple` makes it.
+fn socket_tuple(proto: u8, src: &str, dst: &str) -> Tuple {
+    port_tuple(proto, src.parse().unwrap(), dst.parse().unwrap()).unwrap()
+}
+
 fn assert_usable(t: &mut Tracker, n: u32) {
     let v = t.ingest_packet(1_000_000_000 + n as u64, 0, &udp(0xfe_0000 + n));
     assert_eq!(v, Ok(Verdict::New), "after step {n}");
@@ -108,16 +113,7 @@ fn a_tracker_moves_into_an_async_task() {
         let mut t = tracker(kind);
         let task = spawn(async move {
             let conn = t
-                .open(
-                    1_000,
-                    0,
-                    &port_tuple(
-                        6,
-                        "10.0.0.1:1".parse().unwrap(),
-                        "10.0.0.2:2".parse().unwrap(),
-                    )
-                    .unwrap(),
-                )
+                .open(1_000, 0, &socket_tuple(6, "10.0.0.1:1", "10.0.0.2:2"))
                 .unwrap();
             yield_now().await;
             t.transfer(2_000, conn, Direction::Original, 100).unwrap();
@@ -173,30 +169,10 @@ fn refusals_are_typed_and_leave_the_tracker_usable() {
             .sysctl("nf_conntrack_max", 8)
             .build()
             .unwrap();
-        let control = port_tuple(
-            6,
-            "10.0.0.1:40000".parse().unwrap(),
-            "10.0.0.2:21".parse().unwrap(),
-        )
-        .unwrap();
-        let data = port_tuple(
-            6,
-            "10.0.0.2:20".parse().unwrap(),
-            "10.0.0.1:50000".parse().unwrap(),
-        )
-        .unwrap();
-        let other = port_tuple(
-            6,
-            "10.0.0.2:20".parse().unwrap(),
-            "10.0.0.1:50001".parse().unwrap(),
-        )
-        .unwrap();
-        let third = port_tuple(
-            6,
-            "10.0.0.2:20".parse().unwrap(),
-            "10.0.0.1:50002".parse().unwrap(),
-        )
-        .unwrap();
+        let control = socket_tuple(6, "10.0.0.1:40000", "10.0.0.2:21");
+        let data = socket_tuple(6, "10.0.0.2:20", "10.0.0.1:50000");
+        let other = socket_tuple(6, "10.0.0.2:20", "10.0.0.1:50001");
+        let third = socket_tuple(6, "10.0.0.2:20", "10.0.0.1:50002");
         let mask = ExpectMask::default();
 
         let master = t.open(1_000, 0, &control).unwrap();
@@ -234,16 +210,7 @@ fn refusals_are_typed_and_leave_the_tracker_usable() {
             .map(|i| t.ingest_packet(3_000 + i as u64, 0, &udp(i)))
             .find(|v| *v == Ok(Verdict::Drop));
         assert_eq!(full, Some(Ok(Verdict::Drop)), "{kind:?}");
-        let refused = t.open(
-            4_000,
-            0,
-            &port_tuple(
-                17,
-                "10.9.0.1:1".parse().unwrap(),
-                "10.9.0.2:2".parse().unwrap(),
-            )
-            .unwrap(),
-        );
+        let refused = t.open(4_000, 0, &socket_tuple(17, "10.9.0.1:1", "10.9.0.2:2"));
         assert_eq!(refused, Err(Error::Refused(Refusal::TableFull)), "{kind:?}");
     }
 }
@@ -312,12 +279,7 @@ fn the_memory_limit_is_applied() {
 fn a_handle_of_a_dead_connection_is_refused() {
     for kind in BOTH {
         let mut t = tracker(kind);
-        let tuple = port_tuple(
-            6,
-            "10.0.0.1:40000".parse().unwrap(),
-            "10.0.0.2:443".parse().unwrap(),
-        )
-        .unwrap();
+        let tuple = socket_tuple(6, "10.0.0.1:40000", "10.0.0.2:443");
         let conn = t.open(1_000, 0, &tuple).unwrap();
         let entry = t.dump().unwrap().remove(0);
         assert_eq!(Connection::of_entry(&entry), conn);
@@ -334,12 +296,7 @@ fn a_handle_of_a_dead_connection_is_refused() {
             t.close(2_000, impostor, true),
             Err(Error::Refused(Refusal::UnknownConnection))
         );
-        let data = port_tuple(
-            6,
-            "10.0.0.2:20".parse().unwrap(),
-            "10.0.0.1:5000".parse().unwrap(),
-        )
-        .unwrap();
+        let data = socket_tuple(6, "10.0.0.2:20", "10.0.0.1:5000");
         assert_eq!(
             t.expect(2_000, impostor, &data, ExpectMask::default(), 60, false),
             Err(Error::Refused(Refusal::UnknownMaster))
