@@ -41,12 +41,10 @@ impl Outbox {
         // Frames queued one after the other lie back to back in a block: they are copied out as
         // one run, `start..end` of the stream.
         let mut run: Option<(u64, u64)> = None;
-        while n < max && self.in_flight.try_reserve_one() {
-            let Some(p) = self.queued.pop_front() else {
-                break;
-            };
+        while n < max && self.queued.len() > 0 && self.in_flight.try_reserve_one() {
+            let p = self.queued.pop_front().expect("a queued message");
             let end = p.start + u64::from(p.len);
-            let starts_block = p.start % BLOCK_LEN as u64 == 0;
+            let starts_block = p.start.is_multiple_of(BLOCK_LEN as u64);
             run = match run {
                 Some((start, run_end)) if run_end == p.start && !starts_block => Some((start, end)),
                 Some((start, run_end)) => {
