@@ -20,6 +20,8 @@ use ctwasm_host::capture::read_capture;
 struct Recorded {
     script: Vec<u8>,
     output: Vec<u8>,
+    /// Where the script goes on after its first snapshot call.
+    after_first_snapshot: Option<usize>,
 }
 
 impl Recorded {
@@ -89,6 +91,7 @@ fn record(backend: &mut dyn Backend, rec: &mut Recorded, capture: &Path) {
         pump(backend, rec);
         if i == batches.len() / 2 {
             rec.op(7, &[]);
+            rec.after_first_snapshot.get_or_insert(rec.script.len());
             rec.answer(7, &backend.snapshot().unwrap());
         }
     }
@@ -223,37 +226,7 @@ fn a_snapshot_taken_under_node_continues_under_wasmtime_and_natively() {
     let node_answers = answers(&node);
     let half = node_answers.iter().position(|(op, _)| *op == 7).unwrap();
     let snapshot = node_answers[half].1;
-    let script_half = {
-        // Skip the script up to and including its first snapshot call (opcode 7, no arguments):
-        // replay the script's ops to find where it is.
-        let mut at = 0;
-        let s = &rec.script;
-        loop {
-            let op = s[at];
-            at += 1;
-            match op {
-                1 => {
-                    at += 8;
-                    let n = u32::from_le_bytes(s[at..at + 4].try_into().unwrap());
-                    at += 4;
-                    assert_eq!(n, 0);
-                }
-                2 => at += 1,
-                3 => {
-                    let len = u32::from_le_bytes(s[at + 8..at + 12].try_into().unwrap()) as usize;
-                    at += 12 + len;
-                }
-                4 | 9 => at += 8,
-                5 => at += 4,
-                6 => {
-                    let n = u32::from_le_bytes(s[at..at + 4].try_into().unwrap()) as usize;
-                    at += 4 + n;
-                }
-                7 => break at,
-                _ => unreachable!("opcode {op}"),
-            }
-        }
-    };
+    let script_half = rec.after_first_snapshot.expect("a snapshot half way");
     for kind in [BackendKind::Component, BackendKind::Native] {
         let mut restored = restore_backend(kind, snapshot).unwrap();
         let mut out = Recorded::default();
