@@ -4,12 +4,7 @@
 use std::process::Command;
 
 fn refused(args: &[&str], expect: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ctwasm"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let code = out.status.code();
+    let (code, _, stderr) = run(args);
     assert!(
         matches!(code, Some(1 | 2)),
         "{args:?}: exit {code:?}, stderr:\n{stderr}"
