@@ -240,7 +240,7 @@ impl Tracker {
             // The outbox cannot grow inside the memory limit: the message fails as if a
             // listener's buffer were full (a reliable listener's DESTROY is retried later; other
             // listeners lose it, as they would on ENOBUFS).
-            self.stats.events_failed += 1;
+            self.stats.events_failed = self.stats.events_failed.wrapping_add(1);
             let result = if self.reliable_listener {
                 Delivery::Failed
             } else {
@@ -283,7 +283,7 @@ impl Tracker {
         if from_worker {
             self.ecache.worker.in_flight += 1;
         }
-        self.stats.events_emitted += 1;
+        self.stats.events_emitted = self.stats.events_emitted.wrapping_add(1);
     }
 
     /// Applies the outcomes of taken messages, oldest first. Extra outcomes are ignored.
@@ -296,8 +296,12 @@ impl Tracker {
                 self.ecache.worker.in_flight -= 1;
             }
             match result {
-                Delivery::Delivered => self.stats.events_delivered += 1,
-                Delivery::Failed => self.stats.events_failed += 1,
+                Delivery::Delivered => {
+                    self.stats.events_delivered = self.stats.events_delivered.wrapping_add(1)
+                }
+                Delivery::Failed => {
+                    self.stats.events_failed = self.stats.events_failed.wrapping_add(1)
+                }
             }
             self.settle(p.source, p.kind, p.from_worker, result);
         }
@@ -340,6 +344,9 @@ impl Tracker {
                 self.after_destroy_sent();
             }
             (MessageKind::Destroy, Delivery::Failed) => {
+                if self.table.entry(slot).life == Life::Dropped {
+                    self.table.recount_dropped(slot);
+                }
                 self.table
                     .update_missed(slot, |m| m.insert(bits.without(EventBits::DESTROY)));
                 self.dying_push(slot);
@@ -394,7 +401,7 @@ impl Tracker {
     pub(super) fn retry_destroy(&mut self, slot: u32, now_ns: u64, from_worker: bool) {
         self.dying_unlink(slot);
         self.table.entry_mut(slot).life = Life::Destroying;
-        self.stats.destroy_retries += 1;
+        self.stats.destroy_retries = self.stats.destroy_retries.wrapping_add(1);
         self.queue_destroy(slot, now_ns, from_worker, true);
     }
 

@@ -208,7 +208,7 @@ impl Tracker {
         x.timers.schedule(slot, x.slab[slot as usize].deadline_ns);
         x.count += 1;
         x.live += 1;
-        x.stats.expect_create += 1;
+        x.stats.expect_create = x.stats.expect_create.wrapping_add(1);
         self.emit_expect(slot, now_ns, ExpEventBits::NEW);
         Ok(id)
     }
@@ -249,7 +249,7 @@ impl Tracker {
         let exp = &x.slab[slot as usize];
         let master = exp.master_tuple;
         let permanent = exp.flags & FLAG_PERMANENT != 0;
-        self.expectations.stats.expect_new += 1;
+        self.expectations.stats.expect_new = self.expectations.stats.expect_new.wrapping_add(1);
         if !permanent {
             self.remove_expectation(slot, now_ns);
         }
@@ -286,7 +286,7 @@ impl Tracker {
         }
         x.timers.cancel(slot);
         x.live -= 1;
-        x.stats.expect_delete += 1;
+        x.stats.expect_delete = x.stats.expect_delete.wrapping_add(1);
         let missed = e.missed;
         self.emit_expect(slot, now_ns, ExpEventBits::DESTROY.union(missed));
     }
@@ -313,7 +313,7 @@ impl Tracker {
                 ExpLife::Live => self.remove_expectation(slot, now_ns),
                 ExpLife::Dying => {
                     self.expectations.slab[slot as usize].life = ExpLife::Destroying;
-                    self.stats.destroy_retries += 1;
+                    self.stats.destroy_retries = self.stats.destroy_retries.wrapping_add(1);
                     let missed = self.expectations.slab[slot as usize].missed;
                     self.emit_expect(slot, now_ns, ExpEventBits::DESTROY.union(missed));
                 }

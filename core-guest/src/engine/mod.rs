@@ -246,7 +246,7 @@ impl Tracker {
                     verdicts.push(self.ingest(ts, p.zone, p.bytes) as u8)
                 }
                 Err(_) => {
-                    self.stats.error += 1;
+                    self.stats.error = self.stats.error.wrapping_add(1);
                     break;
                 }
             }
@@ -258,9 +258,9 @@ impl Tracker {
         self.advance(now_ns);
         let verdict = self.ingest_one(now_ns, zone, packet);
         match verdict {
-            Verdict::Invalid => self.stats.invalid += 1,
-            Verdict::Drop => self.stats.drop += 1,
-            Verdict::Untracked => self.stats.untracked += 1,
+            Verdict::Invalid => self.stats.invalid = self.stats.invalid.wrapping_add(1),
+            Verdict::Drop => self.stats.drop = self.stats.drop.wrapping_add(1),
+            Verdict::Untracked => self.stats.untracked = self.stats.untracked.wrapping_add(1),
             _ => {}
         }
         verdict
@@ -282,7 +282,7 @@ impl Tracker {
                     self.destroy(slot, now_ns, deadline);
                 }
                 Life::Dying => self.retry_destroy(slot, now_ns, false),
-                Life::Destroying | Life::Free => {}
+                Life::Destroying | Life::Dropped | Life::Free => {}
             }
         }
         self.fired = fired;
@@ -372,7 +372,8 @@ impl Tracker {
             if rows.len() == max {
                 return (rows, Some(slot as u32));
             }
-            if e.life != Life::Free && e.status.contains(Status::CONFIRMED) {
+            let counted = !matches!(e.life, Life::Free | Life::Dropped);
+            if counted && e.status.contains(Status::CONFIRMED) {
                 rows.push(self.table.view(e, self.now_ns));
             }
         }

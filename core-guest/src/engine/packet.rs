@@ -27,7 +27,7 @@ impl Tracker {
         let Some((_, dir)) = self.table.find(zone, quoted) else {
             return Verdict::Invalid;
         };
-        self.stats.found += 1;
+        self.stats.found = self.stats.found.wrapping_add(1);
         match dir {
             // The quoted packet went in the original direction, so the error is a reply.
             Direction::Original => Verdict::RelatedReply,
@@ -41,7 +41,7 @@ impl Tracker {
         for _ in 0..2 {
             let (slot, dir, is_new) = match self.table.find(zone, &tuple) {
                 Some((slot, dir)) => {
-                    self.stats.found += 1;
+                    self.stats.found = self.stats.found.wrapping_add(1);
                     (slot, dir, false)
                 }
                 None => match self.create(now_ns, zone, tuple, segment) {
@@ -69,14 +69,16 @@ impl Tracker {
                 _ => {}
             }
             if outcome == Outcome::AcceptKeepTimeout && !is_new {
-                self.stats.ignore += segment.tcp.is_some() as u64;
+                self.stats.ignore = self.stats.ignore.wrapping_add(segment.tcp.is_some() as u64);
             }
             if outcome != Outcome::AcceptKeepTimeout {
                 // Ignored packets and SYN retransmits leave before the kernel's
-                // `nf_ct_refresh_acct`: neither the timeout nor the counters move.
+                // `nf_ct_refresh_acct`: neither the timeout nor the counters move. The counters
+                // wrap, as the kernel's 64-bit ones do (a restored snapshot may start them
+                // anywhere).
                 let c = &mut self.table.entry_mut(slot).counters[dir.index()];
-                c.packets += 1;
-                c.bytes += segment.wire_len as u64;
+                c.packets = c.packets.wrapping_add(1);
+                c.bytes = c.bytes.wrapping_add(segment.wire_len as u64);
             }
             if let Outcome::Accept { timeout_s } = outcome {
                 self.table.entry_mut(slot).deadline_ns =
@@ -137,7 +139,7 @@ impl Tracker {
         {
             // The table cannot grow inside the memory it has: the kernel's answer to a failed
             // allocation, the packet is dropped and counted, and the table stays as it is.
-            self.stats.insert_failed += 1;
+            self.stats.insert_failed = self.stats.insert_failed.wrapping_add(1);
             return Err(Verdict::Drop);
         }
         let ecache = match self.config.sysctls.events {
@@ -202,7 +204,7 @@ impl Tracker {
         } else {
             EventBits::NEW
         });
-        self.stats.insert += 1;
+        self.stats.insert = self.stats.insert.wrapping_add(1);
     }
 
     /// Makes room for one more entry: true if the table has room (possibly after early drop).
@@ -215,12 +217,12 @@ impl Tracker {
             return false;
         };
         self.destroy(victim, now_ns, now_ns);
-        self.stats.early_drop += 1;
+        self.stats.early_drop = self.stats.early_drop.wrapping_add(1);
         // Room appears only once the DESTROY got through. With no reliable listener it cannot
-        // fail, so the slot is free now (its report will find a new generation); with one,
-        // this packet is dropped and the room comes when the report does.
+        // fail, so the room is there now (the slot waits for the report: see `Life::Dropped`);
+        // with one, this packet is dropped and the room comes when the report does.
         if !self.reliable_listener && self.table.entry(victim).life == Life::Destroying {
-            self.release(victim);
+            self.table.uncount_dropped(victim);
         }
         self.table.count < max
     }

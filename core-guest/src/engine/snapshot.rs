@@ -495,6 +495,7 @@ fn write_entry(w: &mut Writer, e: &Entry) {
         Life::Live => 1,
         Life::Destroying => 2,
         Life::Dying => 3,
+        Life::Dropped => 4,
     });
     w.u32(e.dying_prev);
     w.u32(e.dying_next);
@@ -528,6 +529,7 @@ fn read_entry(r: &mut Reader<'_>) -> Result<Entry, SnapshotError> {
         1 => Life::Live,
         2 => Life::Destroying,
         3 => Life::Dying,
+        4 => Life::Dropped,
         _ => return Err(Invalid("entry state")),
     };
     Ok(Entry {

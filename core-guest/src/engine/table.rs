@@ -39,6 +39,12 @@ pub(super) enum Life {
     Destroying,
     /// Out of the hash, its DESTROY failed: on the dying list, waiting for a retry.
     Dying,
+    /// Evicted by early drop while no listener asked for reliable delivery: out of the hash and
+    /// no longer counted against the maximum (the kernel frees such an entry at once, so the
+    /// new connection gets its room), but the slot is kept until the host reports the DESTROY.
+    /// Should a reliable listener have joined meanwhile and that DESTROY fail, the entry is
+    /// counted again and joins the dying list instead of losing its DESTROY.
+    Dropped,
 }
 
 /// One connection.
@@ -230,6 +236,23 @@ impl Table {
         }
     }
 
+    /// Stops counting an early-dropped entry whose DESTROY is on its way (see [`Life::Dropped`]).
+    pub(super) fn uncount_dropped(&mut self, slot: u32) {
+        let e = &mut self.slab[slot as usize];
+        debug_assert_eq!(e.life, Life::Destroying);
+        e.life = Life::Dropped;
+        self.count -= 1;
+    }
+
+    /// Counts a dropped entry again: its DESTROY failed and it is about to wait on the dying
+    /// list.
+    pub(super) fn recount_dropped(&mut self, slot: u32) {
+        let e = &mut self.slab[slot as usize];
+        debug_assert_eq!(e.life, Life::Dropped);
+        e.life = Life::Destroying;
+        self.count += 1;
+    }
+
     /// Gives a slot back: an unconfirmed entry that turned out invalid, or one whose DESTROY
     /// got through. Reports still on their way about it will find a new generation.
     pub(super) fn release(&mut self, slot: u32) {
@@ -243,8 +266,10 @@ impl Table {
         }
         e.generation = e.generation.wrapping_add(1);
         e.ecache = None;
+        if e.life != Life::Dropped {
+            self.count -= 1;
+        }
         e.life = Life::Free;
-        self.count -= 1;
         self.free.push(slot);
     }
 
@@ -357,7 +382,7 @@ impl Table {
             if e.life == Life::Free {
                 continue;
             }
-            counted += 1;
+            counted += u64::from(e.life != Life::Dropped);
             if e.id == 0 || self.ids.insert(e.id, slot).is_some() {
                 return Err("entry ids");
             }
@@ -377,7 +402,7 @@ impl Table {
                     }
                 }
                 Life::Dying => dying += 1,
-                Life::Destroying | Life::Free => {}
+                Life::Destroying | Life::Dropped | Life::Free => {}
             }
         }
         self.missed_live = self.count_missed_live();

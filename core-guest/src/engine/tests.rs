@@ -1367,3 +1367,63 @@ fn states_reached_by_legitimate_packets_restore() {
         );
     }
 }
+
+#[test]
+fn an_early_dropped_entrys_destroy_failed_after_a_reliable_listener_came_is_retried() {
+    // Early drop with no reliable listener makes room at once, as the kernel does: its DESTROY
+    // cannot fail then. But the message is still on its way to the host; if a reliable listener
+    // joins and that DESTROY fails, it must be retried like any other, not lost with the slot.
+    let mut t = Tracker::new(Config {
+        sysctls: Sysctls {
+            max: 2,
+            events_retry_timeout: 1,
+            ..Sysctls::default()
+        },
+        ..Config::default()
+    });
+    t.set_listeners(true, false);
+    let udp = |sport: u16| {
+        build::ipv4(
+            [10, 0, 0, 1],
+            [10, 0, 0, 2],
+            ipproto::UDP,
+            &build::udp(sport, 53, 8),
+        )
+    };
+    assert_eq!(t.ingest(T0, 0, &udp(1)), Verdict::New);
+    assert_eq!(t.ingest(T0, 0, &udp(2)), Verdict::New);
+    assert_eq!(t.ingest(T0, 0, &udp(3)), Verdict::New, "room by early drop");
+    assert_eq!(t.stats().early_drop, 1);
+    assert!(t.stats().count <= 2);
+    t.set_listeners(true, true);
+    // Every message of this batch fails, the victim's DESTROY among them.
+    let mut out = Vec::new();
+    let n = t.take_events(usize::MAX, &mut out);
+    t.report_delivery(&vec![Delivery::Failed; n]);
+    // From now on everything is delivered; run time on until the table is empty.
+    let mut destroys = Vec::new();
+    let mut now = T0;
+    for _ in 0..100 {
+        now += 60 * S;
+        t.advance(now);
+        let mut out = Vec::new();
+        let n = t.take_events(usize::MAX, &mut out);
+        for frame in batch::events(&out) {
+            let frame = frame.unwrap();
+            let (msg, _) = CtMessage::parse(frame.netlink).unwrap();
+            if msg.kind() == Some(D) {
+                destroys.push(msg.id().unwrap());
+            }
+        }
+        t.report_delivery(&vec![Delivery::Delivered; n]);
+    }
+    assert_eq!(t.stats().count, 0);
+    destroys.sort_unstable();
+    assert_eq!(
+        destroys.len(),
+        3,
+        "three entries, three DESTROYs delivered: {destroys:?}"
+    );
+    destroys.dedup();
+    assert_eq!(destroys.len(), 3, "each once");
+}

@@ -453,7 +453,7 @@ impl TcpConn {
                 && self.last_end == end
                 && self.last_win == seg.window
             {
-                self.retrans += 1;
+                self.retrans = self.retrans.saturating_add(1);
             } else {
                 self.last_dir = dir;
                 self.last_seq = seq;
