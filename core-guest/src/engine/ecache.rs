@@ -104,7 +104,7 @@ impl RetryWorker {
         self.at = Some(self.at.map_or(at, |t| t.min(at)));
     }
 
-    fn idle(&self) -> bool {
+    pub(super) fn idle(&self) -> bool {
         self.at.is_none() && self.in_flight == 0
     }
 

@@ -104,7 +104,9 @@ impl Tracker {
                     Source::Expectation { .. } => true,
                 };
                 match (entry_ok, which, frame) {
-                    (true, 0, Some(frame)) => ecache.outbox.push_frame(frame, p),
+                    (true, 0, Some(frame)) if frame_matches(frame, &p) => {
+                        ecache.outbox.push_frame(frame, p)
+                    }
                     (true, 1, _) => ecache.outbox.in_flight.push_back(p),
                     _ => return Err(Invalid("outbox")),
                 }
@@ -178,8 +180,84 @@ impl Tracker {
         if from_worker != self.ecache.worker.in_flight {
             return Err(Invalid("retry worker"));
         }
+        self.check_lifecycles()
+    }
+
+    /// Checks what keeps every entry moving towards its delivered DESTROY, so that no accepted
+    /// snapshot can strand one, send one twice or keep an entry for ever: a live entry is
+    /// confirmed and has its timeout on the wheel; a destroying (or dropped) entry has exactly
+    /// one DESTROY queued or in flight and no timer; a dying one has no DESTROY out and a retry
+    /// coming (its grace timer, or the retry worker), unless the clock is too near its end for
+    /// any retry to be scheduled; a free slot has neither.
+    fn check_lifecycles(&self) -> Result<(), SnapshotError> {
+        let slab = &self.table.slab;
+        let mut destroys_out = vec![0u8; slab.len()];
+        for p in self.ecache.outbox.unreported() {
+            if let Source::Entry {
+                slot, generation, ..
+            } = p.source
+                && p.kind == MessageKind::Destroy
+                && slab[slot as usize].generation == generation
+            {
+                let n = &mut destroys_out[slot as usize];
+                *n = n.saturating_add(1);
+            }
+        }
+        let longest_retry = (u64::from(self.config.sysctls.events_retry_timeout) * NS_PER_S)
+            .max(1 << crate::timer::TICK_SHIFT)
+            .max(NS_PER_S);
+        let retries_fit = self.now_ns.checked_add(longest_retry).is_some();
+        let worker_coming = !self.ecache.worker.idle();
+        let grace = self.config.retry_policy == RetryPolicy::Grace;
+        for (slot, e) in slab.iter().enumerate() {
+            let timer = self.timers.deadline(slot as u32).is_some();
+            let out = destroys_out[slot];
+            let consistent = match e.life {
+                Life::Free => !timer && out == 0,
+                Life::Live => timer && out == 0 && e.status.contains(Status::CONFIRMED),
+                Life::Destroying | Life::Dropped => !timer && out == 1,
+                Life::Dying => {
+                    let retry_coming = if grace { timer } else { worker_coming };
+                    out == 0 && (retry_coming || !retries_fit)
+                }
+            };
+            if !consistent {
+                return Err(Invalid("entry's life (its timer or its DESTROY)"));
+            }
+        }
         Ok(())
     }
+}
+
+/// Whether a queued frame is one well-formed event frame about what its record says: the
+/// message kind, and an entry's or an expectation's group; the ctnetlink message in it parses
+/// whole. (The host forwards these bytes as they are, so they are checked as it would.)
+fn frame_matches(frame: &[u8], p: &Pending) -> bool {
+    let mut frames = crate::batch::events(frame);
+    let (Some(Ok(f)), None) = (frames.next(), frames.next()) else {
+        return false;
+    };
+    let expected_group = match p.source {
+        Source::Entry { .. } => p.kind.group(),
+        Source::Expectation { .. } => match p.kind {
+            MessageKind::Destroy => super::expect::GROUP_EXP_DESTROY,
+            MessageKind::New | MessageKind::Update => super::expect::GROUP_EXP_NEW,
+        },
+    };
+    if f.group != expected_group {
+        return false;
+    }
+    let kind = match p.source {
+        Source::Entry { .. } => crate::netlink::CtMessage::parse(f.netlink)
+            .ok()
+            .filter(|&(_, used)| used == f.netlink.len())
+            .and_then(|(m, _)| m.kind()),
+        Source::Expectation { .. } => crate::netlink::ExpMessage::parse(f.netlink)
+            .ok()
+            .filter(|&(_, used)| used == f.netlink.len())
+            .and_then(|(m, _)| m.kind()),
+    };
+    kind == Some(p.kind)
 }
 
 /// A pending message; the format keeps one layout for both sources, with a flag.
