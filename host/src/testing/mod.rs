@@ -22,3 +22,5 @@ pub fn snapshot_noise(valid: &[u8], rounds: usize, max_len: usize) -> Vec<Vec<u8
         })
         .collect()
 }
+
+pub mod script;
