@@ -10,11 +10,11 @@
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use ctwasm_core::{RetryPolicy, Verdict};
 use ctwasm_host::backend::{BackendKind, TrackerSettings, open_backend};
-use ctwasm_host::capture::read_capture;
+use ctwasm_host::capture::CaptureReader;
 use ctwasm_host::listener::{ListenerConfig, Listeners};
 use ctwasm_host::output::{self, ConntrackOptions};
 use ctwasm_host::replay::{ReplayOptions, ReplayReport, replay};
@@ -182,7 +182,8 @@ fn settings(sysctls: &[String], seed: u64, policy: RetryPolicy) -> Result<Tracke
 fn run_replay(args: ReplayArgs) -> Result<()> {
     let format = output_format(args.format, &args.output)?;
     let settings = settings(&args.sysctls, args.seed, args.retry_policy)?;
-    let capture = read_capture(&args.capture)?;
+    let mut reader = CaptureReader::open(&args.capture)?;
+    let file_len = std::fs::metadata(&args.capture).map_or(0, |m| m.len());
     let mut listeners: Vec<ListenerConfig> = args
         .listeners
         .iter()
@@ -196,17 +197,12 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
     };
     let mut backend = open_backend(args.backend, &settings, args.component.as_deref())?;
 
-    let progress = if capture.packets.len() >= 100_000 && std::io::stderr().is_terminal() {
-        let bar = ProgressBar::with_draw_target(
-            Some(capture.packets.len() as u64),
-            ProgressDrawTarget::stderr(),
-        );
+    // Packets are counted as they are read: their number is known only at the file's end.
+    let progress = if file_len >= 16 << 20 && std::io::stderr().is_terminal() {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} replay [{bar:40}] {pos}/{len} packets {per_sec} eta {eta}",
-            )
-            .expect("a valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{spinner} replay {pos} packets {per_sec} {elapsed}")
+                .expect("a valid template"),
         );
         bar
     } else {
@@ -226,10 +222,16 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
         flush_at_end: args.flush_at_end,
         expire_at_end: args.expire_at_end,
     };
+    // Packets are read as they are replayed; a broken record ends the reading, and what came
+    // before it is replayed whole (as tcpdump and tshark read a file up to a cut).
+    let mut broken = None;
+    let packets = reader
+        .by_ref()
+        .map_while(|packet| packet.map_err(|e| broken = Some(e)).ok());
     let report = replay(
         backend.as_mut(),
         listeners,
-        &capture.packets,
+        packets,
         &replay_options,
         &mut sink,
         |n| progress.inc(n),
@@ -240,8 +242,20 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
         print_summary(
             &args.capture,
             backend.name(),
-            capture.skipped_total(),
+            reader.skipped_total(),
             &report,
+        );
+    }
+    if let Some(e) = broken {
+        let what = if e.truncated {
+            "the file is cut short"
+        } else {
+            "the file is broken"
+        };
+        bail!(
+            "{}: {e}: {what}; the {} whole packets before it were replayed",
+            args.capture.display(),
+            report.packets
         );
     }
     Ok(())

@@ -255,22 +255,45 @@ fn pcapng_and_linux_cooked_captures_replay_like_their_pcap_twins() {
 }
 
 #[test]
-fn a_truncated_capture_is_a_clear_error_with_the_offset() {
+fn a_truncated_capture_replays_what_is_whole_and_says_where_it_was_cut() {
     let src = std::fs::read(captures_dir().join("tcp-close-v4.pcap")).unwrap();
+    // Where the last record starts: the reader's offset after the last packet but one.
+    let mut reader = ctwasm_host::capture::CaptureReader::new(&src[..]);
+    let mut ends = Vec::new();
+    while let Some(p) = reader.next() {
+        p.unwrap();
+        ends.push(reader.offset() as usize);
+    }
+    let last_start = ends[ends.len() - 2];
     let dir = std::env::temp_dir().join(format!("ctwasm-trunc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cut = dir.join("cut.pcap");
     std::fs::write(&cut, &src[..src.len() - 7]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ctwasm"))
-        .args(["replay", cut.to_str().unwrap(), "--backend", "native"])
-        .output()
-        .unwrap();
+    let whole = dir.join("whole.pcap");
+    std::fs::write(&whole, &src[..last_start]).unwrap();
+    let run = |path: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_ctwasm"))
+            .args(["replay", path.to_str().unwrap(), "--backend", "native"])
+            .output()
+            .unwrap()
+    };
+    let (out, reference) = (run(&cut), run(&whole));
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(!out.status.success());
+    assert!(!out.status.success(), "a cut file is reported as a failure");
+    assert!(reference.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("cut.pcap") && err.contains("byte offset"),
+        err.contains("cut.pcap")
+            && err.contains(&format!("byte offset {last_start}"))
+            && err.contains("cut short")
+            && err.contains(&format!("the {} whole packets", ends.len() - 1)),
         "{err}"
+    );
+    assert!(!out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&reference.stdout),
+        "the events of every whole packet, as for the file without its cut record"
     );
 }
 

@@ -14,11 +14,14 @@
 //!   whose trailer disagrees with its header) is an *error* naming the file and the byte offset of
 //!   the record, so the user can open it in a hex editor. Nothing panics on hostile input.
 //!
-//! The whole file is read into memory and walked with pcap-file's slice parsers, which is what
-//! makes byte offsets exact.
+//! [`CaptureReader`] reads a file one record at a time, so a capture of any size is replayed
+//! in bounded memory; it walks each record with pcap-file's slice parsers, which is what makes
+//! byte offsets exact. A file cut short in its last record (a capture stopped mid-write) yields
+//! every whole packet before the cut, then an error marked as a truncation.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::Read;
 use std::path::Path;
 
 use pcap_file::pcap::PcapParser;
@@ -107,6 +110,8 @@ impl Capture {
 pub struct CaptureError {
     pub offset: usize,
     pub problem: String,
+    /// The file ends inside this record: every record before it was whole.
+    pub truncated: bool,
 }
 
 impl fmt::Display for CaptureError {
@@ -122,24 +127,403 @@ impl CaptureError {
         CaptureError {
             offset,
             problem: problem.into(),
+            truncated: false,
+        }
+    }
+
+    /// The file ends inside the record at (relative) offset 0.
+    fn truncation(problem: String) -> CaptureError {
+        CaptureError {
+            truncated: true,
+            ..CaptureError::new(0, problem)
         }
     }
 }
 
-/// Reads a pcap or pcapng file; errors name the file and the byte offset of the bad record.
+/// Reads a whole pcap or pcapng file; errors name the file and the byte offset of the bad
+/// record. For files of any size, [`CaptureReader::open`] reads one record at a time instead.
 pub fn read_capture(path: &Path) -> anyhow::Result<Capture> {
-    let bytes =
-        std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
-    parse_capture(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let reader = CaptureReader::open(path)?;
+    collect(reader).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Parses a whole capture held in memory, telling pcap from pcapng by the first four bytes.
 pub fn parse_capture(bytes: &[u8]) -> Result<Capture, CaptureError> {
-    match bytes.get(..4) {
-        Some(m) if m == PCAPNG_SHB_MAGIC => parse_pcapng(bytes),
-        Some(_) => parse_pcap(bytes),
-        None => Err(CaptureError::new(0, "file too short for a capture header")),
+    collect(CaptureReader::new(bytes))
+}
+
+fn collect<R: Read>(mut reader: CaptureReader<R>) -> Result<Capture, CaptureError> {
+    let mut packets = Vec::new();
+    for packet in reader.by_ref() {
+        packets.push(packet?);
     }
+    Ok(Capture {
+        format: reader.format().unwrap_or(CaptureFormat::Pcap),
+        packets,
+        skipped: reader.skipped,
+    })
+}
+
+/// Bytes asked of the source at a time.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// The largest record (a pcap packet record or a pcapng block) the streaming reader holds: far
+/// above any snap length (tcpdump's largest is 256 KiB), low enough that a hostile length field
+/// cannot make it buffer a whole file.
+pub const MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
+
+/// Where a reader is in its file.
+enum Format {
+    /// Nothing read yet: the file header decides.
+    Unknown,
+    Pcap {
+        parser: PcapParser,
+        link: u32,
+        big_endian: bool,
+        frac_per_sec: u64,
+    },
+    PcapNg {
+        parser: PcapNgParser,
+        interfaces: Vec<Interface>,
+    },
+    /// An error was returned: the reader yields nothing more.
+    Failed,
+}
+
+/// Reads a capture one record at a time, holding only the record in hand (plus a read-ahead of
+/// [`READ_CHUNK`]), so a file of any size is replayed in bounded memory. Yields the IP packets
+/// in file order; frames without IP are counted in [`CaptureReader::skipped`]. A broken record
+/// ends the iteration with an error naming its byte offset; [`CaptureError::truncated`] tells
+/// a file cut short (everything before the cut was whole and was yielded) from one malformed.
+///
+/// Written around pcap-file's slice parsers, not its `Read`-based readers, because the slice
+/// parsers say exactly where a record breaks, which the error messages report.
+pub struct CaptureReader<R> {
+    source: R,
+    /// Bytes read and not yet consumed start at `buf[start]`; `buf[0]` is file offset `base`.
+    buf: Vec<u8>,
+    start: usize,
+    base: u64,
+    eof: bool,
+    format: Format,
+    /// Frames left out so far, by reason.
+    pub skipped: BTreeMap<SkipReason, u64>,
+}
+
+impl<R> fmt::Debug for CaptureReader<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaptureReader")
+            .field("offset", &self.offset())
+            .field("format", &self.format())
+            .field("skipped", &self.skipped)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaptureReader<std::io::BufReader<std::fs::File>> {
+    /// Opens a capture file for reading record by record.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+        Ok(CaptureReader::new(std::io::BufReader::with_capacity(
+            READ_CHUNK, file,
+        )))
+    }
+}
+
+impl<R> CaptureReader<R> {
+    /// The container format, once the file header has been read.
+    pub fn format(&self) -> Option<CaptureFormat> {
+        match self.format {
+            Format::Pcap { .. } => Some(CaptureFormat::Pcap),
+            Format::PcapNg { .. } => Some(CaptureFormat::PcapNg),
+            Format::Unknown | Format::Failed => None,
+        }
+    }
+
+    /// The file offset of the next record: how far the reader got.
+    pub fn offset(&self) -> u64 {
+        self.base + self.start as u64
+    }
+
+    /// Total number of frames left out so far.
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped.values().sum()
+    }
+}
+
+impl<R: Read> CaptureReader<R> {
+    pub fn new(source: R) -> Self {
+        CaptureReader {
+            source,
+            buf: Vec::new(),
+            start: 0,
+            base: 0,
+            eof: false,
+            format: Format::Unknown,
+            skipped: BTreeMap::new(),
+        }
+    }
+
+    /// Reads more of the source into the buffer, dropping what was consumed; false at the end
+    /// of the file.
+    fn fill(&mut self) -> Result<bool, CaptureError> {
+        if self.eof {
+            return Ok(false);
+        }
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.base += self.start as u64;
+            self.start = 0;
+        }
+        if self.buf.len() >= MAX_RECORD_LEN {
+            return Err(CaptureError::new(
+                self.offset() as usize,
+                format!("a record longer than the reader's limit of {MAX_RECORD_LEN} bytes"),
+            ));
+        }
+        let old = self.buf.len();
+        self.buf.resize(old + READ_CHUNK, 0);
+        let read = loop {
+            match self.source.read(&mut self.buf[old..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(old);
+                    return Err(CaptureError::new(
+                        self.offset() as usize + old,
+                        format!("read error: {e}"),
+                    ));
+                }
+            }
+        };
+        self.buf.truncate(old + read);
+        self.eof = read == 0;
+        Ok(read > 0)
+    }
+
+    /// The next packet, `None` at a clean end of file.
+    fn next_packet(&mut self) -> Result<Option<CapturedPacket>, CaptureError> {
+        loop {
+            if self.start == self.buf.len() && !self.fill()? {
+                return match self.format {
+                    Format::Unknown => {
+                        Err(CaptureError::new(0, "file too short for a capture header"))
+                    }
+                    _ => Ok(None),
+                };
+            }
+            let avail = &self.buf[self.start..];
+            let at_eof = self.eof;
+            let step = match &mut self.format {
+                Format::Unknown => start_file(avail, at_eof).map(|(used, format)| {
+                    self.format = format;
+                    (used, None)
+                }),
+                Format::Pcap {
+                    parser,
+                    link,
+                    big_endian,
+                    frac_per_sec,
+                } => pcap_record(parser, *link, *big_endian, *frac_per_sec, avail, at_eof),
+                Format::PcapNg { parser, interfaces } => {
+                    pcapng_block(parser, interfaces, avail, at_eof)
+                }
+                Format::Failed => return Ok(None),
+            };
+            match step {
+                Ok((used, frame)) => {
+                    self.start += used;
+                    match frame {
+                        Some(Ok(packet)) => return Ok(Some(packet)),
+                        Some(Err(reason)) => *self.skipped.entry(reason).or_insert(0) += 1,
+                        None => {}
+                    }
+                }
+                Err(Step::NeedMore) => {
+                    self.fill()?;
+                }
+                Err(Step::Broken(mut e)) => {
+                    e.offset += self.offset() as usize;
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+impl<R: Read> Iterator for CaptureReader<R> {
+    type Item = Result<CapturedPacket, CaptureError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_packet() {
+            Ok(packet) => packet.map(Ok),
+            Err(e) => {
+                self.format = Format::Failed;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Why a record could not be read from the bytes in hand.
+enum Step {
+    /// The record runs past the bytes read so far, and the file goes on: read more.
+    NeedMore,
+    /// The file is broken here (offset relative to the record's start).
+    Broken(CaptureError),
+}
+
+/// What one record gave: bytes consumed, and a packet, a skipped frame or nothing (a block
+/// that carries no frame).
+type Record = (usize, Option<Result<CapturedPacket, SkipReason>>);
+
+fn start_file(avail: &[u8], at_eof: bool) -> Result<(usize, Format), Step> {
+    let broken = |problem: String| Err(Step::Broken(CaptureError::new(0, problem)));
+    if avail.len() < 4 {
+        return if at_eof {
+            broken("file too short for a capture header".into())
+        } else {
+            Err(Step::NeedMore)
+        };
+    }
+    if avail[..4] == PCAPNG_SHB_MAGIC {
+        return match PcapNgParser::new(avail) {
+            Ok((rest, parser)) => Ok((
+                avail.len() - rest.len(),
+                Format::PcapNg {
+                    parser,
+                    interfaces: Vec::new(),
+                },
+            )),
+            Err(PcapError::IncompleteBuffer) if !at_eof => Err(Step::NeedMore),
+            Err(PcapError::IncompleteBuffer) => broken("truncated section header block".into()),
+            Err(other) => broken(format!("malformed section header block: {other}")),
+        };
+    }
+    match PcapParser::new(avail) {
+        Ok((rest, parser)) => {
+            let header = parser.header();
+            let format = Format::Pcap {
+                link: u32::from(header.datalink),
+                big_endian: header.endianness == Endianness::Big,
+                frac_per_sec: match header.ts_resolution {
+                    TsResolution::MicroSecond => 1_000_000,
+                    TsResolution::NanoSecond => 1_000_000_000,
+                },
+                parser,
+            };
+            Ok((avail.len() - rest.len(), format))
+        }
+        Err(PcapError::IncompleteBuffer) if !at_eof => Err(Step::NeedMore),
+        Err(PcapError::IncompleteBuffer) => broken("truncated pcap file header".into()),
+        Err(_) => broken("not a pcap or pcapng file (unknown magic number)".into()),
+    }
+}
+
+fn pcap_record(
+    parser: &PcapParser,
+    link: u32,
+    big_endian: bool,
+    frac_per_sec: u64,
+    rest: &[u8],
+    at_eof: bool,
+) -> Result<Record, Step> {
+    let broken = |problem: String| Step::Broken(CaptureError::new(0, problem));
+    let (rem, raw) = match parser.next_raw_packet(rest) {
+        Ok(r) => r,
+        Err(PcapError::IncompleteBuffer) if !at_eof => return Err(Step::NeedMore),
+        Err(PcapError::IncompleteBuffer) if rest.len() < 16 => {
+            return Err(Step::Broken(CaptureError::truncation(format!(
+                "truncated packet record header ({} of 16 bytes)",
+                rest.len()
+            ))));
+        }
+        Err(PcapError::IncompleteBuffer) => {
+            return Err(Step::Broken(CaptureError::truncation(format!(
+                "truncated packet record ({} bytes captured, {} left in the file)",
+                record_incl_len(rest, big_endian),
+                rest.len() - 16
+            ))));
+        }
+        Err(other) => return Err(broken(format!("malformed packet record: {other}"))),
+    };
+    let frac = u64::from(raw.ts_frac);
+    if frac >= frac_per_sec {
+        return Err(broken(format!(
+            "packet record timestamp fraction {frac} is not below {frac_per_sec}"
+        )));
+    }
+    let ts_ns = u64::from(raw.ts_sec) * 1_000_000_000 + frac * (1_000_000_000 / frac_per_sec);
+    let frame = l3_payload(link, big_endian, &raw.data).map(|l3| CapturedPacket {
+        ts_ns,
+        l3: l3.to_vec(),
+    });
+    Ok((rest.len() - rem.len(), Some(frame)))
+}
+
+fn pcapng_block(
+    parser: &mut PcapNgParser,
+    interfaces: &mut Vec<Interface>,
+    rest: &[u8],
+    at_eof: bool,
+) -> Result<Record, Step> {
+    let broken = |problem: String| Step::Broken(CaptureError::new(0, problem));
+    let big_endian = parser.section().endianness == Endianness::Big;
+    let (rem, block) = match parser.next_raw_block(rest) {
+        Ok(r) => r,
+        // pcap-file also says "incomplete" for an option too short for its value; only a
+        // block that really runs past the end of the file is a truncation.
+        Err(PcapError::IncompleteBuffer) if block_fits(rest, big_endian) => {
+            return Err(broken(
+                "malformed block: an option is shorter than its value".into(),
+            ));
+        }
+        Err(PcapError::IncompleteBuffer) if !at_eof => return Err(Step::NeedMore),
+        Err(PcapError::IncompleteBuffer) => {
+            return Err(Step::Broken(CaptureError::truncation(format!(
+                "truncated block ({} bytes left in the file)",
+                rest.len()
+            ))));
+        }
+        Err(other) => return Err(broken(format!("malformed block: {other}"))),
+    };
+    let used = rest.len() - rem.len();
+    // A new section may have switched the byte order.
+    let big_endian = parser.section().endianness == Endianness::Big;
+    let body = &block.body[..];
+    let frame = match block.type_ {
+        PCAPNG_SHB => {
+            interfaces.clear();
+            None
+        }
+        PCAPNG_IDB => {
+            let Some(idb) = parser.interfaces().last() else {
+                return Err(broken("interface description block lost".into()));
+            };
+            interfaces.push(interface_of(idb).map_err(broken)?);
+            None
+        }
+        PCAPNG_EPB | PCAPNG_PB => {
+            let packet = packet_block(block.type_, body, big_endian).map_err(broken)?;
+            let Some(iface) = interfaces.get(packet.interface as usize) else {
+                return Err(broken(format!(
+                    "packet for undeclared interface {}",
+                    packet.interface
+                )));
+            };
+            let ts_ns = scale_timestamp(packet.timestamp, iface);
+            Some(
+                l3_payload(iface.link, big_endian, packet.data).map(|l3| CapturedPacket {
+                    ts_ns,
+                    l3: l3.to_vec(),
+                }),
+            )
+        }
+        PCAPNG_SPB => Some(Err(SkipReason::NoTimestamp)),
+        _ => None,
+    };
+    Ok((used, frame))
 }
 
 /// Block type of the pcapng Section Header Block, the same in both byte orders.
@@ -170,89 +554,6 @@ const ETHERTYPE_IPV6: u16 = 0x86dd;
 /// 802.1Q, 802.1ad (QinQ) and the old pre-standard QinQ tag.
 const ETHERTYPE_VLAN_TAGS: [u16; 3] = [0x8100, 0x88a8, 0x9100];
 
-/// Accumulates packets and skip counts while a file is walked.
-struct Collector {
-    format: CaptureFormat,
-    packets: Vec<CapturedPacket>,
-    skipped: BTreeMap<SkipReason, u64>,
-}
-
-impl Collector {
-    fn new(format: CaptureFormat) -> Collector {
-        Collector {
-            format,
-            packets: Vec::new(),
-            skipped: BTreeMap::new(),
-        }
-    }
-    fn skip(&mut self, reason: SkipReason) {
-        *self.skipped.entry(reason).or_insert(0) += 1;
-    }
-    fn frame(&mut self, ts_ns: u64, link: u32, file_big_endian: bool, frame: &[u8]) {
-        match l3_payload(link, file_big_endian, frame) {
-            Ok(l3) => self.packets.push(CapturedPacket {
-                ts_ns,
-                l3: l3.to_vec(),
-            }),
-            Err(reason) => self.skip(reason),
-        }
-    }
-    fn finish(self) -> Capture {
-        Capture {
-            format: self.format,
-            packets: self.packets,
-            skipped: self.skipped,
-        }
-    }
-}
-
-fn parse_pcap(bytes: &[u8]) -> Result<Capture, CaptureError> {
-    let (mut rest, parser) = PcapParser::new(bytes).map_err(|e| match e {
-        PcapError::IncompleteBuffer => CaptureError::new(0, "truncated pcap file header"),
-        _ => CaptureError::new(0, "not a pcap or pcapng file (unknown magic number)"),
-    })?;
-    let header = parser.header();
-    let link = u32::from(header.datalink);
-    let big_endian = header.endianness == Endianness::Big;
-    let frac_per_sec: u64 = match header.ts_resolution {
-        TsResolution::MicroSecond => 1_000_000,
-        TsResolution::NanoSecond => 1_000_000_000,
-    };
-    let mut out = Collector::new(CaptureFormat::Pcap);
-    while !rest.is_empty() {
-        let offset = bytes.len() - rest.len();
-        let (rem, raw) = parser.next_raw_packet(rest).map_err(|e| match e {
-            PcapError::IncompleteBuffer if rest.len() < 16 => CaptureError::new(
-                offset,
-                format!(
-                    "truncated packet record header ({} of 16 bytes)",
-                    rest.len()
-                ),
-            ),
-            PcapError::IncompleteBuffer => CaptureError::new(
-                offset,
-                format!(
-                    "truncated packet record ({} bytes captured, {} left in the file)",
-                    record_incl_len(rest, big_endian),
-                    rest.len() - 16
-                ),
-            ),
-            other => CaptureError::new(offset, format!("malformed packet record: {other}")),
-        })?;
-        let frac = u64::from(raw.ts_frac);
-        if frac >= frac_per_sec {
-            return Err(CaptureError::new(
-                offset,
-                format!("packet record timestamp fraction {frac} is not below {frac_per_sec}"),
-            ));
-        }
-        let ts_ns = u64::from(raw.ts_sec) * 1_000_000_000 + frac * (1_000_000_000 / frac_per_sec);
-        out.frame(ts_ns, link, big_endian, &raw.data);
-        rest = rem;
-    }
-    Ok(out.finish())
-}
-
 /// The `incl_len` field of a pcap record header that is known to be 16 bytes long.
 fn record_incl_len(record: &[u8], big_endian: bool) -> u32 {
     let b = [record[8], record[9], record[10], record[11]];
@@ -271,63 +572,6 @@ struct Interface {
     units_per_sec: u64,
     /// `if_tsoffset`, seconds added to every timestamp.
     offset_secs: u64,
-}
-
-fn parse_pcapng(bytes: &[u8]) -> Result<Capture, CaptureError> {
-    let (mut rest, mut parser) = PcapNgParser::new(bytes).map_err(|e| match e {
-        PcapError::IncompleteBuffer => CaptureError::new(0, "truncated section header block"),
-        other => CaptureError::new(0, format!("malformed section header block: {other}")),
-    })?;
-    let mut interfaces: Vec<Interface> = Vec::new();
-    let mut out = Collector::new(CaptureFormat::PcapNg);
-    while !rest.is_empty() {
-        let offset = bytes.len() - rest.len();
-        let big_endian = parser.section().endianness == Endianness::Big;
-        let (rem, block) = parser.next_raw_block(rest).map_err(|e| match e {
-            // pcap-file also says "incomplete" for an option too short for its value; only a
-            // block that really runs past the end of the file is a truncation.
-            PcapError::IncompleteBuffer if block_fits(rest, big_endian) => CaptureError::new(
-                offset,
-                "malformed block: an option is shorter than its value",
-            ),
-            PcapError::IncompleteBuffer => CaptureError::new(
-                offset,
-                format!("truncated block ({} bytes left in the file)", rest.len()),
-            ),
-            other => CaptureError::new(offset, format!("malformed block: {other}")),
-        })?;
-        // A new section may have switched the byte order.
-        let big_endian = parser.section().endianness == Endianness::Big;
-        let body = &block.body[..];
-        match block.type_ {
-            PCAPNG_SHB => interfaces.clear(),
-            PCAPNG_IDB => {
-                let Some(idb) = parser.interfaces().last() else {
-                    return Err(CaptureError::new(
-                        offset,
-                        "interface description block lost",
-                    ));
-                };
-                interfaces.push(interface_of(idb).map_err(|p| CaptureError::new(offset, p))?);
-            }
-            PCAPNG_EPB | PCAPNG_PB => {
-                let packet = packet_block(block.type_, body, big_endian)
-                    .map_err(|p| CaptureError::new(offset, p))?;
-                let Some(iface) = interfaces.get(packet.interface as usize) else {
-                    return Err(CaptureError::new(
-                        offset,
-                        format!("packet for undeclared interface {}", packet.interface),
-                    ));
-                };
-                let ts_ns = scale_timestamp(packet.timestamp, iface);
-                out.frame(ts_ns, iface.link, big_endian, packet.data);
-            }
-            PCAPNG_SPB => out.skip(SkipReason::NoTimestamp),
-            _ => {}
-        }
-        rest = rem;
-    }
-    Ok(out.finish())
 }
 
 /// Whether the block at the start of `rest` lies wholly inside the file (by its declared length).
@@ -910,6 +1154,127 @@ mod tests {
             ),
             ng.bytes,
         ]
+    }
+
+    /// A source that hands out at most `step` bytes per read, as a pipe or a slow disk may.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(out.len()).min(self.bytes.len());
+            out[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    fn read_all<R: Read>(reader: CaptureReader<R>) -> (Vec<CapturedPacket>, Option<CaptureError>) {
+        let mut packets = Vec::new();
+        for p in reader {
+            match p {
+                Ok(p) => packets.push(p),
+                Err(e) => return (packets, Some(e)),
+            }
+        }
+        (packets, None)
+    }
+
+    #[test]
+    fn reading_in_any_pieces_gives_the_same_packets_and_errors() {
+        for file in sample_files() {
+            for cut in 0..=file.len() {
+                let whole = read_all(CaptureReader::new(&file[..cut]));
+                for step in [1, 3, 7, 64] {
+                    let bytes = &file[..cut];
+                    let pieces = read_all(CaptureReader::new(Trickle { bytes, step }));
+                    assert_eq!(pieces, whole, "cut {cut}, {step} bytes a read");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_cut_in_its_last_record_yields_every_whole_packet_then_a_truncation() {
+        for file in sample_files() {
+            let all = parse_capture(&file).unwrap().packets;
+            // Cut inside the last record: the packets before it come out whole.
+            let cut = file.len() - 3;
+            let (packets, err) = read_all(CaptureReader::new(&file[..cut]));
+            let err = err.expect("a truncation");
+            assert!(err.truncated, "{err}");
+            assert!(all.starts_with(&packets) && packets.len() + 1 >= all.len());
+        }
+        // A broken record is not a truncation.
+        let mut bad = sample_files().swap_remove(0);
+        bad[0] = 0;
+        let (_, err) = read_all(CaptureReader::new(&bad[..]));
+        assert!(!err.unwrap().truncated);
+    }
+
+    /// An endless capture of tiny packets, made as it is read.
+    struct Endless {
+        header: Vec<u8>,
+        record: Vec<u8>,
+        at: usize,
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let mut n = 0;
+            while n < out.len() {
+                let source = if self.at < self.header.len() {
+                    &self.header[self.at..]
+                } else {
+                    let i = (self.at - self.header.len()) % self.record.len();
+                    &self.record[i..]
+                };
+                let k = source.len().min(out.len() - n);
+                out[n..n + k].copy_from_slice(&source[..k]);
+                n += k;
+                self.at += k;
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn memory_stays_bounded_however_long_the_capture() {
+        let file = pcap(101, false, false, &[(1, 2, &ipv4())]);
+        let (header, record) = file.split_at(24);
+        let mut reader = CaptureReader::new(Endless {
+            header: header.to_vec(),
+            record: record.to_vec(),
+            at: 0,
+        });
+        for _ in 0..200_000 {
+            reader.next().unwrap().unwrap();
+            assert!(
+                reader.buf.capacity() <= 2 * READ_CHUNK,
+                "{}",
+                reader.buf.capacity()
+            );
+        }
+        assert!(reader.offset() > 4_000_000);
+    }
+
+    #[test]
+    fn a_record_longer_than_the_limit_is_an_error_not_an_allocation() {
+        // A pcap record that declares 4 GiB, on a source that never ends.
+        let mut file = pcap(101, false, false, &[]);
+        file.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+        file.extend_from_slice(&u32::MAX.to_le_bytes());
+        file.extend_from_slice(&u32::MAX.to_le_bytes());
+        let mut reader = CaptureReader::new(Endless {
+            header: file,
+            record: vec![0x45],
+            at: 0,
+        });
+        let err = reader.next().unwrap().unwrap_err();
+        assert!(err.offset == 24, "{err}");
+        assert!(reader.next().is_none(), "the reader stops at an error");
     }
 
     #[test]

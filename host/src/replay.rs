@@ -8,6 +8,8 @@
 //! deliveries — before the next packet when the batch size is 1, which is the kernel's exact
 //! order (its delivery is synchronous).
 
+use std::borrow::Borrow;
+
 use anyhow::Result;
 use ctwasm_core::batch::{self, EventFrame};
 use ctwasm_core::netlink::CtMessage;
@@ -204,26 +206,27 @@ impl<'a> Simulation<'a> {
     }
 
     /// Ingests one batch of packets; returns their verdicts.
-    pub fn ingest(
+    pub fn ingest<P: Borrow<CapturedPacket>>(
         &mut self,
-        packets: &[CapturedPacket],
+        packets: &[P],
         sink: &mut dyn EventSink,
     ) -> Result<Vec<u8>> {
-        let Some(first) = packets.first() else {
+        let Some(first) = packets.first().map(|p| p.borrow().ts_ns) else {
             return Ok(Vec::new());
         };
-        self.start(first.ts_ns);
-        self.run_until(first.ts_ns, sink)?;
-        let mut bytes = Vec::with_capacity(packets.iter().map(|p| p.l3.len() + 16).sum());
+        self.start(first);
+        self.run_until(first, sink)?;
+        let mut bytes = Vec::with_capacity(packets.iter().map(|p| p.borrow().l3.len() + 16).sum());
         for p in packets {
+            let p = p.borrow();
             batch::push_packet(&mut bytes, p.ts_ns.max(1), 0, &p.l3);
         }
         let mut verdicts = Vec::with_capacity(packets.len());
-        let at = first.ts_ns;
+        let at = first;
         self.backend.ingest(at, &bytes, &mut verdicts)?;
         let last = packets
             .last()
-            .map(|p| p.ts_ns)
+            .map(|p| p.borrow().ts_ns)
             .unwrap_or(at)
             .max(self.now_ns);
         self.now_ns = last;
@@ -272,23 +275,35 @@ impl<'a> Simulation<'a> {
     }
 }
 
-/// Replays `packets` through `backend`, printing what the first listener reads to `sink`.
-pub fn replay(
+/// Replays `packets` (a slice's items, or packets as a [`crate::capture::CaptureReader`] reads
+/// them) through `backend`, printing what the first listener reads to `sink`. Only a batch is
+/// held at a time.
+pub fn replay<P: Borrow<CapturedPacket>>(
     backend: &mut dyn Backend,
     listeners: Listeners,
-    packets: &[CapturedPacket],
+    packets: impl IntoIterator<Item = P>,
     options: &ReplayOptions,
     sink: &mut dyn EventSink,
     mut progress: impl FnMut(u64),
 ) -> Result<ReplayReport> {
     let mut sim = Simulation::new(backend, listeners)?;
     let mut verdicts = [0u64; 8];
-    for chunk in packets.chunks(options.batch.max(1)) {
-        for v in sim.ingest(chunk, sink)? {
+    let mut packets = packets.into_iter();
+    let batch = options.batch.max(1);
+    let mut chunk = Vec::with_capacity(batch.min(4096));
+    let mut total = 0u64;
+    loop {
+        chunk.clear();
+        chunk.extend(packets.by_ref().take(batch));
+        if chunk.is_empty() {
+            break;
+        }
+        for v in sim.ingest(&chunk, sink)? {
             if let Some(v) = Verdict::from_u8(v) {
                 verdicts[v as usize] += 1;
             }
         }
+        total += chunk.len() as u64;
         progress(chunk.len() as u64);
     }
     const HOUR_NS: u64 = 3_600 * 1_000_000_000;
@@ -302,7 +317,7 @@ pub fn replay(
         sim.pump(now, sink)?;
     }
     sim.settle(HOUR_NS, sink)?;
-    sim.report(packets.len() as u64, verdicts)
+    sim.report(total, verdicts)
 }
 
 #[cfg(test)]

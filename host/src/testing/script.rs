@@ -45,25 +45,40 @@ pub enum Op {
         xor: u8,
     },
     /// Time moves on by this many milliseconds (1 ms to 1 h).
-    Advance { ms: u64 },
+    Advance {
+        ms: u64,
+    },
     /// Takes up to `max` messages.
-    Take { max: u32 },
+    Take {
+        max: u32,
+    },
     /// Reports every message taken and not yet reported; bit `i` of `failures` fails the
     /// `i`-th of them (modulo 32), when the listener is reliable (an unreliable one never
     /// fails a message: it loses it).
-    Report { failures: u32 },
+    Report {
+        failures: u32,
+    },
     Flush,
-    Delete { flow: u8 },
+    Delete {
+        flow: u8,
+    },
     /// Opens `flow` as a proxy's connection.
-    Open { flow: u8 },
+    Open {
+        flow: u8,
+    },
     Transfer {
         conn: u8,
         reply: bool,
         bytes: u32,
     },
-    Close { conn: u8, reset: bool },
+    Close {
+        conn: u8,
+        reset: bool,
+    },
     /// The listener asks for reliable delivery, or stops asking.
-    Listener { reliable: bool },
+    Listener {
+        reliable: bool,
+    },
     /// The listener has room again.
     Drained,
     /// The backend is replaced by one restored from its snapshot.
