@@ -452,6 +452,9 @@ pub struct ComponentBackend {
     /// `report-delivery` count them, and a `take-events` that returns fewer than asked leaves
     /// none); every other call forgets it. At `Some(0)` `take_events` skips the call.
     queued_events: Option<u32>,
+    /// The latest instant the tracker was advanced to: every deadline it names later must lie
+    /// after it (what was due has fired), or a host that steps to its deadlines would spin.
+    advanced_to: Option<u64>,
 }
 
 impl std::fmt::Debug for ComponentBackend {
@@ -559,6 +562,7 @@ impl ComponentBackend {
             deadline_ticks,
             dead: false,
             queued_events: None,
+            advanced_to: None,
         };
         call!(backend.call_set_memory_budget(Some(memory_budget(memory_limit))))?;
         Ok(backend)
@@ -602,6 +606,7 @@ impl ComponentBackend {
             deadline_ticks,
             dead: false,
             queued_events: None,
+            advanced_to: None,
         };
         call!(backend.call_set_memory_budget(Some(memory_budget(memory_limit))))?;
         if settings.fault.is_some() {
@@ -618,6 +623,20 @@ impl ComponentBackend {
             GuestFault::TrapInZone(zone) => wit::Fault::TrapInZone(zone),
         });
         call!(self.call_set_fault(fault))
+    }
+}
+
+/// Checks a guest's `next-deadline` against the latest instant it was advanced to: a deadline
+/// at or before it would have fired already, and a host stepping from deadline to deadline
+/// would never get past it.
+fn check_deadline(next: Option<u64>, advanced_to: Option<u64>) -> Result<()> {
+    match (next, advanced_to) {
+        (Some(next), Some(now)) if next <= now => {
+            Err(anyhow::Error::new(ComponentFault::OffContract(format!(
+                "the component's `next-deadline` gave {next} ns after it was advanced to {now} ns"
+            ))))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -830,10 +849,14 @@ impl Backend for ComponentBackend {
         Ok(())
     }
     fn advance(&mut self, now_ns: u64) -> Result<()> {
-        call!(self.call_advance(now_ns))
+        call!(self.call_advance(now_ns))?;
+        self.advanced_to = self.advanced_to.max(Some(now_ns));
+        Ok(())
     }
     fn next_deadline(&mut self) -> Result<Option<u64>> {
-        call!(self.call_next_deadline())
+        let next = call!(self.call_next_deadline())?;
+        check_deadline(next, self.advanced_to)?;
+        Ok(next)
     }
     fn take_events(&mut self, max: u32, out: &mut Vec<u8>) -> Result<usize> {
         // The guest hands messages over as soon as it is asked, so one call whose result is
@@ -1291,6 +1314,23 @@ mod guest_answer_tests {
             batch::push_packet(&mut b, 1, 0, &[0x45, 0, 0, 20]);
         }
         b
+    }
+
+    #[test]
+    fn a_deadline_at_or_before_the_clock_it_was_advanced_to_is_off_contract() {
+        assert!(check_deadline(Some(5), Some(4)).is_ok());
+        assert!(check_deadline(Some(0), None).is_ok());
+        assert!(check_deadline(None, Some(4)).is_ok());
+        for stuck in [0, 4] {
+            let err = check_deadline(Some(stuck), Some(4)).unwrap_err();
+            assert!(
+                matches!(
+                    err.downcast_ref::<ComponentFault>(),
+                    Some(ComponentFault::OffContract(_))
+                ),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -282,6 +282,13 @@ impl Driver {
             Op::Advance { ms } => {
                 self.now_ns += ms * 1_000_000;
                 self.backend.advance(self.now_ns)?;
+                // Everything due by now has fired: what is left lies ahead.
+                let next = self.backend.next_deadline()?;
+                ensure!(
+                    next.is_none_or(|t| t > self.now_ns),
+                    "after advancing to {}, the next deadline is {next:?}",
+                    self.now_ns
+                );
             }
             Op::Take { max } => self.take(max)?,
             Op::Report { failures } => self.report(failures)?,
