@@ -320,6 +320,13 @@ impl TimerWheel {
         }
     }
 
+    /// Whether the wheel has not run past `now_ns` (its clock moves only when a call with a
+    /// later instant visits a slot): a restored wheel ahead of its tracker would hold back
+    /// every timer until the tracker caught up.
+    pub(crate) fn is_not_ahead_of(&self, now_ns: u64) -> bool {
+        self.elapsed <= tick_of(now_ns)
+    }
+
     /// Reads a wheel written by [`TimerWheel::encode`]; every handle must be below `handles`
     /// and appear once.
     pub(crate) fn decode(

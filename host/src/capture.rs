@@ -283,21 +283,14 @@ impl<R: Read> CaptureReader<R> {
             ));
         }
         let old = self.buf.len();
-        self.buf.resize(old + READ_CHUNK, 0);
-        let read = loop {
-            match self.source.read(&mut self.buf[old..]) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.buf.truncate(old);
-                    return Err(CaptureError::new(
-                        self.offset() as usize + old,
-                        format!("read error: {e}"),
-                    ));
-                }
-            }
-        };
-        self.buf.truncate(old + read);
+        // `take` + `read_to_end` appends without zeroing the space first, and retries
+        // interrupted reads.
+        let read = (&mut self.source)
+            .take(READ_CHUNK as u64)
+            .read_to_end(&mut self.buf)
+            .map_err(|e| {
+                CaptureError::new(self.offset() as usize + old, format!("read error: {e}"))
+            })?;
         self.eof = read == 0;
         Ok(read > 0)
     }

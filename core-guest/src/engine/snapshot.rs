@@ -190,6 +190,9 @@ impl Tracker {
     /// coming (its grace timer, or the retry worker), unless the clock is too near its end for
     /// any retry to be scheduled; a free slot has neither.
     fn check_lifecycles(&self) -> Result<(), SnapshotError> {
+        if !self.timers.is_not_ahead_of(self.now_ns) {
+            return Err(Invalid("timer wheel's clock (ahead of the tracker's)"));
+        }
         let slab = &self.table.slab;
         let mut destroys_out = vec![0u8; slab.len()];
         for p in self.ecache.outbox.unreported() {

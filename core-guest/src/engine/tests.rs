@@ -1523,3 +1523,22 @@ fn an_early_dropped_entrys_destroy_failed_after_a_reliable_listener_came_is_retr
     destroys.dedup();
     assert_eq!(destroys.len(), 3, "each once");
 }
+
+#[test]
+fn a_snapshot_whose_timer_wheel_runs_ahead_of_the_tracker_is_refused() {
+    // Found by the snapshot fuzz target: a wheel whose clock is past the tracker's would hold
+    // every timer back until the tracker caught up, and the host would step to deadlines that
+    // never fire.
+    let mut r = Run::new(false, |_| {});
+    r.udp(0, true, 10);
+    r.advance(5 * S);
+    let good = r.t.snapshot();
+    let mut t = Tracker::restore(&good).unwrap();
+    t.now_ns = T0;
+    assert_eq!(
+        Tracker::restore(&t.snapshot()).err(),
+        Some(SnapshotError::Invalid(
+            "timer wheel's clock (ahead of the tracker's)"
+        ))
+    );
+}
