@@ -67,9 +67,9 @@ pub(crate) fn begin(w: &mut Writer) {
 }
 
 /// Writes the checksum of `bytes` (a whole snapshot) again over its last four bytes: for tests
-/// that forge snapshots whose fields, not their checksum, must be refused.
-#[cfg(test)]
-pub(crate) fn resign(bytes: &mut [u8]) {
+/// that forge snapshots whose fields, not their checksum, must be refused. Not part of the API.
+#[doc(hidden)]
+pub fn resign(bytes: &mut [u8]) {
     let n = bytes.len() - CHECKSUM_LEN;
     let crc = crc32fast::hash(&bytes[..n]);
     bytes[n..].copy_from_slice(&crc.to_le_bytes());

@@ -1745,5 +1745,21 @@ mod boundary_tests {
             snapshot.len(),
             snapshot.len().div_ceil(step)
         );
+
+        // Forged: flipped and re-signed, so the field checks decide. Both backends must
+        // accept exactly the same snapshots.
+        let mut accepted = 0;
+        for pos in (8..snapshot.len() - 4).step_by(step) {
+            let mut forged = snapshot.clone();
+            forged[pos] ^= 1 << (pos % 8);
+            ctwasm_core::snapshot::resign(&mut forged);
+            let native = Tracker::restore(&forged).is_ok();
+            let component = try_restore(&mut b, &forged).is_ok();
+            assert_eq!(component, native, "forged bit {} of byte {pos}", pos % 8);
+            accepted += usize::from(native);
+        }
+        n += 1;
+        assert_usable(&mut b, n);
+        eprintln!("forged snapshots: {accepted} accepted by both backends, the rest by neither");
     }
 }

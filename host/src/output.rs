@@ -256,7 +256,9 @@ pub fn format_json(frame: &EventFrame<'_>, msg: &CtMessage) -> String {
     let line = JsonEvent {
         ts_ns: frame.ts_ns,
         kind: message_kind(frame, msg).map(MessageKind::name),
-        events: frame.events.names().collect(),
+        // What the message proves, not the engine's own mask: a replayed event and the same
+        // event read from the kernel print the same line.
+        events: msg.proven_events().names().collect(),
         id: msg.id(),
         zone: msg.zone(),
         l3: match family {
@@ -983,12 +985,14 @@ mod tests {
         destroy.tcp_state = Some(TcpState::TimeWait);
         destroy.counters = Some([(6, 324), (5, 272)]);
         destroy.timestamp = Some((1, Some(2)));
+        // The engine's frame says DESTROY|PROTOINFO; the line says what the message proves,
+        // as a line printed from the kernel's own message would.
         let mut f = frame(MessageKind::Destroy, 42);
         f.events = EventBits::DESTROY.union(EventBits::PROTOINFO);
         assert_eq!(
             format_json(&f, &destroy.build()),
             concat!(
-                r#"{"ts_ns":42,"type":"DESTROY","events":["DESTROY","PROTOINFO"],"id":3800456667,"zone":0,"l3":"ipv4","proto":"tcp","#,
+                r#"{"ts_ns":42,"type":"DESTROY","events":["DESTROY"],"id":3800456667,"zone":0,"l3":"ipv4","proto":"tcp","#,
                 r#""orig":{"src":"127.0.0.1","dst":"127.0.0.1","sport":40001,"dport":5001},"#,
                 r#""reply":{"src":"127.0.0.1","dst":"127.0.0.1","sport":5001,"dport":40001},"#,
                 r#""status":["SEEN_REPLY","ASSURED","CONFIRMED","DYING"],"tcp_state":"TIME_WAIT","timeout":null,"mark":0,"#,

@@ -28,7 +28,7 @@ pub use codec::{
     Emitable, MAX_NEST_DEPTH, ParseNla, dump_attr_order, event_attr_order, follows_order, request,
 };
 
-use crate::event::{MessageKind, Status, TcpState};
+use crate::event::{EventBits, MessageKind, Status, TcpState};
 use crate::tuple::{Addr, Family, L4Tuple, Tuple};
 
 /// `struct nlmsghdr`, without the length (computed when emitting, checked when parsing).
@@ -186,6 +186,22 @@ impl CtMessage {
             }
             IPCTNL_MSG_CT_NEW => Some(MessageKind::Update),
             _ => None,
+        }
+    }
+
+    /// The `IPCT_*` event bits this message proves. The kernel does not send its event mask,
+    /// so a reader of the message knows only the kind's own bit (NEW, DESTROY) and PROTOINFO,
+    /// whose attribute the kernel adds to a NEW or an UPDATE exactly when that bit is set (a
+    /// DESTROY always carries the TCP state). The same message gives the same bits whoever
+    /// emitted it, the engine or the kernel.
+    pub fn proven_events(&self) -> EventBits {
+        let protoinfo = self.attrs.iter().any(|a| matches!(a, CtAttr::ProtoInfo(_)));
+        match self.kind() {
+            Some(MessageKind::Destroy) => EventBits::DESTROY,
+            Some(MessageKind::New) if protoinfo => EventBits::NEW.union(EventBits::PROTOINFO),
+            Some(MessageKind::New) => EventBits::NEW,
+            Some(MessageKind::Update) if protoinfo => EventBits::PROTOINFO,
+            _ => EventBits(0),
         }
     }
 

@@ -180,23 +180,9 @@ impl KernelMessage {
         self.message.timestamp_event().unwrap_or(self.received_ns)
     }
 
-    /// The `IPCT_*` bits this message proves. The kernel does not send its event mask, so only
-    /// these are known: the kind's own bit (NEW, DESTROY) and PROTOINFO, whose attribute the
-    /// kernel adds exactly when that bit is set (on NEW and UPDATE; a DESTROY always carries
-    /// the TCP state).
+    /// The `IPCT_*` bits this message proves ([`CtMessage::proven_events`]).
     pub fn events(&self) -> EventBits {
-        let protoinfo = self
-            .message
-            .attrs
-            .iter()
-            .any(|a| matches!(a, CtAttr::ProtoInfo(_)));
-        match self.kind() {
-            Some(MessageKind::Destroy) => EventBits::DESTROY,
-            Some(MessageKind::New) if protoinfo => EventBits::NEW.union(EventBits::PROTOINFO),
-            Some(MessageKind::New) => EventBits::NEW,
-            Some(MessageKind::Update) if protoinfo => EventBits::PROTOINFO,
-            _ => EventBits(0),
-        }
+        self.message.proven_events()
     }
 
     /// The frame the output formatters take.
@@ -773,6 +759,45 @@ mod tests {
         let os = os.split(" (os error").next().unwrap();
         assert_eq!(report.matches(os).count(), 1, "{report}");
         assert!(report.contains("ctwasm-no-such-namespace"), "{report}");
+    }
+
+    /// The JSON `events` of an event is what its message proves, so the engine's event (whose
+    /// frame carries its own wider mask) and the same bytes read from the kernel print the
+    /// same line.
+    #[test]
+    fn a_replayed_event_and_the_same_kernel_message_print_the_same_json() {
+        use ctwasm_core::tuple::ipproto;
+        use ctwasm_core::wire::build;
+        use ctwasm_core::{Config, Delivery, EventBits, Tracker};
+        use ctwasm_host::output::format_json;
+
+        let mut tracker = Tracker::new(Config::default());
+        let segment = |sport, dport, seq, ack, flags| {
+            let l4 = build::tcp(sport, dport, seq, ack, flags, 65_000, 0);
+            build::ipv4([10, 0, 0, 1], [10, 0, 0, 1], ipproto::TCP, &l4)
+        };
+        use ctwasm_core::proto::tcp::flag::{ACK, SYN};
+        tracker.ingest(1_000, 0, &segment(40000, 80, 100, 0, SYN));
+        tracker.ingest(2_000, 0, &segment(80, 40000, 500, 101, SYN | ACK));
+        let mut out = Vec::new();
+        let n = tracker.take_events(usize::MAX, &mut out);
+        tracker.report_delivery(&vec![Delivery::Delivered; n]);
+        let mut compared = 0;
+        for frame in ctwasm_core::batch::events(&out) {
+            let frame = frame.unwrap();
+            let (message, _) = CtMessage::parse(frame.netlink).unwrap();
+            let kernel = KernelMessage::new(message.clone(), frame.netlink, frame.ts_ns);
+            assert_eq!(
+                format_json(&frame, &message),
+                format_json(&kernel.frame(), &kernel.message)
+            );
+            compared += 1;
+            if frame.events.contains(EventBits::REPLY) {
+                // SYN_RECV: the engine's mask says REPLY too; the line does not.
+                assert!(format_json(&frame, &message).contains(r#""events":["PROTOINFO"]"#));
+            }
+        }
+        assert_eq!(compared, 2, "NEW and the SYN_RECV UPDATE");
     }
 
     fn stats_reply(cpu: u16, counters: &[(u16, u32)], seq: u32) -> Vec<u8> {
