@@ -452,8 +452,8 @@ pub struct ComponentBackend {
     /// `report-delivery` count them, and a `take-events` that returns fewer than asked leaves
     /// none); every other call forgets it. At `Some(0)` `take_events` skips the call.
     queued_events: Option<u32>,
-    /// The latest instant the tracker was advanced to: every deadline it names later must lie
-    /// after it (what was due has fired), or a host that steps to its deadlines would spin.
+    /// The latest instant the tracker was advanced to: no deadline it names later may lie
+    /// before it (what was due has fired), or a host that steps to its deadlines would spin.
     advanced_to: Option<u64>,
 }
 
@@ -627,11 +627,12 @@ impl ComponentBackend {
 }
 
 /// Checks a guest's `next-deadline` against the latest instant it was advanced to: a deadline
-/// at or before it would have fired already, and a host stepping from deadline to deadline
-/// would never get past it.
+/// before it would have fired already (one at that very instant is work the last calls
+/// scheduled for now, such as a retry after a delivery), and a host stepping from deadline to
+/// deadline would never get past it.
 fn check_deadline(next: Option<u64>, advanced_to: Option<u64>) -> Result<()> {
     match (next, advanced_to) {
-        (Some(next), Some(now)) if next <= now => {
+        (Some(next), Some(now)) if next < now => {
             Err(anyhow::Error::new(ComponentFault::OffContract(format!(
                 "the component's `next-deadline` gave {next} ns after it was advanced to {now} ns"
             ))))
@@ -1317,11 +1318,13 @@ mod guest_answer_tests {
     }
 
     #[test]
-    fn a_deadline_at_or_before_the_clock_it_was_advanced_to_is_off_contract() {
+    fn a_deadline_before_the_clock_it_was_advanced_to_is_off_contract() {
         assert!(check_deadline(Some(5), Some(4)).is_ok());
+        // Work scheduled for the current instant (a retry after a delivery) is due now.
+        assert!(check_deadline(Some(4), Some(4)).is_ok());
         assert!(check_deadline(Some(0), None).is_ok());
         assert!(check_deadline(None, Some(4)).is_ok());
-        for stuck in [0, 4] {
+        for stuck in [0, 3] {
             let err = check_deadline(Some(stuck), Some(4)).unwrap_err();
             assert!(
                 matches!(

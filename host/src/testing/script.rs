@@ -306,10 +306,11 @@ impl Driver {
             Op::Advance { ms } => {
                 self.now_ns += ms * 1_000_000;
                 self.backend.advance(self.now_ns)?;
-                // Everything due by now has fired: what is left lies ahead.
+                // Everything due by now has fired: what is left lies ahead (or is due now
+                // again, as a retry the last round scheduled).
                 let next = self.backend.next_deadline()?;
                 ensure!(
-                    next.is_none_or(|t| t > self.now_ns),
+                    next.is_none_or(|t| t >= self.now_ns),
                     "after advancing to {}, the next deadline is {next:?}",
                     self.now_ns
                 );
