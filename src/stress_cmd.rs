@@ -144,11 +144,13 @@ pub fn run(args: StressArgs) -> Result<()> {
     let started = Instant::now();
     let mut first = options.listener();
     if args.socket.is_some() {
-        // The socket's reader decides and counts; the in-process listener only watches, and
-        // sees every retry the socket's refusals cause (as a second netlink listener would).
-        first.broadcast_error = false;
-        first.rcvbuf = usize::MAX;
-        first.drain = ctwasm_host::listener::DrainPolicy::Unlimited;
+        // The socket's reader decides; the in-process listener observes what the socket took,
+        // each message once (not every retry the socket's refusals cause, as a second netlink
+        // socket would), so the counts below are the socket's.
+        first = ctwasm_host::listener::ListenerConfig {
+            groups: first.groups,
+            ..ctwasm_host::listener::ListenerConfig::observer(&first.name)
+        };
     }
     let mut listeners = ctwasm_host::listener::Listeners::new([first]);
     let mut stream_end = None;
@@ -172,17 +174,21 @@ pub fn run(args: StressArgs) -> Result<()> {
         })?;
     let wall = started.elapsed();
     bar.finish_and_clear();
-    if let Some(end) = stream_end {
+    if let (Some(end), Some(path)) = (stream_end, &args.socket) {
         // Tell the reader the stream is over once it has read everything sent before.
-        end.finish(Instant::now() + std::time::Duration::from_secs(60))?;
-        eprintln!(
-            "ctwasm stress: events also went to {}; its reader's summary counts the DESTROYs the \
-             kernel buffer let through (the counts below are the in-process observer's)",
-            args.socket
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        );
+        match end.finish(Instant::now() + std::time::Duration::from_secs(60)) {
+            Ok(()) => eprintln!(
+                "ctwasm stress: events went to {}; the counts below are what its socket took",
+                path.display()
+            ),
+            // The run is whole; only the reader left early (a closed socket leaves its groups,
+            // so it missed what came after, and the counts below say what the socket took).
+            Err(e) => eprintln!(
+                "ctwasm stress: the reader at {} went away before the end of the stream ({e}); \
+                 the counts below are what its socket took before",
+                path.display()
+            ),
+        }
     }
 
     if let Some(path) = &args.plot {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ctwasm_core::RetryPolicy;
 use ctwasm_host::backend::{BackendKind, open_backend};
-use ctwasm_host::listener::Listeners;
+use ctwasm_host::listener::{ListenerConfig, Listeners};
 use ctwasm_host::stress::{self, StressOptions, StressReport};
 use ctwasm_live::socket_listener::{
     ReadPace, SocketListener, SocketListenerConfig, SocketReader, Tally,
@@ -53,9 +53,11 @@ fn socket_config(reliable: bool) -> SocketListenerConfig {
     }
 }
 
-/// Runs the stress scenario with `listener` as the only listener; returns the engine's report.
+/// Runs the stress scenario with `listener` as the only listener (beside an observer of what
+/// it took, as `ctwasm stress --socket` has, whose reads the report counts); returns the
+/// engine's report.
 fn run(listener: SocketListener, options: &StressOptions) -> StressReport {
-    let mut listeners = Listeners::default();
+    let mut listeners = Listeners::new([ListenerConfig::observer("observer")]);
     listeners.push_external(Box::new(listener));
     let mut backend = open_backend(BackendKind::Native, &options.settings(), None).unwrap();
     stress::run_with_listeners(backend.as_mut(), options, listeners, &mut |_| {}).unwrap()
@@ -112,6 +114,11 @@ fn reliable_socket_listener_reads_every_destroy_exactly_once() {
     assert_eq!(tally.destroy, flows);
     assert_eq!(tally.decode_errors, 0);
     assert_eq!(s.dying_final, 0);
+    // The report's own counts are what the socket took: each DESTROY once, as the reader read.
+    assert_eq!(
+        (s.destroy_delivered, s.duplicates, s.destroy_lost),
+        (flows, 0, 0)
+    );
     // The kernel's buffer did the deciding: sends were refused, DESTROYs waited on the dying list.
     assert!(report.listener.dropped > 0 && report.listener.enobufs > 0);
     assert!(s.dying_peak > 0, "{s:?}");

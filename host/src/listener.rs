@@ -169,6 +169,11 @@ pub struct ListenerConfig {
     pub faults: f64,
     /// Seed of the fault generator.
     pub fault_seed: u64,
+    /// An observer, not a socket: offered a message only after the other listeners, and only
+    /// when one of them took it and none failed it, so it sees each message once, as
+    /// delivered (a second netlink socket would see every retry of a message the first one
+    /// refused, and messages nobody read). It never fails a delivery itself.
+    pub delivered_only: bool,
 }
 
 impl Default for ListenerConfig {
@@ -183,6 +188,22 @@ impl Default for ListenerConfig {
             record: false,
             faults: 0.0,
             fault_seed: 0,
+            delivered_only: false,
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// An observer of what the other listeners took (see [`ListenerConfig::delivered_only`]):
+    /// unbounded, read at once, recording.
+    pub fn observer(name: &str) -> ListenerConfig {
+        ListenerConfig {
+            name: name.to_string(),
+            rcvbuf: usize::MAX,
+            drain: DrainPolicy::Unlimited,
+            record: true,
+            delivered_only: true,
+            ..ListenerConfig::default()
         }
     }
 }
@@ -660,6 +681,16 @@ impl Listeners {
             )
             .collect()
     }
+    /// The statistics of the first listener that takes part in deliveries (an observer does
+    /// not): the simulated ones first, then the external ones.
+    pub fn deciding_stats(&self) -> Option<ListenerStats> {
+        self.listeners
+            .iter()
+            .find(|l| !l.config.delivered_only)
+            .map(Listener::stats)
+            .or_else(|| self.external.first().map(|l| l.stats()))
+    }
+
     /// Whether any listener, simulated or external, set broadcast-error.
     pub fn has_reliable(&self) -> bool {
         self.listeners.iter().any(Listener::is_reliable)
@@ -763,16 +794,33 @@ impl Listeners {
             Vec::new()
         };
         let mut outcome = Delivery::Delivered;
-        for l in &mut self.listeners {
+        // Whether another listener exists, and whether one of them took the message.
+        let (mut others, mut taken) = (false, false);
+        for l in self
+            .listeners
+            .iter_mut()
+            .filter(|l| !l.config.delivered_only)
+        {
             let offer = l.offer(now_ns, frame.group, cost, &recorded);
+            (others, taken) = (true, taken || offer == Offer::Queued);
             if offer.missed() && l.config.broadcast_error {
                 outcome = Delivery::Failed;
             }
         }
         for l in &mut self.external {
             let offer = l.offer(now_ns, frame.group, frame.netlink);
+            (others, taken) = (true, taken || offer == Offer::Queued);
             if offer.missed() && l.is_reliable() {
                 outcome = Delivery::Failed;
+            }
+        }
+        if outcome == Delivery::Delivered && (taken || !others) {
+            for l in self
+                .listeners
+                .iter_mut()
+                .filter(|l| l.config.delivered_only)
+            {
+                l.offer(now_ns, frame.group, cost, &recorded);
             }
         }
         outcome
@@ -994,6 +1042,46 @@ mod tests {
     }
 
     #[test]
+    fn an_observer_sees_each_message_once_as_delivered() {
+        // A reliable listener that holds one message and reads none, beside an observer.
+        let mut set = Listeners::new([
+            ListenerConfig::observer("observer"),
+            ListenerConfig::parse("reliable,rcvbuf=0,drain=0/s").unwrap(),
+        ]);
+        assert_eq!(
+            set.deliver(0, &frame(GROUP_DESTROY, &[1; 8])),
+            Delivery::Delivered
+        );
+        // Refused twice (the retries of one DESTROY), then taken once the reader caught up.
+        for _ in 0..2 {
+            assert_eq!(
+                set.deliver(0, &frame(GROUP_DESTROY, &[2; 8])),
+                Delivery::Failed
+            );
+        }
+        assert_eq!(
+            set.get(0).unwrap().stats().received,
+            1,
+            "not the refused tries"
+        );
+        assert_eq!(
+            set.deciding_stats().unwrap().dropped,
+            2,
+            "the socket's own figures"
+        );
+        // Nobody took it (the only other listener is not subscribed): nor does the observer.
+        let mut alone = Listeners::new([
+            ListenerConfig::observer("observer"),
+            ListenerConfig::parse("groups=new").unwrap(),
+        ]);
+        assert_eq!(
+            alone.deliver(0, &frame(GROUP_DESTROY, &[3; 8])),
+            Delivery::Delivered
+        );
+        assert_eq!(alone.get(0).unwrap().stats().received, 0);
+    }
+
+    #[test]
     fn rate_reader_paces_reads_on_simulated_time() {
         let mut l = listener("rcvbuf=unlimited,drain=10/s,record");
         for i in 0..5u8 {
@@ -1087,6 +1175,7 @@ mod tests {
                 record: false,
                 faults: 0.0,
                 fault_seed: 0,
+                delivered_only: false,
             }
         );
         assert_eq!(ListenerConfig::parse("rcvbuf=4M").unwrap().rcvbuf, 4 << 20);

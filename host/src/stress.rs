@@ -339,12 +339,8 @@ pub fn run_with_listeners(
     }
 
     let stats = sim.backend.stats()?;
-    let listener = sim
-        .listeners
-        .all_stats()
-        .first()
-        .map(|(_, s)| *s)
-        .unwrap_or_default();
+    // The listener whose buffer decided (beside an observer, the socket behind it).
+    let listener = sim.listeners.deciding_stats().unwrap_or_default();
     let end_ns = sim.now();
     let mirror = match reads.mirror.take() {
         Some(m) => {
