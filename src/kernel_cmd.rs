@@ -45,6 +45,12 @@ pub struct WatchArgs {
     /// Stop after this many event messages.
     #[arg(long, value_name = "N")]
     count: Option<u64>,
+    /// Event kinds to watch, comma-separated: NEW, UPDATE, DESTROY or ALL (conntrack -e). The
+    /// socket joins only their groups, so the kernel sends nothing else.
+    #[arg(long = "event-mask", short = 'e', value_name = "KINDS")]
+    event_mask: Option<String>,
+    #[command(flatten)]
+    filter: crate::filter_args::FilterArgs,
     /// No summary on stderr.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -65,6 +71,8 @@ pub struct ListArgs {
     /// Inside this network namespace (/run/netns/NAME).
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
+    #[command(flatten)]
+    filter: crate::filter_args::FilterArgs,
 }
 
 /// `ctwasm stats`: the kernel's per-CPU counters, as `conntrack -S` prints them.
@@ -102,11 +110,12 @@ mod linux {
     use std::time::{Duration, Instant};
 
     use anyhow::Context;
+    use ctwasm_core::MessageKind;
     use ctwasm_core::netlink::NlHeader;
     use ctwasm_core::netlink::consts::{IPCTNL_MSG_CT_GET, NFNL_SUBSYS_CTNETLINK, nfnl_msg_type};
     use ctwasm_host::output::Format;
     use ctwasm_live::ctnetlink::{
-        Conntrack, EventSocket, KernelMessage, Received, SubscribeOptions, cpu_stat_name,
+        Conntrack, EventSocket, Groups, KernelMessage, Received, SubscribeOptions, cpu_stat_name,
     };
 
     use crate::signals::stop_on_signals;
@@ -124,22 +133,32 @@ mod linux {
             bytes: message.to_vec(),
             message,
             received_ns: m.received_ns,
+            progname: None,
         }
     }
 
     fn line(m: &KernelMessage, format: Format) -> String {
-        format.line(&m.frame(), &m.message)
+        format.line_with_progname(&m.frame(), &m.message, m.progname.as_deref())
     }
 
     pub fn run_watch(args: WatchArgs) -> Result<()> {
         let format = crate::output_format(args.format, &args.output)?;
+        let filter = args.filter.filter()?;
+        let groups = match crate::filter_args::event_mask(args.event_mask.as_deref())? {
+            None => Groups::ALL,
+            Some(kinds) => Groups {
+                new: kinds.contains(&MessageKind::New),
+                update: kinds.contains(&MessageKind::Update),
+                destroy: kinds.contains(&MessageKind::Destroy),
+            },
+        };
         let stop = stop_on_signals()?;
         let mut socket = EventSocket::subscribe(&SubscribeOptions {
+            groups,
             rcvbuf: args.rcvbuf,
             reliable: args.reliable,
             no_enobufs: args.no_enobufs,
             netns: args.netns.clone(),
-            ..SubscribeOptions::default()
         })
         .context("subscribing to conntrack events")?;
         socket.stop_when(stop);
@@ -162,7 +181,7 @@ mod linux {
                 }
                 match socket.recv(left)? {
                     Received::Messages(messages) => {
-                        for m in &messages {
+                        for m in messages.iter().filter(|m| filter.matches(&m.message)) {
                             if args.count.is_some_and(|n| printed >= n) {
                                 break;
                             }
@@ -173,8 +192,12 @@ mod linux {
                     }
                     Received::Overrun if args.resync => {
                         resyncs += 1;
-                        for m in socket.resync()? {
-                            writeln!(out, "{}", line(&as_entry(&m), format))?;
+                        for m in socket
+                            .resync()?
+                            .iter()
+                            .filter(|m| filter.matches(&m.message))
+                        {
+                            writeln!(out, "{}", line(&as_entry(m), format))?;
                         }
                         out.flush()?;
                     }
@@ -220,12 +243,14 @@ mod linux {
 
     pub fn run_list(args: ListArgs) -> Result<()> {
         let format = crate::output_format(args.format, &args.output)?;
+        let filter = args.filter.filter()?;
         let mut ct = Conntrack::open(args.netns.as_deref())?;
-        let entries = if args.dying {
+        let mut entries = if args.dying {
             ct.dump_dying()?
         } else {
             ct.dump()?
         };
+        entries.retain(|m| filter.matches(&m.message));
         let stdout = std::io::stdout();
         let mut out = BufWriter::new(stdout.lock());
         let written = (|| -> std::io::Result<()> {

@@ -112,6 +112,8 @@ mod linux {
                     message: message.clone(),
                     bytes: bytes.to_vec(),
                     received_ns,
+                    // Sent by a simulated engine, not by a program's netlink socket.
+                    progname: None,
                 };
                 let line = format.line(&m.frame(), &m.message);
                 if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {

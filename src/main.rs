@@ -21,6 +21,7 @@ use ctwasm_host::replay::{ReplayOptions, ReplayReport, replay};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 mod artifacts_cmd;
+mod filter_args;
 mod kernel_cmd;
 mod listen_cmd;
 mod shadow_cmd;

@@ -123,3 +123,42 @@ fn the_readmes_first_command_prints_the_kernels_lines() {
         .collect();
     assert_eq!(ours, kernel);
 }
+
+#[test]
+fn malformed_filters_are_refused_before_any_socket_opens() {
+    // Each names its option and what it expected; none needs root or a kernel.
+    for command in ["list", "watch"] {
+        for (args, expect) in [
+            (&["-p", "tcpx"][..], "-p `tcpx`"),
+            (&["-f", "ipv5"], "-f `ipv5`"),
+            (&["-s", "10.0.0.256"], "-s `10.0.0.256`"),
+            (&["-d", "fd00::1/129"], "-d `fd00::1/129`"),
+            (&["--reply-src", "nope"], "--reply-src `nope`"),
+            (&["-p", "tcp", "--sport", "65536"], "--sport `65536`"),
+            (&["--state", "ESTABLISHED"], "`-p tcp` with it"),
+            (
+                &["-p", "tcp", "--state", "ESTABLISH"],
+                "--state `ESTABLISH`",
+            ),
+            (&["-p", "icmp", "--dport", "80"], "a protocol with ports"),
+            (&["-u", "ASSURED,BOGUS"], "-u `ASSURED,BOGUS`"),
+            (&["-m", "0x/"], "-m `0x/`"),
+            (&["-w", "70000"], "-w `70000`"),
+            (&["-f", "ipv6", "-s", "10.0.0.1"], "addresses of the family"),
+        ] {
+            let mut argv = vec![command, "--netns", "ctwasm-no-such-namespace"];
+            argv.extend_from_slice(args);
+            refused(&argv, expect);
+        }
+    }
+    refused(
+        &[
+            "watch",
+            "--netns",
+            "ctwasm-no-such-namespace",
+            "-e",
+            "NEW,CREATE",
+        ],
+        "-e `NEW,CREATE`",
+    );
+}

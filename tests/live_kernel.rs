@@ -308,6 +308,174 @@ fn list_stats_and_flush_agree_with_conntrack_tools() {
     holder.join().expect("holder thread");
 }
 
+/// Adds nft rules inside the namespace: `rules` is an nft script.
+fn nft(ns: &Netns, rules: &str) {
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft runs");
+    nft.stdin
+        .take()
+        .expect("stdin")
+        .write_all(rules.as_bytes())
+        .expect("rules written");
+    assert!(nft.wait().expect("nft ends").success(), "nft: {rules}");
+}
+
+#[test]
+fn list_filters_select_what_conntrack_tools_selects() {
+    let _serial = serial();
+    if !require_live("list filters") {
+        return;
+    }
+    let ns = Netns::new();
+    // UDP to port 5006 gets mark 7; UDP to port 5007 goes to zone 3 (set before conntrack).
+    nft(
+        &ns,
+        "table inet ctwasm_filters {
+            chain raw_out { type filter hook output priority raw; udp dport 5007 ct zone set 3; }
+            chain mark_out { type filter hook output priority 0; udp dport 5006 ct mark set 7; }
+        }",
+    );
+    // Two established TCP connections kept open, UDP over IPv4 and IPv6, a ping.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<u16>();
+    let name = ns.name.clone();
+    let holder = std::thread::spawn(move || {
+        in_netns(Some(&name), move || {
+            let listener = TcpListener::bind("127.0.0.1:5003").expect("listen");
+            let a = TcpStream::connect("127.0.0.1:5003").expect("connect");
+            let client_port = a.local_addr().expect("port").port();
+            let (a_server, _) = listener.accept().expect("accept");
+            let listener6 = TcpListener::bind("[::1]:5005").expect("listen v6");
+            let b = TcpStream::connect("[::1]:5005").expect("connect v6");
+            let (b_server, _) = listener6.accept().expect("accept v6");
+            let udp = UdpSocket::bind("127.0.0.1:40005").expect("udp");
+            for port in [5004, 5006, 5007] {
+                udp.send_to(b"x", ("127.0.0.1", port)).expect("udp send");
+            }
+            let udp6 = UdpSocket::bind("[::1]:40006").expect("udp v6");
+            udp6.send_to(b"x", "[::1]:5004").expect("udp6 send");
+            ready_tx.send(client_port).expect("ready");
+            let _ = done_rx.recv();
+            drop((a, a_server, b, b_server));
+        })
+        .expect("netns thread");
+    });
+    let client_port = ready_rx.recv().expect("traffic made").to_string();
+    ns.exec(&["ping", "-c", "1", "-W", "1", "127.0.0.1"]);
+
+    let selections: Vec<Vec<&str>> = vec![
+        vec![],
+        vec!["-p", "tcp"],
+        vec!["-p", "udp", "--dport", "5004"],
+        vec!["-f", "ipv6"],
+        vec!["-f", "ipv4", "-p", "udp"],
+        vec!["-s", "127.0.0.1", "-p", "tcp", "--state", "ESTABLISHED"],
+        vec!["-d", "::1"],
+        vec!["--reply-src", "127.0.0.1", "-p", "udp"],
+        vec!["-p", "tcp", "--sport", &client_port],
+        vec!["-p", "tcp", "--reply-port-src", "5003"],
+        vec!["-m", "7"],
+        vec!["-m", "0/0xff"],
+        vec!["-w", "3"],
+        vec!["-u", "ASSURED"],
+        vec!["-u", "SEEN_REPLY,ASSURED", "-p", "tcp"],
+        vec!["-p", "icmp"],
+        vec!["-p", "tcp", "--state", "TIME_WAIT"],
+    ];
+    let mut nonempty = 0;
+    for options in &selections {
+        let ours = run(Command::new(BIN)
+            .args(["list", "--netns", &ns.name, "-o", "extended,id"])
+            .args(options));
+        let mut argv = vec!["conntrack", "-L", "-o", "extended,id"];
+        argv.extend(options.iter().copied());
+        let tools = ns.exec(&argv);
+        let ours_lines: BTreeSet<String> = ours.lines().map(steady).collect();
+        let tools_lines: BTreeSet<String> = tools.lines().map(steady).collect();
+        assert_eq!(
+            ours_lines, tools_lines,
+            "options {options:?}\nctwasm list:\n{ours}conntrack -L:\n{tools}"
+        );
+        nonempty += usize::from(!ours_lines.is_empty());
+        eprintln!("{options:?}: {} entries, as conntrack -L", ours_lines.len());
+    }
+    // The traffic made something for most selections to find (the state and -p filters that
+    // select nothing are checked too).
+    assert!(nonempty >= selections.len() - 3, "{nonempty}");
+    let _ = done_tx.send(());
+    holder.join().expect("holder thread");
+}
+
+/// How many netlink sockets inside the namespace joined exactly the conntrack groups `mask`
+/// (bit 0 NEW, 1 UPDATE, 2 DESTROY).
+fn conntrack_listeners(ns: &Netns, mask: u32) -> usize {
+    let want = format!("{mask:08x}");
+    ns.inside(|| {
+        std::fs::read_to_string("/proc/thread-self/net/netlink")
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1) == Some(&"12") && f.get(3) == Some(&want.as_str())
+            })
+            .count()
+    })
+}
+
+#[test]
+fn watch_event_masks_and_filters_print_what_conntrack_tools_prints() {
+    let _serial = serial();
+    if !require_live("watch filters") {
+        return;
+    }
+    let ns = Netns::new();
+    let options = ["-e", "NEW,DESTROY", "-p", "udp", "-o", "id"];
+    let ours = Command::new(BIN)
+        .args(["watch", "--netns", &ns.name, "--duration", "4"])
+        .args(options)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ctwasm watch starts");
+    let tools = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "timeout", "-s", "INT", "4"])
+        .args(["conntrack", "-E"])
+        .args(options)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("conntrack -E starts");
+    // Both joined only the NEW and DESTROY groups: the mask is the kernel's to apply.
+    let ready_by = Instant::now() + Duration::from_secs(3);
+    while conntrack_listeners(&ns, 0b101) < 2 {
+        assert!(Instant::now() < ready_by, "the listeners never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    mixed_traffic(&ns);
+    run(Command::new(BIN).args(["flush", "--netns", &ns.name]));
+    let ours = ours.wait_with_output().expect("watch ends");
+    let tools = tools.wait_with_output().expect("conntrack -E ends");
+    let (ours_text, tools_text) = (
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&tools.stdout),
+    );
+    eprintln!("ctwasm watch:\n{ours_text}conntrack -E:\n{tools_text}");
+    assert!(
+        ours.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
+    assert_eq!(ours_text, tools_text);
+    // The UDP flow's NEW and DESTROY, nothing of TCP or ping, no UPDATE.
+    let lines: Vec<&str> = ours_text.lines().collect();
+    assert_eq!(lines.len(), 2, "{ours_text}");
+    assert!(lines[0].contains("[NEW] udp") && lines[1].contains("[DESTROY] udp"));
+}
+
 #[test]
 fn get_and_delete_one_entry() {
     let _serial = serial();

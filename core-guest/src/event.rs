@@ -29,7 +29,8 @@ macro_rules! bitset {
             /// Every bit this set names.
             pub const ALL: $name = $name(0 $(| (1 << $shift))+);
 
-            const NAMES: &'static [($name, &'static str)] = &[$(($name::$bit, stringify!($bit))),+];
+            /// Each bit with its name, as the kernel names it without its prefix.
+            pub const NAMES: &'static [($name, &'static str)] = &[$(($name::$bit, stringify!($bit))),+];
 
             pub const fn empty() -> $name {
                 $name(0)

@@ -40,6 +40,7 @@ pub mod backend;
 pub mod capture;
 pub mod compare;
 pub mod embed;
+pub mod filter;
 pub mod listener;
 pub mod mirror;
 pub mod output;

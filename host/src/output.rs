@@ -91,8 +91,26 @@ pub enum Format {
 impl Format {
     /// The line for `msg` (no trailing newline).
     pub fn line(&self, frame: &EventFrame<'_>, msg: &CtMessage) -> String {
+        self.line_with_progname(frame, msg, None)
+    }
+
+    /// The line for a message a userspace program caused, naming the program as `conntrack`
+    /// does (`[USERSPACE] portid=N progname=NAME`; the JSON line has no such key).
+    pub fn line_with_progname(
+        &self,
+        frame: &EventFrame<'_>,
+        msg: &CtMessage,
+        progname: Option<&str>,
+    ) -> String {
         match *self {
-            Format::Conntrack(options) => format_conntrack_with(frame, msg, options),
+            Format::Conntrack(options) => {
+                let mut line = format_conntrack_with(frame, msg, options);
+                if let Some(name) = progname.filter(|_| msg.header.port_id != 0) {
+                    line.push_str(" progname=");
+                    line.push_str(name);
+                }
+                line
+            }
             Format::Json => format_json(frame, msg),
         }
     }

@@ -156,6 +156,10 @@ pub struct KernelMessage {
     pub bytes: Vec<u8>,
     /// Wall-clock receive time, ns since the epoch.
     pub received_ns: u64,
+    /// For an event a userspace program caused (a flush, a delete), that program's name as
+    /// `conntrack -E` prints it (`progname=`): `/proc/PORTID/comm`, read when the event
+    /// arrived; `None` when the port id names no process (any more).
+    pub progname: Option<String>,
 }
 
 impl KernelMessage {
@@ -165,7 +169,19 @@ impl KernelMessage {
             message,
             bytes,
             received_ns,
+            progname: None,
         }
+    }
+
+    /// Looks up the program behind the message's port id (see [`KernelMessage::progname`]).
+    fn with_progname(mut self) -> KernelMessage {
+        let port_id = self.message.header.port_id;
+        if port_id != 0 {
+            self.progname = std::fs::read_to_string(format!("/proc/{port_id}/comm"))
+                .ok()
+                .map(|name| name.trim_end_matches('\n').to_string());
+        }
+        self
     }
 
     /// NEW, UPDATE or DESTROY for an event; a dump entry reads as UPDATE (its type is
@@ -416,7 +432,7 @@ impl EventSocket {
                             MessageKind::Update => self.counts.update += 1,
                             MessageKind::Destroy => self.counts.destroy += 1,
                         }
-                        out.push(KernelMessage::new(message, f.bytes, received_ns));
+                        out.push(KernelMessage::new(message, f.bytes, received_ns).with_progname());
                     }
                     None => self.counts.foreign += 1,
                 },
