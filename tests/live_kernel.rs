@@ -25,7 +25,7 @@ use ctwasm_core::event::MessageKind;
 use ctwasm_live::ctnetlink::{Conntrack, EventSocket, Received, SubscribeOptions, in_netns};
 
 mod common;
-use common::{RULESET, require_live, run, serial};
+use common::{RULESET, conntrack_listeners_here, require_live, run, serial};
 
 static NEXT_NS: AtomicU32 = AtomicU32::new(0);
 
@@ -60,17 +60,7 @@ impl Netns {
         ns.exec(&["ip", "link", "set", "lo", "up"]);
         // The ruleset first: it registers the conntrack hooks, which creates the per-netns
         // sysctls.
-        let mut nft = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("nft runs");
-        nft.stdin
-            .take()
-            .expect("stdin")
-            .write_all(RULESET.replace("@INPUT@", "").as_bytes())
-            .expect("ruleset written");
-        assert!(nft.wait().expect("nft ends").success(), "nft ruleset");
+        nft(&ns, &RULESET.replace("@INPUT@", ""));
         for (name, value) in SYSCTLS {
             ns.exec(&["sysctl", "-qw", &format!("net.netfilter.{name}={value}")]);
         }
@@ -95,16 +85,7 @@ impl Netns {
     /// Whether a netlink socket inside the namespace has joined all three conntrack groups:
     /// the "listener is ready" signal, without sleeping.
     fn has_conntrack_listener(&self) -> bool {
-        self.inside(|| {
-            std::fs::read_to_string("/proc/thread-self/net/netlink")
-                .unwrap_or_default()
-                .lines()
-                .skip(1)
-                .any(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    f.get(1) == Some(&"12") && f.get(3) == Some(&"00000007")
-                })
-        })
+        self.inside(|| conntrack_listeners_here(0b111) > 0)
     }
 }
 
@@ -409,23 +390,6 @@ fn list_filters_select_what_conntrack_tools_selects() {
     holder.join().expect("holder thread");
 }
 
-/// How many netlink sockets inside the namespace joined exactly the conntrack groups `mask`
-/// (bit 0 NEW, 1 UPDATE, 2 DESTROY).
-fn conntrack_listeners(ns: &Netns, mask: u32) -> usize {
-    let want = format!("{mask:08x}");
-    ns.inside(|| {
-        std::fs::read_to_string("/proc/thread-self/net/netlink")
-            .unwrap_or_default()
-            .lines()
-            .skip(1)
-            .filter(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.get(1) == Some(&"12") && f.get(3) == Some(&want.as_str())
-            })
-            .count()
-    })
-}
-
 #[test]
 fn watch_event_masks_and_filters_print_what_conntrack_tools_prints() {
     let _serial = serial();
@@ -451,7 +415,7 @@ fn watch_event_masks_and_filters_print_what_conntrack_tools_prints() {
         .expect("conntrack -E starts");
     // Both joined only the NEW and DESTROY groups: the mask is the kernel's to apply.
     let ready_by = Instant::now() + Duration::from_secs(3);
-    while conntrack_listeners(&ns, 0b101) < 2 {
+    while ns.inside(|| conntrack_listeners_here(0b101)) < 2 {
         assert!(Instant::now() < ready_by, "the listeners never subscribed");
         std::thread::sleep(Duration::from_millis(20));
     }

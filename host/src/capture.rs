@@ -1149,20 +1149,7 @@ mod tests {
         ]
     }
 
-    /// A source that hands out at most `step` bytes per read, as a pipe or a slow disk may.
-    struct Trickle<'a> {
-        bytes: &'a [u8],
-        step: usize,
-    }
-
-    impl Read for Trickle<'_> {
-        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-            let n = self.step.min(out.len()).min(self.bytes.len());
-            out[..n].copy_from_slice(&self.bytes[..n]);
-            self.bytes = &self.bytes[n..];
-            Ok(n)
-        }
-    }
+    use crate::testing::Trickle;
 
     fn read_all<R: Read>(reader: CaptureReader<R>) -> (Vec<CapturedPacket>, Option<CaptureError>) {
         let mut packets = Vec::new();

@@ -247,16 +247,7 @@ impl Lab {
     /// Whether a netlink socket inside namespace `i` has joined all three conntrack groups:
     /// the "listener is ready" signal, without sleeping.
     pub fn has_conntrack_listener(&self, i: usize) -> bool {
-        self.inside(i, || {
-            std::fs::read_to_string("/proc/thread-self/net/netlink")
-                .unwrap_or_default()
-                .lines()
-                .skip(1)
-                .any(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    f.get(1) == Some(&"12") && f.get(3) == Some(&"00000007")
-                })
-        })
+        self.inside(i, || conntrack_listeners_here(0b111) > 0)
     }
 
     /// Runs `f` inside namespace `i` (on a thread that entered it).
@@ -304,4 +295,20 @@ pub fn replay_capture(
     let end = until_ns.max(sim.now());
     sim.run_until(end, &mut sink)?;
     Ok(out)
+}
+
+/// How many NETLINK_NETFILTER sockets in the calling thread's network namespace joined
+/// exactly the conntrack groups `mask` (bit 0 NEW, 1 UPDATE, 2 DESTROY): a listener is ready
+/// once it shows here, without sleeping.
+pub fn conntrack_listeners_here(mask: u32) -> usize {
+    let want = format!("{mask:08x}");
+    std::fs::read_to_string("/proc/thread-self/net/netlink")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"12") && f.get(3) == Some(&want.as_str())
+        })
+        .count()
 }

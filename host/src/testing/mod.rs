@@ -23,4 +23,22 @@ pub fn snapshot_noise(valid: &[u8], rounds: usize, max_len: usize) -> Vec<Vec<u8
         .collect()
 }
 
+/// A source that hands out at most `step` bytes per read, as a pipe or a slow disk may: for
+/// tests of readers that must not depend on how their input arrives.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Trickle<'a> {
+    pub bytes: &'a [u8],
+    pub step: usize,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.step.min(out.len()).min(self.bytes.len());
+        out[..n].copy_from_slice(&self.bytes[..n]);
+        self.bytes = &self.bytes[n..];
+        Ok(n)
+    }
+}
+
 pub mod script;
