@@ -255,11 +255,10 @@ impl Table {
 
     /// Gives a slot back: an unconfirmed entry that turned out invalid, or one whose DESTROY
     /// got through. Reports still on their way about it will find a new generation.
+    /// `missed_live` is not touched: an unconfirmed entry has no missed bits, and a confirmed
+    /// one left it when it was unhashed.
     pub(super) fn release(&mut self, slot: u32) {
         let e = &mut self.slab[slot as usize];
-        if e.life == Life::Live {
-            self.missed_live -= u64::from(e.has_missed());
-        }
         if e.id != 0 {
             self.ids.remove(&e.id);
             e.id = 0;

@@ -1536,3 +1536,20 @@ fn a_snapshot_whose_timer_wheel_runs_ahead_of_the_tracker_is_refused() {
         ))
     );
 }
+
+#[test]
+fn an_entry_with_missed_bits_ended_without_events_is_counted_out_once() {
+    // Found by the snapshot fuzz target: an entry with missed bits in a tracker whose events
+    // are off (a state only a snapshot can hold) was taken out of `missed_pending` twice when
+    // it ended, once when unhashed and again when its slot was released.
+    let mut r = Run::new(false, |_| {});
+    r.fail_next = 1;
+    r.udp(0, true, 10);
+    assert_eq!(r.t.stats().missed_pending, 1);
+    let mut t = Tracker::restore(&r.t.snapshot()).unwrap();
+    t.config.sysctls.events = 0;
+    let mut t = Tracker::restore(&t.snapshot()).unwrap();
+    t.flush(T0 + S);
+    let s = t.stats();
+    assert_eq!((s.count, s.missed_pending), (0, 0));
+}
