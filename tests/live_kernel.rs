@@ -420,7 +420,11 @@ fn watch_event_masks_and_filters_print_what_conntrack_tools_prints() {
         std::thread::sleep(Duration::from_millis(20));
     }
     mixed_traffic(&ns);
-    run(Command::new(BIN).args(["flush", "--netns", &ns.name]));
+    // The flush comes from this test's own socket, not from a `ctwasm flush` that exits at
+    // once: both tools look the sender up in /proc when the DESTROY arrives (`progname=`), and
+    // a sender that is still alive makes that lookup the same for both.
+    let mut ct = Conntrack::open(ns.name()).expect("request socket");
+    ct.flush().expect("flush");
     let ours = ours.wait_with_output().expect("watch ends");
     let tools = tools.wait_with_output().expect("conntrack -E ends");
     let (ours_text, tools_text) = (
