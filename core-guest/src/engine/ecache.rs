@@ -59,6 +59,24 @@ pub(super) enum Source {
     },
 }
 
+impl Source {
+    /// The netlink group a message of `kind` about this source goes to, and the bits its frame
+    /// carries: an expectation's are its own (`IPEXP_*`), and its messages go to the
+    /// expectation groups.
+    pub(super) fn group_and_bits(&self, kind: MessageKind) -> (u8, EventBits) {
+        match *self {
+            Source::Entry { bits, .. } => (kind.group(), bits),
+            Source::Expectation { bits, .. } => {
+                let group = match kind {
+                    MessageKind::Destroy => GROUP_EXP_DESTROY,
+                    MessageKind::New | MessageKind::Update => GROUP_EXP_NEW,
+                };
+                (group, EventBits(bits.0))
+            }
+        }
+    }
+}
+
 /// A message produced and not yet reported.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Pending {
@@ -249,18 +267,7 @@ impl Tracker {
             self.settle(source, kind, from_worker, result);
             return;
         }
-        let (bits, group) = match source {
-            Source::Entry { bits, .. } => (bits, kind.group()),
-            // The frame's event field holds the expectation's own bits (`IPEXP_*`), and the
-            // message goes to the expectation groups.
-            Source::Expectation { bits, .. } => {
-                let group = match kind {
-                    MessageKind::Destroy => GROUP_EXP_DESTROY,
-                    MessageKind::New | MessageKind::Update => GROUP_EXP_NEW,
-                };
-                (EventBits(bits.0), group)
-            }
-        };
+        let (group, bits) = source.group_and_bits(kind);
         let flags = if redelivery {
             batch::EVENT_FLAG_REDELIVERY
         } else {
@@ -425,6 +432,17 @@ impl Tracker {
         if self.config.retry_policy == RetryPolicy::OnDrain && self.ecache.dying.len > 0 {
             self.ecache.worker.schedule(now_ns);
         }
+    }
+
+    /// The longest delay any retry policy puts between a failed DESTROY and its retry: a
+    /// restored dying entry without a retry coming is consistent only if a retry this far
+    /// ahead would pass the end of the clock.
+    pub(super) fn longest_retry_delay_ns(&self) -> u64 {
+        let grace_bound = u64::from(self.config.sysctls.events_retry_timeout) * NS_PER_S;
+        grace_bound
+            .max(1 << crate::timer::TICK_SHIFT)
+            .max(KERNEL_FIRST_RETRY_NS)
+            .max(KERNEL_RETRY_NS)
     }
 
     /// The retry delay under the grace policy: uniform in `[0, events_retry_timeout)`. A timeout

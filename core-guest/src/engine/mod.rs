@@ -372,8 +372,7 @@ impl Tracker {
             if rows.len() == max {
                 return (rows, Some(slot as u32));
             }
-            let counted = !matches!(e.life, Life::Free | Life::Dropped);
-            if counted && e.status.contains(Status::CONFIRMED) {
+            if e.is_counted() && e.status.contains(Status::CONFIRMED) {
                 rows.push(self.table.view(e, self.now_ns));
             }
         }

@@ -206,10 +206,10 @@ impl Tracker {
                 *n = n.saturating_add(1);
             }
         }
-        let longest_retry = (u64::from(self.config.sysctls.events_retry_timeout) * NS_PER_S)
-            .max(1 << crate::timer::TICK_SHIFT)
-            .max(NS_PER_S);
-        let retries_fit = self.now_ns.checked_add(longest_retry).is_some();
+        let retries_fit = self
+            .now_ns
+            .checked_add(self.longest_retry_delay_ns())
+            .is_some();
         let worker_coming = !self.ecache.worker.idle();
         let grace = self.config.retry_policy == RetryPolicy::Grace;
         for (slot, e) in slab.iter().enumerate() {
@@ -240,27 +240,18 @@ fn frame_matches(frame: &[u8], p: &Pending) -> bool {
     let (Some(Ok(f)), None) = (frames.next(), frames.next()) else {
         return false;
     };
-    let expected_group = match p.source {
-        Source::Entry { .. } => p.kind.group(),
-        Source::Expectation { .. } => match p.kind {
-            MessageKind::Destroy => super::expect::GROUP_EXP_DESTROY,
-            MessageKind::New | MessageKind::Update => super::expect::GROUP_EXP_NEW,
-        },
-    };
-    if f.group != expected_group {
+    if f.group != p.source.group_and_bits(p.kind).0 {
         return false;
     }
-    let kind = match p.source {
-        Source::Entry { .. } => crate::netlink::CtMessage::parse(f.netlink)
-            .ok()
-            .filter(|&(_, used)| used == f.netlink.len())
-            .and_then(|(m, _)| m.kind()),
-        Source::Expectation { .. } => crate::netlink::ExpMessage::parse(f.netlink)
-            .ok()
-            .filter(|&(_, used)| used == f.netlink.len())
-            .and_then(|(m, _)| m.kind()),
+    let parsed = match p.source {
+        Source::Entry { .. } => {
+            crate::netlink::CtMessage::parse(f.netlink).map(|(m, n)| (m.kind(), n))
+        }
+        Source::Expectation { .. } => {
+            crate::netlink::ExpMessage::parse(f.netlink).map(|(m, n)| (m.kind(), n))
+        }
     };
-    kind == Some(p.kind)
+    matches!(parsed, Ok((Some(kind), used)) if kind == p.kind && used == f.netlink.len())
 }
 
 /// A pending message; the format keeps one layout for both sources, with a flag.

@@ -109,6 +109,12 @@ impl Entry {
         self.ecache.is_some_and(|c| !c.missed.is_empty())
     }
 
+    /// Counted against `nf_conntrack_max`: every entry that holds a slot, but a dropped one
+    /// (see [`Life::Dropped`]).
+    pub(super) fn is_counted(&self) -> bool {
+        !matches!(self.life, Life::Free | Life::Dropped)
+    }
+
     /// Confirmed and in the hash.
     pub(super) fn is_live(&self) -> bool {
         self.life == Life::Live && self.status.contains(Status::CONFIRMED)
@@ -265,7 +271,7 @@ impl Table {
         }
         e.generation = e.generation.wrapping_add(1);
         e.ecache = None;
-        if e.life != Life::Dropped {
+        if e.is_counted() {
             self.count -= 1;
         }
         e.life = Life::Free;
@@ -381,7 +387,7 @@ impl Table {
             if e.life == Life::Free {
                 continue;
             }
-            counted += u64::from(e.life != Life::Dropped);
+            counted += u64::from(e.is_counted());
             if e.id == 0 || self.ids.insert(e.id, slot).is_some() {
                 return Err("entry ids");
             }
