@@ -18,7 +18,8 @@ pub struct WatchArgs {
     /// Output format of the events.
     #[arg(long, value_enum, default_value = "conntrack")]
     format: FormatArg,
-    /// `conntrack -o` options for the conntrack format: extended, id, timestamp, ktimestamp.
+    /// `conntrack -o` options for the conntrack format: xml, extended, id, timestamp,
+    /// ktimestamp.
     #[arg(long, short = 'o', default_value = "")]
     output: String,
     /// Reliable events (NETLINK_BROADCAST_ERROR): an event this socket cannot take is kept and
@@ -65,7 +66,8 @@ pub struct ListArgs {
     /// Output format of the entries (JSON lines have `"type": null`).
     #[arg(long, value_enum, default_value = "conntrack")]
     format: FormatArg,
-    /// `conntrack -o` options for the conntrack format: extended, id, timestamp, ktimestamp.
+    /// `conntrack -o` options for the conntrack format: xml, extended, id, timestamp,
+    /// ktimestamp.
     #[arg(long, short = 'o', default_value = "")]
     output: String,
     /// Inside this network namespace (/run/netns/NAME).
@@ -73,6 +75,70 @@ pub struct ListArgs {
     netns: Option<String>,
     #[command(flatten)]
     filter: crate::filter_args::FilterArgs,
+}
+
+/// `ctwasm get`: one entry of the kernel's table by its original tuple, as `conntrack -G`
+/// prints it.
+#[derive(clap::Args, Debug)]
+pub struct GetArgs {
+    /// Output format of the entry (JSON lines have `"type": null`).
+    #[arg(long, value_enum, default_value = "conntrack")]
+    format: FormatArg,
+    /// `conntrack -o` options for the conntrack format: xml, extended, id, ktimestamp.
+    #[arg(long, short = 'o', default_value = "")]
+    output: String,
+    /// Inside this network namespace (/run/netns/NAME).
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
+    /// The original tuple: -s and -d (whole addresses), -p, and --sport/--dport for port
+    /// protocols; -w for a zone other than 0.
+    #[command(flatten)]
+    tuple: crate::filter_args::FilterArgs,
+}
+
+/// `ctwasm delete`: delete every entry the filter selects (all of them without one), printing
+/// each as `conntrack -D` does.
+#[derive(clap::Args, Debug)]
+pub struct DeleteArgs {
+    /// Output format of the deleted entries (JSON lines have `"type": null`).
+    #[arg(long, value_enum, default_value = "conntrack")]
+    format: FormatArg,
+    /// `conntrack -o` options for the conntrack format: xml, extended, id, ktimestamp.
+    #[arg(long, short = 'o', default_value = "")]
+    output: String,
+    /// Inside this network namespace (/run/netns/NAME).
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
+    #[command(flatten)]
+    filter: crate::filter_args::FilterArgs,
+}
+
+/// `ctwasm update`: change the mark (`-m MARK[/MASK]`) or set status bits (`-u`) of every
+/// entry the other options select, as `conntrack -U` does; each changed entry is printed as
+/// the kernel has it afterwards.
+#[derive(clap::Args, Debug)]
+pub struct UpdateArgs {
+    /// Output format of the updated entries (JSON lines have `"type": null`).
+    #[arg(long, value_enum, default_value = "conntrack")]
+    format: FormatArg,
+    /// `conntrack -o` options for the conntrack format: xml, extended, id, ktimestamp.
+    #[arg(long, short = 'o', default_value = "")]
+    output: String,
+    /// Inside this network namespace (/run/netns/NAME).
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
+    /// Which entries (every option but -m and -u), and the change: `-m MARK[/MASK]` makes the
+    /// mark `(mark & ~MASK) ^ MARK`; `-u ASSURED,SEEN_REPLY` sets those bits.
+    #[command(flatten)]
+    filter: crate::filter_args::FilterArgs,
+}
+
+/// `ctwasm count`: the number of entries in the kernel's table, as `conntrack -C` prints it.
+#[derive(clap::Args, Debug)]
+pub struct CountArgs {
+    /// Inside this network namespace (/run/netns/NAME).
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
 }
 
 /// `ctwasm stats`: the kernel's per-CPU counters, as `conntrack -S` prints them.
@@ -92,10 +158,14 @@ pub struct FlushArgs {
 }
 
 #[cfg(target_os = "linux")]
-pub use linux::{run_flush, run_list, run_stats, run_watch};
+pub use linux::{
+    run_count, run_delete, run_flush, run_get, run_list, run_stats, run_update, run_watch,
+};
 
 #[cfg(not(target_os = "linux"))]
-pub use elsewhere::{run_flush, run_list, run_stats, run_watch};
+pub use elsewhere::{
+    run_count, run_delete, run_flush, run_get, run_list, run_stats, run_update, run_watch,
+};
 
 /// A write to stdout that failed because the reader went away (`| head`) ends the command
 /// quietly; any other failure is an error.
@@ -109,13 +179,14 @@ mod linux {
     use std::io::BufWriter;
     use std::time::{Duration, Instant};
 
-    use anyhow::Context;
-    use ctwasm_core::MessageKind;
+    use anyhow::{Context, bail};
     use ctwasm_core::netlink::NlHeader;
     use ctwasm_core::netlink::consts::{IPCTNL_MSG_CT_GET, NFNL_SUBSYS_CTNETLINK, nfnl_msg_type};
-    use ctwasm_host::output::Format;
+    use ctwasm_core::{MessageKind, Tuple};
+    use ctwasm_host::output::{Format, xml};
     use ctwasm_live::ctnetlink::{
-        Conntrack, EventSocket, Groups, KernelMessage, Received, SubscribeOptions, cpu_stat_name,
+        Conntrack, EntryChange, EventSocket, Groups, KernelMessage, Received, SubscribeOptions,
+        cpu_stat_name,
     };
 
     use crate::signals::stop_on_signals;
@@ -166,8 +237,7 @@ mod linux {
             .duration
             .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
         let started = Instant::now();
-        let stdout = std::io::stdout();
-        let mut out = BufWriter::new(stdout.lock());
+        let mut flows = Flows::new(BufWriter::new(std::io::stdout().lock()), format, true);
         let mut resyncs = 0u64;
         let mut printed = 0u64;
         let result = (|| -> Result<()> {
@@ -185,10 +255,10 @@ mod linux {
                             if args.count.is_some_and(|n| printed >= n) {
                                 break;
                             }
-                            writeln!(out, "{}", line(m, format))?;
+                            flows.write(m)?;
                             printed += 1;
                         }
-                        out.flush()?;
+                        flows.out.flush()?;
                     }
                     Received::Overrun if args.resync => {
                         resyncs += 1;
@@ -197,9 +267,9 @@ mod linux {
                             .iter()
                             .filter(|m| filter.matches(&m.message))
                         {
-                            writeln!(out, "{}", line(&as_entry(m), format))?;
+                            flows.write(&as_entry(m))?;
                         }
-                        out.flush()?;
+                        flows.out.flush()?;
                     }
                     Received::Overrun => {}
                     Received::TimedOut => {}
@@ -207,8 +277,8 @@ mod linux {
                 }
             }
         })();
-        let _ = out.flush();
-        drop(out);
+        let _ = flows.finish(true);
+        drop(flows);
         if let Err(e) = &result
             && e.downcast_ref::<std::io::Error>()
                 .is_some_and(ended_by_reader)
@@ -241,6 +311,61 @@ mod linux {
         result
     }
 
+    /// Prints entries or events in one format, writing the XML document's prologue before the
+    /// first flow where conntrack-tools writes it (`-L`, `-E`, `-G`, `-U`; `-D` writes bare
+    /// flows) and its epilogue on [`Flows::finish`].
+    struct Flows<W: Write> {
+        out: W,
+        format: Format,
+        prologue: bool,
+        opened: bool,
+    }
+
+    impl<W: Write> Flows<W> {
+        fn new(out: W, format: Format, prologue: bool) -> Flows<W> {
+            Flows {
+                out,
+                format,
+                prologue,
+                opened: false,
+            }
+        }
+
+        fn write(&mut self, m: &KernelMessage) -> std::io::Result<()> {
+            if self.format.is_xml() && self.prologue && !self.opened {
+                writeln!(self.out, "{}", xml::PROLOGUE)?;
+                self.opened = true;
+            }
+            writeln!(self.out, "{}", line(m, self.format))
+        }
+
+        /// Flushes, closing the document if one was opened and `epilogue` is asked for.
+        fn finish(&mut self, epilogue: bool) -> std::io::Result<()> {
+            if epilogue && self.opened {
+                writeln!(self.out, "{}", xml::EPILOGUE)?;
+                self.opened = false;
+            }
+            self.out.flush()
+        }
+    }
+
+    /// Ends a command that wrote nothing to act on with status 1, as conntrack-tools does, after
+    /// its `N flow entries have been ...` line.
+    fn report(count: usize, what: &str) -> Result<()> {
+        eprintln!("ctwasm: {count} flow entries have been {what}.");
+        if count == 0 {
+            std::process::exit(1);
+        }
+        Ok(())
+    }
+
+    /// The original tuple and zone of a table entry, to name it in a request.
+    fn key(m: &KernelMessage) -> Result<Tuple> {
+        m.message
+            .orig()
+            .context("the kernel sent an entry without its original tuple")
+    }
+
     pub fn run_list(args: ListArgs) -> Result<()> {
         let format = crate::output_format(args.format, &args.output)?;
         let filter = args.filter.filter()?;
@@ -251,13 +376,12 @@ mod linux {
             ct.dump()?
         };
         entries.retain(|m| filter.matches(&m.message));
-        let stdout = std::io::stdout();
-        let mut out = BufWriter::new(stdout.lock());
+        let mut flows = Flows::new(BufWriter::new(std::io::stdout().lock()), format, true);
         let written = (|| -> std::io::Result<()> {
             for m in &entries {
-                writeln!(out, "{}", line(&as_entry(m), format))?;
+                flows.write(&as_entry(m))?;
             }
-            out.flush()
+            flows.finish(true)
         })();
         match written {
             Err(e) if ended_by_reader(&e) => return Ok(()),
@@ -265,6 +389,101 @@ mod linux {
         }
         eprintln!("ctwasm: {} flow entries have been shown.", entries.len());
         Ok(())
+    }
+
+    pub fn run_get(args: GetArgs) -> Result<()> {
+        let format = crate::output_format(args.format, &args.output)?;
+        let (tuple, zone) = args.tuple.filter()?.exact_orig()?;
+        let mut ct = Conntrack::open(args.netns.as_deref())?;
+        let Some(entry) = ct.get(&tuple, zone)? else {
+            bail!(
+                "no such conntrack entry: {} zone {zone}",
+                ctwasm_host::output::tuple_text(&tuple)
+            );
+        };
+        let mut flows = Flows::new(std::io::stdout().lock(), format, true);
+        match flows
+            .write(&as_entry(&entry))
+            .and_then(|()| flows.finish(false))
+        {
+            Err(e) if ended_by_reader(&e) => return Ok(()),
+            r => r?,
+        }
+        report(1, "shown")
+    }
+
+    pub fn run_delete(args: DeleteArgs) -> Result<()> {
+        let format = crate::output_format(args.format, &args.output)?;
+        let filter = args.filter.filter()?;
+        let mut ct = Conntrack::open(args.netns.as_deref())?;
+        let mut flows = Flows::new(BufWriter::new(std::io::stdout().lock()), format, false);
+        let mut deleted = 0;
+        for m in ct.dump()?.iter().filter(|m| filter.matches(&m.message)) {
+            // By tuple and id, so an entry that ended and came back meanwhile is left alone;
+            // one that is already gone is not counted.
+            if ct.delete(&key(m)?, m.message.zone(), m.message.id())? {
+                deleted += 1;
+                match flows.write(&as_entry(m)) {
+                    Err(e) if ended_by_reader(&e) => return Ok(()),
+                    r => r?,
+                }
+            }
+        }
+        match flows.finish(false) {
+            Err(e) if ended_by_reader(&e) => return Ok(()),
+            r => r?,
+        }
+        report(deleted, "deleted")
+    }
+
+    pub fn run_update(args: UpdateArgs) -> Result<()> {
+        let format = crate::output_format(args.format, &args.output)?;
+        let (filter, change) = args.filter.filter()?.split_change()?;
+        let change = change.context("nothing to change: give -m MARK[/MASK] or -u FLAGS")?;
+        let mut ct = Conntrack::open(args.netns.as_deref())?;
+        let mut flows = Flows::new(BufWriter::new(std::io::stdout().lock()), format, true);
+        let mut updated = 0;
+        for m in ct.dump()?.iter().filter(|m| filter.matches(&m.message)) {
+            let (tuple, zone) = (key(m)?, m.message.zone());
+            let mark = m.message.mark().unwrap_or(0);
+            let status = m.message.status().unwrap_or_default();
+            let wanted = EntryChange {
+                mark: change.mark.map(|_| change.mark_of(mark)),
+                status: change.status.map(|_| change.status_of(status).0),
+            };
+            // Entries that already are as asked are left alone, as conntrack -U leaves them.
+            if wanted.mark.is_none_or(|m| m == mark) && wanted.status.is_none_or(|s| s == status.0)
+            {
+                continue;
+            }
+            if !ct.update(&tuple, zone, m.message.id(), wanted)? {
+                continue;
+            }
+            // What the kernel has now; an entry that ended meanwhile is not counted.
+            let Some(now) = ct.get(&tuple, zone)? else {
+                continue;
+            };
+            updated += 1;
+            match flows.write(&as_entry(&now)) {
+                Err(e) if ended_by_reader(&e) => return Ok(()),
+                r => r?,
+            }
+        }
+        match flows.finish(false) {
+            Err(e) if ended_by_reader(&e) => return Ok(()),
+            r => r?,
+        }
+        report(updated, "updated")
+    }
+
+    pub fn run_count(args: CountArgs) -> Result<()> {
+        let entries = Conntrack::open(args.netns.as_deref())?
+            .stats_global()?
+            .entries;
+        match writeln!(std::io::stdout(), "{entries}") {
+            Err(e) if ended_by_reader(&e) => Ok(()),
+            r => Ok(r?),
+        }
     }
 
     pub fn run_stats(args: StatsArgs) -> Result<()> {
@@ -319,6 +538,18 @@ mod elsewhere {
         unsupported()
     }
     pub fn run_flush(_: FlushArgs) -> Result<()> {
+        unsupported()
+    }
+    pub fn run_get(_: GetArgs) -> Result<()> {
+        unsupported()
+    }
+    pub fn run_delete(_: DeleteArgs) -> Result<()> {
+        unsupported()
+    }
+    pub fn run_update(_: UpdateArgs) -> Result<()> {
+        unsupported()
+    }
+    pub fn run_count(_: CountArgs) -> Result<()> {
         unsupported()
     }
 }

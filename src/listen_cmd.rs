@@ -28,7 +28,8 @@ pub struct ListenArgs {
     /// Output format of the events.
     #[arg(long, value_enum, default_value = "conntrack")]
     format: FormatArg,
-    /// `conntrack -o` options for the conntrack format: extended, id, timestamp, ktimestamp.
+    /// `conntrack -o` options for the conntrack format: xml, extended, id, timestamp,
+    /// ktimestamp.
     #[arg(long, short = 'o', default_value = "")]
     output: String,
     /// Stop after this many messages.
@@ -96,6 +97,8 @@ mod linux {
         let mut out = BufWriter::new(stdout.lock());
         let mut printed = 0u64;
         let mut broken_pipe = false;
+        // With `-o xml` the events are one document, as `conntrack -E -o xml` writes them.
+        let mut xml_opened = false;
         let tally = read_stream(
             &socket,
             ReadPace { rate: args.rate },
@@ -115,7 +118,11 @@ mod linux {
                     // Sent by a simulated engine, not by a program's netlink socket.
                     progname: None,
                 };
-                let line = format.line(&m.frame(), &m.message);
+                let mut line = format.line(&m.frame(), &m.message);
+                if format.is_xml() && !xml_opened {
+                    line = format!("{}\n{line}", ctwasm_host::output::xml::PROLOGUE);
+                    xml_opened = true;
+                }
                 if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
                     broken_pipe = e.kind() == io::ErrorKind::BrokenPipe;
                     return Err(e);
@@ -128,6 +135,9 @@ mod linux {
                 })
             },
         );
+        if xml_opened && !broken_pipe {
+            let _ = writeln!(out, "{}", ctwasm_host::output::xml::EPILOGUE);
+        }
         let _ = out.flush();
         drop(out);
         let t = match tally {

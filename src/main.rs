@@ -55,6 +55,14 @@ enum Command {
     Stats(kernel_cmd::StatsArgs),
     /// Empty the kernel's conntrack table (conntrack -F).
     Flush(kernel_cmd::FlushArgs),
+    /// Print one entry of the kernel's table by its original tuple (conntrack -G).
+    Get(kernel_cmd::GetArgs),
+    /// Delete the kernel's entries a filter selects (conntrack -D).
+    Delete(kernel_cmd::DeleteArgs),
+    /// Change the mark or status of the kernel's entries a filter selects (conntrack -U).
+    Update(kernel_cmd::UpdateArgs),
+    /// Print the number of entries in the kernel's table (conntrack -C).
+    Count(kernel_cmd::CountArgs),
     /// Read a socket listener's event messages from its Unix socket at a chosen pace; print them.
     Listen(listen_cmd::ListenArgs),
     /// Run the engine beside the kernel on a namespace's live packets; report, flow by flow,
@@ -100,7 +108,8 @@ struct ReplayArgs {
     /// Output format of the events.
     #[arg(long, value_enum, default_value = "conntrack")]
     format: FormatArg,
-    /// `conntrack -o` options for the conntrack format: extended, id, timestamp, ktimestamp.
+    /// `conntrack -o` options for the conntrack format: xml, extended, id, timestamp,
+    /// ktimestamp.
     #[arg(long, short = 'o', default_value = "")]
     output: String,
     /// A kernel sysctl, e.g. net.netfilter.nf_conntrack_tcp_timeout_time_wait=3 (repeatable).
@@ -121,6 +130,13 @@ struct ReplayArgs {
     /// Seed of the tracker's random choices (ids, grace delays).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Event kinds to print, comma-separated: NEW, UPDATE, DESTROY or ALL (conntrack -e). The
+    /// listeners still read every event; only the printing is selected.
+    #[arg(long = "event-mask", short = 'e', value_name = "KINDS")]
+    event_mask: Option<String>,
+    /// Print only the events these conntrack-tools filters select.
+    #[command(flatten)]
+    filter: filter_args::FilterArgs,
     /// Packets per ingest call.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -147,6 +163,10 @@ fn main() {
         Command::List(args) => kernel_cmd::run_list(args),
         Command::Stats(args) => kernel_cmd::run_stats(args),
         Command::Flush(args) => kernel_cmd::run_flush(args),
+        Command::Get(args) => kernel_cmd::run_get(args),
+        Command::Delete(args) => kernel_cmd::run_delete(args),
+        Command::Update(args) => kernel_cmd::run_update(args),
+        Command::Count(args) => kernel_cmd::run_count(args),
         Command::Listen(args) => listen_cmd::run(args),
         Command::Shadow(args) => shadow_cmd::run(args),
         Command::Component(args) => artifacts_cmd::run_component(args).map_err(Into::into),
@@ -182,6 +202,8 @@ fn settings(sysctls: &[String], seed: u64, policy: RetryPolicy) -> Result<Tracke
 
 fn run_replay(args: ReplayArgs) -> Result<()> {
     let format = output_format(args.format, &args.output)?;
+    let mut filter = args.filter.filter()?;
+    filter.events = filter_args::event_mask(args.event_mask.as_deref())?;
     let settings = settings(&args.sysctls, args.seed, args.retry_policy)?;
     let mut reader = CaptureReader::open(&args.capture)?;
     let file_len = std::fs::metadata(&args.capture).map_or(0, |m| m.len());
@@ -212,9 +234,18 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
 
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
+    // With `-o xml` the events are one document, as `conntrack -E -o xml` writes them.
+    let mut xml_opened = false;
     let mut sink = |frame: &ctwasm_core::batch::EventFrame<'_>,
                     msg: &ctwasm_core::netlink::CtMessage|
      -> Result<()> {
+        if !filter.matches(msg) {
+            return Ok(());
+        }
+        if format.is_xml() && !xml_opened {
+            writeln!(out, "{}", output::xml::PROLOGUE)?;
+            xml_opened = true;
+        }
         writeln!(out, "{}", format.line(frame, msg))?;
         Ok(())
     };
@@ -238,6 +269,9 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
         |n| progress.inc(n),
     )?;
     progress.finish_and_clear();
+    if xml_opened {
+        writeln!(out, "{}", output::xml::EPILOGUE)?;
+    }
     out.flush()?;
     if !args.quiet {
         print_summary(

@@ -127,7 +127,7 @@ fn the_readmes_first_command_prints_the_kernels_lines() {
 #[test]
 fn malformed_filters_are_refused_before_any_socket_opens() {
     // Each names its option and what it expected; none needs root or a kernel.
-    for command in ["list", "watch"] {
+    for command in ["list", "watch", "delete", "update"] {
         for (args, expect) in [
             (&["-p", "tcpx"][..], "-p `tcpx`"),
             (&["-f", "ipv5"], "-f `ipv5`"),
@@ -160,5 +160,53 @@ fn malformed_filters_are_refused_before_any_socket_opens() {
             "NEW,CREATE",
         ],
         "-e `NEW,CREATE`",
+    );
+    // get names one entry; update needs a change the kernel allows.
+    let v4 = ["-s", "10.0.0.1", "-d", "10.0.0.2"];
+    for (args, expect) in [
+        (
+            &["-s", "10.0.0.1", "-p", "udp"][..],
+            "--src/--dst: expected both",
+        ),
+        (
+            &["-s", "10.0.0.0/8", "-d", "10.0.0.2", "-p", "udp"],
+            "--src/--dst `10.0.0.0/8`",
+        ),
+        (&v4[..], "-p: expected a protocol"),
+        (
+            &[&v4[..], &["-p", "tcp", "--sport", "1"]].concat(),
+            "--sport/--dport: expected both",
+        ),
+        (&[&v4[..], &["-p", "icmp"]].concat(), "-p `1`"),
+        (
+            &["-s", "10.0.0.1", "-d", "::1", "-p", "gre"],
+            "addresses of one family",
+        ),
+    ] {
+        let mut argv = vec!["get", "--netns", "ctwasm-no-such-namespace"];
+        argv.extend_from_slice(args);
+        refused(&argv, expect);
+    }
+    for (args, expect) in [
+        (&["-p", "udp"][..], "nothing to change"),
+        (
+            &["-u", "DYING"],
+            "-u `DYING`: expected ASSURED or SEEN_REPLY",
+        ),
+        (&["-m", "7/"], "-m `7/`"),
+    ] {
+        let mut argv = vec!["update", "--netns", "ctwasm-no-such-namespace"];
+        argv.extend_from_slice(args);
+        refused(&argv, expect);
+    }
+    refused(
+        &[
+            "list",
+            "--netns",
+            "ctwasm-no-such-namespace",
+            "-o",
+            "xml,html",
+        ],
+        "unknown output option `html`",
     );
 }

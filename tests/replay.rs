@@ -319,3 +319,64 @@ fn listeners_that_lose_events_show_it_in_the_summary() {
         "a reader that never reads prints nothing"
     );
 }
+
+/// Filters and `-e` select from the events `replay` prints exactly what they select from the
+/// unfiltered output; `-o xml` wraps the same events in one document.
+#[test]
+fn filters_event_masks_and_xml_select_and_wrap_the_replayed_events() {
+    let capture = captures_dir().join("mixed-v4.pcap");
+    let all = replay(&capture, &["--backend", "native"]);
+    let udp_destroys: Vec<&str> = all
+        .lines()
+        .filter(|l| l.starts_with("[DESTROY] udp "))
+        .collect();
+    assert!(!udp_destroys.is_empty(), "{all}");
+    let selected = replay(
+        &capture,
+        &["--backend", "native", "-p", "udp", "-e", "DESTROY"],
+    );
+    assert_eq!(selected.lines().collect::<Vec<_>>(), udp_destroys);
+    let to_port = |port: &str| {
+        replay(
+            &capture,
+            &["--backend", "native", "-p", "tcp", "--dport", port],
+        )
+    };
+    // The original direction's port is the first `dport=` of a line.
+    let orig_dport = |l: &str| {
+        l.split("dport=")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .map(str::to_string)
+    };
+    let first_tcp = all
+        .lines()
+        .find(|l| l.contains(" tcp "))
+        .expect("a tcp event");
+    let port = orig_dport(first_tcp).expect("a port");
+    let expected: Vec<&str> = all
+        .lines()
+        .filter(|l| l.contains(" tcp ") && orig_dport(l).as_deref() == Some(port.as_str()))
+        .collect();
+    assert_eq!(to_port(&port).lines().collect::<Vec<_>>(), expected);
+    assert_eq!(to_port("1"), "");
+
+    let xml = replay(&capture, &["--backend", "native", "-o", "xml"]);
+    let lines: Vec<&str> = xml.lines().collect();
+    assert_eq!(lines.len(), all.lines().count() + 3, "{xml}");
+    assert_eq!(lines[0], "<?xml version=\"1.0\" encoding=\"utf-8\"?>");
+    assert_eq!(lines[1], "<conntrack>");
+    assert_eq!(*lines.last().unwrap(), "</conntrack>");
+    for (flow, text) in lines[2..lines.len() - 1].iter().zip(all.lines()) {
+        let kind = text
+            .split(']')
+            .next()
+            .unwrap()
+            .trim_start_matches([' ', '[']);
+        let opening = format!("<flow type=\"{}\">", kind.to_lowercase());
+        assert!(
+            flow.starts_with(&opening) && flow.ends_with("</flow>"),
+            "{flow}"
+        );
+    }
+}

@@ -67,6 +67,28 @@ pub struct Filter {
     pub events: Option<Vec<MessageKind>>,
 }
 
+/// What `conntrack -U` changes in each selected entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// `(value, mask)`: the new mark is `(mark & !mask) ^ value`.
+    pub mark: Option<(u32, u32)>,
+    /// Status bits to set (the kernel lets userspace set ASSURED and SEEN_REPLY).
+    pub status: Option<Status>,
+}
+
+impl Change {
+    /// The mark an entry with `mark` gets.
+    pub fn mark_of(&self, mark: u32) -> u32 {
+        self.mark
+            .map_or(mark, |(value, mask)| (mark & !mask) ^ value)
+    }
+
+    /// The status word an entry with `status` gets.
+    pub fn status_of(&self, status: Status) -> Status {
+        Status(status.0 | self.status.map_or(0, |s| s.0))
+    }
+}
+
 /// A filter value conntrack-tools would refuse, with what was expected.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FilterError {
@@ -77,11 +99,15 @@ pub struct FilterError {
 
 impl fmt::Display for FilterError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} `{}`: expected {}",
-            self.option, self.value, self.expected
-        )
+        if self.value.is_empty() {
+            write!(f, "{}: expected {}", self.option, self.expected)
+        } else {
+            write!(
+                f,
+                "{} `{}`: expected {}",
+                self.option, self.value, self.expected
+            )
+        }
     }
 }
 
@@ -153,6 +179,86 @@ impl Filter {
             return false;
         }
         self.zone.is_none_or(|z| msg.zone() == z)
+    }
+
+    /// The one original tuple and zone these options name, for `conntrack -G`: whole
+    /// addresses with `-s` and `-d` (as conntrack-tools demands), `-p`, and both ports for a
+    /// protocol with ports. ICMP tuples need conntrack's `--icmp-*` options, which ctwasm does
+    /// not take; `list -p icmp` shows those entries.
+    pub fn exact_orig(&self) -> Result<(Tuple, u16), FilterError> {
+        let need = |option: &'static str, expected: &'static str| FilterError {
+            option,
+            value: String::new(),
+            expected,
+        };
+        let (Some(src), Some(dst)) = (self.orig_src, self.orig_dst) else {
+            return Err(need("--src/--dst", "both, to name one entry"));
+        };
+        for a in [src, dst] {
+            let whole = if a.family == Family::Ipv4 { 32 } else { 128 };
+            if a.prefix != whole {
+                return Err(FilterError {
+                    option: "--src/--dst",
+                    value: format!("{}/{}", a.addr.to_ip(a.family), a.prefix),
+                    expected: "a whole address, to name one entry",
+                });
+            }
+        }
+        if src.family != dst.family {
+            return Err(need("--src/--dst", "addresses of one family"));
+        }
+        let proto = self
+            .proto
+            .ok_or(need("-p", "a protocol, to name one entry"))?;
+        let l4 = match proto {
+            ipproto::TCP | ipproto::UDP | 33 | 132 | 136 => {
+                match (self.orig_sport, self.orig_dport) {
+                    (Some(src), Some(dst)) => L4Tuple::Ports { src, dst },
+                    _ => return Err(need("--sport/--dport", "both, to name one entry")),
+                }
+            }
+            ipproto::ICMP | ipproto::ICMPV6 => {
+                return Err(FilterError {
+                    option: "-p",
+                    value: proto.to_string(),
+                    expected: "a protocol without ICMP's --icmp-* options (list -p icmp shows \
+                               those entries)",
+                });
+            }
+            _ => L4Tuple::None,
+        };
+        let tuple = Tuple {
+            family: src.family,
+            src: src.addr,
+            dst: dst.addr,
+            proto,
+            l4,
+        };
+        Ok((tuple, self.zone.unwrap_or(0)))
+    }
+
+    /// For `conntrack -U`: `-m` and `-u` are the change, not conditions. Returns the filter
+    /// without them and the change they ask for; `None` when they ask for none.
+    pub fn split_change(&self) -> Result<(Filter, Option<Change>), FilterError> {
+        let mut filter = self.clone();
+        let mark = filter.mark.take();
+        let status = filter.status.take();
+        if let Some(bits) = status {
+            let settable = Status::ASSURED.0 | Status::SEEN_REPLY.0;
+            if bits.0 & !settable != 0 {
+                return Err(FilterError {
+                    option: "-u",
+                    value: Status(bits.0 & !settable)
+                        .names()
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    expected: "ASSURED or SEEN_REPLY (the kernel lets userspace set only \
+                               those)",
+                });
+            }
+        }
+        let change = (mark.is_some() || status.is_some()).then_some(Change { mark, status });
+        Ok((filter, change))
     }
 
     /// Checks the conditions against each other as conntrack-tools does: `--state` and the
@@ -533,5 +639,85 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(fine.validate(), Ok(()));
+    }
+
+    fn options(src: Option<&str>, dst: Option<&str>, proto: Option<&str>) -> Filter {
+        Filter {
+            orig_src: src.map(|v| parse_addr("-s", v).unwrap()),
+            orig_dst: dst.map(|v| parse_addr("-d", v).unwrap()),
+            proto: proto.map(|v| parse_proto(v).unwrap()),
+            ..Filter::default()
+        }
+    }
+
+    #[test]
+    fn get_names_one_tuple_or_says_what_is_missing() {
+        let mut f = options(Some("10.0.0.1"), Some("10.0.0.2"), Some("tcp"));
+        f.orig_sport = Some(40000);
+        f.orig_dport = Some(80);
+        f.zone = Some(3);
+        let (tuple, zone) = f.exact_orig().unwrap();
+        assert_eq!(
+            crate::output::tuple_text(&tuple),
+            "tcp 10.0.0.1:40000 -> 10.0.0.2:80"
+        );
+        assert_eq!(zone, 3);
+        let gre = options(Some("fd00::1"), Some("fd00::2"), Some("gre"));
+        assert_eq!(gre.exact_orig().unwrap().0.l4, L4Tuple::None);
+
+        let refused = |f: Filter, option: &str| {
+            let e = f.exact_orig().unwrap_err();
+            assert_eq!(e.option, option, "{e}");
+        };
+        refused(options(Some("10.0.0.1"), None, Some("tcp")), "--src/--dst");
+        refused(options(None, None, None), "--src/--dst");
+        refused(
+            options(Some("10.0.0.0/24"), Some("10.0.0.2"), Some("udp")),
+            "--src/--dst",
+        );
+        refused(
+            options(Some("10.0.0.1"), Some("::1"), Some("udp")),
+            "--src/--dst",
+        );
+        refused(options(Some("10.0.0.1"), Some("10.0.0.2"), None), "-p");
+        refused(
+            options(Some("10.0.0.1"), Some("10.0.0.2"), Some("udp")),
+            "--sport/--dport",
+        );
+        refused(
+            options(Some("10.0.0.1"), Some("10.0.0.2"), Some("icmp")),
+            "-p",
+        );
+    }
+
+    #[test]
+    fn update_takes_mark_and_status_as_the_change() {
+        let mut f = options(None, None, Some("udp"));
+        f.mark = Some(parse_mark("0x10/0xf0").unwrap());
+        f.status = Some(parse_status("ASSURED").unwrap());
+        let (rest, change) = f.split_change().unwrap();
+        assert_eq!(rest, options(None, None, Some("udp")));
+        let change = change.unwrap();
+        // conntrack -U: (mark & ~mask) ^ value.
+        assert_eq!(change.mark_of(0x1234_5678), 0x1234_5618);
+        assert_eq!(change.mark_of(0), 0x10);
+        assert_eq!(
+            change.status_of(Status::CONFIRMED),
+            Status::CONFIRMED.union(Status::ASSURED)
+        );
+        let whole = Change {
+            mark: Some(parse_mark("7").unwrap()),
+            status: None,
+        };
+        assert_eq!(whole.mark_of(0xdead_beef), 7);
+        assert_eq!(whole.status_of(Status::DYING), Status::DYING);
+
+        assert_eq!(options(None, None, None).split_change().unwrap().1, None);
+        let dying = Filter {
+            status: Some(parse_status("ASSURED,DYING").unwrap()),
+            ..Filter::default()
+        };
+        let e = dying.split_change().unwrap_err();
+        assert_eq!((e.option, e.value.as_str()), ("-u", "DYING"), "{e}");
     }
 }

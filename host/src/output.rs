@@ -31,6 +31,8 @@ use ctwasm_core::netlink::{
 use ctwasm_core::tuple::{Family, L4Tuple, Tuple, ipproto};
 use serde::Serialize;
 
+pub mod xml;
+
 /// Decodes the ctnetlink message an event frame carries.
 pub fn decode_frame(frame: &EventFrame<'_>) -> anyhow::Result<CtMessage> {
     let (msg, used) = CtMessage::parse(frame.netlink)
@@ -56,6 +58,8 @@ pub struct ConntrackOptions {
     pub timestamp: bool,
     /// `-o ktimestamp`: the entry's `[start=...]` / `[stop=...]` times.
     pub ktimestamp: bool,
+    /// `-o xml`: libnetfilter_conntrack's XML instead of the text ([`xml`]).
+    pub xml: bool,
 }
 
 impl ConntrackOptions {
@@ -68,9 +72,11 @@ impl ConntrackOptions {
                 "id" => o.id = true,
                 "timestamp" => o.timestamp = true,
                 "ktimestamp" => o.ktimestamp = true,
+                "xml" => o.xml = true,
                 _ => {
                     return Err(anyhow!(
-                        "unknown output option `{word}` (expected extended, id, timestamp, ktimestamp)"
+                        "unknown output option `{word}` (expected xml, extended, id, timestamp, \
+                         ktimestamp)"
                     ));
                 }
             }
@@ -89,6 +95,12 @@ pub enum Format {
 }
 
 impl Format {
+    /// Whether this is `-o xml`, whose lines are the flows of a document the command opens
+    /// with [`xml::PROLOGUE`] and closes with [`xml::EPILOGUE`].
+    pub fn is_xml(&self) -> bool {
+        matches!(self, Format::Conntrack(o) if o.xml)
+    }
+
     /// The line for `msg` (no trailing newline).
     pub fn line(&self, frame: &EventFrame<'_>, msg: &CtMessage) -> String {
         self.line_with_progname(frame, msg, None)
@@ -104,7 +116,16 @@ impl Format {
     ) -> String {
         match *self {
             Format::Conntrack(options) => {
-                let mut line = format_conntrack_with(frame, msg, options);
+                let mut line = if options.xml {
+                    // conntrack tags a userspace-caused event after its XML flow too.
+                    let mut flow = xml::format_xml(frame, msg, options);
+                    if msg.header.port_id != 0 {
+                        let _ = write!(flow, " [USERSPACE] portid={}", msg.header.port_id);
+                    }
+                    flow
+                } else {
+                    format_conntrack_with(frame, msg, options)
+                };
                 if let Some(name) = progname.filter(|_| msg.header.port_id != 0) {
                     line.push_str(" progname=");
                     line.push_str(name);
@@ -590,12 +611,27 @@ fn ip_text(family: Family, bytes: &[u8]) -> String {
 
 /// `ctime(3)` without the newline, in UTC: `Fri Nov 27 07:52:07 2026`.
 fn ctime_utc(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let days = secs / 86_400;
+    let (year, month, day, weekday) = civil_date(secs);
     let rem = secs % 86_400;
+    format!(
+        "{} {}{:3} {:02}:{:02}:{:02} {}",
+        DAYS[weekday as usize],
+        MONTHS[(month - 1) as usize],
+        day,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        year
+    )
+}
+
+/// `(year, month 1-12, day 1-31, weekday 0-6 from Sunday)` of `secs` since the epoch, in UTC.
+fn civil_date(secs: u64) -> (i64, i64, i64, u64) {
+    let days = secs / 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
@@ -606,16 +642,8 @@ fn ctime_utc(secs: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{} {}{:3} {:02}:{:02}:{:02} {}",
-        DAYS[(days % 7) as usize],
-        MONTHS[(month - 1) as usize],
-        day,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        year
-    )
+    // 1970-01-01 was a Thursday.
+    (year, month, day, (days + 4) % 7)
 }
 
 #[cfg(test)]
@@ -991,6 +1019,113 @@ mod tests {
         assert_eq!(ctime_utc(0), "Thu Jan  1 00:00:00 1970");
         assert_eq!(ctime_utc(951_782_400), "Tue Feb 29 00:00:00 2000");
         assert_eq!(ctime_utc(T0), "Fri Nov 27 07:52:07 2026");
+    }
+
+    /// `conntrack -E -o xml,ktimestamp` printed these for a TCP connection and a UDP datagram
+    /// (nft: `udp dport 5002 ct mark set 7`, `ct zone set 3`), with accounting and timestamps
+    /// on; the messages below carry the attributes the kernel sent.
+    #[test]
+    fn xml_flows_as_conntrack_prints_them() {
+        let xml = |m: &Msg, ts_ns: u64| {
+            let options = ConntrackOptions::parse("xml,ktimestamp").unwrap();
+            Format::Conntrack(options).line(&frame(m.kind, ts_ns), &m.build())
+        };
+        let head = |proto: &str, num: u8, sport: u16, dport: u16, counters: [&str; 2]| {
+            let dir = |name: &str, s: u16, d: u16, c: &str| {
+                format!(
+                    "<meta direction=\"{name}\"><layer3 protonum=\"2\" protoname=\"ipv4\">\
+                     <src>127.0.0.1</src><dst>127.0.0.1</dst></layer3><layer4 protonum=\"{num}\" \
+                     protoname=\"{proto}\"><sport>{s}</sport><dport>{d}</dport></layer4>{c}</meta>"
+                )
+            };
+            dir("original", sport, dport, counters[0]) + &dir("reply", dport, sport, counters[1])
+        };
+
+        let mut established = Msg::new(
+            MessageKind::Update,
+            ports(Family::Ipv4, ipproto::TCP, 40001, 5001),
+            CONFIRMED | SEEN_REPLY | ASSURED,
+        );
+        established.tcp_state = Some(TcpState::Established);
+        established.timeout = Some(432_000);
+        established.id = 2_799_972_769;
+        assert_eq!(
+            xml(&established, T0 * 1_000_000_000),
+            format!(
+                "<flow type=\"update\">{}<meta direction=\"independent\"><state>ESTABLISHED\
+                 </state><timeout>432000</timeout><id>2799972769</id><assured/></meta></flow>",
+                head("tcp", 6, 40001, 5001, ["", ""])
+            )
+        );
+
+        let mut new = Msg::new(
+            MessageKind::New,
+            ports(Family::Ipv4, ipproto::UDP, 40003, 5002),
+            CONFIRMED,
+        );
+        new.timeout = Some(2);
+        new.mark = Some(7);
+        new.zone = Some(3);
+        new.id = 3_830_234_838;
+        assert_eq!(
+            xml(&new, T0 * 1_000_000_000),
+            format!(
+                "<flow type=\"new\">{}<meta direction=\"independent\"><timeout>2</timeout>\
+                 <mark>7</mark><zone>3</zone><id>3830234838</id><unreplied/></meta></flow>",
+                head("udp", 17, 40003, 5002, ["", ""])
+            )
+        );
+
+        // The lifetime is the nanoseconds between start and stop, truncated: 1.999 s is 1
+        // (the text format subtracts whole seconds and says 2).
+        let mut destroy = new;
+        destroy.kind = MessageKind::Destroy;
+        destroy.timeout = None;
+        destroy.counters = Some([(1, 29), (0, 0)]);
+        destroy.timestamp = Some((1_796_071_476_344_759_220, Some(1_796_071_478_343_996_144)));
+        assert_eq!(
+            xml(&destroy, 1_796_071_478_343_996_144),
+            format!(
+                "<flow type=\"destroy\">{}<meta direction=\"independent\"><mark>7</mark>\
+                 <zone>3</zone><id>3830234838</id><unreplied/><timestamp><start>\
+                 1796071476344759220</start><stop>1796071478343996144</stop></timestamp>\
+                 <deltatime>1</deltatime></meta></flow>",
+                head(
+                    "udp",
+                    17,
+                    40003,
+                    5002,
+                    [
+                        "<counters><packets>1</packets><bytes>29</bytes></counters>",
+                        "<counters><packets>0</packets><bytes>0</bytes></counters>"
+                    ]
+                )
+            )
+        );
+        assert!(
+            text(&destroy).ends_with("delta-time=2"),
+            "{}",
+            text(&destroy)
+        );
+    }
+
+    #[test]
+    fn xml_when_is_the_event_time_in_utc() {
+        let m = Msg::new(
+            MessageKind::New,
+            ports(Family::Ipv4, ipproto::UDP, 1, 2),
+            CONFIRMED,
+        );
+        let options = ConntrackOptions::parse("xml,timestamp").unwrap();
+        let line = Format::Conntrack(options).line(&frame(m.kind, T0 * 1_000_000_000), &m.build());
+        // 2026-11-27 07:52:07 UTC was a Friday (wday 6 counting Sunday as 1).
+        assert!(
+            line.ends_with(
+                "</meta><when><hour>7</hour><min>52</min><sec>07</sec><wday>6</wday>\
+                 <day>27</day><month>11</month><year>2026</year></when></flow>"
+            ),
+            "{line}"
+        );
     }
 
     #[test]

@@ -517,6 +517,15 @@ fn stats_attrs(msg: &CtMessage) -> Vec<(u16, u32)> {
         .collect()
 }
 
+/// What [`Conntrack::update`] changes in an entry (`conntrack -U -m ... -u ...`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryChange {
+    /// The new mark.
+    pub mark: Option<u32>,
+    /// The new status word (the entry's own bits and the ones to set).
+    pub status: Option<u32>,
+}
+
 /// A request socket for the kernel's conntrack table.
 #[derive(Debug)]
 pub struct Conntrack {
@@ -578,6 +587,37 @@ impl Conntrack {
             NLM_F_ACK,
             orig.family as u8,
             tuple_request(orig, zone, id),
+        ) {
+            Ok(_) => Ok(true),
+            Err(CtnlError::Kernel { errno, .. }) if errno == libc::ENOENT => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Changes the mark and sets status bits of the entry with original tuple `orig` in
+    /// `zone` (only if its id is `id`, when given): an `IPCTNL_MSG_CT_NEW` without
+    /// `NLM_F_CREATE`, which the kernel takes as an update. The kernel refuses to clear the
+    /// bits it owns (EBUSY). `false` if there was no such entry.
+    pub fn update(
+        &mut self,
+        orig: &Tuple,
+        zone: u16,
+        id: Option<u32>,
+        change: EntryChange,
+    ) -> Result<bool, CtnlError> {
+        let mut attrs = tuple_request(orig, zone, id);
+        if let Some(mark) = change.mark {
+            attrs.push(CtAttr::Mark(mark));
+        }
+        if let Some(status) = change.status {
+            attrs.push(CtAttr::Status(status));
+        }
+        match self.exchange_raw(
+            "update",
+            IPCTNL_MSG_CT_NEW,
+            NLM_F_ACK,
+            orig.family as u8,
+            attrs,
         ) {
             Ok(_) => Ok(true),
             Err(CtnlError::Kernel { errno, .. }) if errno == libc::ENOENT => Ok(false),
