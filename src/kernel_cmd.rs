@@ -50,8 +50,12 @@ pub struct WatchArgs {
     /// socket joins only their groups, so the kernel sends nothing else.
     #[arg(long = "event-mask", short = 'e', value_name = "KINDS")]
     event_mask: Option<String>,
+    /// Print only the events these filters select (and export only the finished flows they
+    /// select; -e does not apply to the export).
     #[command(flatten)]
     filter: crate::filter_args::FilterArgs,
+    #[command(flatten)]
+    ipfix: crate::ipfix_args::IpfixArgs,
     /// No summary on stderr.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -215,14 +219,17 @@ mod linux {
     pub fn run_watch(args: WatchArgs) -> Result<()> {
         let format = crate::output_format(args.format, &args.output)?;
         let filter = args.filter.filter()?;
-        let groups = match crate::filter_args::event_mask(args.event_mask.as_deref())? {
-            None => Groups::ALL,
-            Some(kinds) => Groups {
-                new: kinds.contains(&MessageKind::New),
-                update: kinds.contains(&MessageKind::Update),
-                destroy: kinds.contains(&MessageKind::Destroy),
-            },
+        let mask = crate::filter_args::event_mask(args.event_mask.as_deref())?;
+        let wanted = |kind| mask.as_ref().is_none_or(|kinds| kinds.contains(&kind));
+        // An export needs the DESTROYs (and NEWs, for flows without kernel start times),
+        // whatever is printed.
+        let exporting = args.ipfix.is_set();
+        let groups = Groups {
+            new: wanted(MessageKind::New) || exporting,
+            update: wanted(MessageKind::Update),
+            destroy: wanted(MessageKind::Destroy) || exporting,
         };
+        let mut export = args.ipfix.start()?;
         let stop = stop_on_signals()?;
         let mut socket = EventSocket::subscribe(&SubscribeOptions {
             groups,
@@ -252,6 +259,12 @@ mod linux {
                 match socket.recv(left)? {
                     Received::Messages(messages) => {
                         for m in messages.iter().filter(|m| filter.matches(&m.message)) {
+                            if let Some(export) = export.as_mut() {
+                                export.observe(&m.message, m.ts_ns());
+                            }
+                            if m.kind().is_some_and(|k| !wanted(k)) {
+                                continue;
+                            }
                             if args.count.is_some_and(|n| printed >= n) {
                                 break;
                             }
@@ -279,6 +292,9 @@ mod linux {
         })();
         let _ = flows.finish(true);
         drop(flows);
+        if let Some(export) = export {
+            export.finish(args.quiet);
+        }
         if let Err(e) = &result
             && e.downcast_ref::<std::io::Error>()
                 .is_some_and(ended_by_reader)

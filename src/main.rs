@@ -22,6 +22,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 mod artifacts_cmd;
 mod filter_args;
+mod ipfix_args;
 mod kernel_cmd;
 mod listen_cmd;
 mod shadow_cmd;
@@ -134,9 +135,12 @@ struct ReplayArgs {
     /// listeners still read every event; only the printing is selected.
     #[arg(long = "event-mask", short = 'e', value_name = "KINDS")]
     event_mask: Option<String>,
-    /// Print only the events these conntrack-tools filters select.
+    /// Print only the events these conntrack-tools filters select (and export only the
+    /// finished flows they select; -e does not apply to the export).
     #[command(flatten)]
     filter: filter_args::FilterArgs,
+    #[command(flatten)]
+    ipfix: ipfix_args::IpfixArgs,
     /// Packets per ingest call.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -202,8 +206,10 @@ fn settings(sysctls: &[String], seed: u64, policy: RetryPolicy) -> Result<Tracke
 
 fn run_replay(args: ReplayArgs) -> Result<()> {
     let format = output_format(args.format, &args.output)?;
-    let mut filter = args.filter.filter()?;
+    let export_filter = args.filter.filter()?;
+    let mut filter = export_filter.clone();
     filter.events = filter_args::event_mask(args.event_mask.as_deref())?;
+    let mut export = args.ipfix.start()?;
     let settings = settings(&args.sysctls, args.seed, args.retry_policy)?;
     let mut reader = CaptureReader::open(&args.capture)?;
     let file_len = std::fs::metadata(&args.capture).map_or(0, |m| m.len());
@@ -239,6 +245,11 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
     let mut sink = |frame: &ctwasm_core::batch::EventFrame<'_>,
                     msg: &ctwasm_core::netlink::CtMessage|
      -> Result<()> {
+        if let Some(export) = export.as_mut()
+            && export_filter.matches(msg)
+        {
+            export.observe(msg, frame.ts_ns);
+        }
         if !filter.matches(msg) {
             return Ok(());
         }
@@ -273,6 +284,9 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
         writeln!(out, "{}", output::xml::EPILOGUE)?;
     }
     out.flush()?;
+    if let Some(export) = export {
+        export.finish(args.quiet);
+    }
     if !args.quiet {
         print_summary(
             &args.capture,

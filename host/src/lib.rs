@@ -29,9 +29,12 @@
 //! of the table the way conntrackd does, [`stress`] runs the seed's stress test on simulated
 //! time, and [`compare`] holds the engine's events against the kernel's, flow by flow.
 //!
+//! [`ipfix`] exports finished flows to an IPFIX collector, the one piece of this crate that
+//! talks to the network (through std's sockets, from a thread of its own).
+//!
 //! Whatever touches the live kernel (ctnetlink, packet capture, real socket buffers, `ctwasm
 //! shadow`) lives in `ctwasm-live`, Linux only; this crate has no `unsafe` and no system calls
-//! of its own.
+//! of its own beyond the exporter's sockets.
 
 #![forbid(unsafe_code)]
 
@@ -41,6 +44,7 @@ pub mod capture;
 pub mod compare;
 pub mod embed;
 pub mod filter;
+pub mod ipfix;
 pub mod listener;
 pub mod mirror;
 pub mod output;

@@ -63,6 +63,28 @@ pub fn require_live(test: &str) -> bool {
     false
 }
 
+/// Whether a program this test needs (a real decoder such as `tshark`) is installed. When it
+/// is not: a loud skip, or a panic under `CTWASM_REQUIRE_LIVE=1` (CI installs it).
+pub fn require_program(test: &str, program: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return true;
+    }
+    if std::env::var("CTWASM_REQUIRE_LIVE").as_deref() == Ok("1") {
+        panic!("{test}: `{program}` required (CTWASM_REQUIRE_LIVE=1) but not installed");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED (needs `{program}`): {test} ***\n"
+    );
+    false
+}
+
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
