@@ -63,6 +63,36 @@ impl FlowExport {
         }
     }
 
+    /// The export's figures, for `--metrics`.
+    pub fn push_metrics(&self, s: &mut ctwasm_host::metrics::Snapshot) {
+        use ctwasm_host::metrics::Kind;
+        let stats = self.exporter.stats();
+        s.push(
+            "ipfix_records_exported",
+            "Flow records handed to the IPFIX collector's socket.",
+            Kind::Counter,
+            stats.exported,
+        );
+        s.push(
+            "ipfix_messages",
+            "IPFIX messages sent.",
+            Kind::Counter,
+            stats.messages,
+        );
+        s.push_labelled(
+            "ipfix_records_dropped",
+            "Flow records dropped, by reason.",
+            Kind::Counter,
+            "reason",
+            [
+                ("queue_full", stats.dropped_queue_full),
+                ("send_failed", stats.dropped_send_failed),
+                ("at_exit", stats.dropped_at_exit),
+            ]
+            .map(|(r, n)| (r.to_string(), n)),
+        );
+    }
+
     /// Sends what is queued (waiting up to two seconds) and says what was done on stderr.
     pub fn finish(self, quiet: bool) -> ExportStats {
         let stats = self.exporter.finish(Duration::from_secs(2));

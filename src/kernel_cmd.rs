@@ -56,6 +56,8 @@ pub struct WatchArgs {
     filter: crate::filter_args::FilterArgs,
     #[command(flatten)]
     ipfix: crate::ipfix_args::IpfixArgs,
+    #[command(flatten)]
+    metrics: crate::metrics_args::MetricsArgs,
     /// No summary on stderr.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -230,6 +232,12 @@ mod linux {
             destroy: wanted(MessageKind::Destroy) || exporting,
         };
         let mut export = args.ipfix.start()?;
+        let metrics = args.metrics.start()?;
+        // The kernel's table figures for the metrics, read at most once a second.
+        let mut kernel = match &metrics {
+            Some(_) => Some(KernelFigures::open(args.netns.as_deref())?),
+            None => None,
+        };
         let stop = stop_on_signals()?;
         let mut socket = EventSocket::subscribe(&SubscribeOptions {
             groups,
@@ -256,7 +264,18 @@ mod linux {
                 if left == Some(Duration::ZERO) {
                     return Ok(());
                 }
-                match socket.recv(left)? {
+                if let Some(m) = &metrics {
+                    let kernel = kernel.as_mut().expect("opened with the metrics");
+                    m.publish(watch_snapshot(&socket, kernel, resyncs, printed, &export));
+                }
+                // With metrics, wake at least once a second to refresh them.
+                let wait = match &metrics {
+                    Some(_) => {
+                        Some(left.map_or(Duration::from_secs(1), |l| l.min(Duration::from_secs(1))))
+                    }
+                    None => left,
+                };
+                match socket.recv(wait)? {
                     Received::Messages(messages) => {
                         for m in messages.iter().filter(|m| filter.matches(&m.message)) {
                             if let Some(export) = export.as_mut() {
@@ -295,6 +314,9 @@ mod linux {
         if let Some(export) = export {
             export.finish(args.quiet);
         }
+        if let Some(metrics) = metrics {
+            metrics.finish();
+        }
         if let Err(e) = &result
             && e.downcast_ref::<std::io::Error>()
                 .is_some_and(ended_by_reader)
@@ -325,6 +347,140 @@ mod linux {
             );
         }
         result
+    }
+
+    /// The kernel's table figures, read through a request socket of their own.
+    struct KernelFigures {
+        ct: Conntrack,
+        read_at: Option<Instant>,
+        last: ctwasm_host::metrics::Snapshot,
+    }
+
+    impl KernelFigures {
+        fn open(netns: Option<&str>) -> Result<KernelFigures> {
+            Ok(KernelFigures {
+                ct: Conntrack::open(netns).context("a request socket for the metrics")?,
+                read_at: None,
+                last: Default::default(),
+            })
+        }
+
+        /// Entries, the maximum, the dying list, and the per-CPU counters summed; read again
+        /// when a second has passed. A read that fails leaves the last figures.
+        fn snapshot(&mut self) -> &ctwasm_host::metrics::Snapshot {
+            use ctwasm_host::metrics::{Kind, Snapshot};
+            if self
+                .read_at
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+            {
+                return &self.last;
+            }
+            self.read_at = Some(Instant::now());
+            let (Ok(global), Ok(dying), Ok(cpus)) = (
+                self.ct.stats_global(),
+                self.ct.dump_dying(),
+                self.ct.stats_cpu(),
+            ) else {
+                return &self.last;
+            };
+            let mut s = Snapshot::default();
+            s.push(
+                "kernel_entries",
+                "Entries in the kernel's table (nf_conntrack_count).",
+                Kind::Gauge,
+                u64::from(global.entries),
+            );
+            s.push(
+                "kernel_max_entries",
+                "nf_conntrack_max.",
+                Kind::Gauge,
+                u64::from(global.max_entries),
+            );
+            s.push(
+                "kernel_dying",
+                "Entries on the kernel's dying list (DESTROY not yet delivered).",
+                Kind::Gauge,
+                dying.len() as u64,
+            );
+            let mut sums: Vec<(&'static str, u64)> = Vec::new();
+            for cpu in &cpus {
+                for &(kind, value) in &cpu.counters {
+                    if let Some(name) = cpu_stat_name(kind) {
+                        match sums.iter_mut().find(|(n, _)| *n == name) {
+                            Some((_, sum)) => *sum += u64::from(value),
+                            None => sums.push((name, u64::from(value))),
+                        }
+                    }
+                }
+            }
+            for (name, sum) in sums {
+                s.push(
+                    &format!("kernel_{name}"),
+                    "A conntrack -S counter, summed over CPUs.",
+                    Kind::Counter,
+                    sum,
+                );
+            }
+            self.last = s;
+            &self.last
+        }
+    }
+
+    /// What `watch --metrics` serves: the socket's counts, the kernel's table, the export's.
+    fn watch_snapshot(
+        socket: &EventSocket,
+        kernel: &mut KernelFigures,
+        resyncs: u64,
+        printed: u64,
+        export: &Option<crate::ipfix_args::FlowExport>,
+    ) -> ctwasm_host::metrics::Snapshot {
+        use ctwasm_host::metrics::Kind;
+        let c = socket.counts();
+        let mut s = kernel.snapshot().clone();
+        s.push_labelled(
+            "watch_event_messages",
+            "Event messages read from the kernel, by type.",
+            Kind::Counter,
+            "type",
+            [("new", c.new), ("update", c.update), ("destroy", c.destroy)]
+                .map(|(t, n)| (t.to_string(), n)),
+        );
+        s.push(
+            "watch_enobufs",
+            "Overruns (ENOBUFS) reported on the event socket.",
+            Kind::Counter,
+            c.enobufs,
+        );
+        s.push(
+            "watch_decode_errors",
+            "Datagrams or messages that did not decode.",
+            Kind::Counter,
+            c.decode_errors,
+        );
+        s.push(
+            "watch_resyncs",
+            "Table dumps after an overrun (--resync).",
+            Kind::Counter,
+            resyncs,
+        );
+        s.push(
+            "watch_printed",
+            "Event messages printed (after filters and -e).",
+            Kind::Counter,
+            printed,
+        );
+        if let Ok(drops) = socket.kernel_drops() {
+            s.push(
+                "watch_socket_drops",
+                "Messages the kernel dropped at the event socket (sk_drops).",
+                Kind::Counter,
+                u64::from(drops),
+            );
+        }
+        if let Some(export) = export {
+            export.push_metrics(&mut s);
+        }
+        s
     }
 
     /// Prints entries or events in one format, writing the XML document's prologue before the

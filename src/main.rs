@@ -25,6 +25,7 @@ mod filter_args;
 mod ipfix_args;
 mod kernel_cmd;
 mod listen_cmd;
+mod metrics_args;
 mod shadow_cmd;
 #[cfg(target_os = "linux")]
 mod signals;

@@ -28,6 +28,8 @@ pub struct ShadowArgs {
     /// Print every flow side by side at the end, not only the divergent ones.
     #[arg(long, short = 'v')]
     verbose: bool,
+    #[command(flatten)]
+    metrics: crate::metrics_args::MetricsArgs,
 }
 
 #[cfg(target_os = "linux")]
@@ -47,22 +49,32 @@ pub fn run(args: ShadowArgs) -> Result<()> {
         overrides: crate::parse_sysctls(&args.sysctls)?,
         report_every: Duration::from_secs_f64(args.report_every.max(0.1)),
     };
+    let metrics = args.metrics.start()?;
     let mut progress = |p: &ShadowProgress| match p {
-        ShadowProgress::Counts { elapsed, counts: c } => eprintln!(
-            "shadow {}: {:.0} s: {} packets, {} kernel events, {} flows: {} agree, {} pending, {} diverge",
-            args.netns,
-            elapsed.as_secs_f64(),
-            c.packets,
-            c.events,
-            c.flows,
-            c.agree,
-            c.pending,
-            c.diverge
-        ),
+        ShadowProgress::Counts { elapsed, counts: c } => {
+            if let Some(m) = &metrics {
+                m.publish(shadow_snapshot(c));
+            }
+            eprintln!(
+                "shadow {}: {:.0} s: {} packets, {} kernel events, {} flows: {} agree, {} pending, {} diverge",
+                args.netns,
+                elapsed.as_secs_f64(),
+                c.packets,
+                c.events,
+                c.flows,
+                c.agree,
+                c.pending,
+                c.diverge
+            )
+        }
         ShadowProgress::Diverged(line) => eprintln!("shadow {}: DIVERGED {line}", args.netns),
     };
     let report = run_shadow(&options, &stop, &mut progress)?;
     let c = &report.counts;
+    if let Some(m) = metrics {
+        m.publish(shadow_snapshot(c));
+        m.finish();
+    }
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -92,6 +104,38 @@ pub fn run(args: ShadowArgs) -> Result<()> {
         out.flush()?;
         std::process::exit(2);
     }
+}
+
+/// What `shadow --metrics` serves.
+#[cfg(target_os = "linux")]
+fn shadow_snapshot(c: &ctwasm_live::shadow::ShadowCounts) -> ctwasm_host::metrics::Snapshot {
+    use ctwasm_host::metrics::{Kind, Snapshot};
+    let mut s = Snapshot::default();
+    s.push(
+        "shadow_packets",
+        "Packets captured and fed to the engine.",
+        Kind::Counter,
+        c.packets,
+    );
+    s.push(
+        "shadow_kernel_events",
+        "Event messages read from the kernel.",
+        Kind::Counter,
+        c.events,
+    );
+    s.push_labelled(
+        "shadow_flows",
+        "Flows compared, by how the engine's events compare with the kernel's.",
+        Kind::Gauge,
+        "agreement",
+        [
+            ("agree", c.agree),
+            ("pending", c.pending),
+            ("diverge", c.diverge),
+        ]
+        .map(|(a, n)| (a.to_string(), n as u64)),
+    );
+    s
 }
 
 #[cfg(not(target_os = "linux"))]

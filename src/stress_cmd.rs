@@ -90,6 +90,8 @@ pub struct StressArgs {
         default_value = "buffer=2048,reliable,pace=1"
     )]
     socket_spec: String,
+    #[command(flatten)]
+    metrics: crate::metrics_args::MetricsArgs,
 }
 
 pub fn run(args: StressArgs) -> Result<()> {
@@ -159,6 +161,7 @@ pub fn run(args: StressArgs) -> Result<()> {
         stream_end = Some(end);
         listeners.push_external(listener);
     }
+    let metrics = args.metrics.start()?;
     let report =
         stress::run_with_listeners(backend.as_mut(), &options, listeners, &mut |p| match p {
             Progress::Creating { done, total } => {
@@ -170,6 +173,14 @@ pub fn run(args: StressArgs) -> Result<()> {
                 bar.set_message("draining");
                 bar.set_length(total);
                 bar.set_position(read);
+            }
+            Progress::Figures { stats, listeners } => {
+                if let Some(m) = &metrics {
+                    let mut snapshot = ctwasm_host::metrics::Snapshot::default();
+                    snapshot.push_tracker(&stats);
+                    snapshot.push_listeners(&listeners);
+                    m.publish(snapshot);
+                }
             }
         })?;
     let wall = started.elapsed();
@@ -198,6 +209,11 @@ pub fn run(args: StressArgs) -> Result<()> {
     match args.format {
         StressFormat::Json => writeln!(out, "{}", serde_json::to_string(&report.summary)?)?,
         StressFormat::Text => print_text(&mut out, &report, &options, wall.as_secs_f64())?,
+    }
+    out.flush()?;
+    drop(out);
+    if let Some(metrics) = metrics {
+        metrics.finish();
     }
     Ok(())
 }

@@ -46,6 +46,7 @@ pub mod embed;
 pub mod filter;
 pub mod ipfix;
 pub mod listener;
+pub mod metrics;
 pub mod mirror;
 pub mod output;
 pub mod replay;

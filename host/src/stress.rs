@@ -191,12 +191,17 @@ pub struct StressReport {
 }
 
 /// What a run is doing, for progress bars.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Progress {
     /// Flows created so far, of the total.
     Creating { done: u64, total: u64 },
     /// Distinct DESTROYs read so far, of the entries created.
     Draining { read: u64, total: u64 },
+    /// The tracker's and the listeners' figures now (sent before each of the others).
+    Figures {
+        stats: Stats,
+        listeners: Vec<(String, ListenerStats)>,
+    },
 }
 
 /// Counts what the listener reads.
@@ -299,7 +304,7 @@ pub fn run_with_listeners(
         i = end;
         if i >= next_sample || i == options.flows {
             next_sample = i + sample_every;
-            samples.push(sample(&mut sim, &reads)?);
+            samples.push(sample(&mut sim, &reads, progress)?);
             progress(Progress::Creating {
                 done: i,
                 total: options.flows,
@@ -310,12 +315,12 @@ pub fn run_with_listeners(
 
     let quiet_end = sim.now().max(START_NS) + QUIET_NS;
     sim.run_until(quiet_end, &mut reads)?;
-    samples.push(sample(&mut sim, &reads)?);
+    samples.push(sample(&mut sim, &reads, progress)?);
     let flush_at = sim.now();
     if options.flush {
         sim.backend.flush(flush_at)?;
         sim.pump(flush_at, &mut reads)?;
-        samples.push(sample(&mut sim, &reads)?);
+        samples.push(sample(&mut sim, &reads, progress)?);
     }
 
     let horizon = flush_at.saturating_add(options.horizon_ns);
@@ -331,7 +336,7 @@ pub fn run_with_listeners(
         let step = (elapsed / 500).max(10 * NS_PER_MS);
         let until = sim.now().saturating_add(step).min(horizon);
         sim.run_until(until, &mut reads)?;
-        samples.push(sample(&mut sim, &reads)?);
+        samples.push(sample(&mut sim, &reads, progress)?);
         progress(Progress::Draining {
             read: reads.destroys.len() as u64,
             total: created,
@@ -388,8 +393,17 @@ pub fn run_with_listeners(
     })
 }
 
-fn sample(sim: &mut Simulation<'_>, reads: &Reads) -> Result<Sample> {
+/// Samples the run, and reports the figures to `progress`.
+fn sample(
+    sim: &mut Simulation<'_>,
+    reads: &Reads,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Sample> {
     let s = sim.backend.stats()?;
+    progress(Progress::Figures {
+        stats: s,
+        listeners: sim.listeners.all_stats(),
+    });
     Ok(Sample {
         t_ns: sim.now(),
         entries: s.entries,
