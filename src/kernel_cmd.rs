@@ -19,7 +19,9 @@ pub struct WatchArgs {
     #[arg(long, value_enum, default_value = "conntrack")]
     format: FormatArg,
     /// `conntrack -o` options for the conntrack format: xml, extended, id, timestamp,
-    /// ktimestamp.
+    /// ktimestamp. `timestamp` is the kernel's event time (CTA_TIMESTAMP_EVENT, Linux 6.14+
+    /// with nf_conntrack_timestamp=1) where conntrack prints the time it read the event;
+    /// without it, the receive time, as conntrack.
     #[arg(long, short = 'o', default_value = "")]
     output: String,
     /// Reliable events (NETLINK_BROADCAST_ERROR): an event this socket cannot take is kept and
@@ -521,6 +523,18 @@ mod linux {
         }
     }
 
+    /// Table entries are printed without `-o timestamp`'s receive-time prefix: `conntrack -L`
+    /// (and -G, -D, -U) take the option and print no such column.
+    fn entry_format(format: Format) -> Format {
+        match format {
+            Format::Conntrack(mut options) => {
+                options.timestamp = false;
+                Format::Conntrack(options)
+            }
+            other => other,
+        }
+    }
+
     /// Ends a command that wrote nothing to act on with status 1, as conntrack-tools does, after
     /// its `N flow entries have been ...` line.
     fn report(count: usize, what: &str) -> Result<()> {
@@ -539,7 +553,7 @@ mod linux {
     }
 
     pub fn run_list(args: ListArgs) -> Result<()> {
-        let format = crate::output_format(args.format, &args.output)?;
+        let format = entry_format(crate::output_format(args.format, &args.output)?);
         let filter = args.filter.filter()?;
         let mut ct = Conntrack::open(args.netns.as_deref())?;
         let mut entries = if args.dying {
@@ -564,7 +578,7 @@ mod linux {
     }
 
     pub fn run_get(args: GetArgs) -> Result<()> {
-        let format = crate::output_format(args.format, &args.output)?;
+        let format = entry_format(crate::output_format(args.format, &args.output)?);
         let (tuple, zone) = args.tuple.filter()?.exact_orig()?;
         let mut ct = Conntrack::open(args.netns.as_deref())?;
         let Some(entry) = ct.get(&tuple, zone)? else {
@@ -585,7 +599,7 @@ mod linux {
     }
 
     pub fn run_delete(args: DeleteArgs) -> Result<()> {
-        let format = crate::output_format(args.format, &args.output)?;
+        let format = entry_format(crate::output_format(args.format, &args.output)?);
         let filter = args.filter.filter()?;
         let mut ct = Conntrack::open(args.netns.as_deref())?;
         let mut flows = Flows::new(BufWriter::new(std::io::stdout().lock()), format, false);
@@ -609,7 +623,7 @@ mod linux {
     }
 
     pub fn run_update(args: UpdateArgs) -> Result<()> {
-        let format = crate::output_format(args.format, &args.output)?;
+        let format = entry_format(crate::output_format(args.format, &args.output)?);
         let (filter, change) = args.filter.filter()?.split_change()?;
         let change = change.context("nothing to change: give -m MARK[/MASK] or -u FLAGS")?;
         let mut ct = Conntrack::open(args.netns.as_deref())?;

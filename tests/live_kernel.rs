@@ -563,6 +563,12 @@ fn get_update_delete_count_and_xml_print_what_conntrack_tools_prints() {
         (String::new(), 1)
     );
 
+    // -L -o timestamp: conntrack prints no time column for table entries.
+    let ours = ctwasm(&["list", "-o", "timestamp,extended"]);
+    let tools = conntrack(&["-L", "-o", "timestamp,extended"]);
+    assert_eq!(steady_lines(&ours.0), steady_lines(&tools.0));
+    assert!(!ours.0.starts_with('['), "{}", ours.0);
+
     // -L -o xml: the same document.
     let ours = ctwasm(&["list", "-o", "xml"]);
     let tools = conntrack(&["-L", "-o", "xml"]);
