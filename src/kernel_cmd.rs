@@ -15,6 +15,9 @@ use crate::FormatArg;
 /// `ctwasm watch`: the kernel's conntrack events, as `conntrack -E` prints them.
 #[derive(clap::Args, Debug)]
 pub struct WatchArgs {
+    /// The events to watch, as `conntrack -E TABLE`: conntrack or expect.
+    #[arg(value_enum, default_value = "conntrack")]
+    table: Table,
     /// Output format of the events.
     #[arg(long, value_enum, default_value = "conntrack")]
     format: FormatArg,
@@ -65,9 +68,23 @@ pub struct WatchArgs {
     quiet: bool,
 }
 
+/// Which of the kernel's tables a command reads (`conntrack -L TABLE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Table {
+    /// The connection table.
+    Conntrack,
+    /// The expectation table (what helpers such as FTP's wait for).
+    Expect,
+    /// The dying list (entries whose DESTROY waits for a reliable listener).
+    Dying,
+}
+
 /// `ctwasm list`: the kernel's table (or dying list), as `conntrack -L` prints it.
 #[derive(clap::Args, Debug)]
 pub struct ListArgs {
+    /// The table to list, as `conntrack -L TABLE`.
+    #[arg(value_enum, default_value = "conntrack")]
+    table: Table,
     /// List the dying list (entries whose DESTROY waits for a reliable listener).
     #[arg(long)]
     dying: bool,
@@ -191,10 +208,10 @@ mod linux {
     use ctwasm_core::netlink::NlHeader;
     use ctwasm_core::netlink::consts::{IPCTNL_MSG_CT_GET, NFNL_SUBSYS_CTNETLINK, nfnl_msg_type};
     use ctwasm_core::{MessageKind, Tuple};
-    use ctwasm_host::output::{Format, xml};
+    use ctwasm_host::output::{ConntrackOptions, Format, expect, xml};
     use ctwasm_live::ctnetlink::{
-        Conntrack, EntryChange, EventSocket, Groups, KernelMessage, Received, SubscribeOptions,
-        cpu_stat_name,
+        Conntrack, EntryChange, EventSocket, ExpectSocket, Groups, KernelMessage, Received,
+        SubscribeOptions, cpu_stat_name,
     };
 
     use crate::signals::stop_on_signals;
@@ -221,6 +238,15 @@ mod linux {
     }
 
     pub fn run_watch(args: WatchArgs) -> Result<()> {
+        if args.table == Table::Expect {
+            if args.ipfix.is_set() || args.reliable || args.resync {
+                bail!(
+                    "--ipfix, --reliable and --resync apply to the conntrack table, not to expect"
+                );
+            }
+            let options = expect_options(args.format, &args.output, &args.filter)?;
+            return run_watch_expect(&args, options);
+        }
         let format = crate::output_format(args.format, &args.output)?;
         let filter = args.filter.filter()?;
         let mask = crate::filter_args::event_mask(args.event_mask.as_deref())?;
@@ -485,6 +511,113 @@ mod linux {
         s
     }
 
+    /// The output options for expectations: text or XML only (the JSON lines describe
+    /// connections), and no filters (conntrack-tools' apply to connections).
+    fn expect_options(
+        format: FormatArg,
+        output: &str,
+        filter: &crate::filter_args::FilterArgs,
+    ) -> Result<ConntrackOptions> {
+        if format != FormatArg::Conntrack {
+            bail!(
+                "expectations print as conntrack text or -o xml; --format json is for connections"
+            );
+        }
+        if !filter.filter()?.is_empty() {
+            bail!("the filters select connections; expectations are listed and watched whole");
+        }
+        ConntrackOptions::parse(output)
+    }
+
+    fn run_list_expect(netns: Option<&str>, options: ConntrackOptions) -> Result<()> {
+        let entries = Conntrack::open(netns)?.dump_expect()?;
+        let mut out = BufWriter::new(std::io::stdout().lock());
+        let written = (|| -> std::io::Result<()> {
+            if options.xml && !entries.is_empty() {
+                writeln!(out, "{}", expect::XML_PROLOGUE)?;
+            }
+            for e in &entries {
+                let line = expect::format_expect(&e.message, None, e.received_ns, options);
+                writeln!(out, "{line}")?;
+            }
+            if options.xml && !entries.is_empty() {
+                writeln!(out, "{}", expect::XML_EPILOGUE)?;
+            }
+            out.flush()
+        })();
+        match written {
+            Err(e) if ended_by_reader(&e) => return Ok(()),
+            r => r?,
+        }
+        eprintln!("ctwasm: {} expectations have been shown.", entries.len());
+        Ok(())
+    }
+
+    fn run_watch_expect(args: &WatchArgs, options: ConntrackOptions) -> Result<()> {
+        let mask = crate::filter_args::event_mask(args.event_mask.as_deref())?;
+        let wanted = |kind| mask.as_ref().is_none_or(|kinds| kinds.contains(&kind));
+        let groups = Groups {
+            new: wanted(MessageKind::New),
+            update: wanted(MessageKind::Update),
+            destroy: wanted(MessageKind::Destroy),
+        };
+        let mut socket = ExpectSocket::subscribe(args.netns.as_deref(), groups)
+            .context("subscribing to expectation events")?;
+        socket.stop_when(stop_on_signals()?);
+        let deadline = args
+            .duration
+            .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+        let mut out = BufWriter::new(std::io::stdout().lock());
+        let mut printed = 0u64;
+        let mut opened = false;
+        let result = (|| -> Result<()> {
+            loop {
+                if args.count.is_some_and(|n| printed >= n) {
+                    return Ok(());
+                }
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                if left == Some(Duration::ZERO) {
+                    return Ok(());
+                }
+                let Some(events) = socket.recv(left)? else {
+                    return Ok(());
+                };
+                for e in &events {
+                    if args.count.is_some_and(|n| printed >= n) {
+                        break;
+                    }
+                    if options.xml && !opened {
+                        writeln!(out, "{}", expect::XML_PROLOGUE)?;
+                        opened = true;
+                    }
+                    let kind = e.message.kind();
+                    let line = expect::format_expect(&e.message, kind, e.received_ns, options);
+                    writeln!(out, "{line}")?;
+                    printed += 1;
+                }
+                out.flush()?;
+            }
+        })();
+        if opened {
+            let _ = writeln!(out, "{}", expect::XML_EPILOGUE);
+        }
+        let _ = out.flush();
+        drop(out);
+        if let Err(e) = &result
+            && e.downcast_ref::<std::io::Error>()
+                .is_some_and(ended_by_reader)
+        {
+            return Ok(());
+        }
+        if !args.quiet {
+            eprintln!(
+                "ctwasm watch: {printed} expectation events, ENOBUFS={} skipped={}",
+                socket.enobufs, socket.skipped
+            );
+        }
+        result
+    }
+
     /// Prints entries or events in one format, writing the XML document's prologue before the
     /// first flow where conntrack-tools writes it (`-L`, `-E`, `-G`, `-U`; `-D` writes bare
     /// flows) and its epilogue on [`Flows::finish`].
@@ -553,10 +686,14 @@ mod linux {
     }
 
     pub fn run_list(args: ListArgs) -> Result<()> {
+        if args.table == Table::Expect {
+            let options = expect_options(args.format, &args.output, &args.filter)?;
+            return run_list_expect(args.netns.as_deref(), options);
+        }
         let format = entry_format(crate::output_format(args.format, &args.output)?);
         let filter = args.filter.filter()?;
         let mut ct = Conntrack::open(args.netns.as_deref())?;
-        let mut entries = if args.dying {
+        let mut entries = if args.dying || args.table == Table::Dying {
             ct.dump_dying()?
         } else {
             ct.dump()?

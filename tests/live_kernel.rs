@@ -836,3 +836,117 @@ fn namespaces_are_always_deleted() {
         "{name} still listed:\n{list}"
     );
 }
+
+/// An FTP control connection through the kernel's FTP helper (assigned by nft): after a
+/// first line, a `PORT` command makes the helper expect the data connection.
+fn ftp_expectation(ns: &Netns, port: u16) -> (TcpStream, TcpStream) {
+    ns.inside(|| {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("ftp listen");
+        let mut client = TcpStream::connect(("127.0.0.1", port)).expect("ftp connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        let mut say = |from: &mut TcpStream, to: &mut TcpStream, line: &[u8]| {
+            from.write_all(line).expect("send");
+            let _ = to.read(&mut buf).expect("recv");
+        };
+        say(&mut server, &mut client, b"220 ready\r\n");
+        // The helper reads commands only after the first line it saw the end of.
+        say(&mut client, &mut server, b"USER anonymous\r\n");
+        say(&mut server, &mut client, b"230 ok\r\n");
+        say(&mut client, &mut server, b"PORT 127,0,0,1,200,10\r\n");
+        say(&mut server, &mut client, b"200 ok\r\n");
+        (client, server)
+    })
+}
+
+#[test]
+fn expectations_list_and_watch_as_conntrack_tools_prints_them() {
+    let _serial = serial();
+    if !require_live("expectations") {
+        return;
+    }
+    let ns = Netns::new();
+    nft(
+        &ns,
+        "table inet ctwasm_ftp {
+            ct helper ftp-std { type \"ftp\" protocol tcp; }
+            chain out { type filter hook output priority 0; tcp dport 2121 ct helper set \"ftp-std\"; }
+        }",
+    );
+    let ours = Command::new(BIN)
+        .args(["watch", "expect", "--netns", &ns.name, "--duration", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ctwasm watch expect starts");
+    let tools = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "timeout", "-s", "INT", "3"])
+        .args(["conntrack", "-E", "expect"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("conntrack -E expect starts");
+    // Both joined the three expectation groups (NFNLGRP_CONNTRACK_EXP_*: bits 3-5).
+    let ready_by = Instant::now() + Duration::from_secs(3);
+    while ns.inside(|| conntrack_listeners_here(0b11_1000)) < 2 {
+        assert!(Instant::now() < ready_by, "the listeners never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _control = ftp_expectation(&ns, 2121);
+
+    // The table, in text (-o timestamp prints a time column for expectations) and XML.
+    let timeout_free = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| {
+                let l = l.split('\t').next_back().unwrap_or(l);
+                let mut words: Vec<&str> = l.split_whitespace().collect();
+                // The timeout is the first number of the line.
+                if let Some(i) = words.iter().position(|w| w.parse::<u32>().is_ok()) {
+                    words.remove(i);
+                }
+                words.join(" ")
+            })
+            .collect()
+    };
+    let ours_list = run(Command::new(BIN).args(["list", "expect", "--netns", &ns.name]));
+    let tools_list = ns.exec(&["conntrack", "-L", "expect"]);
+    eprintln!("ctwasm list expect:\n{ours_list}conntrack -L expect:\n{tools_list}");
+    assert_eq!(timeout_free(&ours_list), timeout_free(&tools_list));
+    assert_eq!(ours_list.lines().count(), 1);
+    assert!(ours_list.contains("dport=51210") && ours_list.contains("helper=ftp"));
+    let ours_stamped =
+        run(Command::new(BIN).args(["list", "expect", "--netns", &ns.name, "-o", "timestamp"]));
+    assert!(ours_stamped.starts_with('[') && ours_stamped.contains("]\t"));
+    assert_eq!(timeout_free(&ours_stamped), timeout_free(&tools_list));
+    let ours_xml =
+        run(Command::new(BIN).args(["list", "expect", "--netns", &ns.name, "-o", "xml"]));
+    let tools_xml = ns.exec(&["conntrack", "-L", "expect", "-o", "xml"]);
+    assert_eq!(steady_xml(&ours_xml), steady_xml(&tools_xml));
+    assert!(ours_xml.starts_with("<?xml") && ours_xml.ends_with("</expect>\n"));
+
+    let ours = ours.wait_with_output().expect("watch ends");
+    let tools = tools.wait_with_output().expect("conntrack -E expect ends");
+    let (ours_text, tools_text) = (
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&tools.stdout),
+    );
+    eprintln!("ctwasm watch expect:\n{ours_text}conntrack -E expect:\n{tools_text}");
+    assert!(
+        ours.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
+    assert_eq!(ours_text, tools_text);
+    assert!(ours_text.starts_with("    [NEW] "), "{ours_text}");
+
+    // Filters and JSON describe connections: refused for expectations.
+    for args in [&["-p", "tcp"][..], &["--format", "json"]] {
+        let out = Command::new(BIN)
+            .args(["list", "expect", "--netns", &ns.name])
+            .args(args)
+            .output()
+            .expect("list expect runs");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty());
+    }
+}

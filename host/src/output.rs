@@ -31,6 +31,7 @@ use ctwasm_core::netlink::{
 use ctwasm_core::tuple::{Family, L4Tuple, Tuple, ipproto};
 use serde::Serialize;
 
+pub mod expect;
 pub mod xml;
 
 /// Decodes the ctnetlink message an event frame carries.
@@ -190,22 +191,7 @@ pub fn format_conntrack_with(
                 ip_text(family, &t.dst)
             );
         }
-        match t.proto {
-            ipproto::TCP | ipproto::UDP | ipproto::UDPLITE | ipproto::SCTP | ipproto::DCCP => {
-                let _ = write!(out, "sport={} dport={} ", t.sport, t.dport);
-            }
-            ipproto::GRE => {
-                let _ = write!(out, "srckey=0x{:x} dstkey=0x{:x} ", t.sport, t.dport);
-            }
-            ipproto::ICMP | ipproto::ICMPV6 => {
-                let _ = write!(
-                    out,
-                    "type={} code={} id={} ",
-                    t.icmp_type, t.icmp_code, t.icmp_id
-                );
-            }
-            _ => {}
-        }
+        l4_text(out, &t);
         if let Some(zone) = t.zone {
             let _ = write!(out, "zone-{zone_tag}={zone} ");
         }
@@ -442,6 +428,26 @@ pub fn tuple_text(t: &Tuple) -> String {
     }
 }
 
+/// The layer-4 part of a tuple as libnetfilter_conntrack prints it, by protocol.
+fn l4_text(out: &mut String, t: &TupleFields) {
+    match t.proto {
+        ipproto::TCP | ipproto::UDP | ipproto::UDPLITE | ipproto::SCTP | ipproto::DCCP => {
+            let _ = write!(out, "sport={} dport={} ", t.sport, t.dport);
+        }
+        ipproto::GRE => {
+            let _ = write!(out, "srckey=0x{:x} dstkey=0x{:x} ", t.sport, t.dport);
+        }
+        ipproto::ICMP | ipproto::ICMPV6 => {
+            let _ = write!(
+                out,
+                "type={} code={} id={} ",
+                t.icmp_type, t.icmp_code, t.icmp_id
+            );
+        }
+        _ => {}
+    }
+}
+
 /// The message's type from its header, else from the frame's event bits.
 fn message_kind(frame: &EventFrame<'_>, msg: &CtMessage) -> Option<MessageKind> {
     msg.kind().or_else(|| frame.events.message_kind())
@@ -489,6 +495,11 @@ fn tuple_nest(msg: &CtMessage, which: Which) -> Option<TupleFields> {
         (CtAttr::TupleOrig(t), Which::Orig) | (CtAttr::TupleReply(t), Which::Reply) => Some(t),
         _ => None,
     })?;
+    Some(tuple_fields(attrs))
+}
+
+/// The fields of one tuple nest.
+fn tuple_fields(attrs: &[TupleAttr]) -> TupleFields {
     let mut f = TupleFields::default();
     for a in attrs {
         match a {
@@ -520,7 +531,7 @@ fn tuple_nest(msg: &CtMessage, which: Which) -> Option<TupleFields> {
             _ => {}
         }
     }
-    Some(f)
+    f
 }
 
 /// Packets and bytes of one direction, only when the message carries both (64- or 32-bit).

@@ -763,16 +763,21 @@ fn carries_cta(msg: u8) -> bool {
     )
 }
 
-/// The body of a framed message (`msg` is the whole message, `nlmsg_len` bytes).
-fn parse_body(header: NlHeader, msg: &[u8]) -> Result<CtMessage, DecodeError> {
+/// `NLMSG_ERROR` and `NLMSG_DONE` as their errors; `Ok` for any other message.
+fn control_message(header: &NlHeader, msg: &[u8]) -> Result<(), DecodeError> {
     match header.msg_type {
         NLMSG_ERROR => {
             let error = read_ne_u32(msg, NLMSG_HDRLEN).ok_or(DecodeError::ShortHeader)?;
-            return Err(DecodeError::NetlinkError(error as i32));
+            Err(DecodeError::NetlinkError(error as i32))
         }
-        NLMSG_DONE => return Err(DecodeError::Done),
-        _ => {}
+        NLMSG_DONE => Err(DecodeError::Done),
+        _ => Ok(()),
     }
+}
+
+/// The body of a framed message (`msg` is the whole message, `nlmsg_len` bytes).
+fn parse_body(header: NlHeader, msg: &[u8]) -> Result<CtMessage, DecodeError> {
+    control_message(&header, msg)?;
     let [_, sub] = header.msg_type.to_be_bytes();
     let (nfgen, body) = split_nfgenmsg(&header, msg, NFNL_SUBSYS_CTNETLINK)?;
     let attrs = if carries_cta(sub) {
@@ -1087,10 +1092,12 @@ impl super::ExpMessage {
         self.emit(&mut out[start..]);
     }
 
-    /// Parses one expectation message (subsystem `CTNETLINK_EXP`) at the start of `buf`.
+    /// Parses one expectation message (subsystem `CTNETLINK_EXP`) at the start of `buf`;
+    /// `NLMSG_ERROR` and `NLMSG_DONE` come back as their errors, as for [`CtMessage::parse`].
     pub fn parse(buf: &[u8]) -> Result<(super::ExpMessage, usize), DecodeError> {
         let (header, len) = frame(buf)?;
         let msg = &buf[..len];
+        control_message(&header, msg)?;
         let (nfgen, body) = split_nfgenmsg(&header, msg, NFNL_SUBSYS_CTNETLINK_EXP)?;
         let message = super::ExpMessage {
             header,

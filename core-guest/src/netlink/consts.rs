@@ -136,6 +136,8 @@ pub const CTA_EXPECT_HELP_NAME: u16 = 6;
 pub const CTA_EXPECT_ZONE: u16 = 7;
 pub const CTA_EXPECT_FLAGS: u16 = 8;
 pub const CTA_EXPECT_CLASS: u16 = 9;
+pub const CTA_EXPECT_NAT: u16 = 10;
+pub const CTA_EXPECT_FN: u16 = 11;
 
 /// `nfnl_msg_type(subsys, msg)`: the full `nlmsg_type` of an nfnetlink message.
 pub const fn nfnl_msg_type(subsys: u8, msg: u8) -> u16 {

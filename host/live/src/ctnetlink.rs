@@ -48,7 +48,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ctwasm_core::batch::EventFrame;
 use ctwasm_core::event::{EventBits, MessageKind};
 use ctwasm_core::netlink::consts::*;
-use ctwasm_core::netlink::{CtAttr, CtMessage, DecodeError, NlHeader, request, tuple_attrs};
+use ctwasm_core::netlink::{
+    CtAttr, CtMessage, DecodeError, ExpMessage, NlHeader, request, tuple_attrs,
+};
 use ctwasm_core::tuple::Tuple;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER as PROTO_NETFILTER};
 
@@ -452,6 +454,118 @@ impl EventSocket {
     }
 }
 
+/// One expectation message from the kernel: an event, or an entry of a dump.
+#[derive(Clone, Debug)]
+pub struct KernelExpect {
+    pub message: ExpMessage,
+    pub bytes: Vec<u8>,
+    pub received_ns: u64,
+}
+
+/// A socket subscribed to the kernel's expectation events (`conntrack -E expect`).
+#[derive(Debug)]
+pub struct ExpectSocket {
+    socket: Socket,
+    buf: Vec<u8>,
+    /// Messages that did not decode, or were not expectation events.
+    pub skipped: u64,
+    /// Overruns (ENOBUFS).
+    pub enobufs: u64,
+    stop: Option<Arc<AtomicBool>>,
+}
+
+impl ExpectSocket {
+    /// Joins the expectation groups asked for in `netns` (`groups` as for connections: the
+    /// kernel sends expectation NEW and DESTROY; UPDATE is joined as conntrack joins it).
+    pub fn subscribe(netns: Option<&str>, groups: Groups) -> Result<Self, CtnlError> {
+        let mut socket = open_socket(netns)?;
+        socket.bind_auto().map_err(sock_err("bind"))?;
+        for (on, group) in [
+            (groups.new, NFNLGRP_CONNTRACK_EXP_NEW),
+            (groups.update, NFNLGRP_CONNTRACK_EXP_UPDATE),
+            (groups.destroy, NFNLGRP_CONNTRACK_EXP_DESTROY),
+        ] {
+            if on {
+                socket
+                    .add_membership(group)
+                    .map_err(sock_err("setsockopt(NETLINK_ADD_MEMBERSHIP)"))?;
+            }
+        }
+        Ok(ExpectSocket {
+            socket,
+            buf: Vec::with_capacity(EVENT_BUF),
+            skipped: 0,
+            enobufs: 0,
+            stop: None,
+        })
+    }
+
+    /// Makes [`recv`](Self::recv) return `None` once `flag` is set.
+    pub fn stop_when(&mut self, flag: Arc<AtomicBool>) {
+        self.stop = Some(flag);
+    }
+
+    /// The events of one datagram, waiting at most `timeout`; `None` when stopped, an empty
+    /// list when the time ran out or the datagram held no expectation event.
+    pub fn recv(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Vec<KernelExpect>>, CtnlError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+                return Ok(None);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(Some(Vec::new()));
+            }
+            if !wait_readable(&self.socket, left).map_err(sock_err("poll"))? {
+                continue;
+            }
+            self.buf.clear();
+            let flags = libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+            let (len, from) = match self.socket.recv_from(&mut self.buf, flags) {
+                Ok(r) => r,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    self.enobufs += 1;
+                    continue;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(sock_err("recv")(e)),
+            };
+            if from.port_number() != 0 || len > self.buf.len() {
+                self.skipped += 1;
+                continue;
+            }
+            let received_ns = now_ns();
+            let mut out = Vec::new();
+            for item in framed_as(&self.buf[..len], |b| ExpMessage::parse(b).map(|(m, _)| m)) {
+                match item {
+                    Ok(Framed {
+                        parsed: Ok(message),
+                        bytes,
+                        ..
+                    }) if message.kind().is_some() => out.push(KernelExpect {
+                        message,
+                        bytes: bytes.to_vec(),
+                        received_ns,
+                    }),
+                    _ => self.skipped += 1,
+                }
+            }
+            return Ok(Some(out));
+        }
+    }
+}
+
 // ---- requests -----------------------------------------------------------------------------------
 
 /// The kernel's per-CPU conntrack statistics (`IPCTNL_MSG_CT_GET_STATS_CPU`), as sent: the
@@ -561,6 +675,27 @@ impl Conntrack {
             AF_UNSPEC,
             Vec::new(),
         )
+    }
+
+    /// The expectation table, both families (`IPCTNL_MSG_EXP_GET`, `NLM_F_DUMP`).
+    pub fn dump_expect(&mut self) -> Result<Vec<KernelExpect>, CtnlError> {
+        let msg_type = nfnl_msg_type(NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_GET);
+        let replies = self.exchange(
+            "dump expect",
+            msg_type,
+            NLM_F_DUMP,
+            AF_UNSPEC,
+            Vec::new(),
+            |b| ExpMessage::parse(b).map(|(m, _)| m),
+        )?;
+        Ok(replies
+            .into_iter()
+            .map(|(message, bytes, received_ns)| KernelExpect {
+                message,
+                bytes,
+                received_ns,
+            })
+            .collect())
     }
 
     /// The entry with original tuple `orig` in `zone`; `None` if the kernel has none.
@@ -679,8 +814,7 @@ impl Conntrack {
         Ok(g)
     }
 
-    /// Sends one request and reads its replies: until `NLMSG_DONE` for a dump, until the ACK
-    /// (or error) otherwise. Replies to other sequence numbers (a stale request) are skipped.
+    /// Sends one ctnetlink request and reads its replies ([`Conntrack::exchange`]).
     fn exchange_raw(
         &mut self,
         name: &'static str,
@@ -689,15 +823,32 @@ impl Conntrack {
         family: u8,
         attrs: Vec<CtAttr>,
     ) -> Result<Vec<KernelMessage>, CtnlError> {
+        let msg_type = nfnl_msg_type(NFNL_SUBSYS_CTNETLINK, msg);
+        let replies = self.exchange(name, msg_type, flags, family, attrs, |b| {
+            CtMessage::parse(b).map(|(m, _)| m)
+        })?;
+        Ok(replies
+            .into_iter()
+            .map(|(m, bytes, at)| KernelMessage::new(m, &bytes, at))
+            .collect())
+    }
+
+    /// Sends one request and reads its replies, each parsed by `parse`: until `NLMSG_DONE` for
+    /// a dump, until the ACK (or error) otherwise. Replies to other sequence numbers (a stale
+    /// request) are skipped. Each reply comes with its bytes and receive time.
+    #[allow(clippy::type_complexity)]
+    fn exchange<T>(
+        &mut self,
+        name: &'static str,
+        msg_type: u16,
+        flags: u16,
+        family: u8,
+        attrs: Vec<CtAttr>,
+        parse: fn(&[u8]) -> Result<T, DecodeError>,
+    ) -> Result<Vec<(T, Vec<u8>, u64)>, CtnlError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let req = request(
-            nfnl_msg_type(NFNL_SUBSYS_CTNETLINK, msg),
-            flags,
-            seq,
-            family,
-            attrs,
-        );
+        let req = request(msg_type, flags, seq, family, attrs);
         self.socket
             .send(&req.to_vec(), 0)
             .map_err(sock_err("send"))?;
@@ -717,7 +868,7 @@ impl Conntrack {
                 return Err(CtnlError::Truncated { len });
             }
             let received_ns = now_ns();
-            for item in framed(&self.buf[..len]) {
+            for item in framed_as(&self.buf[..len], parse) {
                 let f = item.map_err(|error| CtnlError::Decode {
                     request: name,
                     error,
@@ -726,7 +877,7 @@ impl Conntrack {
                     continue;
                 }
                 match f.parsed {
-                    Ok(m) => replies.push(KernelMessage::new(m, f.bytes, received_ns)),
+                    Ok(m) => replies.push((m, f.bytes.to_vec(), received_ns)),
                     Err(DecodeError::Done) => return Ok(replies),
                     Err(DecodeError::NetlinkError(0)) if !dump => return Ok(replies),
                     Err(DecodeError::NetlinkError(0)) => {}
@@ -751,16 +902,23 @@ impl Conntrack {
 
 /// One message of a datagram: its header (so replies can be matched by sequence number,
 /// control messages included), its bytes, and what the codec made of them.
-struct Framed<'a> {
+struct Framed<'a, T = CtMessage> {
     header: NlHeader,
     bytes: &'a [u8],
-    parsed: Result<CtMessage, DecodeError>,
+    parsed: Result<T, DecodeError>,
 }
 
-/// Splits a datagram into messages. An `Err` means the framing itself is broken and the rest
-/// of the datagram cannot be read (it ends the iteration); a message whose body is broken is
-/// an `Ok` with a failed `parsed`, and the next message is still read.
-fn framed(mut buf: &[u8]) -> impl Iterator<Item = Result<Framed<'_>, DecodeError>> {
+/// Splits a datagram into conntrack messages ([`framed_as`] with [`CtMessage::parse`]).
+fn framed(buf: &[u8]) -> impl Iterator<Item = Result<Framed<'_>, DecodeError>> {
+    framed_as(buf, |b| CtMessage::parse(b).map(|(m, _)| m))
+}
+
+/// Splits a datagram into messages, each parsed by `parse`. An `Err` means the framing itself
+/// is broken and the rest of the datagram cannot be read.
+fn framed_as<T>(
+    mut buf: &[u8],
+    parse: fn(&[u8]) -> Result<T, DecodeError>,
+) -> impl Iterator<Item = Result<Framed<'_, T>, DecodeError>> {
     std::iter::from_fn(move || {
         if buf.is_empty() {
             return None;
@@ -773,7 +931,7 @@ fn framed(mut buf: &[u8]) -> impl Iterator<Item = Result<Framed<'_>, DecodeError
             }
         };
         let bytes = &buf[..len];
-        let parsed = CtMessage::parse(bytes).map(|(m, _)| m);
+        let parsed = parse(bytes);
         // `len` is at least a header and at most the buffer (checked by `NlHeader::parse`), so this
         // always moves on.
         buf = buf
