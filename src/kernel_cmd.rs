@@ -693,12 +693,13 @@ mod linux {
         let format = entry_format(crate::output_format(args.format, &args.output)?);
         let filter = args.filter.filter()?;
         let mut ct = Conntrack::open(args.netns.as_deref())?;
-        let mut entries = if args.dying || args.table == Table::Dying {
-            ct.dump_dying()?
+        let entries = if args.dying || args.table == Table::Dying {
+            let mut dying = ct.dump_dying()?;
+            dying.retain(|m| filter.matches(&m.message));
+            dying
         } else {
-            ct.dump()?
+            ct.dump_matching(&filter)?
         };
-        entries.retain(|m| filter.matches(&m.message));
         let mut flows = Flows::new(BufWriter::new(std::io::stdout().lock()), format, true);
         let written = (|| -> std::io::Result<()> {
             for m in &entries {
@@ -741,7 +742,7 @@ mod linux {
         let mut ct = Conntrack::open(args.netns.as_deref())?;
         let mut flows = Flows::new(BufWriter::new(std::io::stdout().lock()), format, false);
         let mut deleted = 0;
-        for m in ct.dump()?.iter().filter(|m| filter.matches(&m.message)) {
+        for m in &ct.dump_matching(&filter)? {
             // By tuple and id, so an entry that ended and came back meanwhile is left alone;
             // one that is already gone is not counted.
             if ct.delete(&key(m)?, m.message.zone(), m.message.id())? {
@@ -766,7 +767,7 @@ mod linux {
         let mut ct = Conntrack::open(args.netns.as_deref())?;
         let mut flows = Flows::new(BufWriter::new(std::io::stdout().lock()), format, true);
         let mut updated = 0;
-        for m in ct.dump()?.iter().filter(|m| filter.matches(&m.message)) {
+        for m in &ct.dump_matching(&filter)? {
             let (tuple, zone) = (key(m)?, m.message.zone());
             let mark = m.message.mark().unwrap_or(0);
             let status = m.message.status().unwrap_or_default();

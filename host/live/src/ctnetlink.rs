@@ -49,9 +49,10 @@ use ctwasm_core::batch::EventFrame;
 use ctwasm_core::event::{EventBits, MessageKind};
 use ctwasm_core::netlink::consts::*;
 use ctwasm_core::netlink::{
-    CtAttr, CtMessage, DecodeError, ExpMessage, NlHeader, request, tuple_attrs,
+    CtAttr, CtMessage, DecodeError, ExpMessage, NlHeader, RawAttr, request, tuple_attrs,
 };
 use ctwasm_core::tuple::Tuple;
+use ctwasm_host::filter::Filter;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER as PROTO_NETFILTER};
 
 pub use crate::netns::{in_netns, netns_path};
@@ -665,6 +666,18 @@ impl Conntrack {
         self.exchange_raw("dump", IPCTNL_MSG_CT_GET, NLM_F_DUMP, AF_UNSPEC, Vec::new())
     }
 
+    /// The entries `filter` selects. The kernel filters by what ctnetlink's dump filter
+    /// offers (the family, the mark under its mask, status bits); the rest of the filter is
+    /// applied here, so the result is exactly the filter's either way, and a kernel without
+    /// one of those filters only sends more.
+    pub fn dump_matching(&mut self, filter: &Filter) -> Result<Vec<KernelMessage>, CtnlError> {
+        let (family, attrs) = dump_filter_attrs(filter);
+        let mut entries =
+            self.exchange_raw("dump", IPCTNL_MSG_CT_GET, NLM_F_DUMP, family, attrs)?;
+        entries.retain(|m| filter.matches(&m.message));
+        Ok(entries)
+    }
+
     /// The dying list: entries whose DESTROY is still waiting for a reliable listener
     /// (`IPCTNL_MSG_CT_GET_DYING`).
     pub fn dump_dying(&mut self) -> Result<Vec<KernelMessage>, CtnlError> {
@@ -947,6 +960,29 @@ fn framed_as<T>(
 
 /// The attributes of a get/delete request: the original tuple, the zone when not the default,
 /// the id when the caller pins one.
+/// The family and attributes of a dump request that has the kernel apply the parts of
+/// `filter` its dump filter knows: `nfgen_family`, `CTA_MARK` with `CTA_MARK_MASK`, and
+/// `CTA_STATUS` with `CTA_STATUS_MASK` (every listed bit set).
+fn dump_filter_attrs(filter: &Filter) -> (u8, Vec<CtAttr>) {
+    let family = filter.family.map_or(AF_UNSPEC, |f| f as u8);
+    let mut attrs = Vec::new();
+    if let Some((mark, mask)) = filter.mark {
+        attrs.push(CtAttr::Mark(mark & mask));
+        attrs.push(CtAttr::Other(RawAttr {
+            kind: CTA_MARK_MASK,
+            payload: mask.to_be_bytes().to_vec(),
+        }));
+    }
+    if let Some(bits) = filter.status {
+        attrs.push(CtAttr::Status(bits.0));
+        attrs.push(CtAttr::Other(RawAttr {
+            kind: CTA_STATUS_MASK,
+            payload: bits.0.to_be_bytes().to_vec(),
+        }));
+    }
+    (family, attrs)
+}
+
 fn tuple_request(orig: &Tuple, zone: u16, id: Option<u32>) -> Vec<CtAttr> {
     let mut attrs = vec![CtAttr::TupleOrig(tuple_attrs(orig))];
     if zone != 0 {
@@ -963,6 +999,43 @@ mod tests {
     use super::*;
     use ctwasm_core::netlink::RawAttr;
     use proptest::prelude::*;
+
+    /// The kernel is asked to filter by family, mark and status; the rest stays client-side.
+    #[test]
+    fn dump_requests_carry_the_filters_the_kernel_applies() {
+        use ctwasm_core::Status;
+        use ctwasm_host::filter::{parse_family, parse_mark, parse_status};
+        let filter = Filter {
+            family: Some(parse_family("ipv6").unwrap()),
+            mark: Some(parse_mark("0x17/0xf0").unwrap()),
+            status: Some(parse_status("ASSURED,SEEN_REPLY").unwrap()),
+            zone: Some(3),
+            proto: Some(6),
+            ..Filter::default()
+        };
+        let (family, attrs) = dump_filter_attrs(&filter);
+        assert_eq!(family, libc::AF_INET6 as u8);
+        let bits = Status::ASSURED.union(Status::SEEN_REPLY).0;
+        assert_eq!(
+            attrs,
+            vec![
+                CtAttr::Mark(0x10),
+                CtAttr::Other(RawAttr {
+                    kind: CTA_MARK_MASK,
+                    payload: 0xf0u32.to_be_bytes().to_vec()
+                }),
+                CtAttr::Status(bits),
+                CtAttr::Other(RawAttr {
+                    kind: CTA_STATUS_MASK,
+                    payload: bits.to_be_bytes().to_vec()
+                }),
+            ]
+        );
+        assert_eq!(
+            dump_filter_attrs(&Filter::default()),
+            (AF_UNSPEC, Vec::new())
+        );
+    }
 
     /// A namespace that does not exist: the report names it and gives the OS error once.
     #[test]
