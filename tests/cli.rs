@@ -210,3 +210,42 @@ fn malformed_filters_are_refused_before_any_socket_opens() {
         "unknown output option `html`",
     );
 }
+
+/// Every long option `--help` lists for a command appears in the README's CLI section, so the
+/// synopsis cannot fall behind the binary again.
+#[test]
+fn the_readme_names_every_option_the_commands_take() {
+    let readme = include_str!("../README.md");
+    let cli = readme
+        .split("## The CLI")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a CLI section");
+    let commands = [
+        "replay", "stress", "watch", "list", "get", "delete", "update", "count", "stats",
+        "flush", "listen", "shadow", "component", "wit",
+    ];
+    let mut missing = Vec::new();
+    for command in commands {
+        let (code, help, _) = run(&[command, "--help"]);
+        assert_eq!(code, Some(0), "{command} --help");
+        for word in help.split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']') {
+            let Some(option) = word.strip_prefix("--") else {
+                continue;
+            };
+            let option: String = option
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            if option.is_empty() || option == "help" || option == "version" {
+                continue;
+            }
+            if !cli.contains(&format!("--{option}")) {
+                missing.push(format!("{command} --{option}"));
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(missing.is_empty(), "the README's CLI section lacks: {missing:?}");
+}
