@@ -872,6 +872,31 @@ fn crafted_synack_wrong_ack(run: &mut Run, f: Fam) {
     w.c(C0 + 1, S0 + 1, RST, 0, 0);
 }
 
+/// A SYN, a reply ACK with numbers of its own (the challenge ACK a socket in TIME_WAIT sends
+/// to an old duplicate SYN: ignored in SYN_SENT), then the client's RST carrying exactly the
+/// number that ACK acknowledged: the kernel skips the window check and closes the entry.
+fn crafted_challenge_ack_in_syn_sent(run: &mut Run, f: Fam) {
+    let w = Wire::open(run, f);
+    w.c(C0, 0, SYN, WIN, 0);
+    let acked = C0.wrapping_add(777_777);
+    w.s(S0, acked, ACK, WIN, 0);
+    w.c(acked, 0, RST, 0, 0);
+}
+
+/// The server closes first and the entry reaches LAST_ACK; a new SYN from the client on the
+/// same ports is ignored, the server's RFC 5961 challenge ACK must not count as the final ACK
+/// (LAST_ACK stays, its timeout runs out), where the real final ACK would give TIME_WAIT.
+fn crafted_challenge_ack_in_last_ack(run: &mut Run, f: Fam) {
+    let w = Wire::open(run, f);
+    w.handshake();
+    let (c, s) = (C0 + 1, S0 + 1);
+    w.s(s, c, FIN | ACK, WIN, 0);
+    w.c(c, s + 1, ACK, WIN, 0);
+    w.c(c, s + 1, FIN | ACK, WIN, 0);
+    w.c(C0.wrapping_add(900_000), 0, SYN, WIN, 0);
+    w.s(s + 1, c + 1, ACK, WIN, 0);
+}
+
 fn scenarios() -> Vec<Scenario> {
     let lo = |name, traffic: fn(&mut Run, Fam)| Scenario {
         name,
@@ -977,6 +1002,14 @@ fn scenarios() -> Vec<Scenario> {
         crafted(
             "crafted: syn/ack with a wrong ack",
             crafted_synack_wrong_ack,
+        ),
+        crafted(
+            "crafted: rst answering a challenge ack in syn_sent",
+            crafted_challenge_ack_in_syn_sent,
+        ),
+        crafted(
+            "crafted: challenge ack in last_ack",
+            crafted_challenge_ack_in_last_ack,
         ),
     ]
 }

@@ -551,8 +551,15 @@ impl L4Tracker for TcpConn {
                     side.td_maxend = self.last_end;
                     side.td_maxwin = (self.last_win as u32).max(1);
                     side.td_scale = self.last_wscale;
+                    self.last_flags &= !ct_flag::EXP_CHALLENGE_ACK;
                     side.flags = self.last_flags & !ct_flag::MAXACK_SET;
-                    self.seen[dir.index()] = Side::default();
+                    // `nf_ct_tcp_state_reset`: the answering side starts over, keeping only
+                    // its be-liberal flag.
+                    let liberal = self.seen[dir.index()].flags & ct_flag::BE_LIBERAL;
+                    self.seen[dir.index()] = Side {
+                        flags: liberal,
+                        ..Side::default()
+                    };
                 } else {
                     self.last_index = class;
                     self.last_dir = dir;
@@ -569,6 +576,17 @@ impl L4Tracker for TcpConn {
                             self.last_flags |= ct_flag::WINDOW_SCALE;
                             self.last_wscale = ws.min(14);
                         }
+                        // A SYN on a connection in LAST_ACK: a stack following RFC 5961
+                        // answers it with a challenge ACK, which must not close the entry.
+                        if old == TcpState::LastAck {
+                            self.last_flags |= ct_flag::EXP_CHALLENGE_ACK;
+                        }
+                    }
+                    // A reply ACK to a SYN in SYN_SENT may be a challenge ACK (the SYN hit a
+                    // socket in TIME_WAIT); a RST answering it carries the sequence number it
+                    // acknowledged.
+                    if old == TcpState::SynSent && class == Class::Ack && dir == Direction::Reply {
+                        self.last_ack = seg.ack;
                     }
                     return Outcome::AcceptKeepTimeout;
                 }
@@ -582,6 +600,18 @@ impl L4Tracker for TcpConn {
 
         let mut skip_window = false;
         match new_state {
+            // The challenge ACK answering a SYN we let through in LAST_ACK is not the ACK of
+            // the last FIN: accepted, no state change, no refresh.
+            TcpState::TimeWait
+                if old == TcpState::LastAck
+                    && class == Class::Ack
+                    && self.last_dir != dir
+                    && self.last_index == Class::Syn
+                    && self.last_flags & ct_flag::EXP_CHALLENGE_ACK != 0 =>
+            {
+                self.last_flags &= !ct_flag::EXP_CHALLENGE_ACK;
+                return Outcome::AcceptKeepTimeout;
+            }
             TcpState::SynSent2 => self.last_flags |= ct_flag::SIMULTANEOUS_OPEN,
             // The reply's ACK completing a simultaneous open.
             TcpState::SynRecv
@@ -622,6 +652,14 @@ impl L4Tracker for TcpConn {
                         && seg.ack == self.last_end
                     {
                         // RST answering a SYN or ACK we let through: skip the window check.
+                        skip_window = true;
+                    }
+                    if old == TcpState::SynSent
+                        && self.last_index == Class::Ack
+                        && self.last_dir == Direction::Reply
+                        && seg.seq == self.last_ack
+                    {
+                        // RST answering the challenge ACK we let through in SYN_SENT.
                         skip_window = true;
                     }
                 }
@@ -1000,5 +1038,110 @@ mod tests {
             Outcome::Accept { .. }
         ));
         assert_eq!(c.tcp.state, TcpState::SynRecv);
+    }
+
+    #[test]
+    fn a_rst_answering_a_challenge_ack_in_syn_sent_closes_the_entry() {
+        // An old duplicate SYN reaches a socket in TIME_WAIT: the stack answers with a
+        // challenge ACK carrying its own numbers, which conntrack ignores (reply ACK in
+        // SYN_SENT); the client resets with exactly the acknowledged number. Kernel: the RST
+        // skips the window check and the entry goes to CLOSE.
+        let mut c = Conn::syn(short_timeouts());
+        let acked = C0.wrapping_add(777_777);
+        assert_eq!(
+            c.reply(S0, acked, flag::ACK, WIN, 0),
+            Outcome::AcceptKeepTimeout
+        );
+        assert_eq!(c.tcp.state, TcpState::SynSent);
+        assert_eq!(c.tcp.last_ack, acked);
+        assert_eq!(
+            c.orig(acked, 0, flag::RST, 0, 0),
+            Outcome::Accept { timeout_s: 10 }
+        );
+        assert_eq!(c.tcp.state, TcpState::Close);
+
+        // A RST with another sequence number still faces the window check.
+        let mut c = Conn::syn(short_timeouts());
+        c.reply(S0, acked, flag::ACK, WIN, 0);
+        assert_eq!(
+            c.orig(acked.wrapping_add(1), 0, flag::RST, 0, 0),
+            Outcome::Invalid
+        );
+        assert_eq!(c.tcp.state, TcpState::SynSent);
+    }
+
+    /// An established connection closed by the server, up to LAST_ACK.
+    fn in_last_ack() -> Conn {
+        let mut c = Conn::established(short_timeouts());
+        let (cs, ss) = (C0 + 1, S0 + 1);
+        c.reply(ss, cs, flag::FIN | flag::ACK, WIN, 0);
+        c.orig(cs, ss + 1, flag::ACK, WIN, 0);
+        c.orig(cs, ss + 1, flag::FIN | flag::ACK, WIN, 0);
+        assert_eq!(c.tcp.state, TcpState::LastAck);
+        c
+    }
+
+    #[test]
+    fn a_challenge_ack_in_last_ack_is_not_the_final_ack() {
+        // A new SYN on the tuple while the entry waits in LAST_ACK is ignored and noted; the
+        // server's RFC 5961 challenge ACK then leaves the state alone (kernel:
+        // "challenge-ack ignored"), and the real final ACK still ends in TIME_WAIT.
+        let (cs, ss) = (C0 + 1, S0 + 1);
+        let mut c = in_last_ack();
+        assert_eq!(
+            c.orig(C0.wrapping_add(900_000), 0, flag::SYN, WIN, 0),
+            Outcome::AcceptKeepTimeout
+        );
+        assert_ne!(c.tcp.last_flags & ct_flag::EXP_CHALLENGE_ACK, 0);
+        let deadline = c.deadline_ns;
+        assert_eq!(
+            c.reply(ss + 1, cs + 1, flag::ACK, WIN, 0),
+            Outcome::AcceptKeepTimeout
+        );
+        assert_eq!(c.tcp.state, TcpState::LastAck);
+        assert_eq!(c.deadline_ns, deadline);
+        assert_eq!(c.tcp.last_flags & ct_flag::EXP_CHALLENGE_ACK, 0);
+        assert!(matches!(
+            c.reply(ss + 1, cs + 1, flag::ACK, WIN, 0),
+            Outcome::Accept { .. }
+        ));
+        assert_eq!(c.tcp.state, TcpState::TimeWait);
+
+        // Without the SYN, the same ACK is the final one.
+        let mut c = in_last_ack();
+        assert!(matches!(
+            c.reply(ss + 1, cs + 1, flag::ACK, WIN, 0),
+            Outcome::Accept { .. }
+        ));
+        assert_eq!(c.tcp.state, TcpState::TimeWait);
+    }
+
+    #[test]
+    fn resynchronising_on_a_synack_keeps_the_answering_sides_be_liberal_flag() {
+        // nf_ct_tcp_state_reset keeps IP_CT_TCP_FLAG_BE_LIBERAL; the challenge-ACK mark is
+        // cleared before the SYN's flags are taken over.
+        let mut c = in_last_ack();
+        c.tcp.seen[1].flags |= ct_flag::BE_LIBERAL;
+        c.tcp.state = TcpState::TimeWait;
+        let syn = C0.wrapping_add(900_000);
+        c.tcp.last_flags = ct_flag::EXP_CHALLENGE_ACK;
+        c.tcp.last_index = Class::None;
+        // A SYN in TIME_WAIT without CLOSE_INIT is ignored and noted.
+        c.tcp.seen[0].flags &= !ct_flag::CLOSE_INIT;
+        c.tcp.seen[1].flags &= !ct_flag::CLOSE_INIT;
+        assert_eq!(
+            c.orig(syn, 0, flag::SYN, WIN, 0),
+            Outcome::AcceptKeepTimeout
+        );
+        assert!(matches!(
+            c.reply(S0, syn + 1, flag::SYN | flag::ACK, WIN, 0),
+            Outcome::Accept { .. }
+        ));
+        assert_eq!(c.tcp.state, TcpState::SynRecv);
+        assert_eq!(
+            c.tcp.seen[1].flags & ct_flag::BE_LIBERAL,
+            ct_flag::BE_LIBERAL
+        );
+        assert_eq!(c.tcp.seen[0].flags & ct_flag::EXP_CHALLENGE_ACK, 0);
     }
 }
