@@ -79,6 +79,21 @@ pub enum Table {
     Dying,
 }
 
+/// How the commands that print table entries print them, and where they look.
+#[derive(clap::Args, Debug)]
+pub struct EntryArgs {
+    /// Output format of the entries (JSON lines have `"type": null`).
+    #[arg(long, value_enum, default_value = "conntrack")]
+    format: FormatArg,
+    /// `conntrack -o` options for the conntrack format: xml, extended, id, timestamp,
+    /// ktimestamp (timestamp prints no column for entries, as conntrack -L).
+    #[arg(long, short = 'o', default_value = "")]
+    output: String,
+    /// Inside this network namespace (/run/netns/NAME).
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
+}
+
 /// `ctwasm list`: the kernel's table (or dying list), as `conntrack -L` prints it.
 #[derive(clap::Args, Debug)]
 pub struct ListArgs {
@@ -88,16 +103,8 @@ pub struct ListArgs {
     /// List the dying list (entries whose DESTROY waits for a reliable listener).
     #[arg(long)]
     dying: bool,
-    /// Output format of the entries (JSON lines have `"type": null`).
-    #[arg(long, value_enum, default_value = "conntrack")]
-    format: FormatArg,
-    /// `conntrack -o` options for the conntrack format: xml, extended, id, timestamp,
-    /// ktimestamp.
-    #[arg(long, short = 'o', default_value = "")]
-    output: String,
-    /// Inside this network namespace (/run/netns/NAME).
-    #[arg(long, value_name = "NAME")]
-    netns: Option<String>,
+    #[command(flatten)]
+    entry: EntryArgs,
     #[command(flatten)]
     filter: crate::filter_args::FilterArgs,
 }
@@ -106,15 +113,8 @@ pub struct ListArgs {
 /// prints it.
 #[derive(clap::Args, Debug)]
 pub struct GetArgs {
-    /// Output format of the entry (JSON lines have `"type": null`).
-    #[arg(long, value_enum, default_value = "conntrack")]
-    format: FormatArg,
-    /// `conntrack -o` options for the conntrack format: xml, extended, id, ktimestamp.
-    #[arg(long, short = 'o', default_value = "")]
-    output: String,
-    /// Inside this network namespace (/run/netns/NAME).
-    #[arg(long, value_name = "NAME")]
-    netns: Option<String>,
+    #[command(flatten)]
+    entry: EntryArgs,
     /// The original tuple: -s and -d (whole addresses), -p, and --sport/--dport for port
     /// protocols; -w for a zone other than 0.
     #[command(flatten)]
@@ -125,15 +125,8 @@ pub struct GetArgs {
 /// each as `conntrack -D` does.
 #[derive(clap::Args, Debug)]
 pub struct DeleteArgs {
-    /// Output format of the deleted entries (JSON lines have `"type": null`).
-    #[arg(long, value_enum, default_value = "conntrack")]
-    format: FormatArg,
-    /// `conntrack -o` options for the conntrack format: xml, extended, id, ktimestamp.
-    #[arg(long, short = 'o', default_value = "")]
-    output: String,
-    /// Inside this network namespace (/run/netns/NAME).
-    #[arg(long, value_name = "NAME")]
-    netns: Option<String>,
+    #[command(flatten)]
+    entry: EntryArgs,
     #[command(flatten)]
     filter: crate::filter_args::FilterArgs,
 }
@@ -143,15 +136,8 @@ pub struct DeleteArgs {
 /// the kernel has it afterwards.
 #[derive(clap::Args, Debug)]
 pub struct UpdateArgs {
-    /// Output format of the updated entries (JSON lines have `"type": null`).
-    #[arg(long, value_enum, default_value = "conntrack")]
-    format: FormatArg,
-    /// `conntrack -o` options for the conntrack format: xml, extended, id, ktimestamp.
-    #[arg(long, short = 'o', default_value = "")]
-    output: String,
-    /// Inside this network namespace (/run/netns/NAME).
-    #[arg(long, value_name = "NAME")]
-    netns: Option<String>,
+    #[command(flatten)]
+    entry: EntryArgs,
     /// Which entries (every option but -m and -u), and the change: `-m MARK[/MASK]` makes the
     /// mark `(mark & ~MASK) ^ MARK`; `-u ASSURED,SEEN_REPLY` sets those bits.
     #[command(flatten)]
@@ -656,15 +642,17 @@ mod linux {
         }
     }
 
-    /// Table entries are printed without `-o timestamp`'s receive-time prefix: `conntrack -L`
-    /// (and -G, -D, -U) take the option and print no such column.
-    fn entry_format(format: Format) -> Format {
-        match format {
-            Format::Conntrack(mut options) => {
-                options.timestamp = false;
-                Format::Conntrack(options)
-            }
-            other => other,
+    impl EntryArgs {
+        /// The format, without `-o timestamp`'s receive-time prefix: `conntrack -L` (and -G,
+        /// -D, -U) take the option and print no such column for table entries.
+        fn format(&self) -> Result<Format> {
+            Ok(match crate::output_format(self.format, &self.output)? {
+                Format::Conntrack(mut options) => {
+                    options.timestamp = false;
+                    Format::Conntrack(options)
+                }
+                other => other,
+            })
         }
     }
 
@@ -687,12 +675,12 @@ mod linux {
 
     pub fn run_list(args: ListArgs) -> Result<()> {
         if args.table == Table::Expect {
-            let options = expect_options(args.format, &args.output, &args.filter)?;
-            return run_list_expect(args.netns.as_deref(), options);
+            let options = expect_options(args.entry.format, &args.entry.output, &args.filter)?;
+            return run_list_expect(args.entry.netns.as_deref(), options);
         }
-        let format = entry_format(crate::output_format(args.format, &args.output)?);
+        let format = args.entry.format()?;
         let filter = args.filter.filter()?;
-        let mut ct = Conntrack::open(args.netns.as_deref())?;
+        let mut ct = Conntrack::open(args.entry.netns.as_deref())?;
         let entries = if args.dying || args.table == Table::Dying {
             let mut dying = ct.dump_dying()?;
             dying.retain(|m| filter.matches(&m.message));
@@ -716,9 +704,9 @@ mod linux {
     }
 
     pub fn run_get(args: GetArgs) -> Result<()> {
-        let format = entry_format(crate::output_format(args.format, &args.output)?);
+        let format = args.entry.format()?;
         let (tuple, zone) = args.tuple.filter()?.exact_orig()?;
-        let mut ct = Conntrack::open(args.netns.as_deref())?;
+        let mut ct = Conntrack::open(args.entry.netns.as_deref())?;
         let Some(entry) = ct.get(&tuple, zone)? else {
             bail!(
                 "no such conntrack entry: {} zone {zone}",
@@ -737,9 +725,9 @@ mod linux {
     }
 
     pub fn run_delete(args: DeleteArgs) -> Result<()> {
-        let format = entry_format(crate::output_format(args.format, &args.output)?);
+        let format = args.entry.format()?;
         let filter = args.filter.filter()?;
-        let mut ct = Conntrack::open(args.netns.as_deref())?;
+        let mut ct = Conntrack::open(args.entry.netns.as_deref())?;
         let mut flows = Flows::new(BufWriter::new(std::io::stdout().lock()), format, false);
         let mut deleted = 0;
         for m in &ct.dump_matching(&filter)? {
@@ -761,10 +749,10 @@ mod linux {
     }
 
     pub fn run_update(args: UpdateArgs) -> Result<()> {
-        let format = entry_format(crate::output_format(args.format, &args.output)?);
+        let format = args.entry.format()?;
         let (filter, change) = args.filter.filter()?.split_change()?;
         let change = change.context("nothing to change: give -m MARK[/MASK] or -u FLAGS")?;
-        let mut ct = Conntrack::open(args.netns.as_deref())?;
+        let mut ct = Conntrack::open(args.entry.netns.as_deref())?;
         let mut flows = Flows::new(BufWriter::new(std::io::stdout().lock()), format, true);
         let mut updated = 0;
         for m in &ct.dump_matching(&filter)? {

@@ -222,8 +222,20 @@ fn the_readme_names_every_option_the_commands_take() {
         .and_then(|rest| rest.split("\n## ").next())
         .expect("a CLI section");
     let commands = [
-        "replay", "stress", "watch", "list", "get", "delete", "update", "count", "stats",
-        "flush", "listen", "shadow", "component", "wit",
+        "replay",
+        "stress",
+        "watch",
+        "list",
+        "get",
+        "delete",
+        "update",
+        "count",
+        "stats",
+        "flush",
+        "listen",
+        "shadow",
+        "component",
+        "wit",
     ];
     let mut missing = Vec::new();
     for command in commands {
@@ -247,5 +259,8 @@ fn the_readme_names_every_option_the_commands_take() {
     }
     missing.sort();
     missing.dedup();
-    assert!(missing.is_empty(), "the README's CLI section lacks: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "the README's CLI section lacks: {missing:?}"
+    );
 }

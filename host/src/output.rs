@@ -641,7 +641,7 @@ fn ctime_utc(secs: u64) -> String {
 }
 
 /// `(year, month 1-12, day 1-31, weekday 0-6 from Sunday)` of `secs` since the epoch, in UTC.
-fn civil_date(secs: u64) -> (i64, i64, i64, u64) {
+pub fn civil_date(secs: u64) -> (i64, i64, i64, u64) {
     let days = secs / 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
