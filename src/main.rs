@@ -26,6 +26,8 @@ mod ipfix_args;
 mod kernel_cmd;
 mod listen_cmd;
 mod metrics_args;
+#[cfg(target_os = "linux")]
+mod proxy_cmd;
 mod shadow_cmd;
 #[cfg(target_os = "linux")]
 mod signals;
@@ -65,6 +67,10 @@ enum Command {
     Update(kernel_cmd::UpdateArgs),
     /// Print the number of entries in the kernel's table (conntrack -C).
     Count(kernel_cmd::CountArgs),
+    /// A TCP proxy that tracks the connections it carries in the sandboxed tracker, with
+    /// per-source and per-zone connection limits.
+    #[cfg(target_os = "linux")]
+    Proxy(proxy_cmd::ProxyArgs),
     /// Read a socket listener's event messages from its Unix socket at a chosen pace; print them.
     Listen(listen_cmd::ListenArgs),
     /// Run the engine beside the kernel on a namespace's live packets; report, flow by flow,
@@ -172,6 +178,8 @@ fn main() {
         Command::Delete(args) => kernel_cmd::run_delete(args),
         Command::Update(args) => kernel_cmd::run_update(args),
         Command::Count(args) => kernel_cmd::run_count(args),
+        #[cfg(target_os = "linux")]
+        Command::Proxy(args) => proxy_cmd::run(args),
         Command::Listen(args) => listen_cmd::run(args),
         Command::Shadow(args) => shadow_cmd::run(args),
         Command::Component(args) => artifacts_cmd::run_component(args).map_err(Into::into),

@@ -633,6 +633,11 @@ impl<'a> Event<'a> {
     pub fn is_redelivery(&self) -> bool {
         self.frame.is_redelivery()
     }
+
+    /// The frame itself, as the output formatters take it (`output::Format::line`).
+    pub fn frame(&self) -> batch::EventFrame<'a> {
+        self.frame
+    }
 }
 
 impl fmt::Display for Event<'_> {

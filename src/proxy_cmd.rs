@@ -1,0 +1,755 @@
+//! `ctwasm proxy`: a TCP proxy that tracks the connections it carries, in the sandboxed
+//! tracker, as the kernel's conntrack would track them on its sockets.
+//!
+//! Each `--listen ADDR --upstream ADDR` pair is one route; its connections are tracked in the
+//! zone of its position (the first route in zone 0). An accepted connection is opened in the
+//! tracker with the tuple the kernel gives the client's leg (client address to listening
+//! address), its bytes are counted each way as they are copied, and it is closed with a FIN
+//! exchange or a reset as it ends; the events go to stdout as `conntrack -E` lines or JSON.
+//!
+//! `--limit-per-source N` and `--limit-per-zone N` refuse a connection that would exceed the
+//! count of open connections (not dying, not TIME_WAIT or CLOSE: what `nft ct count` counts)
+//! from the same source in the zone, or in the zone: the client gets a reset at accept, the
+//! refusal is counted and logged. The counts are read from the tracker's own table.
+//!
+//! One thread owns the tracker; the connection tasks (tokio) send it requests and never wait
+//! on it except to open. A call the guest faults on is recovered from a checkpoint
+//! (`--checkpoint-every`); should the tracker be lost anyway, the proxy goes on carrying every
+//! connection untracked and says so. SIGINT or SIGTERM stops accepting, lets open connections
+//! finish for `--drain` seconds, resets the rest, and prints a summary on stderr.
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use ctwasm_core::event::TcpState;
+use ctwasm_host::output::{self, Format};
+use ctwasm_host::{
+    BackendKind, Connection, Delivery, Direction, EntryView, Listeners, Tracker, port_tuple,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+
+use crate::FormatArg;
+
+/// `ctwasm proxy`.
+#[derive(clap::Args, Debug)]
+pub struct ProxyArgs {
+    /// Address to accept connections on (repeatable; the n-th pairs with the n-th --upstream).
+    #[arg(long = "listen", value_name = "ADDR", required = true)]
+    listen: Vec<SocketAddr>,
+    /// Where the connections accepted on the matching --listen go.
+    #[arg(long = "upstream", value_name = "ADDR", required = true)]
+    upstream: Vec<SocketAddr>,
+    /// Refuse a connection when its source already has this many open connections in the
+    /// zone (0 refuses every one).
+    #[arg(long, value_name = "N")]
+    limit_per_source: Option<u32>,
+    /// Refuse a connection when its zone already has this many open connections.
+    #[arg(long, value_name = "N")]
+    limit_per_zone: Option<u32>,
+    /// Output format of the events.
+    #[arg(long, value_enum, default_value = "conntrack")]
+    format: FormatArg,
+    /// `conntrack -o` options for the conntrack format: xml, extended, id, timestamp,
+    /// ktimestamp.
+    #[arg(long, short = 'o', default_value = "")]
+    output: String,
+    /// A kernel sysctl for the tracker, e.g. net.netfilter.nf_conntrack_acct=1 (repeatable).
+    #[arg(long = "sysctl", value_name = "NAME=VALUE")]
+    sysctls: Vec<String>,
+    /// Run the tracker natively or as the WebAssembly component under wasmtime.
+    #[arg(long, value_parser = clap::value_parser!(BackendKind), default_value = "component")]
+    backend: BackendKind,
+    /// Seed of the tracker's random choices (ids).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Checkpoint the tracker every N calls, so a guest fault loses nothing.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    checkpoint_every: usize,
+    /// Give up connecting upstream after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = crate::values::seconds)]
+    connect_timeout: f64,
+    /// At shutdown, let open connections finish for this many seconds, then reset them.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = crate::values::seconds)]
+    drain: f64,
+    /// Stop by itself after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = crate::values::seconds)]
+    duration: Option<f64>,
+    /// No summary on stderr.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+/// What the proxy did, for its summary.
+#[derive(Debug, Default)]
+struct Counts {
+    accepted: AtomicU64,
+    refused_source: AtomicU64,
+    refused_zone: AtomicU64,
+    upstream_failed: AtomicU64,
+    closed: AtomicU64,
+    reset: AtomicU64,
+    bytes_to_upstream: AtomicU64,
+    bytes_to_client: AtomicU64,
+    untracked: AtomicU64,
+}
+
+/// Why a connection was refused at accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    PerSource { open: u32, limit: u32 },
+    PerZone { open: u32, limit: u32 },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::PerSource { open, limit } => {
+                write!(f, "{open} open connections from this source, limit {limit}")
+            }
+            Refusal::PerZone { open, limit } => {
+                write!(f, "{open} open connections in this zone, limit {limit}")
+            }
+        }
+    }
+}
+
+/// The connection limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub per_source: Option<u32>,
+    pub per_zone: Option<u32>,
+}
+
+impl Limits {
+    /// Whether a new connection from `src` in `zone` goes over a limit, counting the open
+    /// connections of `table` as `nft ct count` does: not dying, not closed (TIME_WAIT, CLOSE).
+    pub fn check(&self, table: &[EntryView], zone: u16, src: IpAddr) -> Option<Refusal> {
+        let open = |e: &&EntryView| {
+            e.zone == zone
+                && !e.dying
+                && !matches!(e.tcp_state, Some(TcpState::TimeWait | TcpState::Close))
+        };
+        if let Some(limit) = self.per_source {
+            let n = table
+                .iter()
+                .filter(open)
+                .filter(|e| e.orig.src.to_ip(e.orig.family) == src)
+                .count() as u32;
+            if n >= limit {
+                return Some(Refusal::PerSource { open: n, limit });
+            }
+        }
+        if let Some(limit) = self.per_zone {
+            let n = table.iter().filter(open).count() as u32;
+            if n >= limit {
+                return Some(Refusal::PerZone { open: n, limit });
+            }
+        }
+        None
+    }
+}
+
+/// What a connection task asks of the tracker's thread.
+enum Request {
+    Open {
+        zone: u16,
+        client: SocketAddr,
+        local: SocketAddr,
+        reply: oneshot::Sender<Opened>,
+    },
+    Transfer {
+        conn: Connection,
+        dir: Direction,
+        bytes: u64,
+    },
+    Close {
+        conn: Connection,
+        reset: bool,
+    },
+}
+
+/// The answer to an open.
+enum Opened {
+    Tracked(Connection),
+    /// Not tracked (the tracker is gone or refused the tuple); carried all the same.
+    Untracked,
+    Refused(Refusal),
+}
+
+/// The tracker's clock: the wall time at start, advanced by a monotonic clock, so event times
+/// read like the kernel's and never go back.
+struct Clock {
+    wall0: u64,
+    start: Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let wall0 = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Clock {
+            wall0,
+            start: Instant::now(),
+        }
+    }
+    fn now(&self) -> u64 {
+        self.wall0 + self.start.elapsed().as_nanos() as u64
+    }
+}
+
+/// The thread that owns the tracker: answers opens, applies transfers and closes, fires the
+/// timers, prints the events.
+struct TrackerThread {
+    tracker: Option<Tracker>,
+    limits: Limits,
+    format: Format,
+    clock: Clock,
+    out: std::io::BufWriter<std::io::Stdout>,
+    printing: bool,
+    events: u64,
+    xml_opened: bool,
+}
+
+impl TrackerThread {
+    fn run(mut self, requests: std_mpsc::Receiver<Request>) -> (u64, Option<ctwasm_host::Stats>) {
+        loop {
+            match requests.recv_timeout(Duration::from_millis(250)) {
+                Ok(r) => self.handle(r),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            // Whatever else is queued, then the timers and the events.
+            while let Ok(r) = requests.try_recv() {
+                self.handle(r);
+            }
+            let now = self.clock.now();
+            self.with_tracker("advance", |t| t.advance(now));
+            self.print_events();
+        }
+        // Every connection has ended: the last events (closes), then the timers up to now.
+        let now = self.clock.now();
+        self.with_tracker("advance", |t| t.advance(now));
+        self.print_events();
+        if self.xml_opened {
+            let _ = writeln!(self.out, "{}", output::xml::EPILOGUE);
+        }
+        let _ = self.out.flush();
+        let stats = self.tracker.as_mut().and_then(|t| t.stats().ok());
+        (self.events, stats)
+    }
+
+    /// Runs one tracker call; a failure is logged, and a tracker that is gone is dropped (the
+    /// proxy carries on untracked).
+    fn with_tracker<T>(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(&mut Tracker) -> Result<T, ctwasm_host::Error>,
+    ) -> Option<T> {
+        let tracker = self.tracker.as_mut()?;
+        match f(tracker) {
+            Ok(v) => Some(v),
+            Err(ctwasm_host::Error::Refused(r)) => {
+                eprintln!("ctwasm proxy: the tracker refused {what}: {r}");
+                None
+            }
+            Err(ctwasm_host::Error::Fault(ctwasm_host::Fault::Dropped(why))) => {
+                eprintln!("ctwasm proxy: the tracker dropped one {what} call ({why}); it goes on");
+                None
+            }
+            Err(e) => {
+                eprintln!(
+                    "ctwasm proxy: the tracker is gone ({e}); connections are carried untracked"
+                );
+                self.tracker = None;
+                None
+            }
+        }
+    }
+
+    fn handle(&mut self, request: Request) {
+        let now = self.clock.now();
+        match request {
+            Request::Open {
+                zone,
+                client,
+                local,
+                reply,
+            } => {
+                let answer = self.open(now, zone, client, local);
+                let _ = reply.send(answer);
+            }
+            Request::Transfer { conn, dir, bytes } => {
+                self.with_tracker("transfer", |t| t.transfer(now, conn, dir, bytes));
+            }
+            Request::Close { conn, reset } => {
+                self.with_tracker("close", |t| t.close(now, conn, reset));
+            }
+        }
+    }
+
+    fn open(&mut self, now: u64, zone: u16, client: SocketAddr, local: SocketAddr) -> Opened {
+        if self.limits != Limits::default() {
+            let Some(table) = self.with_tracker("dump", |t| t.dump()) else {
+                return Opened::Untracked;
+            };
+            if let Some(refusal) = self.limits.check(&table, zone, client.ip()) {
+                return Opened::Refused(refusal);
+            }
+        }
+        let Ok(tuple) = port_tuple(6, client, local) else {
+            return Opened::Untracked;
+        };
+        match self.with_tracker("open", |t| t.open(now, zone, &tuple)) {
+            Some(conn) => Opened::Tracked(conn),
+            None => Opened::Untracked,
+        }
+    }
+
+    fn print_events(&mut self) {
+        let Some(tracker) = self.tracker.as_mut() else {
+            return;
+        };
+        let (format, out, printing, events, xml_opened) = (
+            self.format,
+            &mut self.out,
+            &mut self.printing,
+            &mut self.events,
+            &mut self.xml_opened,
+        );
+        let polled = tracker.poll_events(|event| {
+            *events += 1;
+            if *printing {
+                let frame = event.frame();
+                let line = match output::decode_frame(&frame) {
+                    Ok(msg) => format.line(&frame, &msg),
+                    Err(e) => format!("[undecodable event: {e}]"),
+                };
+                let mut write = || -> std::io::Result<()> {
+                    if format.is_xml() && !*xml_opened {
+                        writeln!(out, "{}", output::xml::PROLOGUE)?;
+                        *xml_opened = true;
+                    }
+                    writeln!(out, "{line}")
+                };
+                if write().is_err() {
+                    // The reader went away: the proxy goes on; the events are taken still.
+                    *printing = false;
+                }
+            }
+            Delivery::Delivered
+        });
+        if *printing && out.flush().is_err() {
+            *printing = false;
+        }
+        if let Err(e) = polled {
+            eprintln!("ctwasm proxy: taking the tracker's events failed ({e})");
+        }
+    }
+}
+
+/// The connection tasks' handle on the tracker's thread.
+#[derive(Clone)]
+struct Handle {
+    requests: std_mpsc::Sender<Request>,
+}
+
+impl Handle {
+    async fn open(&self, zone: u16, client: SocketAddr, local: SocketAddr) -> Opened {
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Open {
+            zone,
+            client,
+            local,
+            reply,
+        };
+        if self.requests.send(request).is_err() {
+            return Opened::Untracked;
+        }
+        answer.await.unwrap_or(Opened::Untracked)
+    }
+
+    fn send(&self, request: Request) {
+        let _ = self.requests.send(request);
+    }
+}
+
+pub fn run(args: ProxyArgs) -> Result<()> {
+    if args.listen.len() != args.upstream.len() {
+        bail!(
+            "{} --listen and {} --upstream: give them in pairs",
+            args.listen.len(),
+            args.upstream.len()
+        );
+    }
+    if args.listen.len() > usize::from(u16::MAX) + 1 {
+        bail!("at most 65536 routes (one zone each)");
+    }
+    let format = crate::output_format(args.format, &args.output)?;
+    let mut builder = Tracker::builder()
+        .backend(args.backend)
+        .seed(args.seed)
+        .checkpoint_every(args.checkpoint_every.max(1));
+    for (name, value) in crate::parse_sysctls(&args.sysctls)? {
+        builder = builder.sysctl(name, value);
+    }
+    let mut tracker = builder.build().context("starting the tracker")?;
+    tracker.set_listeners(Listeners::Present)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the proxy's runtime")?;
+    runtime.block_on(serve(args, tracker, format))
+}
+
+async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> {
+    let mut listeners = Vec::new();
+    for (zone, (addr, upstream)) in args.listen.iter().zip(&args.upstream).enumerate() {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--listen {addr}"))?;
+        if !args.quiet {
+            eprintln!(
+                "ctwasm proxy: {} -> {upstream} (zone {zone})",
+                listener.local_addr()?
+            );
+        }
+        listeners.push((listener, *upstream, zone as u16));
+    }
+    let counts = Arc::new(Counts::default());
+    let (requests, receiver) = std_mpsc::channel();
+    let thread = TrackerThread {
+        tracker: Some(tracker),
+        limits: Limits {
+            per_source: args.limit_per_source,
+            per_zone: args.limit_per_zone,
+        },
+        format,
+        clock: Clock::new(),
+        out: std::io::BufWriter::new(std::io::stdout()),
+        printing: true,
+        events: 0,
+        xml_opened: false,
+    };
+    let tracker_thread = std::thread::Builder::new()
+        .name("ctwasm-tracker".to_string())
+        .spawn(move || thread.run(receiver))?;
+    let handle = Handle { requests };
+    let started = Instant::now();
+
+    // Stop accepting at a signal or at --duration; reset what is left after --drain.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (abort_tx, abort_rx) = watch::channel(false);
+    let connect_timeout = Duration::from_secs_f64(args.connect_timeout);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (listener, upstream, zone) in listeners {
+        let (handle, counts, mut stop, abort) = (
+            handle.clone(),
+            Arc::clone(&counts),
+            stop_rx.clone(),
+            abort_rx.clone(),
+        );
+        tasks.spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    accepted = listener.accept() => {
+                        let Ok((client, peer)) = accepted else { continue };
+                        counts.accepted.fetch_add(1, Ordering::Relaxed);
+                        let (handle, counts, abort) =
+                            (handle.clone(), Arc::clone(&counts), abort.clone());
+                        connections.spawn(carry(
+                            client, peer, upstream, zone, connect_timeout, handle, counts, abort,
+                        ));
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+            drop(listener);
+            while connections.join_next().await.is_some() {}
+        });
+    }
+    drop(handle);
+
+    let duration = args.duration.map(Duration::from_secs_f64);
+    let signal = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = async {
+                match duration {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+    };
+    signal.await;
+    let _ = stop_tx.send(true);
+    let drain = tokio::time::sleep(Duration::from_secs_f64(args.drain));
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => if joined.is_none() { break },
+            _ = &mut drain => {
+                let _ = abort_tx.send(true);
+                while tasks.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    // The connection tasks are gone, and with them every handle: the thread ends.
+    let (events, stats) = tokio::task::spawn_blocking(move || tracker_thread.join())
+        .await
+        .context("the tracker's thread")?
+        .map_err(|_| anyhow::anyhow!("the tracker's thread panicked"))?;
+    if !args.quiet {
+        let c = &counts;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        eprintln!(
+            "ctwasm proxy: {:.1} s: {} connections accepted, refused {} (per source {}, per \
+             zone {}), upstream failed {}, closed {}, reset {}, untracked {}; bytes to upstream \
+             {}, to clients {}; {events} event messages",
+            started.elapsed().as_secs_f64(),
+            n(&c.accepted),
+            n(&c.refused_source) + n(&c.refused_zone),
+            n(&c.refused_source),
+            n(&c.refused_zone),
+            n(&c.upstream_failed),
+            n(&c.closed),
+            n(&c.reset),
+            n(&c.untracked),
+            n(&c.bytes_to_upstream),
+            n(&c.bytes_to_client),
+        );
+        if let Some(s) = stats {
+            eprintln!(
+                "  conntrack: entries={} insert={} drop={} events_emitted={}",
+                s.entries, s.insert, s.drop, s.events_emitted
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Carries one accepted connection to `upstream` and back, tracked as `zone`.
+#[allow(clippy::too_many_arguments)]
+async fn carry(
+    client: TcpStream,
+    peer: SocketAddr,
+    upstream: SocketAddr,
+    zone: u16,
+    connect_timeout: Duration,
+    handle: Handle,
+    counts: Arc<Counts>,
+    mut abort: watch::Receiver<bool>,
+) {
+    let Ok(local) = client.local_addr() else {
+        return;
+    };
+    let conn = match handle.open(zone, peer, local).await {
+        Opened::Tracked(conn) => Some(conn),
+        Opened::Untracked => {
+            counts.untracked.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Opened::Refused(why) => {
+            match why {
+                Refusal::PerSource { .. } => &counts.refused_source,
+                Refusal::PerZone { .. } => &counts.refused_zone,
+            }
+            .fetch_add(1, Ordering::Relaxed);
+            eprintln!("ctwasm proxy: refused {peer} (zone {zone}): {why}");
+            reset(client);
+            return;
+        }
+    };
+    let server = match tokio::time::timeout(connect_timeout, TcpStream::connect(upstream)).await {
+        Ok(Ok(s)) => s,
+        outcome => {
+            let why = match outcome {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer in {:.1} s", connect_timeout.as_secs_f64()),
+            };
+            eprintln!("ctwasm proxy: {peer}: upstream {upstream}: {why}; the client is reset");
+            counts.upstream_failed.fetch_add(1, Ordering::Relaxed);
+            if let Some(conn) = conn {
+                handle.send(Request::Close { conn, reset: true });
+            }
+            reset(client);
+            return;
+        }
+    };
+    let _ = server.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let to_upstream = pump(
+        client_read,
+        server_write,
+        conn.map(|c| (c, Direction::Original, handle.clone())),
+        &counts.bytes_to_upstream,
+    );
+    let to_client = pump(
+        server_read,
+        client_write,
+        conn.map(|c| (c, Direction::Reply, handle.clone())),
+        &counts.bytes_to_client,
+    );
+    let both = async { tokio::join!(to_upstream, to_client) };
+    let aborted = async {
+        while !*abort.borrow() {
+            if abort.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let (reset_it, halves) = tokio::select! {
+        (a, b) = both => {
+            let failed = a.2.is_err() || b.2.is_err();
+            (failed, Some((a, b)))
+        }
+        () = aborted => (true, None),
+    };
+    if let Some(conn) = conn {
+        handle.send(Request::Close {
+            conn,
+            reset: reset_it,
+        });
+    }
+    if reset_it {
+        counts.reset.fetch_add(1, Ordering::Relaxed);
+        // Reset both sockets when the halves came back; an aborted copy drops them.
+        if let Some(((cr, sw, _), (sr, cw, _))) = halves {
+            if let Ok(c) = cr.reunite(cw) {
+                reset(c);
+            }
+            if let Ok(s) = sr.reunite(sw) {
+                reset(s);
+            }
+        }
+    } else {
+        counts.closed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Copies one direction until its end, counting each chunk in the tracker; at the end, passes
+/// the FIN on (a half close). Gives the halves back with the outcome.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    tracked: Option<(Connection, Direction, Handle)>,
+    total: &AtomicU64,
+) -> (
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::net::tcp::OwnedWriteHalf,
+    std::io::Result<()>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let result = async {
+        loop {
+            let n = from.read(&mut buf).await?;
+            if n == 0 {
+                to.shutdown().await?;
+                return Ok(());
+            }
+            to.write_all(&buf[..n]).await?;
+            total.fetch_add(n as u64, Ordering::Relaxed);
+            if let Some((conn, dir, handle)) = &tracked {
+                handle.send(Request::Transfer {
+                    conn: *conn,
+                    dir: *dir,
+                    bytes: n as u64,
+                });
+            }
+        }
+    }
+    .await;
+    (from, to, result)
+}
+
+/// Closes a socket with a reset (SO_LINGER 0).
+fn reset(stream: TcpStream) {
+    // tokio warns that a lingering close blocks the thread; a zero linger does not wait, it
+    // sends the reset at once.
+    #[allow(deprecated)]
+    let _ = stream.set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ctwasm_core::Status;
+    use ctwasm_core::netlink::Counters;
+    use ctwasm_host::Tuple;
+
+    fn entry(zone: u16, src: &str, state: TcpState, dying: bool) -> EntryView {
+        let src: SocketAddr = format!("{src}:40000").parse().unwrap();
+        let orig: Tuple = port_tuple(6, src, "10.0.0.9:80".parse().unwrap()).unwrap();
+        EntryView {
+            id: 1,
+            zone,
+            orig,
+            reply: orig.invert().unwrap(),
+            status: Status::CONFIRMED,
+            tcp_state: Some(state),
+            timeout_s: 10,
+            mark: 0,
+            counters_orig: Counters::default(),
+            counters_reply: Counters::default(),
+            start_ns: 0,
+            dying,
+        }
+    }
+
+    #[test]
+    fn limits_count_open_connections_of_the_source_and_zone() {
+        let table = vec![
+            entry(0, "10.0.0.1", TcpState::Established, false),
+            entry(0, "10.0.0.1", TcpState::SynSent, false),
+            // Not open: closed, dying, or in another zone.
+            entry(0, "10.0.0.1", TcpState::TimeWait, false),
+            entry(0, "10.0.0.1", TcpState::Close, false),
+            entry(0, "10.0.0.1", TcpState::Established, true),
+            entry(1, "10.0.0.1", TcpState::Established, false),
+            entry(0, "10.0.0.2", TcpState::Established, false),
+        ];
+        let src: IpAddr = "10.0.0.1".parse().unwrap();
+        let per_source = |limit| Limits {
+            per_source: Some(limit),
+            per_zone: None,
+        };
+        assert_eq!(per_source(3).check(&table, 0, src), None);
+        assert_eq!(
+            per_source(2).check(&table, 0, src),
+            Some(Refusal::PerSource { open: 2, limit: 2 })
+        );
+        assert_eq!(per_source(2).check(&table, 1, src), None);
+        assert_eq!(
+            per_source(0).check(&[], 0, src),
+            Some(Refusal::PerSource { open: 0, limit: 0 })
+        );
+        let per_zone = Limits {
+            per_source: None,
+            per_zone: Some(3),
+        };
+        assert_eq!(
+            per_zone.check(&table, 0, src),
+            Some(Refusal::PerZone { open: 3, limit: 3 })
+        );
+        assert_eq!(per_zone.check(&table, 1, src), None);
+        assert_eq!(Limits::default().check(&table, 0, src), None);
+    }
+}
