@@ -212,14 +212,19 @@ struct TrackerThread {
     limits: Limits,
     format: Format,
     clock: Clock,
-    out: std::io::BufWriter<std::io::Stdout>,
-    printing: bool,
+    /// The printer thread's queue: stdout is a listener with a bounded buffer, so a reader
+    /// that does not keep up loses lines (counted) instead of stalling the proxy.
+    lines: std_mpsc::SyncSender<String>,
     events: u64,
+    lost: u64,
     xml_opened: bool,
 }
 
 impl TrackerThread {
-    fn run(mut self, requests: std_mpsc::Receiver<Request>) -> (u64, Option<ctwasm_host::Stats>) {
+    fn run(
+        mut self,
+        requests: std_mpsc::Receiver<Request>,
+    ) -> (u64, u64, Option<ctwasm_host::Stats>) {
         loop {
             match requests.recv_timeout(Duration::from_millis(250)) {
                 Ok(r) => self.handle(r),
@@ -239,11 +244,17 @@ impl TrackerThread {
         self.with_tracker("advance", |t| t.advance(now));
         self.print_events();
         if self.xml_opened {
-            let _ = writeln!(self.out, "{}", output::xml::EPILOGUE);
+            self.emit(output::xml::EPILOGUE.to_string());
         }
-        let _ = self.out.flush();
         let stats = self.tracker.as_mut().and_then(|t| t.stats().ok());
-        (self.events, stats)
+        (self.events, self.lost, stats)
+    }
+
+    /// Queues one line for stdout; a full queue loses it.
+    fn emit(&mut self, line: String) {
+        if self.lines.try_send(line).is_err() {
+            self.lost += 1;
+        }
     }
 
     /// Runs one tracker call; a failure is logged, and a tracker that is gone is dropped (the
@@ -317,40 +328,26 @@ impl TrackerThread {
         let Some(tracker) = self.tracker.as_mut() else {
             return;
         };
-        let (format, out, printing, events, xml_opened) = (
-            self.format,
-            &mut self.out,
-            &mut self.printing,
-            &mut self.events,
-            &mut self.xml_opened,
-        );
+        let format = self.format;
+        let mut lines = Vec::new();
         let polled = tracker.poll_events(|event| {
-            *events += 1;
-            if *printing {
-                let frame = event.frame();
-                let line = match output::decode_frame(&frame) {
-                    Ok(msg) => format.line(&frame, &msg),
-                    Err(e) => format!("[undecodable event: {e}]"),
-                };
-                let mut write = || -> std::io::Result<()> {
-                    if format.is_xml() && !*xml_opened {
-                        writeln!(out, "{}", output::xml::PROLOGUE)?;
-                        *xml_opened = true;
-                    }
-                    writeln!(out, "{line}")
-                };
-                if write().is_err() {
-                    // The reader went away: the proxy goes on; the events are taken still.
-                    *printing = false;
-                }
-            }
+            let frame = event.frame();
+            lines.push(match output::decode_frame(&frame) {
+                Ok(msg) => format.line(&frame, &msg),
+                Err(e) => format!("[undecodable event: {e}]"),
+            });
             Delivery::Delivered
         });
-        if *printing && out.flush().is_err() {
-            *printing = false;
-        }
         if let Err(e) = polled {
             eprintln!("ctwasm proxy: taking the tracker's events failed ({e})");
+        }
+        self.events += lines.len() as u64;
+        for line in lines {
+            if format.is_xml() && !self.xml_opened {
+                self.xml_opened = true;
+                self.emit(output::xml::PROLOGUE.to_string());
+            }
+            self.emit(line);
         }
     }
 }
@@ -426,6 +423,7 @@ async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> 
     }
     let counts = Arc::new(Counts::default());
     let (requests, receiver) = std_mpsc::channel();
+    let (lines, printer) = printer()?;
     let thread = TrackerThread {
         tracker: Some(tracker),
         limits: Limits {
@@ -434,9 +432,9 @@ async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> 
         },
         format,
         clock: Clock::new(),
-        out: std::io::BufWriter::new(std::io::stdout()),
-        printing: true,
+        lines,
         events: 0,
+        lost: 0,
         xml_opened: false,
     };
     let tracker_thread = std::thread::Builder::new()
@@ -510,17 +508,22 @@ async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> 
         }
     }
     // The connection tasks are gone, and with them every handle: the thread ends.
-    let (events, stats) = tokio::task::spawn_blocking(move || tracker_thread.join())
-        .await
-        .context("the tracker's thread")?
-        .map_err(|_| anyhow::anyhow!("the tracker's thread panicked"))?;
+    let (events, lost, stats) = tokio::task::spawn_blocking(move || {
+        let r = tracker_thread.join();
+        // The tracker's thread held the only sender: the printer ends once it wrote the rest.
+        let _ = printer.join();
+        r
+    })
+    .await
+    .context("the tracker's thread")?
+    .map_err(|_| anyhow::anyhow!("the tracker's thread panicked"))?;
     if !args.quiet {
         let c = &counts;
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         eprintln!(
             "ctwasm proxy: {:.1} s: {} connections accepted, refused {} (per source {}, per \
              zone {}), upstream failed {}, closed {}, reset {}, untracked {}; bytes to upstream \
-             {}, to clients {}; {events} event messages",
+             {}, to clients {}; {events} event messages ({lost} lost to a slow stdout)",
             started.elapsed().as_secs_f64(),
             n(&c.accepted),
             n(&c.refused_source) + n(&c.refused_zone),
@@ -541,6 +544,27 @@ async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// The thread that writes the event lines to stdout, and its queue (64 Ki lines). A reader
+/// that went away ends the printing, not the proxy.
+fn printer() -> Result<(std_mpsc::SyncSender<String>, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std_mpsc::sync_channel::<String>(64 * 1024);
+    let thread = std::thread::Builder::new()
+        .name("ctwasm-printer".to_string())
+        .spawn(move || {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut live = true;
+            while let Ok(line) = rx.recv() {
+                live = live && writeln!(out, "{line}").is_ok();
+                // Whatever else waits, then one flush, so lines show as they come.
+                while let Ok(more) = rx.try_recv() {
+                    live = live && writeln!(out, "{more}").is_ok();
+                }
+                live = live && out.flush().is_ok();
+            }
+        })?;
+    Ok((tx, thread))
 }
 
 /// Carries one accepted connection to `upstream` and back, tracked as `zone`.
@@ -593,34 +617,41 @@ async fn carry(
     };
     let _ = server.set_nodelay(true);
     let _ = client.set_nodelay(true);
-    let (client_read, client_write) = client.into_split();
-    let (server_read, server_write) = server.into_split();
-    let to_upstream = pump(
-        client_read,
-        server_write,
-        conn.map(|c| (c, Direction::Original, handle.clone())),
-        &counts.bytes_to_upstream,
-    );
-    let to_client = pump(
-        server_read,
-        client_write,
-        conn.map(|c| (c, Direction::Reply, handle.clone())),
-        &counts.bytes_to_client,
-    );
-    let both = async { tokio::join!(to_upstream, to_client) };
-    let aborted = async {
-        while !*abort.borrow() {
-            if abort.changed().await.is_err() {
-                std::future::pending::<()>().await;
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    // Both directions run until each has passed its FIN on; an error in either (a reset) ends
+    // both at once, as does the shutdown's abort.
+    let reset_it = {
+        let to_upstream = pump(
+            &mut client_read,
+            &mut server_write,
+            conn.map(|c| (c, Direction::Original, handle.clone())),
+            &counts.bytes_to_upstream,
+        );
+        let to_client = pump(
+            &mut server_read,
+            &mut client_write,
+            conn.map(|c| (c, Direction::Reply, handle.clone())),
+            &counts.bytes_to_client,
+        );
+        tokio::pin!(to_upstream, to_client);
+        let (mut up_done, mut down_done) = (false, false);
+        loop {
+            tokio::select! {
+                r = &mut to_upstream, if !up_done => {
+                    up_done = true;
+                    if r.is_err() { break true; }
+                }
+                r = &mut to_client, if !down_done => {
+                    down_done = true;
+                    if r.is_err() { break true; }
+                }
+                () = aborted(&mut abort) => break true,
+            }
+            if up_done && down_done {
+                break false;
             }
         }
-    };
-    let (reset_it, halves) = tokio::select! {
-        (a, b) = both => {
-            let failed = a.2.is_err() || b.2.is_err();
-            (failed, Some((a, b)))
-        }
-        () = aborted => (true, None),
     };
     if let Some(conn) = conn {
         handle.send(Request::Close {
@@ -630,62 +661,61 @@ async fn carry(
     }
     if reset_it {
         counts.reset.fetch_add(1, Ordering::Relaxed);
-        // Reset both sockets when the halves came back; an aborted copy drops them.
-        if let Some(((cr, sw, _), (sr, cw, _))) = halves {
-            if let Ok(c) = cr.reunite(cw) {
-                reset(c);
-            }
-            if let Ok(s) = sr.reunite(sw) {
-                reset(s);
-            }
-        }
+        // Both sockets close with a reset once their halves are dropped.
+        linger_zero(client_read.as_ref());
+        linger_zero(server_read.as_ref());
     } else {
         counts.closed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Copies one direction until its end, counting each chunk in the tracker; at the end, passes
-/// the FIN on (a half close). Gives the halves back with the outcome.
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    tracked: Option<(Connection, Direction, Handle)>,
-    total: &AtomicU64,
-) -> (
-    tokio::net::tcp::OwnedReadHalf,
-    tokio::net::tcp::OwnedWriteHalf,
-    std::io::Result<()>,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let result = async {
-        loop {
-            let n = from.read(&mut buf).await?;
-            if n == 0 {
-                to.shutdown().await?;
-                return Ok(());
-            }
-            to.write_all(&buf[..n]).await?;
-            total.fetch_add(n as u64, Ordering::Relaxed);
-            if let Some((conn, dir, handle)) = &tracked {
-                handle.send(Request::Transfer {
-                    conn: *conn,
-                    dir: *dir,
-                    bytes: n as u64,
-                });
-            }
+/// Resolves once the shutdown's abort is given.
+async fn aborted(abort: &mut watch::Receiver<bool>) {
+    while !*abort.borrow_and_update() {
+        if abort.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
-    .await;
-    (from, to, result)
 }
 
-/// Closes a socket with a reset (SO_LINGER 0).
+/// Copies one direction until its end, counting each chunk in the tracker; at the end, passes
+/// the FIN on (a half close).
+async fn pump(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    tracked: Option<(Connection, Direction, Handle)>,
+    total: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some((conn, dir, handle)) = &tracked {
+            handle.send(Request::Transfer {
+                conn: *conn,
+                dir: *dir,
+                bytes: n as u64,
+            });
+        }
+    }
+}
+
+/// Closes a socket with a reset.
 fn reset(stream: TcpStream) {
+    linger_zero(&stream);
+    drop(stream);
+}
+
+/// SO_LINGER 0: the socket's close sends a reset.
+fn linger_zero(stream: &TcpStream) {
     // tokio warns that a lingering close blocks the thread; a zero linger does not wait, it
     // sends the reset at once.
     #[allow(deprecated)]
     let _ = stream.set_linger(Some(Duration::ZERO));
-    drop(stream);
 }
 
 #[cfg(test)]

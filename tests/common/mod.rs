@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod inject;
+#[cfg(target_os = "linux")]
+pub mod sockets;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

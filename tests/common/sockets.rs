@@ -1,0 +1,88 @@
+//! Socket calls std has no method for: a reset close (`SO_LINGER` 0) and binding a chosen
+//! local address before connecting. Linux only, as the live tests that use them.
+
+use std::net::{SocketAddr, TcpStream};
+
+/// `SO_LINGER` 0: `close` sends RST.
+pub fn abort(s: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the pointer and length describe `l`.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER");
+    drop(s);
+}
+
+/// A TCP connection from a fixed local port (for reusing a 4-tuple).
+pub fn connect_from(local: SocketAddr, remote: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let af = if local.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain system calls on a descriptor we own; the sockaddr buffers are built below
+    // and outlive the calls.
+    unsafe {
+        let fd = libc::socket(af, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            4,
+        );
+        let stream = TcpStream::from_raw_fd(fd);
+        let (l, ll) = sockaddr(local);
+        if libc::bind(fd, (&l as *const libc::sockaddr_storage).cast(), ll) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (r, rl) = sockaddr(remote);
+        if libc::connect(fd, (&r as *const libc::sockaddr_storage).cast(), rl) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+pub fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage; the casts write within its size.
+    unsafe {
+        let mut s: libc::sockaddr_storage = std::mem::zeroed();
+        match a {
+            SocketAddr::V4(v4) => {
+                let p = (&mut s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                (*p).sin_family = libc::AF_INET as u16;
+                (*p).sin_port = v4.port().to_be();
+                (*p).sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+                (
+                    s,
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+            SocketAddr::V6(v6) => {
+                let p = (&mut s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                (*p).sin6_family = libc::AF_INET6 as u16;
+                (*p).sin6_port = v6.port().to_be();
+                (*p).sin6_addr.s6_addr = v6.ip().octets();
+                (
+                    s,
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! `ctwasm proxy` end to end, against the live kernel: real clients through the proxy in a
+//! namespace, and the proxy's events compared, connection by connection, with what the
+//! kernel's conntrack recorded for the same client legs.
+//!
+//! 200 clients from 20 source addresses (10 each, concurrently) send data and read it back
+//! through the proxy to an echo server; every tenth resets instead of closing. Then one more
+//! source opens 25 connections, one after the other, against a limit of 20 per source: the
+//! first 20 are carried, the last 5 reset at accept. The kernel sees every client leg; the
+//! proxy tracks the carried ones. For each carried connection both must end (DESTROY) in the
+//! same TCP state (TIME_WAIT after a close, CLOSE after a reset); the proxy's payload bytes
+//! each way (its counters less its synthetic headers) must be exactly what the client sent,
+//! and the kernel's (its counters less the real headers) the same to within 1 % and a few
+//! headers, since real segments carry varying options and the odd retransmission; and the
+//! refusals must be exactly the 5.
+
+#![cfg(target_os = "linux")]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ctwasm_core::MessageKind;
+use ctwasm_core::netlink::CtMessage;
+use ctwasm_live::ctnetlink::{EventSocket, Groups, Received, SubscribeOptions};
+
+mod common;
+use common::sockets::{abort, connect_from};
+use common::{Lab, RULESET, require_live, serial};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ctwasm");
+const PROXY: &str = "127.0.0.1:8000";
+const UPSTREAM: &str = "127.0.0.1:9000";
+
+/// One connection's end, as either side recorded it: the TCP state of its DESTROY and the
+/// payload bytes each way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct End {
+    state: String,
+    payload: (u64, u64),
+}
+
+/// The kernel's DESTROY of a client leg: payload = bytes less headers. The namespace runs
+/// without TCP timestamps, so every segment has 40 bytes of headers, and the SYN and SYN/ACK
+/// 12 bytes of options more (MSS, SACK permitted, window scale).
+fn kernel_end(msg: &CtMessage) -> Option<(u16, End)> {
+    let orig = msg.orig()?;
+    let ctwasm_core::L4Tuple::Ports { src, dst } = orig.l4 else {
+        return None;
+    };
+    if dst != 8000 {
+        return None;
+    }
+    let (o, r) = (msg.counters_orig()?, msg.counters_reply()?);
+    let payload = |c: ctwasm_core::netlink::Counters| c.bytes.saturating_sub(40 * c.packets + 12);
+    Some((
+        src,
+        End {
+            state: msg.tcp_state()?.name().to_string(),
+            payload: (payload(o), payload(r)),
+        },
+    ))
+}
+
+/// The proxy's DESTROY (a JSON line): its synthetic segments have 40 bytes of headers.
+fn proxy_end(line: &str) -> Option<(u16, End)> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v["type"] != "DESTROY" {
+        return None;
+    }
+    let payload = |dir: &str| {
+        let c = &v["counters"][dir];
+        c["bytes"].as_u64().unwrap() - 40 * c["packets"].as_u64().unwrap()
+    };
+    Some((
+        v["orig"]["sport"].as_u64()? as u16,
+        End {
+            state: v["tcp_state"].as_str()?.to_string(),
+            payload: (payload("orig"), payload("reply")),
+        },
+    ))
+}
+
+#[test]
+fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
+    let _serial = serial();
+    if !require_live("proxy end to end") {
+        return;
+    }
+    let lab = Lab::loopback();
+    lab.nft(0, &RULESET.replace("@INPUT@", ""));
+    // Without timestamps, every segment but the SYNs has a bare 20-byte TCP header.
+    lab.exec(0, &["sysctl", "-qw", "net.ipv4.tcp_timestamps=0"]);
+    for s in [
+        "nf_conntrack_acct=1",
+        "nf_conntrack_events=1",
+        "nf_conntrack_tcp_timeout_time_wait=1",
+        "nf_conntrack_tcp_timeout_close=1",
+    ] {
+        lab.exec(0, &["sysctl", "-qw", &format!("net.netfilter.{s}")]);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // The kernel's DESTROYs, read inside the namespace.
+    let mut socket = EventSocket::subscribe(&SubscribeOptions {
+        groups: Groups::DESTROY,
+        rcvbuf: Some(8 << 20),
+        reliable: true,
+        no_enobufs: false,
+        netns: Some(lab.name(0).to_string()),
+    })
+    .expect("event socket");
+    let kernel = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut ends = BTreeMap::new();
+            while !stop.load(Ordering::SeqCst) {
+                if let Received::Messages(ms) =
+                    socket.recv(Some(Duration::from_millis(100))).unwrap()
+                {
+                    for m in ms.iter().filter(|m| m.kind() == Some(MessageKind::Destroy)) {
+                        if let Some((port, end)) = kernel_end(&m.message) {
+                            ends.insert(port, end);
+                        }
+                    }
+                }
+            }
+            ends
+        })
+    };
+
+    // The echo server upstream.
+    let echo = {
+        let (stop, name) = (Arc::clone(&stop), lab.name(0).to_string());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            ctwasm_live::netns::in_netns(Some(&name), || {
+                let listener = TcpListener::bind(UPSTREAM).expect("echo listen");
+                listener.set_nonblocking(true).unwrap();
+                ready_tx.send(()).unwrap();
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((mut s, _)) => {
+                            s.set_nonblocking(false).unwrap();
+                            std::thread::spawn(move || {
+                                let mut buf = [0u8; 65536];
+                                while let Ok(n) = s.read(&mut buf) {
+                                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+            .expect("netns");
+        });
+        ready_rx.recv().expect("echo server up");
+        server
+    };
+
+    // The proxy, inside the namespace.
+    let mut proxy = Command::new("ip")
+        .args(["netns", "exec", lab.name(0), BIN, "proxy"])
+        .args(["--listen", PROXY, "--upstream", UPSTREAM])
+        .args([
+            "--format",
+            "json",
+            "--limit-per-source",
+            "20",
+            "--duration",
+            "12",
+        ])
+        .args(["--sysctl", "net.netfilter.nf_conntrack_acct=1"])
+        .args([
+            "--sysctl",
+            "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1",
+        ])
+        .args(["--sysctl", "net.netfilter.nf_conntrack_tcp_timeout_close=1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("proxy starts");
+    let mut stderr = BufReader::new(proxy.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+
+    assert!(
+        first.contains("127.0.0.1:8000 -> 127.0.0.1:9000"),
+        "{first}"
+    );
+    let log = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        rest
+    });
+    // The events are read as they come, as a listener reads them.
+    let mut stdout = proxy.stdout.take().unwrap();
+    let events = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = stdout.read_to_string(&mut all);
+        all
+    });
+
+    // 200 clients, 10 from each of 20 sources, concurrently; every tenth resets.
+    let name = lab.name(0).to_string();
+    let started = Instant::now();
+    let carried: Vec<(u16, u64, bool)> = ctwasm_live::netns::in_netns(Some(&name), || {
+        let mut handles = Vec::new();
+        for i in 0..200u32 {
+            handles.push(std::thread::spawn(move || {
+                let source = Ipv4Addr::new(127, 0, 0, 2 + (i % 20) as u8);
+                let mut s = bound_connect(source, 42_000 + i as u16).expect("connect");
+                let size = 1_000 + 97 * u64::from(i);
+                let data = vec![i as u8; size as usize];
+                s.write_all(&data).expect("send");
+                let mut back = vec![0u8; size as usize];
+                s.read_exact(&mut back).expect("echo");
+                assert_eq!(back, data);
+                let port = s.local_addr().unwrap().port();
+                let reset = i % 10 == 9;
+                if reset {
+                    abort(s);
+                } else {
+                    s.shutdown(std::net::Shutdown::Write).unwrap();
+                    let mut rest = Vec::new();
+                    let _ = s.read_to_end(&mut rest);
+                }
+                (port, size, reset)
+            }));
+        }
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+    .unwrap();
+    eprintln!("200 clients through the proxy in {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    if let Ok(Some(status)) = proxy.try_wait() {
+        panic!("the proxy ended early ({status})");
+    }
+
+    // One source, 25 connections one after the other against the limit of 20.
+    let (held, refused) = ctwasm_live::netns::in_netns(Some(&name), || {
+        let source = Ipv4Addr::new(127, 0, 0, 100);
+        let mut held = Vec::new();
+        let mut refused = Vec::new();
+        for i in 0..25u16 {
+            let mut s = bound_connect(source, 43_000 + i).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let port = s.local_addr().unwrap().port();
+            let mut b = [0u8; 1];
+            let ok = s.write_all(b"x").is_ok() && matches!(s.read(&mut b), Ok(1));
+            if ok {
+                held.push((port, s));
+            } else {
+                refused.push(port);
+            }
+        }
+        (held, refused)
+    })
+    .unwrap();
+    assert_eq!(held.len(), 20);
+    assert_eq!(refused.len(), 5);
+    let held_ports: Vec<u16> = held.iter().map(|(p, _)| *p).collect();
+    for (_, mut s) in held {
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let _ = s.read_to_end(&mut Vec::new());
+    }
+
+    let status = proxy.wait().expect("proxy ends");
+    let log = log.join().unwrap();
+    let events = events.join().unwrap();
+    assert!(status.success(), "{log}");
+    // The kernel's GC takes its time with entries past their timeout; a flush has it send
+    // every remaining DESTROY now, each with the state the entry was in.
+    ctwasm_live::ctnetlink::Conntrack::open(Some(lab.name(0)))
+        .expect("request socket")
+        .flush()
+        .expect("flush");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let kernel = kernel.join().unwrap();
+    echo.join().unwrap();
+    eprintln!("proxy log:\n{log}");
+
+    let ours: BTreeMap<u16, End> = events.lines().filter_map(proxy_end).collect();
+    assert_eq!(log.matches("refused 127.0.0.100:").count(), 5, "{log}");
+    assert!(
+        log.contains("refused 5 (per source 5, per zone 0)"),
+        "{log}"
+    );
+    // Every carried connection: the proxy's end is the kernel's.
+    // The kernel's counters hold the real segments' headers, whose options vary (a SACK block,
+    // an occasional retransmission), so its payload is the proxy's to within 1 % and a few
+    // headers; the proxy's is exact.
+    let close_to = |kernel: u64, exact: u64| (exact..=exact + exact / 100 + 600).contains(&kernel);
+    let mut compared = 0;
+    for (port, size, reset) in &carried {
+        let want = End {
+            state: if *reset { "CLOSE" } else { "TIME_WAIT" }.to_string(),
+            payload: (*size, *size),
+        };
+        assert_eq!(ours.get(port), Some(&want), "proxy, port {port}");
+        let k = kernel
+            .get(port)
+            .unwrap_or_else(|| panic!("no kernel DESTROY, port {port}"));
+        assert_eq!(k.state, want.state, "kernel, port {port}");
+        assert!(
+            close_to(k.payload.0, *size) && close_to(k.payload.1, *size),
+            "kernel, port {port}: {k:?}, sent {size} each way"
+        );
+        compared += 1;
+    }
+    for port in &held_ports {
+        let want = End {
+            state: "TIME_WAIT".to_string(),
+            payload: (1, 1),
+        };
+        assert_eq!(ours.get(port), Some(&want), "proxy, port {port}");
+        let k = kernel
+            .get(port)
+            .unwrap_or_else(|| panic!("no kernel DESTROY, port {port}"));
+        assert_eq!(k.state, want.state, "kernel, port {port}");
+        assert!(
+            close_to(k.payload.0, 1) && close_to(k.payload.1, 1),
+            "{k:?}"
+        );
+        compared += 1;
+    }
+    // The refused ones: seen by the kernel (accepted, then reset), never tracked by the proxy.
+    for port in &refused {
+        assert_eq!(ours.get(port), None);
+        assert_eq!(
+            kernel.get(port).map(|e| e.state.as_str()),
+            Some("CLOSE"),
+            "port {port}"
+        );
+    }
+    assert_eq!(compared, 220);
+    assert_eq!(ours.len(), 220);
+}
+
+/// A connection to the proxy from `source`:`port` (a loopback address of its own; a port of
+/// its own too, as `connect_from` binds with SO_REUSEADDR).
+fn bound_connect(source: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
+    connect_from(SocketAddr::new(source.into(), port), PROXY.parse().unwrap())
+}
