@@ -84,6 +84,18 @@ pub struct ProxyArgs {
     /// No summary on stderr.
     #[arg(long, short = 'q')]
     quiet: bool,
+    /// For tests of fault recovery: the component traps at this packet (trap-at-packet=N).
+    #[arg(long, hide = true, value_name = "FAULT", value_parser = parse_fault)]
+    inject_fault: Option<ctwasm_host::GuestFault>,
+}
+
+/// `trap-at-packet=N`.
+fn parse_fault(value: &str) -> Result<ctwasm_host::GuestFault, String> {
+    value
+        .strip_prefix("trap-at-packet=")
+        .and_then(|n| n.parse().ok())
+        .map(ctwasm_host::GuestFault::TrapAtPacket)
+        .ok_or_else(|| format!("`{value}`: expected trap-at-packet=N"))
 }
 
 /// What the proxy did, for its summary.
@@ -224,7 +236,12 @@ impl TrackerThread {
     fn run(
         mut self,
         requests: std_mpsc::Receiver<Request>,
-    ) -> (u64, u64, Option<ctwasm_host::Stats>) {
+    ) -> (
+        u64,
+        u64,
+        Option<ctwasm_host::Stats>,
+        Option<ctwasm_host::resilient::Recovery>,
+    ) {
         loop {
             match requests.recv_timeout(Duration::from_millis(250)) {
                 Ok(r) => self.handle(r),
@@ -247,7 +264,8 @@ impl TrackerThread {
             self.emit(output::xml::EPILOGUE.to_string());
         }
         let stats = self.tracker.as_mut().and_then(|t| t.stats().ok());
-        (self.events, self.lost, stats)
+        let recovery = self.tracker.as_ref().and_then(Tracker::recovery);
+        (self.events, self.lost, stats, recovery)
     }
 
     /// Queues one line for stdout; a full queue loses it.
@@ -394,6 +412,9 @@ pub fn run(args: ProxyArgs) -> Result<()> {
         .backend(args.backend)
         .seed(args.seed)
         .checkpoint_every(args.checkpoint_every.max(1));
+    if let Some(fault) = args.inject_fault {
+        builder = builder.inject_fault(fault);
+    }
     for (name, value) in crate::parse_sysctls(&args.sysctls)? {
         builder = builder.sysctl(name, value);
     }
@@ -508,7 +529,7 @@ async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> 
         }
     }
     // The connection tasks are gone, and with them every handle: the thread ends.
-    let (events, lost, stats) = tokio::task::spawn_blocking(move || {
+    let (events, lost, stats, recovery) = tokio::task::spawn_blocking(move || {
         let r = tracker_thread.join();
         // The tracker's thread held the only sender: the printer ends once it wrote the rest.
         let _ = printer.join();
@@ -540,6 +561,12 @@ async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> 
             eprintln!(
                 "  conntrack: entries={} insert={} drop={} events_emitted={}",
                 s.entries, s.insert, s.drop, s.events_emitted
+            );
+        }
+        if let Some(r) = recovery {
+            eprintln!(
+                "  guest faults recovered: {}, calls dropped: {}",
+                r.recoveries, r.dropped_calls
             );
         }
     }

@@ -11,7 +11,8 @@
 //! each way (its counters less its synthetic headers) must be exactly what the client sent,
 //! and the kernel's (its counters less the real headers) the same to within 1 % and a few
 //! headers, since real segments carry varying options and the odd retransmission; and the
-//! refusals must be exactly the 5.
+//! refusals must be exactly the 5. The guest traps once on purpose in the middle of it all:
+//! recovered from its checkpoint, it must have lost nothing of the above.
 
 #![cfg(target_os = "linux")]
 
@@ -182,6 +183,13 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
             "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1",
         ])
         .args(["--sysctl", "net.netfilter.nf_conntrack_tcp_timeout_close=1"])
+        // The guest traps once mid-run; recovery from a checkpoint must lose nothing.
+        .args([
+            "--checkpoint-every",
+            "16",
+            "--inject-fault",
+            "trap-at-packet=700",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -289,6 +297,10 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
 
     let ours: BTreeMap<u16, End> = events.lines().filter_map(proxy_end).collect();
     assert_eq!(log.matches("refused 127.0.0.100:").count(), 5, "{log}");
+    assert!(
+        log.contains("guest faults recovered: 1, calls dropped: 0"),
+        "{log}"
+    );
     assert!(
         log.contains("refused 5 (per source 5, per zone 0)"),
         "{log}"

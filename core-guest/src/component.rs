@@ -88,11 +88,30 @@ impl TrackerResource {
 
     /// Commits the configured fault if its packet is in this batch.
     fn commit_fault(&self, batch: &[u8]) {
+        if self.fault.get().is_none() {
+            return;
+        }
+        let count = crate::batch::packets(batch).count() as u64;
+        let in_zone = |zone| crate::batch::packets(batch).any(|p| p.is_ok_and(|p| p.zone == zone));
+        self.commit_fault_for(count, in_zone);
+    }
+
+    /// Commits the configured fault for a connection call (`open`, `transfer`, `close`), which
+    /// counts as one packet (of `zone`, where the call names one).
+    fn commit_call_fault(&self, zone: Option<u16>) {
+        if self.fault.get().is_some() {
+            self.commit_fault_for(1, |z| zone == Some(z));
+        }
+    }
+
+    /// Counts `count` packets and commits the fault if its packet is among them (or, for a
+    /// zone fault, if `in_zone` says one of them is in its zone).
+    fn commit_fault_for(&self, count: u64, in_zone: impl Fn(u16) -> bool) {
         let Some(fault) = self.fault.get() else {
             return;
         };
         let before = self.packets.get();
-        let after = before + crate::batch::packets(batch).count() as u64;
+        let after = before + count;
         self.packets.set(after);
         match fault {
             wit::Fault::TrapAtPacket(n) if before < n && n <= after => {
@@ -101,9 +120,7 @@ impl TrackerResource {
             wit::Fault::LoopAtPacket(n) if before < n && n <= after => loop {
                 core::hint::black_box(n);
             },
-            wit::Fault::TrapInZone(zone)
-                if crate::batch::packets(batch).any(|p| p.is_ok_and(|p| p.zone == zone)) =>
-            {
+            wit::Fault::TrapInZone(zone) if in_zone(zone) => {
                 panic!("fault injected in zone {zone}")
             }
             _ => {}
@@ -261,6 +278,9 @@ impl wit_proxy::Guest for Component {
         t: wit::ConnTuple,
     ) -> Result<u32, ErrorCode> {
         let tuple = tuple_from_wit(&t)?;
+        tracker
+            .get::<TrackerResource>()
+            .commit_call_fault(Some(zone));
         engine(&tracker).open(now, zone, &tuple).map_err(conn_error)
     }
 
@@ -275,6 +295,7 @@ impl wit_proxy::Guest for Component {
             wit::Direction::Original => Direction::Original,
             wit::Direction::Reply => Direction::Reply,
         };
+        tracker.get::<TrackerResource>().commit_call_fault(None);
         engine(&tracker)
             .transfer(now, id, dir, bytes)
             .map_err(conn_error)
@@ -286,6 +307,7 @@ impl wit_proxy::Guest for Component {
         id: u32,
         reset: bool,
     ) -> Result<(), ErrorCode> {
+        tracker.get::<TrackerResource>().commit_call_fault(None);
         engine(&tracker).close(now, id, reset).map_err(conn_error)
     }
 

@@ -56,6 +56,11 @@ pub fn memory_budget(memory_limit: usize) -> u64 {
 pub trait Backend: Send {
     /// "native" or "component".
     fn name(&self) -> &'static str;
+    /// What recovery from guest faults has done, for a backend that recovers (checkpoints);
+    /// `None` for the others.
+    fn recovery(&self) -> Option<crate::resilient::Recovery> {
+        None
+    }
     /// Tells the tracker whether any listener exists (`nf_conntrack_events=2` asks when an
     /// entry is created) and whether one asked for reliable delivery.
     fn set_listeners(&mut self, present: bool, reliable: bool) -> Result<()>;
@@ -179,8 +184,8 @@ pub struct TrackerSettings {
 /// A fault the component commits on purpose, so that its host's containment can be tested.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestFault {
-    /// Trap while ingesting this packet (counted from 1 over the instance's life): a one-off
-    /// failure, which a restored instance does not repeat.
+    /// Trap while ingesting this packet (counted from 1 over the instance's life; a connection
+    /// call counts as one): a one-off failure, which a restored instance does not repeat.
     TrapAtPacket(u64),
     /// Loop for ever at this packet, until the per-call deadline stops it (one-off, too).
     LoopAtPacket(u64),

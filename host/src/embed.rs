@@ -954,6 +954,12 @@ impl Tracker {
         }
     }
 
+    /// What recovery from guest faults has done so far: `None` without checkpoints
+    /// ([`TrackerBuilder::checkpoint_every`]) or natively.
+    pub fn recovery(&self) -> Option<crate::resilient::Recovery> {
+        self.backend.recovery()
+    }
+
     /// Every entry, live and dying, as `conntrack -L` lists them.
     pub fn dump(&mut self) -> Result<Vec<EntryView>, Error> {
         self.call(|b| b.dump())

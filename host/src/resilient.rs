@@ -286,6 +286,9 @@ impl Backend for ResilientBackend {
     fn name(&self) -> &'static str {
         "component"
     }
+    fn recovery(&self) -> Option<Recovery> {
+        Some(self.recovery)
+    }
     fn set_listeners(&mut self, present: bool, reliable: bool) -> Result<()> {
         let call = Call::SetListeners(present, reliable);
         self.run(Some(call), |b| b.set_listeners(present, reliable))
