@@ -361,3 +361,231 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
 fn bound_connect(source: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
     connect_from(SocketAddr::new(source.into(), port), PROXY.parse().unwrap())
 }
+
+/// A proxy on loopback (no namespace needed), with `extra` options; returns the child and the
+/// address it listens on.
+fn start_proxy(upstream: &str, extra: &[&str]) -> (std::process::Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream])
+        .args(["--format", "json", "--backend", "native", "--duration", "4"])
+        .args(["--sysctl", "net.netfilter.nf_conntrack_tcp_timeout_close=1"])
+        .args([
+            "--sysctl",
+            "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("proxy starts");
+    let mut first = String::new();
+    BufReader::new(child.stderr.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr = first
+        .strip_prefix("ctwasm proxy: ")
+        .and_then(|r| r.split(" -> ").next())
+        .unwrap_or_else(|| panic!("no address line: {first}"))
+        .to_string();
+    (child, addr)
+}
+
+/// The proxy's output after it ended: (event lines, log).
+fn finish(child: std::process::Child) -> (Vec<serde_json::Value>, String) {
+    let out = child.wait_with_output().expect("proxy ends");
+    assert!(out.status.success());
+    let events = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect(l))
+        .collect();
+    (events, String::from_utf8(out.stderr).unwrap())
+}
+
+/// The event types and TCP states of one connection, in order (`NEW SYN_SENT`, ...).
+fn sequence(events: &[serde_json::Value], client_port: u16) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["orig"]["sport"] == client_port)
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["type"].as_str().unwrap(),
+                e["tcp_state"].as_str().unwrap_or("-")
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_upstream_that_refuses_resets_the_client_and_ends_the_entry_in_close() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (proxy, addr) = start_proxy(&closed.to_string(), &[]);
+    let mut c = TcpStream::connect(&addr).unwrap();
+    let port = c.local_addr().unwrap().port();
+    let mut buf = [0u8; 8];
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    // The proxy resets the client: a read ends with a reset (or an end, if it raced).
+    assert!(matches!(c.read(&mut buf), Err(_) | Ok(0)));
+    let (events, log) = finish(proxy);
+    assert!(
+        log.contains(&format!("upstream {closed}: Connection refused")),
+        "{log}"
+    );
+    assert!(log.contains("upstream failed 1"), "{log}");
+    assert_eq!(
+        sequence(&events, port),
+        [
+            "NEW SYN_SENT",
+            "UPDATE SYN_RECV",
+            "UPDATE ESTABLISHED",
+            "UPDATE CLOSE",
+            "DESTROY CLOSE"
+        ]
+    );
+}
+
+#[test]
+fn an_upstream_that_never_answers_is_given_up_after_the_connect_timeout() {
+    use std::os::fd::AsRawFd;
+    // A listener whose accept queue is full: further SYNs go unanswered.
+    let full = TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: listen on a socket this test owns.
+    assert_eq!(unsafe { libc::listen(full.as_raw_fd(), 0) }, 0);
+    let upstream = full.local_addr().unwrap();
+    let _queued: Vec<TcpStream> = (0..2)
+        .filter_map(|_| TcpStream::connect_timeout(&upstream, Duration::from_millis(300)).ok())
+        .collect();
+    let (proxy, addr) = start_proxy(&upstream.to_string(), &["--connect-timeout", "1"]);
+    let mut c = TcpStream::connect(&addr).unwrap();
+    let port = c.local_addr().unwrap().port();
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let started = Instant::now();
+    assert!(matches!(c.read(&mut [0u8; 8]), Err(_) | Ok(0)));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let (events, log) = finish(proxy);
+    assert!(
+        log.contains("no answer in 1.0 s; the client is reset"),
+        "{log}"
+    );
+    assert_eq!(
+        sequence(&events, port).last().map(String::as_str),
+        Some("DESTROY CLOSE")
+    );
+}
+
+#[test]
+fn clients_that_send_nothing_and_a_limit_of_zero() {
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in echo.incoming().take(4) {
+            let mut s = s.unwrap();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    // A client that connects and closes without a byte: an ordinary close, nothing carried.
+    let (proxy, addr) = start_proxy(&upstream.to_string(), &[]);
+    let c = TcpStream::connect(&addr).unwrap();
+    let port = c.local_addr().unwrap().port();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut c = c;
+    let _ = c.read_to_end(&mut Vec::new());
+    let (events, log) = finish(proxy);
+    assert!(log.contains("closed 1, reset 0"), "{log}");
+    assert!(log.contains("bytes to upstream 0, to clients 0"), "{log}");
+    let seq = sequence(&events, port);
+    assert_eq!(seq.first().map(String::as_str), Some("NEW SYN_SENT"));
+    assert_eq!(seq.last().map(String::as_str), Some("DESTROY TIME_WAIT"));
+
+    // A limit of 0 refuses every connection, with the reason, and tracks none.
+    let (proxy, addr) = start_proxy(&upstream.to_string(), &["--limit-per-zone", "0"]);
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        assert!(matches!(c.read(&mut [0u8; 1]), Err(_) | Ok(0)));
+    }
+    let (events, log) = finish(proxy);
+    assert_eq!(
+        log.matches("0 open connections in this zone, limit 0")
+            .count(),
+        3,
+        "{log}"
+    );
+    assert!(
+        log.contains("refused 3 (per source 0, per zone 3)"),
+        "{log}"
+    );
+    assert!(events.is_empty(), "{events:?}");
+}
+
+#[test]
+fn unpaired_or_bad_routes_are_refused() {
+    for (args, why) in [
+        (&["--listen", "127.0.0.1:0"][..], "--upstream"),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "127.0.0.1:1",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            "give them in pairs",
+        ),
+        (
+            &["--listen", "nowhere", "--upstream", "127.0.0.1:1"],
+            "--listen",
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "127.0.0.1:1",
+                "--inject-fault",
+                "x",
+            ],
+            "trap-at-packet=N",
+        ),
+    ] {
+        let out = Command::new(BIN).arg("proxy").args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            matches!(out.status.code(), Some(1 | 2)),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+    }
+    // A listening address already taken: named, before anything runs.
+    let taken = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let _hold = TcpListener::bind(taken);
+    let out = Command::new(BIN)
+        .args([
+            "proxy",
+            "--listen",
+            &taken.to_string(),
+            "--upstream",
+            "127.0.0.1:1",
+        ])
+        .args(["--backend", "native"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("--listen {taken}")), "{stderr}");
+}
