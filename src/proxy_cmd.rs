@@ -81,6 +81,10 @@ pub struct ProxyArgs {
     /// Stop by itself after this many seconds.
     #[arg(long, value_name = "SECS", value_parser = crate::values::seconds)]
     duration: Option<f64>,
+    /// Carry connections without tracking them: the plain copy loop, a baseline for what the
+    /// tracking costs.
+    #[arg(long)]
+    no_track: bool,
     /// No summary on stderr.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -468,6 +472,7 @@ async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (abort_tx, abort_rx) = watch::channel(false);
     let connect_timeout = Duration::from_secs_f64(args.connect_timeout);
+    let track = !args.no_track;
     let mut tasks = tokio::task::JoinSet::new();
     for (listener, upstream, zone) in listeners {
         let (handle, counts, mut stop, abort) = (
@@ -486,6 +491,7 @@ async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> 
                         counts.accepted.fetch_add(1, Ordering::Relaxed);
                         let (handle, counts, abort) =
                             (handle.clone(), Arc::clone(&counts), abort.clone());
+                        let handle = track.then_some(handle);
                         connections.spawn(carry(
                             client, peer, upstream, zone, connect_timeout, handle, counts, abort,
                         ));
@@ -602,17 +608,23 @@ async fn carry(
     upstream: SocketAddr,
     zone: u16,
     connect_timeout: Duration,
-    handle: Handle,
+    handle: Option<Handle>,
     counts: Arc<Counts>,
     mut abort: watch::Receiver<bool>,
 ) {
     let Ok(local) = client.local_addr() else {
         return;
     };
-    let conn = match handle.open(zone, peer, local).await {
+    let opened = match &handle {
+        Some(handle) => handle.open(zone, peer, local).await,
+        None => Opened::Untracked,
+    };
+    let conn = match opened {
         Opened::Tracked(conn) => Some(conn),
         Opened::Untracked => {
-            counts.untracked.fetch_add(1, Ordering::Relaxed);
+            if handle.is_some() {
+                counts.untracked.fetch_add(1, Ordering::Relaxed);
+            }
             None
         }
         Opened::Refused(why) => {
@@ -635,7 +647,7 @@ async fn carry(
             };
             eprintln!("ctwasm proxy: {peer}: upstream {upstream}: {why}; the client is reset");
             counts.upstream_failed.fetch_add(1, Ordering::Relaxed);
-            if let Some(conn) = conn {
+            if let (Some(conn), Some(handle)) = (conn, &handle) {
                 handle.send(Request::Close { conn, reset: true });
             }
             reset(client);
@@ -652,13 +664,15 @@ async fn carry(
         let to_upstream = pump(
             &mut client_read,
             &mut server_write,
-            conn.map(|c| (c, Direction::Original, handle.clone())),
+            conn.zip(handle.clone())
+                .map(|(c, h)| (c, Direction::Original, h)),
             &counts.bytes_to_upstream,
         );
         let to_client = pump(
             &mut server_read,
             &mut client_write,
-            conn.map(|c| (c, Direction::Reply, handle.clone())),
+            conn.zip(handle.clone())
+                .map(|(c, h)| (c, Direction::Reply, h)),
             &counts.bytes_to_client,
         );
         tokio::pin!(to_upstream, to_client);
@@ -680,7 +694,7 @@ async fn carry(
             }
         }
     };
-    if let Some(conn) = conn {
+    if let (Some(conn), Some(handle)) = (conn, &handle) {
         handle.send(Request::Close {
             conn,
             reset: reset_it,
