@@ -518,7 +518,7 @@ mod linux {
     fn run_list_expect(netns: Option<&str>, options: ConntrackOptions) -> Result<()> {
         let entries = Conntrack::open(netns)?.dump_expect()?;
         let mut out = BufWriter::new(std::io::stdout().lock());
-        let written = (|| -> std::io::Result<()> {
+        let all = (|| -> std::io::Result<()> {
             if options.xml && !entries.is_empty() {
                 writeln!(out, "{}", expect::XML_PROLOGUE)?;
             }
@@ -531,9 +531,8 @@ mod linux {
             }
             out.flush()
         })();
-        match written {
-            Err(e) if ended_by_reader(&e) => return Ok(()),
-            r => r?,
+        if !written(all)? {
+            return Ok(());
         }
         eprintln!("ctwasm: {} expectations have been shown.", entries.len());
         Ok(())
@@ -656,6 +655,16 @@ mod linux {
         }
     }
 
+    /// `Ok(true)` when written, `Ok(false)` when the reader went away (`| head`: the command
+    /// ends quietly), an error otherwise.
+    fn written(r: std::io::Result<()>) -> Result<bool> {
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if ended_by_reader(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Ends a command that wrote nothing to act on with status 1, as conntrack-tools does, after
     /// its `N flow entries have been ...` line.
     fn report(count: usize, what: &str) -> Result<()> {
@@ -689,15 +698,14 @@ mod linux {
             ct.dump_matching(&filter)?
         };
         let mut flows = Flows::new(BufWriter::new(std::io::stdout().lock()), format, true);
-        let written = (|| -> std::io::Result<()> {
+        let all = (|| -> std::io::Result<()> {
             for m in &entries {
                 flows.write(&as_entry(m))?;
             }
             flows.finish(true)
         })();
-        match written {
-            Err(e) if ended_by_reader(&e) => return Ok(()),
-            r => r?,
+        if !written(all)? {
+            return Ok(());
         }
         eprintln!("ctwasm: {} flow entries have been shown.", entries.len());
         Ok(())
@@ -714,12 +722,11 @@ mod linux {
             );
         };
         let mut flows = Flows::new(std::io::stdout().lock(), format, true);
-        match flows
+        let shown = flows
             .write(&as_entry(&entry))
-            .and_then(|()| flows.finish(false))
-        {
-            Err(e) if ended_by_reader(&e) => return Ok(()),
-            r => r?,
+            .and_then(|()| flows.finish(false));
+        if !written(shown)? {
+            return Ok(());
         }
         report(1, "shown")
     }
@@ -735,15 +742,13 @@ mod linux {
             // one that is already gone is not counted.
             if ct.delete(&key(m)?, m.message.zone(), m.message.id())? {
                 deleted += 1;
-                match flows.write(&as_entry(m)) {
-                    Err(e) if ended_by_reader(&e) => return Ok(()),
-                    r => r?,
+                if !written(flows.write(&as_entry(m)))? {
+                    return Ok(());
                 }
             }
         }
-        match flows.finish(false) {
-            Err(e) if ended_by_reader(&e) => return Ok(()),
-            r => r?,
+        if !written(flows.finish(false))? {
+            return Ok(());
         }
         report(deleted, "deleted")
     }
@@ -776,14 +781,12 @@ mod linux {
                 continue;
             };
             updated += 1;
-            match flows.write(&as_entry(&now)) {
-                Err(e) if ended_by_reader(&e) => return Ok(()),
-                r => r?,
+            if !written(flows.write(&as_entry(&now)))? {
+                return Ok(());
             }
         }
-        match flows.finish(false) {
-            Err(e) if ended_by_reader(&e) => return Ok(()),
-            r => r?,
+        if !written(flows.finish(false))? {
+            return Ok(());
         }
         report(updated, "updated")
     }
