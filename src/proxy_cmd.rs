@@ -81,6 +81,10 @@ pub struct ProxyArgs {
     /// Stop by itself after this many seconds.
     #[arg(long, value_name = "SECS", value_parser = crate::values::seconds)]
     duration: Option<f64>,
+    #[command(flatten)]
+    ipfix: crate::ipfix_args::IpfixArgs,
+    #[command(flatten)]
+    metrics: crate::metrics_args::MetricsArgs,
     /// Carry connections without tracking them: the plain copy loop, a baseline for what the
     /// tracking costs.
     #[arg(long)]
@@ -234,6 +238,12 @@ struct TrackerThread {
     events: u64,
     lost: u64,
     xml_opened: bool,
+    /// `--ipfix`: finished connections as flow records.
+    export: Option<crate::ipfix_args::FlowExport>,
+    /// `--metrics`: published at most every quarter second.
+    metrics: Option<crate::metrics_args::MetricsServer>,
+    published: Option<Instant>,
+    counts: Arc<Counts>,
 }
 
 impl TrackerThread {
@@ -259,6 +269,7 @@ impl TrackerThread {
             let now = self.clock.now();
             self.with_tracker("advance", |t| t.advance(now));
             self.print_events();
+            self.publish(false);
         }
         // Every connection has ended: the last events (closes), then the timers up to now.
         let now = self.clock.now();
@@ -267,9 +278,108 @@ impl TrackerThread {
         if self.xml_opened {
             self.emit(output::xml::EPILOGUE.to_string());
         }
+        self.publish(true);
         let stats = self.tracker.as_mut().and_then(|t| t.stats().ok());
         let recovery = self.tracker.as_ref().and_then(Tracker::recovery);
+        if let Some(export) = self.export.take() {
+            export.finish(false);
+        }
+        if let Some(metrics) = self.metrics.take() {
+            metrics.finish();
+        }
         (self.events, self.lost, stats, recovery)
+    }
+
+    /// Publishes the figures for `--metrics`: the tracker's, the proxy's, the export's.
+    fn publish(&mut self, now: bool) {
+        use ctwasm_host::metrics::{Kind, Snapshot};
+        if self.metrics.is_none()
+            || (!now
+                && self
+                    .published
+                    .is_some_and(|t| t.elapsed() < Duration::from_millis(250)))
+        {
+            return;
+        }
+        self.published = Some(Instant::now());
+        let mut s = Snapshot::default();
+        if let Some(stats) = self.tracker.as_mut().and_then(|t| t.stats().ok()) {
+            s.push_tracker(&stats);
+        }
+        let c = &self.counts;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        for (name, help, value) in [
+            ("proxy_accepted", "Connections accepted.", n(&c.accepted)),
+            (
+                "proxy_upstream_failed",
+                "Connections whose upstream refused or did not answer.",
+                n(&c.upstream_failed),
+            ),
+            (
+                "proxy_closed",
+                "Connections that ended with a close.",
+                n(&c.closed),
+            ),
+            (
+                "proxy_reset",
+                "Connections that ended with a reset.",
+                n(&c.reset),
+            ),
+            (
+                "proxy_untracked",
+                "Connections carried without the tracker.",
+                n(&c.untracked),
+            ),
+            (
+                "proxy_bytes_to_upstream",
+                "Bytes copied from clients to upstreams.",
+                n(&c.bytes_to_upstream),
+            ),
+            (
+                "proxy_bytes_to_clients",
+                "Bytes copied from upstreams to clients.",
+                n(&c.bytes_to_client),
+            ),
+            ("proxy_event_messages", "Event messages taken.", self.events),
+            (
+                "proxy_event_lines_lost",
+                "Event lines a slow stdout could not take.",
+                self.lost,
+            ),
+        ] {
+            s.push(name, help, Kind::Counter, value);
+        }
+        s.push_labelled(
+            "proxy_refused",
+            "Connections refused at accept, by limit.",
+            Kind::Counter,
+            "limit",
+            [
+                ("per_source", n(&c.refused_source)),
+                ("per_zone", n(&c.refused_zone)),
+            ]
+            .map(|(l, v)| (l.to_string(), v)),
+        );
+        if let Some(r) = self.tracker.as_ref().and_then(Tracker::recovery) {
+            s.push(
+                "guest_recoveries",
+                "Guest faults recovered from a checkpoint.",
+                Kind::Counter,
+                r.recoveries,
+            );
+            s.push(
+                "guest_dropped_calls",
+                "Calls that failed again after a recovery and were dropped.",
+                Kind::Counter,
+                r.dropped_calls,
+            );
+        }
+        if let Some(export) = &self.export {
+            export.push_metrics(&mut s);
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.publish(s);
+        }
     }
 
     /// Queues one line for stdout; a full queue loses it.
@@ -352,10 +462,16 @@ impl TrackerThread {
         };
         let format = self.format;
         let mut lines = Vec::new();
+        let export = &mut self.export;
         let polled = tracker.poll_events(|event| {
             let frame = event.frame();
             lines.push(match output::decode_frame(&frame) {
-                Ok(msg) => format.line(&frame, &msg),
+                Ok(msg) => {
+                    if let Some(export) = export.as_mut() {
+                        export.observe(&msg, frame.ts_ns);
+                    }
+                    format.line(&frame, &msg)
+                }
                 Err(e) => format!("[undecodable event: {e}]"),
             });
             Delivery::Delivered
@@ -461,6 +577,10 @@ async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> 
         events: 0,
         lost: 0,
         xml_opened: false,
+        export: args.ipfix.start()?,
+        metrics: args.metrics.start()?,
+        published: None,
+        counts: Arc::clone(&counts),
     };
     let tracker_thread = std::thread::Builder::new()
         .name("ctwasm-tracker".to_string())

@@ -269,3 +269,99 @@ fn watch_serves_the_kernels_figures_promtool_accepts() {
         "{text}"
     );
 }
+
+/// `proxy --metrics --ipfix`: the proxy's figures as it runs (promtool accepts them) and one
+/// flow record per finished connection at the collector.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_proxy_serves_its_figures_and_exports_its_finished_connections() {
+    use std::net::{TcpListener, UdpSocket};
+    if !require_program("proxy --metrics", "promtool") {
+        return;
+    }
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = echo.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in echo.incoming().take(3) {
+            let mut s = s.unwrap();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let collector = UdpSocket::bind("127.0.0.1:0").unwrap();
+    collector
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let child = Command::new(BIN)
+        .args(["proxy", "--listen", "127.0.0.1:0", "--upstream", &upstream])
+        .args(["--backend", "native", "--duration", "3"])
+        .args([
+            "--sysctl",
+            "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1",
+        ])
+        .args(["--metrics", "127.0.0.1:0", "--metrics-hold", "30"])
+        .args(["--ipfix", &collector.local_addr().unwrap().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("proxy starts");
+    let mut child = Reaped(child);
+    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let (mut proxy, mut metrics) = (None, None);
+    while proxy.is_none() || metrics.is_none() {
+        let line = lines.next().expect("the proxy's first lines").unwrap();
+        if let Some(rest) = line.strip_prefix("ctwasm proxy: ") {
+            proxy = rest.split(" -> ").next().map(str::to_string);
+        } else if let Some(rest) = line.strip_prefix("ctwasm: metrics on http://") {
+            metrics = Some(rest.trim_end_matches("/metrics").to_string());
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let (proxy, metrics) = (proxy.unwrap(), metrics.unwrap());
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(&proxy).unwrap();
+        c.write_all(b"hello").unwrap();
+        let mut back = [0u8; 5];
+        c.read_exact(&mut back).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let _ = c.read_to_end(&mut Vec::new());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let (status, _, text) = http(&metrics, "GET", "/metrics", None);
+        assert_eq!(status, 200);
+        if sample(&text, "ctwasm_proxy_closed_total") == Some(3)
+            && sample(&text, "ctwasm_conntrack_insert_total") == Some(3)
+        {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (ok, said) = promtool(&text);
+    assert!(ok && said.trim().is_empty(), "promtool: {said}\n{text}");
+    assert_eq!(sample(&text, "ctwasm_proxy_accepted_total"), Some(3));
+    assert_eq!(
+        sample(&text, "ctwasm_proxy_bytes_to_upstream_total"),
+        Some(15)
+    );
+    assert_eq!(
+        sample(&text, "ctwasm_proxy_refused_total{limit=\"per_source\"}"),
+        Some(0)
+    );
+    // The three DESTROYs (TIME_WAIT of 1 s) reach the collector as three records.
+    let mut records = 0;
+    let mut buf = [0u8; 2048];
+    while records < 3 {
+        let n = collector.recv(&mut buf).expect("an IPFIX message");
+        assert_eq!(u16::from_be_bytes([buf[0], buf[1]]), 10);
+        records += ctwasm_host::ipfix::records_in(&buf[..n]);
+    }
+    assert_eq!(records, 3);
+}
