@@ -271,13 +271,9 @@ mod linux {
         let mut printed = 0u64;
         let result = (|| -> Result<()> {
             loop {
-                if args.count.is_some_and(|n| printed >= n) {
+                let Some(left) = remaining(args.count, printed, deadline) else {
                     return Ok(());
-                }
-                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                if left == Some(Duration::ZERO) {
-                    return Ok(());
-                }
+                };
                 if let Some(m) = &metrics {
                     let kernel = kernel.as_mut().expect("opened with the metrics");
                     m.publish(watch_snapshot(&socket, kernel, resyncs, printed, &export));
@@ -557,13 +553,9 @@ mod linux {
         let mut opened = false;
         let result = (|| -> Result<()> {
             loop {
-                if args.count.is_some_and(|n| printed >= n) {
+                let Some(left) = remaining(args.count, printed, deadline) else {
                     return Ok(());
-                }
-                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                if left == Some(Duration::ZERO) {
-                    return Ok(());
-                }
+                };
                 let Some(events) = socket.recv(left)? else {
                     return Ok(());
                 };
@@ -653,6 +645,20 @@ mod linux {
                 other => other,
             })
         }
+    }
+
+    /// What is left of a watch bounded by `--count` and `--duration`: `None` once either is
+    /// spent, else the time left (`None` inside when there is no deadline).
+    fn remaining(
+        count: Option<u64>,
+        printed: u64,
+        deadline: Option<Instant>,
+    ) -> Option<Option<Duration>> {
+        if count.is_some_and(|n| printed >= n) {
+            return None;
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        (left != Some(Duration::ZERO)).then_some(left)
     }
 
     /// `Ok(true)` when written, `Ok(false)` when the reader went away (`| head`: the command

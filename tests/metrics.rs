@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::require_program;
+use common::{Reaped, require_program};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ctwasm");
 
@@ -89,16 +89,6 @@ fn endpoint(child: &mut Child) -> String {
     panic!("no metrics line on stderr");
 }
 
-/// Kills a child this test started, by its handle.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn stress_serves_the_trackers_and_listeners_figures_promtool_accepts() {
     if !require_program("stress --metrics", "promtool") {
@@ -112,11 +102,11 @@ fn stress_serves_the_trackers_and_listeners_figures_promtool_accepts() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("stress starts");
-    let mut child = Reaped(child);
-    let addr = endpoint(&mut child.0);
+    let mut child = Reaped::new(child);
+    let addr = endpoint(child.get_mut());
     // The summary comes before the hold: then the figures are final.
     let mut summary = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
+    BufReader::new(child.get_mut().stdout.take().unwrap())
         .read_line(&mut summary)
         .unwrap();
     let summary: serde_json::Value = serde_json::from_str(&summary).expect(&summary);
@@ -224,8 +214,8 @@ fn watch_serves_the_kernels_figures_promtool_accepts() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("watch starts");
-    let mut child = Reaped(child);
-    let addr = endpoint(&mut child.0);
+    let mut child = Reaped::new(child);
+    let addr = endpoint(child.get_mut());
     let ready_by = Instant::now() + Duration::from_secs(5);
     while lab.inside(0, || conntrack_listeners_here(0b111)) == 0 {
         assert!(Instant::now() < ready_by, "watch never subscribed");
@@ -275,25 +265,11 @@ fn watch_serves_the_kernels_figures_promtool_accepts() {
 #[cfg(target_os = "linux")]
 #[test]
 fn the_proxy_serves_its_figures_and_exports_its_finished_connections() {
-    use std::net::{TcpListener, UdpSocket};
+    use std::net::UdpSocket;
     if !require_program("proxy --metrics", "promtool") {
         return;
     }
-    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream = echo.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for s in echo.incoming().take(3) {
-            let mut s = s.unwrap();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    let upstream = common::echo_server(3).to_string();
     let collector = UdpSocket::bind("127.0.0.1:0").unwrap();
     collector
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -311,8 +287,8 @@ fn the_proxy_serves_its_figures_and_exports_its_finished_connections() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("proxy starts");
-    let mut child = Reaped(child);
-    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let mut child = Reaped::new(child);
+    let mut lines = BufReader::new(child.get_mut().stderr.take().unwrap()).lines();
     let (mut proxy, mut metrics) = (None, None);
     while proxy.is_none() || metrics.is_none() {
         let line = lines.next().expect("the proxy's first lines").unwrap();

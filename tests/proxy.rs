@@ -30,7 +30,7 @@ use ctwasm_live::ctnetlink::{EventSocket, Groups, Received, SubscribeOptions};
 
 mod common;
 use common::sockets::{abort, connect_from};
-use common::{Lab, RULESET, require_live, serial};
+use common::{Lab, RULESET, Reaped, require_live, serial};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ctwasm");
 const PROXY: &str = "127.0.0.1:8000";
@@ -103,7 +103,8 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
     ] {
         lab.exec(0, &["sysctl", "-qw", &format!("net.netfilter.{s}")]);
     }
-    let stop = Arc::new(AtomicBool::new(false));
+    // Tells the kernel reader and the echo server to end, also when the test fails.
+    let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
 
     // The kernel's DESTROYs, read inside the namespace.
     let mut socket = EventSocket::subscribe(&SubscribeOptions {
@@ -115,7 +116,7 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
     })
     .expect("event socket");
     let kernel = {
-        let stop = Arc::clone(&stop);
+        let stop = Arc::clone(&stop.0);
         std::thread::spawn(move || {
             let mut ends = BTreeMap::new();
             while !stop.load(Ordering::SeqCst) {
@@ -135,7 +136,7 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
 
     // The echo server upstream.
     let echo = {
-        let (stop, name) = (Arc::clone(&stop), lab.name(0).to_string());
+        let (stop, name) = (Arc::clone(&stop.0), lab.name(0).to_string());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let server = std::thread::spawn(move || {
             ctwasm_live::netns::in_netns(Some(&name), || {
@@ -144,16 +145,9 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
                 ready_tx.send(()).unwrap();
                 while !stop.load(Ordering::SeqCst) {
                     match listener.accept() {
-                        Ok((mut s, _)) => {
+                        Ok((s, _)) => {
                             s.set_nonblocking(false).unwrap();
-                            std::thread::spawn(move || {
-                                let mut buf = [0u8; 65536];
-                                while let Ok(n) = s.read(&mut buf) {
-                                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                                        break;
-                                    }
-                                }
-                            });
+                            std::thread::spawn(move || common::echo(s));
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(5)),
                     }
@@ -166,35 +160,37 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
     };
 
     // The proxy, inside the namespace.
-    let mut proxy = Command::new("ip")
-        .args(["netns", "exec", lab.name(0), BIN, "proxy"])
-        .args(["--listen", PROXY, "--upstream", UPSTREAM])
-        .args([
-            "--format",
-            "json",
-            "--limit-per-source",
-            "20",
-            "--duration",
-            "12",
-        ])
-        .args(["--sysctl", "net.netfilter.nf_conntrack_acct=1"])
-        .args([
-            "--sysctl",
-            "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1",
-        ])
-        .args(["--sysctl", "net.netfilter.nf_conntrack_tcp_timeout_close=1"])
-        // The guest traps once mid-run; recovery from a checkpoint must lose nothing.
-        .args([
-            "--checkpoint-every",
-            "16",
-            "--inject-fault",
-            "trap-at-packet=700",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("proxy starts");
-    let mut stderr = BufReader::new(proxy.stderr.take().unwrap());
+    let mut proxy = Reaped::new(
+        Command::new("ip")
+            .args(["netns", "exec", lab.name(0), BIN, "proxy"])
+            .args(["--listen", PROXY, "--upstream", UPSTREAM])
+            .args([
+                "--format",
+                "json",
+                "--limit-per-source",
+                "20",
+                "--duration",
+                "12",
+            ])
+            .args(["--sysctl", "net.netfilter.nf_conntrack_acct=1"])
+            .args([
+                "--sysctl",
+                "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1",
+            ])
+            .args(["--sysctl", "net.netfilter.nf_conntrack_tcp_timeout_close=1"])
+            // The guest traps once mid-run; recovery from a checkpoint must lose nothing.
+            .args([
+                "--checkpoint-every",
+                "16",
+                "--inject-fault",
+                "trap-at-packet=700",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("proxy starts"),
+    );
+    let mut stderr = BufReader::new(proxy.get_mut().stderr.take().unwrap());
     let mut first = String::new();
     stderr.read_line(&mut first).unwrap();
 
@@ -208,7 +204,7 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
         rest
     });
     // The events are read as they come, as a listener reads them.
-    let mut stdout = proxy.stdout.take().unwrap();
+    let mut stdout = proxy.get_mut().stdout.take().unwrap();
     let events = std::thread::spawn(move || {
         let mut all = String::new();
         let _ = stdout.read_to_string(&mut all);
@@ -247,7 +243,7 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
     .unwrap();
     eprintln!("200 clients through the proxy in {:?}", started.elapsed());
     assert!(started.elapsed() < Duration::from_secs(10));
-    if let Ok(Some(status)) = proxy.try_wait() {
+    if let Ok(Some(status)) = proxy.get_mut().try_wait() {
         panic!("the proxy ended early ({status})");
     }
 
@@ -279,7 +275,7 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
         let _ = s.read_to_end(&mut Vec::new());
     }
 
-    let status = proxy.wait().expect("proxy ends");
+    let status = proxy.into_inner().wait().expect("proxy ends");
     let log = log.join().unwrap();
     let events = events.join().unwrap();
     assert!(status.success(), "{log}");
@@ -290,7 +286,7 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
         .flush()
         .expect("flush");
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::SeqCst);
+    stop.0.store(true, Ordering::SeqCst);
     let kernel = kernel.join().unwrap();
     echo.join().unwrap();
     eprintln!("proxy log:\n{log}");
@@ -310,36 +306,22 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
     // an occasional retransmission), so its payload is the proxy's to within 1 % and a few
     // headers; the proxy's is exact.
     let close_to = |kernel: u64, exact: u64| (exact..=exact + exact / 100 + 600).contains(&kernel);
+    // The held connections carried one byte each way and closed.
+    let held = held_ports.iter().map(|&port| (port, 1, false));
     let mut compared = 0;
-    for (port, size, reset) in &carried {
+    for (port, size, reset) in carried.iter().copied().chain(held) {
         let want = End {
-            state: if *reset { "CLOSE" } else { "TIME_WAIT" }.to_string(),
-            payload: (*size, *size),
+            state: if reset { "CLOSE" } else { "TIME_WAIT" }.to_string(),
+            payload: (size, size),
         };
-        assert_eq!(ours.get(port), Some(&want), "proxy, port {port}");
+        assert_eq!(ours.get(&port), Some(&want), "proxy, port {port}");
         let k = kernel
-            .get(port)
+            .get(&port)
             .unwrap_or_else(|| panic!("no kernel DESTROY, port {port}"));
         assert_eq!(k.state, want.state, "kernel, port {port}");
         assert!(
-            close_to(k.payload.0, *size) && close_to(k.payload.1, *size),
+            close_to(k.payload.0, size) && close_to(k.payload.1, size),
             "kernel, port {port}: {k:?}, sent {size} each way"
-        );
-        compared += 1;
-    }
-    for port in &held_ports {
-        let want = End {
-            state: "TIME_WAIT".to_string(),
-            payload: (1, 1),
-        };
-        assert_eq!(ours.get(port), Some(&want), "proxy, port {port}");
-        let k = kernel
-            .get(port)
-            .unwrap_or_else(|| panic!("no kernel DESTROY, port {port}"));
-        assert_eq!(k.state, want.state, "kernel, port {port}");
-        assert!(
-            close_to(k.payload.0, 1) && close_to(k.payload.1, 1),
-            "{k:?}"
         );
         compared += 1;
     }
@@ -356,6 +338,15 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
     assert_eq!(ours.len(), 220);
 }
 
+/// Sets the flag when dropped: the test's helper threads end however the test does.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// A connection to the proxy from `source`:`port` (a loopback address of its own; a port of
 /// its own too, as `connect_from` binds with SO_REUSEADDR).
 fn bound_connect(source: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
@@ -364,22 +355,24 @@ fn bound_connect(source: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
 
 /// A proxy on loopback (no namespace needed), with `extra` options; returns the child and the
 /// address it listens on.
-fn start_proxy(upstream: &str, extra: &[&str]) -> (std::process::Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream])
-        .args(["--format", "json", "--backend", "native", "--duration", "4"])
-        .args(["--sysctl", "net.netfilter.nf_conntrack_tcp_timeout_close=1"])
-        .args([
-            "--sysctl",
-            "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1",
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("proxy starts");
+fn start_proxy(upstream: &str, extra: &[&str]) -> (Reaped, String) {
+    let mut child = Reaped::new(
+        Command::new(BIN)
+            .args(["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream])
+            .args(["--format", "json", "--backend", "native", "--duration", "4"])
+            .args(["--sysctl", "net.netfilter.nf_conntrack_tcp_timeout_close=1"])
+            .args([
+                "--sysctl",
+                "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("proxy starts"),
+    );
     let mut first = String::new();
-    BufReader::new(child.stderr.as_mut().unwrap())
+    BufReader::new(child.get_mut().stderr.as_mut().unwrap())
         .read_line(&mut first)
         .unwrap();
     let addr = first
@@ -391,8 +384,8 @@ fn start_proxy(upstream: &str, extra: &[&str]) -> (std::process::Child, String) 
 }
 
 /// The proxy's output after it ended: (event lines, log).
-fn finish(child: std::process::Child) -> (Vec<serde_json::Value>, String) {
-    let out = child.wait_with_output().expect("proxy ends");
+fn finish(child: Reaped) -> (Vec<serde_json::Value>, String) {
+    let out = child.into_inner().wait_with_output().expect("proxy ends");
     assert!(out.status.success());
     let events = String::from_utf8(out.stdout)
         .unwrap()
@@ -479,21 +472,7 @@ fn an_upstream_that_never_answers_is_given_up_after_the_connect_timeout() {
 
 #[test]
 fn clients_that_send_nothing_and_a_limit_of_zero() {
-    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream = echo.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in echo.incoming().take(4) {
-            let mut s = s.unwrap();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    let upstream = common::echo_server(4);
     // A client that connects and closes without a byte: an ordinary close, nothing carried.
     let (proxy, addr) = start_proxy(&upstream.to_string(), &[]);
     let c = TcpStream::connect(&addr).unwrap();

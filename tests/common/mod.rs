@@ -87,6 +87,59 @@ pub fn require_program(test: &str, program: &str) -> bool {
     false
 }
 
+/// A child process this test started, killed and reaped when dropped, so a failing test leaves
+/// no proxy or server behind.
+#[derive(Debug)]
+pub struct Reaped(Option<std::process::Child>);
+
+impl Reaped {
+    pub fn new(child: std::process::Child) -> Reaped {
+        Reaped(Some(child))
+    }
+
+    pub fn get_mut(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("the child is held until taken")
+    }
+
+    /// The child, to wait for it; it is no longer killed on drop.
+    pub fn into_inner(mut self) -> std::process::Child {
+        self.0.take().expect("the child is held until taken")
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends back what it reads until the peer closes.
+pub fn echo(mut s: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 || s.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+/// An echo server on a free loopback port for the next `connections` connections (a thread
+/// each), then gone.
+pub fn echo_server(connections: usize) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("echo listen");
+    let addr = listener.local_addr().expect("echo address");
+    std::thread::spawn(move || {
+        for s in listener.incoming().take(connections).flatten() {
+            std::thread::spawn(move || echo(s));
+        }
+    });
+    addr
+}
+
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
