@@ -10,9 +10,9 @@ use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, Ipv6Addr};
 
 use crate::config::{Config, ConfigError, RetryPolicy};
+use crate::engine::ConnError;
 use crate::engine::expect::{ExpectError, ExpectMask};
 use crate::engine::{Delivery, EntryView, Tracker as Engine};
-use crate::proxy::ConnError;
 use crate::snapshot::SnapshotError;
 use crate::tuple::{Addr, Direction, Family, L4Tuple, Tuple};
 

@@ -416,6 +416,9 @@ pub fn shared_engine() -> &'static Engine {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        if std::env::var_os("CTWASM_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         Engine::new(&config).expect("a wasmtime engine with the component model")
     });
     TICKER.get_or_init(|| {

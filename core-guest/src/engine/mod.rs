@@ -17,6 +17,7 @@
 //! `ingest` gives the kernel's exact semantics.
 
 mod budget;
+mod connection;
 mod ecache;
 pub mod expect;
 mod outbox;
@@ -35,6 +36,7 @@ use crate::proto::ProtoState;
 use crate::stats::Stats;
 use crate::timer::TimerWheel;
 use crate::tuple::{Direction, Tuple};
+pub use connection::ConnError;
 use ecache::EventCache;
 use table::{Entry, Life, Table};
 
@@ -257,6 +259,24 @@ impl Tracker {
     pub fn ingest(&mut self, now_ns: u64, zone: u16, packet: &[u8]) -> Verdict {
         self.advance(now_ns);
         let verdict = self.ingest_one(now_ns, zone, packet);
+        self.count_verdict(verdict)
+    }
+
+    /// Processes one packet already read down to its flow (the connection-level calls build
+    /// theirs that way). Timers due by `now_ns` fire first.
+    fn ingest_parsed(
+        &mut self,
+        now_ns: u64,
+        zone: u16,
+        tuple: Tuple,
+        segment: &crate::proto::Segment,
+    ) -> Verdict {
+        self.advance(now_ns);
+        let verdict = self.track(now_ns, zone, tuple, segment);
+        self.count_verdict(verdict)
+    }
+
+    fn count_verdict(&mut self, verdict: Verdict) -> Verdict {
         match verdict {
             Verdict::Invalid => self.stats.invalid = self.stats.invalid.wrapping_add(1),
             Verdict::Drop => self.stats.drop = self.stats.drop.wrapping_add(1),
@@ -399,14 +419,6 @@ impl Tracker {
         s.dying = self.ecache.dying.len;
         s.missed_pending = self.table.missed_pending();
         s
-    }
-
-    /// `td_end` of both directions of a TCP entry (the proxy calls continue its sequence).
-    pub(crate) fn tcp_ends(&self, id: u32) -> Option<[u32; 2]> {
-        match &self.table.entry(self.table.slot_of(id)?).proto {
-            ProtoState::Tcp(c) => Some([c.seen[0].td_end, c.seen[1].td_end]),
-            _ => None,
-        }
     }
 
     /// The latest time the tracker has seen.

@@ -36,77 +36,100 @@ impl Tracker {
     }
 
     /// Finds or creates the entry for `tuple` and runs its tracker.
-    fn track(&mut self, now_ns: u64, zone: u16, tuple: Tuple, segment: &Segment) -> Verdict {
+    pub(super) fn track(
+        &mut self,
+        now_ns: u64,
+        zone: u16,
+        tuple: Tuple,
+        segment: &Segment,
+    ) -> Verdict {
         // Two rounds at most: a TCP reopen ends the old entry and looks again.
         for _ in 0..2 {
             let (slot, dir, is_new) = match self.table.find(zone, &tuple) {
-                Some((slot, dir)) => {
-                    self.stats.found = self.stats.found.wrapping_add(1);
-                    (slot, dir, false)
-                }
+                Some((slot, dir)) => (slot, dir, false),
                 None => match self.create(now_ns, zone, tuple, segment) {
                     Ok(slot) => (slot, Direction::Original, true),
                     Err(verdict) => return verdict,
                 },
             };
-            let outcome = self.run_tracker(slot, now_ns, segment, dir);
-            match outcome {
-                Outcome::Repeat => {
-                    self.destroy(slot, now_ns, now_ns);
-                    continue;
-                }
-                Outcome::Invalid => {
-                    if is_new {
-                        self.release(slot);
-                    }
-                    return Verdict::Invalid;
-                }
-                Outcome::InvalidShortenTimeout { timeout_s } => {
-                    // Only assured entries get here, so never a new one.
-                    self.set_timeout(slot, now_ns, timeout_s);
-                    return Verdict::Invalid;
-                }
-                _ => {}
-            }
-            if outcome == Outcome::AcceptKeepTimeout && !is_new {
-                self.stats.ignore = self.stats.ignore.wrapping_add(segment.tcp.is_some() as u64);
-            }
-            if outcome != Outcome::AcceptKeepTimeout {
-                // Ignored packets and SYN retransmits leave before the kernel's
-                // `nf_ct_refresh_acct`: neither the timeout nor the counters move. The counters
-                // wrap, as the kernel's 64-bit ones do (a restored snapshot may start them
-                // anywhere).
-                let c = &mut self.table.entry_mut(slot).counters[dir.index()];
-                c.packets = c.packets.wrapping_add(1);
-                c.bytes = c.bytes.wrapping_add(segment.wire_len as u64);
-            }
-            if let Outcome::Accept { timeout_s } = outcome {
-                self.table.entry_mut(slot).deadline_ns =
-                    now_ns.saturating_add(timeout_s as u64 * NS_PER_S);
-            }
-            if is_new {
-                self.confirm(slot, now_ns);
-            }
-            let verdict = if is_new {
-                Verdict::New
-            } else {
-                Verdict::established(dir)
-            };
-            if outcome == Outcome::AcceptAndKill {
-                self.destroy(slot, now_ns, now_ns);
+            if let Some(verdict) = self.track_in(slot, dir, is_new, now_ns, segment) {
                 return verdict;
             }
-            let e = self.table.entry_mut(slot);
-            if dir == Direction::Reply && !e.status.contains(Status::SEEN_REPLY) {
-                e.status.insert(Status::SEEN_REPLY);
-                e.cache_event(EventBits::REPLY);
-            }
-            let deadline = e.deadline_ns;
-            self.timers.schedule(slot, deadline);
-            self.deliver_cached(slot, now_ns);
-            return verdict;
         }
         Verdict::Invalid
+    }
+
+    /// Runs the tracker of the entry in `slot` (a new one if `is_new`) on a packet in `dir`,
+    /// then what follows: counters, timeout, confirmation, SEEN_REPLY, the events. `None` when
+    /// the packet reopened the connection: the entry is ended and the packet must be looked up
+    /// again.
+    pub(super) fn track_in(
+        &mut self,
+        slot: u32,
+        dir: Direction,
+        is_new: bool,
+        now_ns: u64,
+        segment: &Segment,
+    ) -> Option<Verdict> {
+        if !is_new {
+            self.stats.found = self.stats.found.wrapping_add(1);
+        }
+        let outcome = self.run_tracker(slot, now_ns, segment, dir);
+        match outcome {
+            Outcome::Repeat => {
+                self.destroy(slot, now_ns, now_ns);
+                return None;
+            }
+            Outcome::Invalid => {
+                if is_new {
+                    self.release(slot);
+                }
+                return Some(Verdict::Invalid);
+            }
+            Outcome::InvalidShortenTimeout { timeout_s } => {
+                // Only assured entries get here, so never a new one.
+                self.set_timeout(slot, now_ns, timeout_s);
+                return Some(Verdict::Invalid);
+            }
+            _ => {}
+        }
+        if outcome == Outcome::AcceptKeepTimeout && !is_new {
+            self.stats.ignore = self.stats.ignore.wrapping_add(segment.tcp.is_some() as u64);
+        }
+        if outcome != Outcome::AcceptKeepTimeout {
+            // Ignored packets and SYN retransmits leave before the kernel's
+            // `nf_ct_refresh_acct`: neither the timeout nor the counters move. The counters
+            // wrap, as the kernel's 64-bit ones do (a restored snapshot may start them
+            // anywhere).
+            let c = &mut self.table.entry_mut(slot).counters[dir.index()];
+            c.packets = c.packets.wrapping_add(1);
+            c.bytes = c.bytes.wrapping_add(segment.wire_len as u64);
+        }
+        if let Outcome::Accept { timeout_s } = outcome {
+            self.table.entry_mut(slot).deadline_ns =
+                now_ns.saturating_add(timeout_s as u64 * NS_PER_S);
+        }
+        if is_new {
+            self.confirm(slot, now_ns);
+        }
+        let verdict = if is_new {
+            Verdict::New
+        } else {
+            Verdict::established(dir)
+        };
+        if outcome == Outcome::AcceptAndKill {
+            self.destroy(slot, now_ns, now_ns);
+            return Some(verdict);
+        }
+        let e = self.table.entry_mut(slot);
+        if dir == Direction::Reply && !e.status.contains(Status::SEEN_REPLY) {
+            e.status.insert(Status::SEEN_REPLY);
+            e.cache_event(EventBits::REPLY);
+        }
+        let deadline = e.deadline_ns;
+        self.timers.schedule(slot, deadline);
+        self.deliver_cached(slot, now_ns);
+        Some(verdict)
     }
 
     /// A new, unconfirmed entry for the first packet of `tuple`, or the verdict that refuses it.

@@ -48,7 +48,7 @@ pub(super) enum Life {
 }
 
 /// One connection.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) struct Entry {
     pub(super) generation: u32,
     pub(super) orig: Tuple,

@@ -250,6 +250,40 @@ impl TcpConn {
         }
     }
 
+    /// If `self` is `then` with every number of one direction's sequence space moved `step`
+    /// along and nothing else changed, that direction and the step.
+    ///
+    /// Each number belongs to one direction's space: a side's `td_end` and `td_maxend` to its
+    /// own, its `td_maxack` to the other's (it acknowledges the other's data), `last_seq` and
+    /// `last_end` to the last segment's direction and `last_ack` to the other. The tracker only
+    /// ever compares numbers of one space with each other, so it treats a state moved along one
+    /// space, and a segment moved the same way, exactly as the originals: a bulk transfer, in
+    /// which each data segment and its ACK move the sender's space by the segment's length,
+    /// can be carried forward without running each exchange (see `Tracker::transfer`).
+    pub(crate) fn moved_from(&self, then: &TcpConn) -> Option<(usize, u32)> {
+        (0..2).find_map(|side| {
+            let step = self.seen[side].td_end.wrapping_sub(then.seen[side].td_end);
+            let mut moved = then.clone();
+            moved.move_along(side, step);
+            (step != 0 && moved == *self).then_some((side, step))
+        })
+    }
+
+    /// Moves every number of direction `side`'s sequence space `step` along.
+    pub(crate) fn move_along(&mut self, side: usize, step: u32) {
+        let own = &mut self.seen[side];
+        own.td_end = own.td_end.wrapping_add(step);
+        own.td_maxend = own.td_maxend.wrapping_add(step);
+        let other = &mut self.seen[1 - side];
+        other.td_maxack = other.td_maxack.wrapping_add(step);
+        if self.last_dir.index() == side {
+            self.last_seq = self.last_seq.wrapping_add(step);
+            self.last_end = self.last_end.wrapping_add(step);
+        } else {
+            self.last_ack = self.last_ack.wrapping_add(step);
+        }
+    }
+
     /// Early drop and the GC may evict closing connections even when assured.
     pub fn can_early_drop(&self) -> bool {
         matches!(

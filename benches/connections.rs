@@ -1,0 +1,122 @@
+//! What a proxy pays per connection: `open`, a `transfer` each way and `close`, native engine
+//! and component side by side, and one `transfer` of growing size (it must not grow with the
+//! byte count).
+//!
+//! `per-connection/quiet`: no event listener, so the calls do the tracking alone.
+//! `per-connection/events`: a listener is present, and after each connection its events (NEW,
+//! the state changes, later the DESTROY) are taken and reported delivered, as a host must.
+//! Simulated time moves 100 µs per connection and TIME_WAIT lasts 1 s, so the table holds a
+//! steady 10 000 entries and each connection's expiry (with its DESTROY) is paid inside the
+//! measurement, as a proxy pays it. Run with `cargo bench --bench connections`; the README
+//! quotes the medians and ratios of one run.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ctwasm_core::Delivery;
+use ctwasm_core::tuple::{Addr, Direction, Family, L4Tuple, Tuple, ipproto};
+use ctwasm_host::backend::{Backend, BackendKind, TrackerSettings, open_backend};
+
+const S: u64 = 1_000_000_000;
+const STEP_NS: u64 = 100_000;
+
+fn backend(kind: BackendKind, listener: bool) -> Box<dyn Backend> {
+    let settings = TrackerSettings {
+        sysctls: vec![
+            ("nf_conntrack_max".into(), "1000000".into()),
+            ("nf_conntrack_tcp_timeout_time_wait".into(), "1".into()),
+        ],
+        ..TrackerSettings::default()
+    };
+    let mut b = open_backend(kind, &settings, None).expect("a backend");
+    b.set_listeners(listener, false).expect("listeners");
+    b
+}
+
+/// The client leg of connection number `n`: 64 Ki source ports on each of 256 addresses.
+fn client_tuple(n: u64) -> Tuple {
+    Tuple {
+        family: Family::Ipv4,
+        src: Addr::v4([10, 1, (n >> 16) as u8, 1]),
+        dst: Addr::v4([10, 2, 0, 1]),
+        proto: ipproto::TCP,
+        l4: L4Tuple::Ports {
+            src: n as u16 | 1024,
+            dst: 443,
+        },
+    }
+}
+
+/// Takes every pending event and reports it delivered, as a lossless host does.
+fn drain(b: &mut dyn Backend, events: &mut Vec<u8>, results: &mut Vec<Delivery>) {
+    loop {
+        events.clear();
+        let n = b.take_events(u32::MAX, events).unwrap();
+        if n == 0 {
+            return;
+        }
+        results.clear();
+        results.resize(n, Delivery::Delivered);
+        b.report_delivery(results).unwrap();
+    }
+}
+
+fn per_connection(c: &mut Criterion) {
+    let mut group = c.benchmark_group("per-connection");
+    group.throughput(Throughput::Elements(1));
+    for listener in [false, true] {
+        for kind in [BackendKind::Native, BackendKind::Component] {
+            let mut b = backend(kind, listener);
+            let (mut events, mut results) = (Vec::new(), Vec::new());
+            let (mut n, mut now) = (0u64, S);
+            let name = format!("{kind:?}").to_lowercase();
+            let variant = if listener { "events" } else { "quiet" };
+            group.bench_function(BenchmarkId::new(variant, name), |bench| {
+                bench.iter(|| {
+                    now += STEP_NS;
+                    n += 1;
+                    let id = b.open(now, 0, &client_tuple(n)).unwrap().unwrap();
+                    b.transfer(now, id, Direction::Original, 1_000)
+                        .unwrap()
+                        .unwrap();
+                    b.transfer(now, id, Direction::Reply, 16_000)
+                        .unwrap()
+                        .unwrap();
+                    b.close(now, id, false).unwrap().unwrap();
+                    if listener {
+                        drain(b.as_mut(), &mut events, &mut results);
+                    }
+                    black_box(id)
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// One `transfer` of 1 KiB to 10 GiB on an established connection: flat if it is O(1).
+fn transfer_size(c: &mut Criterion) {
+    let mut group = c.benchmark_group("transfer-size");
+    for kind in [BackendKind::Native, BackendKind::Component] {
+        let mut b = backend(kind, false);
+        let id = b.open(S, 0, &client_tuple(1)).unwrap().unwrap();
+        let name = format!("{kind:?}").to_lowercase();
+        for bytes in [1u64 << 10, 1 << 20, 1 << 30, 10 << 30] {
+            group.bench_function(BenchmarkId::new(&name, bytes), |bench| {
+                bench.iter(|| {
+                    b.transfer(S, id, Direction::Original, black_box(bytes))
+                        .unwrap()
+                        .unwrap()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3)).warm_up_time(std::time::Duration::from_secs(1));
+    targets = per_connection, transfer_size
+}
+criterion_main!(benches);

@@ -1,0 +1,728 @@
+//! Connection-level calls for proxies, which see connections rather than packets.
+//!
+//! A proxy knows that a connection opened, carried so many bytes each way and closed; the table
+//! and its events must look exactly as if the kernel had watched the packets. So each call is
+//! turned into the segments a TCP stack would have sent (handshake, one segment per 65 000 bytes
+//! of data and the peer's ACK of it, FIN exchange or reset) and run through the packet path after
+//! parsing (`track`): one code path, the same entries, the same events. The segments are built
+//! as the parser's output, not as bytes: no buffer, no checksum, no parse, and a length that
+//! stands for the payload.
+//!
+//! A `transfer` of many segments costs the same as one of a few: once one data-and-ACK exchange
+//! has left the entry as the previous one did, only moved along the sender's sequence space (the
+//! steady state of a bulk transfer), the remaining exchanges are applied at once
+//! ([`Tracker::repeat_exchange`]) and only the last one, which carries the remainder, is run
+//! through the tracker again. A test checks the result byte for byte against running every
+//! segment.
+
+use super::table::{Entry, Life};
+use super::{Tracker, Verdict};
+use crate::proto::tcp::{TcpSegment, flag};
+use crate::proto::{ProtoState, Segment};
+use crate::stats::Stats;
+use crate::tuple::{Direction, Family, L4Tuple, Tuple, ipproto};
+
+/// Why a connection-level call was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnError {
+    UnknownId,
+    TableFull,
+    BadTuple,
+}
+
+/// The window every synthetic segment advertises (no scaling is negotiated).
+const WINDOW: u16 = 65_535;
+/// Data per synthetic segment: what an IPv4 total length can describe, rounded down.
+pub(crate) const SEGMENT_BYTES: u64 = 65_000;
+
+impl Tracker {
+    /// Opens a connection: the handshake (TCP) or first packet (other protocols) in `zone`.
+    pub fn open(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<u32, ConnError> {
+        let reply = tuple.invert().ok_or(ConnError::BadTuple)?;
+        check_tuple(tuple)?;
+        let verdict = match tuple.proto {
+            ipproto::TCP => {
+                let v = self.feed(now_ns, zone, tuple, Synthetic::tcp(1, 0, flag::SYN, 0));
+                if v == Verdict::New {
+                    let synack = Synthetic::tcp(1, 2, flag::SYN | flag::ACK, 0);
+                    self.feed(now_ns, zone, &reply, synack);
+                    self.feed(now_ns, zone, tuple, Synthetic::tcp(2, 2, flag::ACK, 0));
+                }
+                v
+            }
+            _ => self.feed(now_ns, zone, tuple, Synthetic::data(0)),
+        };
+        match verdict {
+            Verdict::Drop => Err(ConnError::TableFull),
+            Verdict::Invalid | Verdict::Untracked => Err(ConnError::BadTuple),
+            _ => self
+                .table
+                .find(zone, tuple)
+                .map(|(slot, _)| self.table.entry(slot).id)
+                .ok_or(ConnError::BadTuple),
+        }
+    }
+
+    /// `bytes` of data carried in direction `dir` of connection `id`: one segment per
+    /// [`SEGMENT_BYTES`] (at least one), each acknowledged by the peer, in constant time.
+    pub fn transfer(
+        &mut self,
+        now_ns: u64,
+        id: u32,
+        dir: Direction,
+        bytes: u64,
+    ) -> Result<(), ConnError> {
+        let conn = self.live_conn(id)?;
+        let segments = bytes.div_ceil(SEGMENT_BYTES).max(1);
+        let last = bytes - (segments - 1) * SEGMENT_BYTES;
+        let full = SEGMENT_BYTES as u32;
+        let mut sent = 1;
+        if segments > 3 {
+            // Two full exchanges; if the second left the entry as the first did, moved along,
+            // the ones before the last are applied at once.
+            self.exchange(now_ns, &conn, dir, full);
+            let before = self.connection_image(conn.slot);
+            self.exchange(now_ns, &conn, dir, full);
+            sent = 3;
+            if self.repeat_exchange(&before, segments - 3) {
+                sent = segments;
+            }
+        }
+        while sent < segments {
+            self.exchange(now_ns, &conn, dir, full);
+            sent += 1;
+        }
+        self.exchange(now_ns, &conn, dir, last as u32);
+        Ok(())
+    }
+
+    /// Closes connection `id`: a reset, or the FIN exchange of an orderly close (TCP). Other
+    /// protocols have no close on the wire; their entry is ended as `conntrack -D` would.
+    pub fn close(&mut self, now_ns: u64, id: u32, reset: bool) -> Result<(), ConnError> {
+        let conn = self.live_conn(id)?;
+        if conn.orig.proto != ipproto::TCP {
+            self.delete_id(now_ns, id);
+            return Ok(());
+        }
+        let (original, reply) = (Direction::Original, Direction::Reply);
+        if reset {
+            self.segment(now_ns, &conn, original, flag::RST | flag::ACK, 0);
+            return Ok(());
+        }
+        self.segment(now_ns, &conn, original, flag::FIN | flag::ACK, 0);
+        self.segment(now_ns, &conn, reply, flag::FIN | flag::ACK, 0);
+        self.segment(now_ns, &conn, original, flag::ACK, 0);
+        Ok(())
+    }
+
+    /// When the live connection `id` started: its entry's creation instant, `None` if no live
+    /// entry has this id. Ids are unique among live and dying entries but are drawn again once
+    /// an entry is gone, so a host that keeps connections by id keeps the start with it and
+    /// checks it here before acting: the pair names one connection, never a later one that drew
+    /// the same id.
+    pub fn connection_start(&self, id: u32) -> Option<u64> {
+        self.live_conn(id)
+            .ok()
+            .map(|c| self.table.entry(c.slot).start_ns)
+    }
+
+    fn live_conn(&self, id: u32) -> Result<Conn, ConnError> {
+        let slot = self.table.slot_of(id).ok_or(ConnError::UnknownId)?;
+        match self.table.entry(slot) {
+            e if e.life == Life::Live => Ok(Conn {
+                slot,
+                generation: e.generation,
+                zone: e.zone,
+                orig: e.orig,
+                reply: e.reply(),
+            }),
+            _ => Err(ConnError::UnknownId),
+        }
+    }
+
+    /// One data segment of `payload` bytes in `dir` and, for TCP, the peer's ACK of it (as a
+    /// stack would send, which also opens the window for the next one).
+    fn exchange(&mut self, now_ns: u64, conn: &Conn, dir: Direction, payload: u32) {
+        if conn.orig.proto != ipproto::TCP {
+            self.feed_conn(now_ns, conn, dir, Synthetic::data(payload));
+            return;
+        }
+        self.segment(now_ns, conn, dir, flag::ACK | flag::PSH, payload);
+        self.segment(now_ns, conn, dir.opposite(), flag::ACK, 0);
+    }
+
+    /// The next TCP segment in `dir` of connection `conn`, numbered where its entry's
+    /// bookkeeping says that direction's data ends, acknowledging all the other's.
+    fn segment(&mut self, now_ns: u64, conn: &Conn, dir: Direction, flags: u8, payload: u32) {
+        let (seq, ack) = match &self.table.entry(conn.slot).proto {
+            ProtoState::Tcp(c) if self.table.entry(conn.slot).generation == conn.generation => (
+                c.seen[dir.index()].td_end,
+                c.seen[dir.opposite().index()].td_end,
+            ),
+            _ => (0, 0),
+        };
+        self.feed_conn(now_ns, conn, dir, Synthetic::tcp(seq, ack, flags, payload));
+    }
+
+    /// Runs `seg` on connection `conn` in `dir` through the packet path. While the connection
+    /// still has its entry, the packet goes to it directly; if the entry has gone (it timed out
+    /// before this call), the packet is looked up as any other.
+    fn feed_conn(&mut self, now_ns: u64, conn: &Conn, dir: Direction, seg: Synthetic) -> Verdict {
+        let tuple = match dir {
+            Direction::Original => conn.orig,
+            Direction::Reply => conn.reply,
+        };
+        let segment = seg.parsed(&tuple);
+        self.advance(now_ns);
+        let e = self.table.entry(conn.slot);
+        let verdict = if e.generation == conn.generation && e.is_live() {
+            match self.track_in(conn.slot, dir, false, now_ns, &segment) {
+                Some(verdict) => verdict,
+                None => self.track(now_ns, conn.zone, tuple, &segment),
+            }
+        } else {
+            self.track(now_ns, conn.zone, tuple, &segment)
+        };
+        self.count_verdict(verdict)
+    }
+
+    /// Runs the segment `seg` on `tuple` through the packet path, as `ingest` runs a parsed
+    /// packet.
+    fn feed(&mut self, now_ns: u64, zone: u16, tuple: &Tuple, seg: Synthetic) -> Verdict {
+        let segment = seg.parsed(tuple);
+        self.ingest_parsed(now_ns, zone, *tuple, &segment)
+    }
+
+    /// What the connection in `slot` looks like now, for [`Tracker::repeat_exchange`].
+    fn connection_image(&self, slot: u32) -> ConnectionImage {
+        ConnectionImage {
+            slot,
+            entry: self.table.entry(slot).clone(),
+            stats: self.stats(),
+            queued: self.pending_events(),
+        }
+    }
+
+    /// Applies `times` more exchanges like the one that took the connection from `before` to
+    /// now, if that exchange was a steady one: it only added to the counters and to the `found`
+    /// statistic, and moved one direction's sequence numbers along (see
+    /// [`crate::proto::tcp::TcpConn::moved_from`]), raising no event and leaving the timeout
+    /// where it was. Then the next exchange, fed the numbers the last one left, would do the
+    /// same again, and `times` of them add `times` times as much. Returns false, changing
+    /// nothing, when the exchange was not steady.
+    fn repeat_exchange(&mut self, before: &ConnectionImage, times: u64) -> bool {
+        let stats = self.stats();
+        let only_found = Stats {
+            found: stats.found,
+            ..before.stats
+        };
+        if self.pending_events() != before.queued || only_found != stats {
+            return false;
+        }
+        let now = self.table.entry(before.slot);
+        let move_along = match (&before.entry.proto, &now.proto) {
+            (ProtoState::Tcp(then), ProtoState::Tcp(tcp)) => match tcp.moved_from(then) {
+                Some(moved) => Some(moved),
+                None => return false,
+            },
+            (then, proto) if then == proto => None,
+            _ => return false,
+        };
+        let unchanged = Entry {
+            counters: now.counters,
+            proto: now.proto.clone(),
+            ..before.entry.clone()
+        };
+        if unchanged != *now {
+            return false;
+        }
+        let e = self.table.entry_mut(before.slot);
+        for (c, then) in e.counters.iter_mut().zip(before.entry.counters) {
+            c.packets = c
+                .packets
+                .wrapping_add(c.packets.wrapping_sub(then.packets).wrapping_mul(times));
+            c.bytes = c
+                .bytes
+                .wrapping_add(c.bytes.wrapping_sub(then.bytes).wrapping_mul(times));
+        }
+        if let (ProtoState::Tcp(tcp), Some((side, step))) = (&mut e.proto, move_along) {
+            tcp.move_along(side, step.wrapping_mul(times as u32));
+        }
+        let found = stats.found.wrapping_sub(before.stats.found);
+        self.stats.found = self.stats.found.wrapping_add(found.wrapping_mul(times));
+        true
+    }
+}
+
+/// A tuple the packet path could have read from a packet: TCP and UDP have ports, ICMP and
+/// ICMPv6 a query key, other protocols neither.
+fn check_tuple(tuple: &Tuple) -> Result<(), ConnError> {
+    let fits = match tuple.l4 {
+        L4Tuple::Ports { .. } => matches!(tuple.proto, ipproto::TCP | ipproto::UDP),
+        L4Tuple::Icmp { .. } => match tuple.family {
+            Family::Ipv4 => tuple.proto == ipproto::ICMP,
+            Family::Ipv6 => tuple.proto == ipproto::ICMPV6,
+        },
+        L4Tuple::None => !matches!(
+            tuple.proto,
+            ipproto::TCP | ipproto::UDP | ipproto::ICMP | ipproto::ICMPV6
+        ),
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(ConnError::BadTuple)
+    }
+}
+
+/// A live connection: where its entry is (the slot's generation tells a slot since reused
+/// apart) and its tuples.
+#[derive(Clone, Copy, Debug)]
+struct Conn {
+    slot: u32,
+    generation: u32,
+    zone: u16,
+    orig: Tuple,
+    reply: Tuple,
+}
+
+/// A connection's entry with what the tracker around it looked like.
+struct ConnectionImage {
+    slot: u32,
+    entry: Entry,
+    stats: Stats,
+    queued: usize,
+}
+
+/// One synthetic segment: TCP's numbers and flags, and how much data it stands for.
+#[derive(Clone, Copy, Debug)]
+struct Synthetic {
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: u32,
+}
+
+impl Synthetic {
+    fn tcp(seq: u32, ack: u32, flags: u8, payload: u32) -> Synthetic {
+        Synthetic {
+            seq,
+            ack,
+            flags,
+            payload,
+        }
+    }
+    fn data(payload: u32) -> Synthetic {
+        Synthetic::tcp(0, 0, 0, payload)
+    }
+
+    /// The segment as the parser would have read it from its packet on `tuple`: the IP and
+    /// layer-4 headers without options, the payload stood in for by the length alone.
+    fn parsed(self, tuple: &Tuple) -> Segment {
+        let l3 = match tuple.family {
+            Family::Ipv4 => 20,
+            Family::Ipv6 => 40,
+        };
+        let l4 = match tuple.l4 {
+            L4Tuple::Ports { .. } if tuple.proto == ipproto::TCP => 20,
+            L4Tuple::Ports { .. } | L4Tuple::Icmp { .. } => 8,
+            L4Tuple::None => 0,
+        };
+        Segment {
+            wire_len: l3 + l4 + self.payload,
+            tcp: (tuple.proto == ipproto::TCP).then_some(TcpSegment {
+                seq: self.seq,
+                ack: self.ack,
+                flags: self.flags,
+                window: WINDOW,
+                wscale: None,
+                sack_perm: false,
+                payload_len: self.payload,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection calls against a reference that builds every segment as bytes, one per
+    //! 65 000 bytes of data, and feeds them to `ingest` as a capture would be fed: the same
+    //! snapshot (every field of every entry, the timers, the queued messages) after every call.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::wire::build;
+
+    fn tracker() -> Tracker {
+        let mut config = Config::default();
+        config.sysctls.acct = true;
+        config.sysctls.timestamp = true;
+        let mut t = Tracker::new(config);
+        t.set_listeners(true, true);
+        t
+    }
+
+    /// The packet `seg` stands for, as bytes.
+    fn packet(tuple: &Tuple, seg: Synthetic) -> Vec<u8> {
+        let l4 = match (tuple.proto, tuple.l4) {
+            (ipproto::TCP, L4Tuple::Ports { src, dst }) => {
+                build::tcp(src, dst, seg.seq, seg.ack, seg.flags, WINDOW, 0)
+            }
+            (ipproto::UDP, L4Tuple::Ports { src, dst }) => build::udp(src, dst, 0),
+            (ipproto::ICMP, L4Tuple::Icmp { id, kind, .. }) => build::icmp_echo(kind == 8, id, 1),
+            (ipproto::ICMPV6, L4Tuple::Icmp { id, kind, .. }) => {
+                build::icmpv6_echo(kind == 128, id, 1)
+            }
+            _ => Vec::new(),
+        };
+        let mut packet = match tuple.family {
+            Family::Ipv4 => {
+                let s: [u8; 4] = tuple.src.0[..4].try_into().unwrap();
+                let d: [u8; 4] = tuple.dst.0[..4].try_into().unwrap();
+                build::ipv4(s, d, tuple.proto, &l4)
+            }
+            Family::Ipv6 => build::ipv6(tuple.src.0, tuple.dst.0, tuple.proto, &l4),
+        };
+        // The payload is stood in for by the IP length alone.
+        let stated = packet.len() as u64 + u64::from(seg.payload);
+        match tuple.family {
+            Family::Ipv4 => packet[2..4].copy_from_slice(&(stated as u16).to_be_bytes()),
+            Family::Ipv6 => packet[4..6].copy_from_slice(&((stated - 40) as u16).to_be_bytes()),
+        }
+        packet
+    }
+
+    /// `td_end` of both directions of a TCP entry.
+    fn tcp_ends(t: &Tracker, id: u32) -> Option<[u32; 2]> {
+        match &t.table.entry(t.table.slot_of(id)?).proto {
+            ProtoState::Tcp(c) => Some([c.seen[0].td_end, c.seen[1].td_end]),
+            _ => None,
+        }
+    }
+
+    /// The reference: every segment as bytes through `ingest`.
+    struct Reference(Tracker);
+
+    impl Reference {
+        fn send(&mut self, now: u64, zone: u16, tuple: &Tuple, seg: Synthetic) -> Verdict {
+            self.0.ingest(now, zone, &packet(tuple, seg))
+        }
+        fn seq(&self, id: u32, dir: Direction) -> (u32, u32) {
+            let ends = tcp_ends(&self.0, id).unwrap_or_default();
+            (ends[dir.index()], ends[dir.opposite().index()])
+        }
+        fn open(&mut self, now: u64, zone: u16, t: &Tuple) -> Option<u32> {
+            let reply = t.invert()?;
+            let v = if t.proto == ipproto::TCP {
+                let v = self.send(now, zone, t, Synthetic::tcp(1, 0, flag::SYN, 0));
+                if v == Verdict::New {
+                    self.send(
+                        now,
+                        zone,
+                        &reply,
+                        Synthetic::tcp(1, 2, flag::SYN | flag::ACK, 0),
+                    );
+                    self.send(now, zone, t, Synthetic::tcp(2, 2, flag::ACK, 0));
+                }
+                v
+            } else {
+                self.send(now, zone, t, Synthetic::data(0))
+            };
+            matches!(
+                v,
+                Verdict::New | Verdict::Established | Verdict::EstablishedReply
+            )
+            .then(|| self.0.lookup(zone, t).map(|e| e.id))
+            .flatten()
+        }
+        fn transfer(
+            &mut self,
+            now: u64,
+            zone: u16,
+            orig: &Tuple,
+            id: u32,
+            dir: Direction,
+            bytes: u64,
+        ) {
+            let reply = orig.invert().unwrap();
+            let (tuple, peer) = match dir {
+                Direction::Original => (*orig, reply),
+                Direction::Reply => (reply, *orig),
+            };
+            let mut left = bytes;
+            loop {
+                let chunk = left.min(SEGMENT_BYTES) as u32;
+                if orig.proto == ipproto::TCP {
+                    let (seq, ack) = self.seq(id, dir);
+                    self.send(
+                        now,
+                        zone,
+                        &tuple,
+                        Synthetic::tcp(seq, ack, flag::ACK | flag::PSH, chunk),
+                    );
+                    let (seq, ack) = self.seq(id, dir.opposite());
+                    self.send(now, zone, &peer, Synthetic::tcp(seq, ack, flag::ACK, 0));
+                } else {
+                    self.send(now, zone, &tuple, Synthetic::data(chunk));
+                }
+                left -= u64::from(chunk);
+                if left == 0 {
+                    return;
+                }
+            }
+        }
+        fn close(&mut self, now: u64, zone: u16, orig: &Tuple, id: u32, reset: bool) {
+            if orig.proto != ipproto::TCP {
+                self.0.delete_id(now, id);
+                return;
+            }
+            let reply = orig.invert().unwrap();
+            let (seq, ack) = self.seq(id, Direction::Original);
+            if reset {
+                self.send(
+                    now,
+                    zone,
+                    orig,
+                    Synthetic::tcp(seq, ack, flag::RST | flag::ACK, 0),
+                );
+                return;
+            }
+            self.send(
+                now,
+                zone,
+                orig,
+                Synthetic::tcp(seq, ack, flag::FIN | flag::ACK, 0),
+            );
+            let (seq, ack) = self.seq(id, Direction::Reply);
+            self.send(
+                now,
+                zone,
+                &reply,
+                Synthetic::tcp(seq, ack, flag::FIN | flag::ACK, 0),
+            );
+            let (seq, ack) = self.seq(id, Direction::Original);
+            self.send(now, zone, orig, Synthetic::tcp(seq, ack, flag::ACK, 0));
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Call {
+        Open {
+            conn: usize,
+        },
+        Transfer {
+            conn: usize,
+            reply: bool,
+            bytes: u64,
+        },
+        Close {
+            conn: usize,
+            reset: bool,
+        },
+        Wait {
+            ms: u64,
+        },
+    }
+
+    fn conn_tuple(i: usize) -> Tuple {
+        let v6 = i % 2 == 1;
+        let (family, src, dst) = if v6 {
+            let mut s = [0u8; 16];
+            s[0] = 0xfd;
+            s[15] = i as u8 + 1;
+            let mut d = s;
+            d[15] = 200;
+            (Family::Ipv6, crate::tuple::Addr(s), crate::tuple::Addr(d))
+        } else {
+            (
+                Family::Ipv4,
+                crate::tuple::Addr::v4([10, 0, 0, i as u8 + 1]),
+                crate::tuple::Addr::v4([10, 0, 1, 1]),
+            )
+        };
+        let (proto, l4) = match i % 8 {
+            0..=3 => (
+                ipproto::TCP,
+                L4Tuple::Ports {
+                    src: 40_000 + i as u16,
+                    dst: 443,
+                },
+            ),
+            4 | 5 => (
+                ipproto::UDP,
+                L4Tuple::Ports {
+                    src: 50_000 + i as u16,
+                    dst: 53,
+                },
+            ),
+            6 => (
+                ipproto::ICMP,
+                L4Tuple::Icmp {
+                    id: i as u16,
+                    kind: 8,
+                    code: 0,
+                },
+            ),
+            _ => (
+                ipproto::ICMPV6,
+                L4Tuple::Icmp {
+                    id: i as u16,
+                    kind: 128,
+                    code: 0,
+                },
+            ),
+        };
+        let family = if proto == ipproto::ICMP {
+            Family::Ipv4
+        } else {
+            family
+        };
+        let (src, dst) = if proto == ipproto::ICMP {
+            (
+                crate::tuple::Addr::v4([10, 0, 0, i as u8 + 1]),
+                crate::tuple::Addr::v4([10, 0, 1, 1]),
+            )
+        } else {
+            (src, dst)
+        };
+        let family = if proto == ipproto::ICMPV6 {
+            Family::Ipv6
+        } else {
+            family
+        };
+        Tuple {
+            family,
+            src,
+            dst,
+            proto,
+            l4,
+        }
+    }
+
+    fn byte_count() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            Just(1),
+            Just(SEGMENT_BYTES - 1),
+            Just(SEGMENT_BYTES),
+            Just(SEGMENT_BYTES + 1),
+            Just(3 * SEGMENT_BYTES),
+            Just(3 * SEGMENT_BYTES + 1),
+            Just(4 * SEGMENT_BYTES),
+            1..200 * SEGMENT_BYTES,
+        ]
+    }
+
+    fn call() -> impl Strategy<Value = Call> {
+        let conn = 0usize..8;
+        prop_oneof![
+            1 => conn.clone().prop_map(|conn| Call::Open { conn }),
+            6 => (conn.clone(), any::<bool>(), byte_count())
+                .prop_map(|(conn, reply, bytes)| Call::Transfer { conn, reply, bytes }),
+            1 => (conn, any::<bool>()).prop_map(|(conn, reset)| Call::Close { conn, reset }),
+            1 => prop_oneof![0u64..2_000, 0u64..200_000].prop_map(|ms| Call::Wait { ms }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn the_calls_leave_the_table_as_every_segment_through_ingest_would(
+            calls in proptest::collection::vec(call(), 1..40)
+        ) {
+            let (mut fast, mut slow) = (tracker(), Reference(tracker()));
+            let mut ids: [Option<u32>; 8] = [None; 8];
+            let mut now = 1_000_000_000u64;
+            let opens = (0..8).map(|conn| Call::Open { conn });
+            for call in opens.chain(calls) {
+                match call {
+                    Call::Open { conn } => {
+                        let t = conn_tuple(conn);
+                        let got = fast.open(now, 1, &t).ok();
+                        prop_assert_eq!(got, slow.open(now, 1, &t));
+                        ids[conn] = got;
+                    }
+                    Call::Transfer { conn, reply, bytes } => {
+                        let Some(id) = ids[conn] else { continue };
+                        let dir = if reply { Direction::Reply } else { Direction::Original };
+                        let orig = conn_tuple(conn);
+                        let live = slow.0.get(id).is_some_and(|e| !e.dying && e.orig == orig);
+                        let got = fast.transfer(now, id, dir, bytes);
+                        prop_assert_eq!(got.is_ok(), live);
+                        if live {
+                            slow.transfer(now, 1, &orig, id, dir, bytes);
+                        }
+                    }
+                    Call::Close { conn, reset } => {
+                        let Some(id) = ids[conn] else { continue };
+                        let orig = conn_tuple(conn);
+                        let live = slow.0.get(id).is_some_and(|e| !e.dying && e.orig == orig);
+                        prop_assert_eq!(fast.close(now, id, reset).is_ok(), live);
+                        if live {
+                            slow.close(now, 1, &orig, id, reset);
+                        }
+                    }
+                    Call::Wait { ms } => {
+                        now += ms * 1_000_000;
+                        fast.advance(now);
+                        slow.0.advance(now);
+                    }
+                }
+                prop_assert!(fast.snapshot() == slow.0.snapshot(), "the tables differ after a call");
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                let n = fast.take_events(usize::MAX, &mut a);
+                prop_assert_eq!(n, slow.0.take_events(usize::MAX, &mut b));
+                prop_assert!(a == b, "the events differ");
+                fast.report_delivery(&vec![crate::engine::Delivery::Delivered; n]);
+                slow.0.report_delivery(&vec![crate::engine::Delivery::Delivered; n]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_transfer_of_many_segments_is_carried_forward_not_run_segment_by_segment() {
+        let mut t = tracker();
+        let orig = conn_tuple(0);
+        let id = t.open(1, 0, &orig).unwrap();
+        let found = t.stats().found;
+        // 10 GiB: 165 202 segments and as many ACKs.
+        t.transfer(2, id, Direction::Original, 10 << 30).unwrap();
+        let e = t.get(id).unwrap();
+        let segments = (10u64 << 30).div_ceil(SEGMENT_BYTES);
+        assert_eq!(
+            e.counters_orig.packets,
+            1 + 1 + segments,
+            "SYN, ACK, the data"
+        );
+        assert_eq!(e.counters_reply.packets, 1 + segments, "SYN-ACK, the ACKs");
+        assert_eq!(
+            e.counters_orig.bytes,
+            40 + 40 + segments * 40 + (10 << 30),
+            "every segment's headers and the data"
+        );
+        assert_eq!(t.stats().found, found + 2 * segments);
+        // The sequence numbers moved by the data, modulo 2^32, as a stack's would.
+        let ends = tcp_ends(&t, id).unwrap();
+        assert_eq!(ends[0], 2u32.wrapping_add((10u64 << 30) as u32));
+    }
+
+    #[test]
+    fn a_bulk_exchange_is_steady_in_every_protocol_and_direction() {
+        for conn in 0..8 {
+            for dir in [Direction::Original, Direction::Reply] {
+                let mut t = tracker();
+                let orig = conn_tuple(conn);
+                let id = t.open(1, 0, &orig).unwrap();
+                let full = SEGMENT_BYTES as u32;
+                let conn = t.live_conn(id).unwrap();
+                t.exchange(1, &conn, dir, full);
+                let before = t.connection_image(conn.slot);
+                t.exchange(1, &conn, dir, full);
+                assert!(t.repeat_exchange(&before, 5), "{orig:?} {dir:?}");
+            }
+        }
+    }
+}
