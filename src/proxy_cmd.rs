@@ -18,6 +18,7 @@
 //! connection untracked and says so. SIGINT or SIGTERM stops accepting, lets open connections
 //! finish for `--drain` seconds, resets the rest, and prints a summary on stderr.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -177,27 +178,34 @@ impl Limits {
 }
 
 /// What a connection task asks of the tracker's thread.
+///
+/// Each carried connection has a key of the proxy's own: its task names the connection by it
+/// from the start, and the tracker's thread maps it to the tracker's connection. So a task
+/// need not wait for the open to be answered, which costs a round trip between threads on
+/// every accept; it waits only when a limit may refuse the connection.
 enum Request {
     Open {
+        key: u64,
         zone: u16,
         client: SocketAddr,
         local: SocketAddr,
-        reply: oneshot::Sender<Opened>,
+        /// Where the answer goes, when the task waits for it.
+        reply: Option<oneshot::Sender<Opened>>,
     },
     Transfer {
-        conn: Connection,
+        key: u64,
         dir: Direction,
         bytes: u64,
     },
     Close {
-        conn: Connection,
+        key: u64,
         reset: bool,
     },
 }
 
 /// The answer to an open.
 enum Opened {
-    Tracked(Connection),
+    Tracked,
     /// Not tracked (the tracker is gone or refused the tuple); carried all the same.
     Untracked,
     Refused(Refusal),
@@ -244,6 +252,8 @@ struct TrackerThread {
     metrics: Option<crate::metrics_args::MetricsServer>,
     published: Option<Instant>,
     counts: Arc<Counts>,
+    /// The tracker's connection for each key of a connection being carried.
+    carried: HashMap<u64, Connection>,
 }
 
 impl TrackerThread {
@@ -256,18 +266,35 @@ impl TrackerThread {
         Option<ctwasm_host::Stats>,
         Option<ctwasm_host::resilient::Recovery>,
     ) {
+        // Every connection call moves the tracker's clock to its time and fires what is due
+        // then, so a busy tracker needs no other call for its timers: only when no request
+        // came is it advanced, and then woken again when its next timer is due (a quarter
+        // second at most, so the figures and the event lines keep flowing).
+        let idle_wait = Duration::from_millis(250);
+        let mut wait = idle_wait;
         loop {
-            match requests.recv_timeout(Duration::from_millis(250)) {
-                Ok(r) => self.handle(r),
+            let mut handled = false;
+            match requests.recv_timeout(wait) {
+                Ok(r) => {
+                    handled = true;
+                    self.handle(r);
+                }
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            // Whatever else is queued, then the timers and the events.
             while let Ok(r) = requests.try_recv() {
                 self.handle(r);
             }
-            let now = self.clock.now();
-            self.with_tracker("advance", |t| t.advance(now));
+            wait = idle_wait;
+            if !handled {
+                let now = self.clock.now();
+                self.with_tracker("advance", |t| t.advance(now));
+                if let Some(Some(at)) = self.with_tracker("next deadline", |t| t.next_deadline())
+                {
+                    wait = Duration::from_nanos(at.saturating_sub(now))
+                        .clamp(Duration::from_millis(1), idle_wait);
+                }
+            }
             self.print_events();
             self.publish(false);
         }
@@ -421,39 +448,60 @@ impl TrackerThread {
         let now = self.clock.now();
         match request {
             Request::Open {
+                key,
                 zone,
                 client,
                 local,
                 reply,
             } => {
-                let answer = self.open(now, zone, client, local);
-                let _ = reply.send(answer);
+                let answer = match self.open(now, zone, client, local) {
+                    Ok(conn) => {
+                        self.carried.insert(key, conn);
+                        Opened::Tracked
+                    }
+                    Err(answer) => answer,
+                };
+                if matches!(answer, Opened::Untracked) {
+                    self.counts.untracked.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(answer);
+                }
             }
-            Request::Transfer { conn, dir, bytes } => {
-                self.with_tracker("transfer", |t| t.transfer(now, conn, dir, bytes));
+            Request::Transfer { key, dir, bytes } => {
+                if let Some(&conn) = self.carried.get(&key) {
+                    self.with_tracker("transfer", |t| t.transfer(now, conn, dir, bytes));
+                }
             }
-            Request::Close { conn, reset } => {
-                self.with_tracker("close", |t| t.close(now, conn, reset));
+            Request::Close { key, reset } => {
+                if let Some(conn) = self.carried.remove(&key) {
+                    self.with_tracker("close", |t| t.close(now, conn, reset));
+                }
             }
         }
     }
 
-    fn open(&mut self, now: u64, zone: u16, client: SocketAddr, local: SocketAddr) -> Opened {
+    /// Opens the connection in the tracker, or says why not.
+    fn open(
+        &mut self,
+        now: u64,
+        zone: u16,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<Connection, Opened> {
         if self.limits != Limits::default() {
             let Some(table) = self.with_tracker("dump", |t| t.dump()) else {
-                return Opened::Untracked;
+                return Err(Opened::Untracked);
             };
             if let Some(refusal) = self.limits.check(&table, zone, client.ip()) {
-                return Opened::Refused(refusal);
+                return Err(Opened::Refused(refusal));
             }
         }
         let Ok(tuple) = port_tuple(6, client, local) else {
-            return Opened::Untracked;
+            return Err(Opened::Untracked);
         };
-        match self.with_tracker("open", |t| t.open(now, zone, &tuple)) {
-            Some(conn) => Opened::Tracked(conn),
-            None => Opened::Untracked,
-        }
+        self.with_tracker("open", |t| t.open(now, zone, &tuple))
+            .ok_or(Opened::Untracked)
     }
 
     fn print_events(&mut self) {
@@ -494,12 +542,24 @@ impl TrackerThread {
 #[derive(Clone)]
 struct Handle {
     requests: std_mpsc::Sender<Request>,
+    /// Whether a limit may refuse a connection: then an open waits for its answer.
+    limited: bool,
 }
 
 impl Handle {
-    async fn open(&self, zone: u16, client: SocketAddr, local: SocketAddr) -> Opened {
-        let (reply, answer) = oneshot::channel();
+    /// Opens connection `key` in the tracker; waits for the answer only if a limit may
+    /// refuse it (otherwise the answer is `Tracked`, and the tracker's thread counts the
+    /// connection as untracked should the tracker not take it).
+    async fn open(&self, key: u64, zone: u16, client: SocketAddr, local: SocketAddr) -> Opened {
+        let (reply, answer) = match self.limited {
+            true => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
         let request = Request::Open {
+            key,
             zone,
             client,
             local,
@@ -508,7 +568,10 @@ impl Handle {
         if self.requests.send(request).is_err() {
             return Opened::Untracked;
         }
-        answer.await.unwrap_or(Opened::Untracked)
+        match answer {
+            Some(answer) => answer.await.unwrap_or(Opened::Untracked),
+            None => Opened::Tracked,
+        }
     }
 
     fn send(&self, request: Request) {
@@ -581,11 +644,15 @@ async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> 
         metrics: args.metrics.start()?,
         published: None,
         counts: Arc::clone(&counts),
+        carried: HashMap::new(),
     };
     let tracker_thread = std::thread::Builder::new()
         .name("ctwasm-tracker".to_string())
         .spawn(move || thread.run(receiver))?;
-    let handle = Handle { requests };
+    let handle = Handle {
+        requests,
+        limited: args.limit_per_source.is_some() || args.limit_per_zone.is_some(),
+    };
     let started = Instant::now();
 
     // Stop accepting at a signal or at --duration; reset what is left after --drain.
@@ -608,12 +675,17 @@ async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> 
                     _ = stop.changed() => break,
                     accepted = listener.accept() => {
                         let Ok((client, peer)) = accepted else { continue };
-                        counts.accepted.fetch_add(1, Ordering::Relaxed);
+                        let key = counts.accepted.fetch_add(1, Ordering::Relaxed);
                         let (handle, counts, abort) =
                             (handle.clone(), Arc::clone(&counts), abort.clone());
                         let handle = track.then_some(handle);
                         connections.spawn(carry(
-                            client, peer, upstream, zone, connect_timeout, handle, counts, abort,
+                            client,
+                            Route { key, peer, upstream, zone },
+                            connect_timeout,
+                            handle,
+                            counts,
+                            abort,
                         ));
                     }
                     Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -720,33 +792,41 @@ fn printer() -> Result<(std_mpsc::SyncSender<String>, std::thread::JoinHandle<()
     Ok((tx, thread))
 }
 
-/// Carries one accepted connection to `upstream` and back, tracked as `zone`.
-#[allow(clippy::too_many_arguments)]
-async fn carry(
-    client: TcpStream,
+/// Where an accepted connection goes: its key, its client, its upstream and the zone it is
+/// tracked in.
+struct Route {
+    key: u64,
     peer: SocketAddr,
     upstream: SocketAddr,
     zone: u16,
+}
+
+/// Carries one accepted connection to its upstream and back.
+async fn carry(
+    client: TcpStream,
+    route: Route,
     connect_timeout: Duration,
     handle: Option<Handle>,
     counts: Arc<Counts>,
     mut abort: watch::Receiver<bool>,
 ) {
+    let Route {
+        key,
+        peer,
+        upstream,
+        zone,
+    } = route;
     let Ok(local) = client.local_addr() else {
         return;
     };
     let opened = match &handle {
-        Some(handle) => handle.open(zone, peer, local).await,
+        Some(handle) => handle.open(key, zone, peer, local).await,
         None => Opened::Untracked,
     };
+    // The tracker's thread counts the untracked ones.
     let conn = match opened {
-        Opened::Tracked(conn) => Some(conn),
-        Opened::Untracked => {
-            if handle.is_some() {
-                counts.untracked.fetch_add(1, Ordering::Relaxed);
-            }
-            None
-        }
+        Opened::Tracked => Some(key),
+        Opened::Untracked => None,
         Opened::Refused(why) => {
             match why {
                 Refusal::PerSource { .. } => &counts.refused_source,
@@ -768,7 +848,10 @@ async fn carry(
             eprintln!("ctwasm proxy: {peer}: upstream {upstream}: {why}; the client is reset");
             counts.upstream_failed.fetch_add(1, Ordering::Relaxed);
             if let (Some(conn), Some(handle)) = (conn, &handle) {
-                handle.send(Request::Close { conn, reset: true });
+                handle.send(Request::Close {
+                    key: conn,
+                    reset: true,
+                });
             }
             reset(client);
             return;
@@ -816,7 +899,7 @@ async fn carry(
     };
     if let (Some(conn), Some(handle)) = (conn, &handle) {
         handle.send(Request::Close {
-            conn,
+            key: conn,
             reset: reset_it,
         });
     }
@@ -844,7 +927,7 @@ async fn aborted(abort: &mut watch::Receiver<bool>) {
 async fn pump(
     from: &mut tokio::net::tcp::OwnedReadHalf,
     to: &mut tokio::net::tcp::OwnedWriteHalf,
-    tracked: Option<(Connection, Direction, Handle)>,
+    tracked: Option<(u64, Direction, Handle)>,
     total: &AtomicU64,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
@@ -855,9 +938,9 @@ async fn pump(
         }
         to.write_all(&buf[..n]).await?;
         total.fetch_add(n as u64, Ordering::Relaxed);
-        if let Some((conn, dir, handle)) = &tracked {
+        if let Some((key, dir, handle)) = &tracked {
             handle.send(Request::Transfer {
-                conn: *conn,
+                key: *key,
                 dir: *dir,
                 bytes: n as u64,
             });
