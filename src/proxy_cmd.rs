@@ -289,8 +289,7 @@ impl TrackerThread {
             if !handled {
                 let now = self.clock.now();
                 self.with_tracker("advance", |t| t.advance(now));
-                if let Some(Some(at)) = self.with_tracker("next deadline", |t| t.next_deadline())
-                {
+                if let Some(Some(at)) = self.with_tracker("next deadline", |t| t.next_deadline()) {
                     wait = Duration::from_nanos(at.saturating_sub(now))
                         .clamp(Duration::from_millis(1), idle_wait);
                 }

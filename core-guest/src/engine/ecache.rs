@@ -223,13 +223,18 @@ impl Tracker {
             return;
         };
         let e = self.table.entry(slot);
-        let event = e.event(kind, bits, now_ns, &self.config.sysctls);
         let source = Source::Entry {
             slot,
             generation: e.generation,
             bits,
             missed_sent,
         };
+        if !self.listener_present {
+            // What `queue` would do, without reading the entry into a message first.
+            self.settle(source, kind, from_worker, Delivery::Delivered);
+            return;
+        }
+        let event = e.event(kind, bits, now_ns, &self.config.sysctls);
         self.queue(source, kind, now_ns, redelivery, from_worker, |out| {
             event.write_to(out)
         });

@@ -125,7 +125,41 @@ impl Entry {
     }
 }
 
-type Index = HashMap<(u16, Tuple), (u32, Direction), FixedState>;
+type Index = HashMap<FlowKey, (u32, Direction), FixedState>;
+
+/// What the index is keyed by: a tuple in its zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FlowKey(u16, Tuple);
+
+/// Every packet hashes its tuple once, and a new connection three times more; the derived
+/// hash feeds the hasher a dozen small pieces (each address with its length, each enum's
+/// discriminant, each port), this one five words: the addresses as two words each, the
+/// rest packed into one. Equal keys still give equal words, which is all a hash must keep.
+impl std::hash::Hash for FlowKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let FlowKey(zone, t) = self;
+        let word = |a: &[u8; 16], half: usize| {
+            u64::from_le_bytes(a[half * 8..half * 8 + 8].try_into().expect("8 bytes"))
+        };
+        let l4 = match t.l4 {
+            L4Tuple::Ports { src, dst } => u64::from(src) << 16 | u64::from(dst),
+            L4Tuple::Icmp { id, kind, code } => {
+                1 << 32 | u64::from(id) << 16 | u64::from(kind) << 8 | u64::from(code)
+            }
+            L4Tuple::None => 2 << 32,
+        };
+        let rest = l4 | u64::from(t.proto) << 40 | (t.family as u64) << 48 | u64::from(*zone) << 52;
+        for w in [
+            word(&t.src.0, 0),
+            word(&t.src.0, 1),
+            word(&t.dst.0, 0),
+            word(&t.dst.0, 1),
+            rest,
+        ] {
+            state.write_u64(w);
+        }
+    }
+}
 
 /// The slab, its two indexes and its counts.
 #[derive(Debug)]
@@ -170,7 +204,7 @@ impl Table {
 
     /// The live entry `tuple` finds in `zone`, and the direction `tuple` has in it.
     pub(super) fn find(&self, zone: u16, tuple: &Tuple) -> Option<(u32, Direction)> {
-        self.index.get(&(zone, *tuple)).copied()
+        self.index.get(&FlowKey(zone, *tuple)).copied()
     }
 
     /// The slot of the entry with this id, live or dying.
@@ -202,7 +236,7 @@ impl Table {
     pub(super) fn footprint(&self) -> u64 {
         vec_bytes::<Entry>(self.slab.capacity())
             + vec_bytes::<u32>(self.free.capacity())
-            + map_bytes::<(u16, Tuple), (u32, Direction)>(self.index.capacity())
+            + map_bytes::<FlowKey, (u32, Direction)>(self.index.capacity())
             + map_bytes::<u32, u32>(self.ids.capacity())
     }
 
@@ -216,11 +250,8 @@ impl Table {
         } else {
             0
         };
-        slab + map_growth::<(u16, Tuple), (u32, Direction)>(
-            self.index.len(),
-            self.index.capacity(),
-            2,
-        ) + map_growth::<u32, u32>(self.ids.len(), self.ids.capacity(), 1)
+        slab + map_growth::<FlowKey, (u32, Direction)>(self.index.len(), self.index.capacity(), 2)
+            + map_growth::<u32, u32>(self.ids.len(), self.ids.capacity(), 1)
     }
 
     /// Takes a slot for a new, not yet confirmed entry; it counts from now on.
@@ -291,8 +322,10 @@ impl Table {
         let e = &mut self.slab[slot as usize];
         e.id = id;
         let (zone, orig, reply) = (e.zone, e.orig, e.reply());
-        self.index.insert((zone, orig), (slot, Direction::Original));
-        self.index.insert((zone, reply), (slot, Direction::Reply));
+        self.index
+            .insert(FlowKey(zone, orig), (slot, Direction::Original));
+        self.index
+            .insert(FlowKey(zone, reply), (slot, Direction::Reply));
         self.live += 1;
     }
 
@@ -301,8 +334,8 @@ impl Table {
         let e = &self.slab[slot as usize];
         let (zone, orig, reply) = (e.zone, e.orig, e.reply());
         self.missed_live -= u64::from(e.has_missed());
-        self.index.remove(&(zone, orig));
-        self.index.remove(&(zone, reply));
+        self.index.remove(&FlowKey(zone, orig));
+        self.index.remove(&FlowKey(zone, reply));
         self.live -= 1;
     }
 
@@ -396,10 +429,10 @@ impl Table {
                     live += 1;
                     let orig = self
                         .index
-                        .insert((e.zone, e.orig), (slot, Direction::Original));
+                        .insert(FlowKey(e.zone, e.orig), (slot, Direction::Original));
                     let reply = self
                         .index
-                        .insert((e.zone, e.reply()), (slot, Direction::Reply));
+                        .insert(FlowKey(e.zone, e.reply()), (slot, Direction::Reply));
                     // A self-addressed packet (`a:p -> a:p`) makes an entry whose reply tuple is
                     // its original: one key, the reply direction, as `insert` leaves it.
                     if orig.is_some() || reply.is_some_and(|(other, _)| other != slot) {
