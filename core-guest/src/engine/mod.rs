@@ -297,11 +297,6 @@ impl Tracker {
         for &slot in &fired {
             let e = self.table.entry(slot);
             match e.life {
-                // Refreshed since its timer was set (see `refresh_timer`): not over yet.
-                Life::Live if e.deadline_ns > now_ns => {
-                    let deadline = e.deadline_ns;
-                    self.timers.schedule(slot, deadline);
-                }
                 Life::Live => {
                     let deadline = e.deadline_ns;
                     self.destroy(slot, now_ns, deadline);

@@ -127,7 +127,7 @@ impl Tracker {
             e.cache_event(EventBits::REPLY);
         }
         let deadline = e.deadline_ns;
-        self.refresh_timer(slot, deadline);
+        self.timers.schedule(slot, deadline);
         self.deliver_cached(slot, now_ns);
         Some(verdict)
     }
@@ -207,18 +207,6 @@ impl Tracker {
             e.cache_event(events);
         }
         outcome
-    }
-
-    /// Keeps the entry's timer due no later than its `deadline`. Most packets push the deadline
-    /// on (an established connection's every packet does), and moving a timer costs more than
-    /// letting it fire early once: a timer already due at or before the deadline stays where
-    /// it is, and when it fires on an entry whose deadline has moved on, `advance` files it
-    /// again at the deadline. An entry still ends at its deadline, and not before.
-    fn refresh_timer(&mut self, slot: u32, deadline: u64) {
-        match self.timers.deadline(slot) {
-            Some(due) if due <= deadline => {}
-            _ => self.timers.schedule(slot, deadline),
-        }
     }
 
     fn set_timeout(&mut self, slot: u32, now_ns: u64, timeout_s: u32) {

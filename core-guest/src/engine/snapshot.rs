@@ -185,7 +185,7 @@ impl Tracker {
 
     /// Checks what keeps every entry moving towards its delivered DESTROY, so that no accepted
     /// snapshot can strand one, send one twice or keep an entry for ever: a live entry is
-    /// confirmed and has a timer on the wheel, due no later than its deadline; a destroying (or dropped) entry has exactly
+    /// confirmed and has its timeout on the wheel; a destroying (or dropped) entry has exactly
     /// one DESTROY queued or in flight and no timer; a dying one has no DESTROY out and a retry
     /// coming (its grace timer, or the retry worker), unless the clock is too near its end for
     /// any retry to be scheduled; a free slot has neither.
@@ -213,17 +213,11 @@ impl Tracker {
         let worker_coming = !self.ecache.worker.idle();
         let grace = self.config.retry_policy == RetryPolicy::Grace;
         for (slot, e) in slab.iter().enumerate() {
-            let due = self.timers.deadline(slot as u32);
-            let timer = due.is_some();
+            let timer = self.timers.deadline(slot as u32).is_some();
             let out = destroys_out[slot];
             let consistent = match e.life {
                 Life::Free => !timer && out == 0,
-                // A live entry's timer may be due before its deadline, never after it.
-                Life::Live => {
-                    due.is_some_and(|due| due <= e.deadline_ns)
-                        && out == 0
-                        && e.status.contains(Status::CONFIRMED)
-                }
+                Life::Live => timer && out == 0 && e.status.contains(Status::CONFIRMED),
                 Life::Destroying | Life::Dropped => !timer && out == 1,
                 Life::Dying => {
                     let retry_coming = if grace { timer } else { worker_coming };
