@@ -5,6 +5,9 @@
 //! `per-connection/quiet`: no event listener, so the calls do the tracking alone.
 //! `per-connection/events`: a listener is present, and after each connection its events (NEW,
 //! the state changes, later the DESTROY) are taken and reported delivered, as a host must.
+//! `per-connection-batched/N`: quiet, the calls of N connections in one `connection_calls`
+//! crossing (N = 1, and 32 as a proxy that gathers its connections' calls); throughput is per
+//! connection.
 //! Simulated time moves 100 µs per connection and TIME_WAIT lasts 1 s, so the table holds a
 //! steady 10 000 entries and each connection's expiry (with its DESTROY) is paid inside the
 //! measurement, as a proxy pays it. Run with `cargo bench --bench connections`; the README
@@ -13,8 +16,8 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use ctwasm_core::Delivery;
 use ctwasm_core::tuple::{Addr, Direction, Family, L4Tuple, Tuple, ipproto};
+use ctwasm_core::{ConnCall, ConnRef, Delivery};
 use ctwasm_host::backend::{Backend, BackendKind, TrackerSettings, open_backend};
 
 const S: u64 = 1_000_000_000;
@@ -94,6 +97,53 @@ fn per_connection(c: &mut Criterion) {
     group.finish();
 }
 
+/// The same connections through `connection_calls`, `per_call` connections in one crossing:
+/// open, a transfer each way and close, the later calls naming the open by its index.
+fn batched(c: &mut Criterion) {
+    let mut group = c.benchmark_group("per-connection-batched");
+    for per_call in [1u64, 32] {
+        group.throughput(Throughput::Elements(per_call));
+        for kind in [BackendKind::Native, BackendKind::Component] {
+            let mut b = backend(kind, false);
+            let (mut n, mut now) = (0u64, S);
+            let mut calls = Vec::new();
+            let mut results = Vec::new();
+            let name = format!("{kind:?}").to_lowercase();
+            group.bench_function(BenchmarkId::new(name, per_call), |bench| {
+                bench.iter(|| {
+                    calls.clear();
+                    for _ in 0..per_call {
+                        now += STEP_NS;
+                        n += 1;
+                        let opened = ConnRef::Opened(calls.len() as u32);
+                        calls.push(ConnCall::Open {
+                            zone: 0,
+                            tuple: client_tuple(n),
+                        });
+                        for (dir, bytes) in
+                            [(Direction::Original, 1_000), (Direction::Reply, 16_000)]
+                        {
+                            calls.push(ConnCall::Transfer {
+                                conn: opened,
+                                dir,
+                                bytes,
+                            });
+                        }
+                        calls.push(ConnCall::Close {
+                            conn: opened,
+                            reset: false,
+                        });
+                    }
+                    results.clear();
+                    b.connection_calls(now, &calls, &mut results).unwrap();
+                    black_box(&results);
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 /// One `transfer` of 1 KiB to 10 GiB on an established connection: flat if it is O(1).
 fn transfer_size(c: &mut Criterion) {
     let mut group = c.benchmark_group("transfer-size");
@@ -117,6 +167,6 @@ fn transfer_size(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3)).warm_up_time(std::time::Duration::from_secs(1));
-    targets = per_connection, transfer_size
+    targets = per_connection, batched, transfer_size
 }
 criterion_main!(benches);

@@ -10,8 +10,8 @@ use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, Ipv6Addr};
 
 use crate::config::{Config, ConfigError, RetryPolicy};
-use crate::engine::ConnError;
 use crate::engine::expect::{ExpectError, ExpectMask};
+use crate::engine::{ConnCall, ConnError, ConnHandle, ConnRef};
 use crate::engine::{Delivery, EntryView, Tracker as Engine};
 use crate::snapshot::SnapshotError;
 use crate::tuple::{Addr, Direction, Family, L4Tuple, Tuple};
@@ -313,6 +313,63 @@ impl wit_proxy::Guest for Component {
 
     fn start(tracker: wit_tracker::TrackerBorrow<'_>, id: u32) -> Option<u64> {
         engine(&tracker).connection_start(id)
+    }
+
+    fn calls(
+        tracker: wit_tracker::TrackerBorrow<'_>,
+        now: u64,
+        calls: Vec<wit_proxy::ConnCall>,
+    ) -> Vec<Result<wit_proxy::ConnHandle, ErrorCode>> {
+        use wit_proxy::{ConnCall as Call, ConnRef as Ref};
+        let conn = |r: Ref| match r {
+            Ref::Live(h) => ConnRef::Live(ConnHandle {
+                id: h.id,
+                start_ns: h.start,
+            }),
+            Ref::Opened(i) => ConnRef::Opened(i),
+        };
+        let batch: Vec<ConnCall> = calls
+            .iter()
+            .map(|call| match call {
+                Call::Open(o) => match tuple_from_wit(&o.t) {
+                    Ok(tuple) => ConnCall::Open {
+                        zone: o.zone,
+                        tuple,
+                    },
+                    Err(_) => ConnCall::Unreadable(ConnError::BadTuple),
+                },
+                Call::Transfer(t) => ConnCall::Transfer {
+                    conn: conn(t.conn),
+                    dir: match t.dir {
+                        wit::Direction::Original => Direction::Original,
+                        wit::Direction::Reply => Direction::Reply,
+                    },
+                    bytes: t.bytes,
+                },
+                Call::Close(c) => ConnCall::Close {
+                    conn: conn(c.conn),
+                    reset: c.reset,
+                },
+            })
+            .collect();
+        // Each call counts for the fault injector, as the single calls do.
+        let resource = tracker.get::<TrackerResource>();
+        for call in &batch {
+            resource.commit_call_fault(match call {
+                ConnCall::Open { zone, .. } => Some(*zone),
+                _ => None,
+            });
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        engine(&tracker).connection_calls(now, &batch, &mut results);
+        let handle = |h: ConnHandle| wit_proxy::ConnHandle {
+            id: h.id,
+            start: h.start_ns,
+        };
+        results
+            .into_iter()
+            .map(|r| r.map(handle).map_err(conn_error))
+            .collect()
     }
 }
 

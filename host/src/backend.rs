@@ -14,8 +14,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use ctwasm_core::engine::expect::FLAG_PERMANENT;
 use ctwasm_core::netlink::Counters;
 use ctwasm_core::{
-    Addr, Config, Delivery, Direction, EntryView, ExpectError, ExpectMask, ExpectStats, Family,
-    L4Tuple, RetryPolicy, Stats, Status, TcpState, Tracker, Tuple, Verdict,
+    Addr, Config, ConnCall, ConnHandle, ConnRef, Delivery, Direction, EntryView, ExpectError,
+    ExpectMask, ExpectStats, Family, L4Tuple, RetryPolicy, Stats, Status, TcpState, Tracker, Tuple,
+    Verdict,
 };
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
@@ -112,6 +113,14 @@ pub trait Backend: Send {
     /// When the live connection `id` started (its entry's start), `None` if no live entry has
     /// this id: with the id, it names one connection even after the id is drawn again.
     fn connection_start(&mut self, id: u32) -> Result<Option<u64>>;
+    /// Runs `calls` in order at `now_ns` (see [`ctwasm_core::Tracker::connection_calls`]),
+    /// appending each one's outcome to `results`: an open's id, 0 for the others.
+    fn connection_calls(
+        &mut self,
+        now_ns: u64,
+        calls: &[ConnCall],
+        results: &mut Vec<std::result::Result<ConnHandle, ConnError>>,
+    ) -> Result<()>;
     /// Announces a connection `tuple` RELATED to the live entry `master_id`, for `timeout_s`
     /// seconds; `permanent` keeps the expectation after a connection matched it. Returns the
     /// expectation's id.
@@ -375,6 +384,15 @@ impl Backend for NativeBackend {
     }
     fn connection_start(&mut self, id: u32) -> Result<Option<u64>> {
         Ok(self.tracker.connection_start(id))
+    }
+    fn connection_calls(
+        &mut self,
+        now_ns: u64,
+        calls: &[ConnCall],
+        results: &mut Vec<std::result::Result<ConnHandle, ConnError>>,
+    ) -> Result<()> {
+        self.tracker.connection_calls(now_ns, calls, results);
+        Ok(())
     }
     fn expect(
         &mut self,
@@ -971,6 +989,81 @@ impl Backend for ComponentBackend {
     fn connection_start(&mut self, id: u32) -> Result<Option<u64>> {
         call!(ctwasm_core_proxy: self.call_start(id))
     }
+    fn connection_calls(
+        &mut self,
+        now_ns: u64,
+        calls: &[ConnCall],
+        results: &mut Vec<std::result::Result<ConnHandle, ConnError>>,
+    ) -> Result<()> {
+        use exports::ctwasm::core::proxy as p;
+        let conn = |r: ConnRef| match r {
+            ConnRef::Live(h) => p::ConnRef::Live(p::ConnHandle {
+                id: h.id,
+                start: h.start_ns,
+            }),
+            ConnRef::Opened(i) => p::ConnRef::Opened(i),
+        };
+        // A call that needs no crossing fails on this side; the guest sees a transfer on id 0,
+        // which no connection has, so indices and outcomes stay aligned.
+        let nobody = p::ConnRef::Live(p::ConnHandle { id: 0, start: 0 });
+        let mut unreadable = Vec::new();
+        let wit_calls: Vec<p::ConnCall> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, call)| match *call {
+                ConnCall::Open { zone, tuple } => p::ConnCall::Open(p::OpenCall {
+                    zone,
+                    t: tuple_to_wit(&tuple),
+                }),
+                ConnCall::Transfer {
+                    conn: c,
+                    dir,
+                    bytes,
+                } => p::ConnCall::Transfer(p::TransferCall {
+                    conn: conn(c),
+                    dir: match dir {
+                        Direction::Original => wit::Direction::Original,
+                        Direction::Reply => wit::Direction::Reply,
+                    },
+                    bytes,
+                }),
+                ConnCall::Close { conn: c, reset } => p::ConnCall::Close(p::CloseCall {
+                    conn: conn(c),
+                    reset,
+                }),
+                ConnCall::Unreadable(e) => {
+                    unreadable.push((i, e));
+                    p::ConnCall::Transfer(p::TransferCall {
+                        conn: nobody,
+                        dir: wit::Direction::Original,
+                        bytes: 0,
+                    })
+                }
+            })
+            .collect();
+        let outcomes = call!(ctwasm_core_proxy: self.call_calls(now_ns, &wit_calls))?;
+        if outcomes.len() != calls.len() {
+            return Err(anyhow::Error::new(ComponentFault::OffContract(format!(
+                "the component's `calls` returned {} outcomes for {} calls",
+                outcomes.len(),
+                calls.len()
+            ))));
+        }
+        let first = results.len();
+        for outcome in outcomes {
+            results.push(match outcome {
+                Ok(h) => Ok(ConnHandle {
+                    id: h.id,
+                    start_ns: h.start,
+                }),
+                Err(e) => Err(conn_error("calls", e)?),
+            });
+        }
+        for (i, e) in unreadable {
+            results[first + i] = Err(e);
+        }
+        Ok(())
+    }
     fn expect(
         &mut self,
         now_ns: u64,
@@ -1553,6 +1646,124 @@ mod boundary_tests {
             }
         }
         assert_eq!(b.expect_stats().unwrap().expectations, 0);
+    }
+
+    /// In a batch, a malformed tuple fails its own call and nothing else: the calls after it
+    /// keep their indices (an `opened` reference past it still finds its open).
+    #[test]
+    fn a_malformed_tuple_fails_its_call_alone_in_a_batch() {
+        use exports::ctwasm::core::proxy as p;
+        let mut b = component();
+        let good = tuple_to_wit(&v4_tuple([10, 0, 0, 1], [10, 0, 0, 2], 6, 1, 2));
+        let open = |t| p::ConnCall::Open(p::OpenCall { zone: 0, t });
+        let calls = [
+            open(MIXED[0]),
+            open(good),
+            open(MIXED[1]),
+            p::ConnCall::Transfer(p::TransferCall {
+                conn: p::ConnRef::Opened(1),
+                dir: wit::Direction::Reply,
+                bytes: 10,
+            }),
+            p::ConnCall::Close(p::CloseCall {
+                conn: p::ConnRef::Opened(0),
+                reset: false,
+            }),
+        ];
+        let answers = call!(ctwasm_core_proxy: b.call_calls(10, &calls)).unwrap();
+        let codes: Vec<_> = answers.iter().map(|a| a.map(drop)).collect();
+        use ErrorCode::{BadTuple, UnknownId};
+        assert_eq!(
+            codes,
+            [Err(BadTuple), Ok(()), Err(BadTuple), Ok(()), Err(UnknownId)]
+        );
+        let id = |a: &Result<p::ConnHandle, ErrorCode>| a.as_ref().map(|h| (h.id, h.start)).ok();
+        assert_eq!(
+            id(&answers[1]),
+            id(&answers[3]),
+            "the transfer acted on the one opened"
+        );
+        let entries = b.dump().unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            entries[0].counters_reply.bytes,
+            40 + 50,
+            "SYN-ACK, then 10 bytes"
+        );
+    }
+
+    /// The same batch, hostile references included, gives the same outcomes and leaves the
+    /// same table in the component as in the native engine.
+    #[test]
+    fn a_batch_answers_alike_on_both_backends() {
+        let t = |n| v4_tuple([10, 0, 0, n], [10, 0, 1, 1], 6, 40_000 + u16::from(n), 443);
+        let stale = ConnHandle { id: 7, start_ns: 1 };
+        let calls = [
+            ConnCall::Open {
+                zone: 3,
+                tuple: t(1),
+            },
+            ConnCall::Open {
+                zone: 3,
+                tuple: t(2),
+            },
+            ConnCall::Transfer {
+                conn: ConnRef::Opened(0),
+                dir: Direction::Original,
+                bytes: 1 << 40,
+            },
+            ConnCall::Transfer {
+                conn: ConnRef::Opened(9),
+                dir: Direction::Original,
+                bytes: 1,
+            },
+            ConnCall::Close {
+                conn: ConnRef::Opened(2),
+                reset: false,
+            },
+            ConnCall::Close {
+                conn: ConnRef::Live(stale),
+                reset: false,
+            },
+            ConnCall::Unreadable(ConnError::BadTuple),
+            ConnCall::Close {
+                conn: ConnRef::Opened(1),
+                reset: true,
+            },
+        ];
+        let mut answers = Vec::new();
+        for kind in [BackendKind::Native, BackendKind::Component] {
+            let mut b = open_backend(kind, &TrackerSettings::default(), None).unwrap();
+            let mut results = Vec::new();
+            b.connection_calls(1_000, &calls, &mut results).unwrap();
+            // A second batch names the first's connections by handle.
+            let live = results[0].unwrap();
+            let close = [ConnCall::Close {
+                conn: ConnRef::Live(live),
+                reset: false,
+            }];
+            b.connection_calls(2_000, &close, &mut results).unwrap();
+            answers.push((results, b.dump().unwrap(), b.stats().unwrap()));
+        }
+        let (native, component) = (&answers[0], &answers[1]);
+        assert_eq!(native, component);
+        use ConnError::{BadTuple, UnknownId};
+        let outcomes: Vec<_> = native.0.iter().map(|r| r.map(drop)).collect();
+        assert_eq!(
+            outcomes,
+            [
+                Ok(()),
+                Ok(()),
+                Ok(()),
+                Err(UnknownId),
+                Err(UnknownId),
+                Err(UnknownId),
+                Err(BadTuple),
+                Ok(()),
+                Ok(())
+            ]
+        );
+        assert_eq!(native.1.len(), 2, "both entries, closed");
     }
 
     /// Ids and tuples that name nothing get `unknown-id`, `unknown-master` and `not-found`.

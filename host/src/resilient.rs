@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ctwasm_core::{
-    ConnError, Delivery, Direction, EntryView, ExpectError, ExpectMask, ExpectStats, Stats, Tuple,
+    ConnCall, ConnError, ConnHandle, Delivery, Direction, EntryView, ExpectError, ExpectMask,
+    ExpectStats, Stats, Tuple,
 };
 use wasmtime::component::Component;
 
@@ -46,6 +47,7 @@ enum Call {
     Open(u64, u16, Tuple),
     Transfer(u64, u32, Direction, u64),
     Close(u64, u32, bool),
+    Calls(u64, Vec<ConnCall>),
     Expect(u64, u32, Tuple, ExpectMask, u32, bool),
     Unexpect(u64, u32),
 }
@@ -275,6 +277,7 @@ fn replay(b: &mut ComponentBackend, call: &Call, scratch: &mut Vec<u8>) -> Resul
         Call::Open(now, zone, tuple) => b.open(*now, *zone, tuple).map(drop),
         Call::Transfer(now, id, dir, bytes) => b.transfer(*now, *id, *dir, *bytes).map(drop),
         Call::Close(now, id, reset) => b.close(*now, *id, *reset).map(drop),
+        Call::Calls(now, calls) => b.connection_calls(*now, calls, &mut Vec::new()),
         Call::Expect(now, master, tuple, mask, timeout, permanent) => b
             .expect(*now, *master, tuple, *mask, *timeout, *permanent)
             .map(drop),
@@ -366,6 +369,20 @@ impl Backend for ResilientBackend {
     }
     fn connection_start(&mut self, id: u32) -> Result<Option<u64>> {
         self.run(None, |b| b.connection_start(id))
+    }
+    fn connection_calls(
+        &mut self,
+        now_ns: u64,
+        calls: &[ConnCall],
+        results: &mut Vec<std::result::Result<ConnHandle, ConnError>>,
+    ) -> Result<()> {
+        let first = results.len();
+        let call = Call::Calls(now_ns, calls.to_vec());
+        self.run(Some(call), |b| {
+            // A failed attempt may have appended nothing or part; the retry starts afresh.
+            results.truncate(first);
+            b.connection_calls(now_ns, calls, results)
+        })
     }
     fn expect(
         &mut self,

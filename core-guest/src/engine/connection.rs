@@ -30,6 +30,43 @@ pub enum ConnError {
     BadTuple,
 }
 
+/// One connection-level call of a batch ([`Tracker::connection_calls`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnCall {
+    Open {
+        zone: u16,
+        tuple: Tuple,
+    },
+    Transfer {
+        conn: ConnRef,
+        dir: Direction,
+        bytes: u64,
+    },
+    Close {
+        conn: ConnRef,
+        reset: bool,
+    },
+    /// A call the caller could not read (a tuple of two address families, say): it fails with
+    /// this error and keeps its place, so the indices of the calls after it still hold.
+    Unreadable(ConnError),
+}
+
+/// A connection named in a batch: a live one by its handle, or as the one the batch's open at
+/// this index opened (so a batch can open a connection and carry its data at once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnRef {
+    Live(ConnHandle),
+    Opened(u32),
+}
+
+/// One connection: its id and when it started. Ids are drawn again once an entry is gone; the
+/// pair names one connection, never a later one that drew the same id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnHandle {
+    pub id: u32,
+    pub start_ns: u64,
+}
+
 /// The window every synthetic segment advertises (no scaling is negotiated).
 const WINDOW: u16 = 65_535;
 /// Data per synthetic segment: what an IPv4 total length can describe, rounded down.
@@ -113,6 +150,50 @@ impl Tracker {
         self.segment(now_ns, &conn, reply, flag::FIN | flag::ACK, 0);
         self.segment(now_ns, &conn, original, flag::ACK, 0);
         Ok(())
+    }
+
+    /// Runs `calls` in order at `now_ns`, appending each one's outcome to `results`: the
+    /// connection it opened or acted on. This is what a proxy that gathers its connections'
+    /// calls pays one boundary crossing for; each call does what the single call does, and a
+    /// handle of a connection that is no longer the live one with its id is refused
+    /// ([`ConnError::UnknownId`]), as is a [`ConnRef::Opened`] that names no open before it
+    /// that succeeded.
+    pub fn connection_calls(
+        &mut self,
+        now_ns: u64,
+        calls: &[ConnCall],
+        results: &mut Vec<Result<ConnHandle, ConnError>>,
+    ) {
+        let first = results.len();
+        for (index, call) in calls.iter().enumerate() {
+            let done = &results[first..];
+            let resolve = |tracker: &Tracker, conn: ConnRef| match conn {
+                ConnRef::Live(h) if tracker.connection_start(h.id) == Some(h.start_ns) => Ok(h),
+                ConnRef::Opened(i) if (i as usize) < index => {
+                    match (calls[i as usize], done[i as usize]) {
+                        (ConnCall::Open { .. }, Ok(h)) => Ok(h),
+                        _ => Err(ConnError::UnknownId),
+                    }
+                }
+                _ => Err(ConnError::UnknownId),
+            };
+            let outcome = match *call {
+                ConnCall::Open { zone, tuple } => self.open(now_ns, zone, &tuple).map(|id| {
+                    let start_ns = self.connection_start(id).unwrap_or(now_ns);
+                    ConnHandle { id, start_ns }
+                }),
+                ConnCall::Transfer { conn, dir, bytes } => resolve(self, conn).and_then(|h| {
+                    self.transfer(now_ns, h.id, dir, bytes)?;
+                    Ok(h)
+                }),
+                ConnCall::Close { conn, reset } => resolve(self, conn).and_then(|h| {
+                    self.close(now_ns, h.id, reset)?;
+                    Ok(h)
+                }),
+                ConnCall::Unreadable(e) => Err(e),
+            };
+            results.push(outcome);
+        }
     }
 
     /// When the live connection `id` started: its entry's creation instant, `None` if no live
@@ -724,5 +805,159 @@ mod tests {
                 assert!(t.repeat_exchange(&before, 5), "{orig:?} {dir:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_batch_does_what_its_calls_do_one_by_one() {
+        let (mut batched, mut single) = (tracker(), tracker());
+        let now = 5_000_000_000;
+        let (a, b) = (conn_tuple(0), conn_tuple(4));
+        let calls = [
+            ConnCall::Open { zone: 2, tuple: a },
+            ConnCall::Open { zone: 2, tuple: b },
+            ConnCall::Transfer {
+                conn: ConnRef::Opened(0),
+                dir: Direction::Original,
+                bytes: 700,
+            },
+            ConnCall::Transfer {
+                conn: ConnRef::Opened(0),
+                dir: Direction::Reply,
+                bytes: 9 << 20,
+            },
+            ConnCall::Transfer {
+                conn: ConnRef::Opened(1),
+                dir: Direction::Reply,
+                bytes: 1,
+            },
+            ConnCall::Close {
+                conn: ConnRef::Opened(0),
+                reset: false,
+            },
+            ConnCall::Close {
+                conn: ConnRef::Opened(1),
+                reset: true,
+            },
+        ];
+        let mut results = vec![Err(ConnError::TableFull)];
+        batched.connection_calls(now, &calls, &mut results);
+        let (ida, idb) = (
+            single.open(now, 2, &a).unwrap(),
+            single.open(now, 2, &b).unwrap(),
+        );
+        single.transfer(now, ida, Direction::Original, 700).unwrap();
+        single
+            .transfer(now, ida, Direction::Reply, 9 << 20)
+            .unwrap();
+        single.transfer(now, idb, Direction::Reply, 1).unwrap();
+        single.close(now, ida, false).unwrap();
+        single.close(now, idb, true).unwrap();
+        let (ha, hb) = (
+            ConnHandle {
+                id: ida,
+                start_ns: now,
+            },
+            ConnHandle {
+                id: idb,
+                start_ns: now,
+            },
+        );
+        assert_eq!(
+            results,
+            [
+                Err(ConnError::TableFull),
+                Ok(ha),
+                Ok(hb),
+                Ok(ha),
+                Ok(ha),
+                Ok(hb),
+                Ok(ha),
+                Ok(hb)
+            ],
+            "earlier results are kept"
+        );
+        assert!(batched.snapshot() == single.snapshot());
+    }
+
+    #[test]
+    fn a_batch_that_names_no_connection_of_its_own_gets_unknown_id_and_goes_on() {
+        let mut t = tracker();
+        let fresh = tracker();
+        let tuple = conn_tuple(0);
+        let refused = Tuple { proto: 47, ..tuple };
+        let stale = ConnHandle {
+            id: 12345,
+            start_ns: 0,
+        };
+        let calls = [
+            // Names itself, a later call, a transfer, a refused open, an index past the end,
+            // a connection that does not exist.
+            ConnCall::Transfer {
+                conn: ConnRef::Opened(0),
+                dir: Direction::Original,
+                bytes: 1,
+            },
+            ConnCall::Close {
+                conn: ConnRef::Opened(5),
+                reset: true,
+            },
+            ConnCall::Open {
+                zone: 0,
+                tuple: refused,
+            },
+            ConnCall::Close {
+                conn: ConnRef::Opened(2),
+                reset: false,
+            },
+            ConnCall::Transfer {
+                conn: ConnRef::Opened(0),
+                dir: Direction::Reply,
+                bytes: 1,
+            },
+            ConnCall::Close {
+                conn: ConnRef::Opened(u32::MAX),
+                reset: false,
+            },
+            ConnCall::Close {
+                conn: ConnRef::Live(stale),
+                reset: false,
+            },
+            ConnCall::Unreadable(ConnError::BadTuple),
+        ];
+        let mut results = Vec::new();
+        t.connection_calls(1, &calls, &mut results);
+        use ConnError::*;
+        assert_eq!(
+            results,
+            [
+                Err(UnknownId),
+                Err(UnknownId),
+                Err(BadTuple),
+                Err(UnknownId),
+                Err(UnknownId),
+                Err(UnknownId),
+                Err(UnknownId),
+                Err(BadTuple)
+            ]
+        );
+        assert!(
+            t.snapshot() == fresh.snapshot(),
+            "refused calls change nothing"
+        );
+        // An open after them works; a handle of the same id but another start does not.
+        let mut results = Vec::new();
+        t.connection_calls(2, &[ConnCall::Open { zone: 0, tuple }], &mut results);
+        let Ok(h) = results[0] else {
+            panic!("{results:?}")
+        };
+        assert_eq!(h.start_ns, 2);
+        let other = ConnHandle { start_ns: 1, ..h };
+        let mut results = Vec::new();
+        let close = |conn| ConnCall::Close {
+            conn: ConnRef::Live(conn),
+            reset: false,
+        };
+        t.connection_calls(3, &[close(other), close(h)], &mut results);
+        assert_eq!(results, [Err(UnknownId), Ok(h)]);
     }
 }
