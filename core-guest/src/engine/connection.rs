@@ -75,29 +75,29 @@ pub(crate) const SEGMENT_BYTES: u64 = 65_000;
 impl Tracker {
     /// Opens a connection: the handshake (TCP) or first packet (other protocols) in `zone`.
     pub fn open(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<u32, ConnError> {
-        let reply = tuple.invert().ok_or(ConnError::BadTuple)?;
+        tuple.invert().ok_or(ConnError::BadTuple)?;
         check_tuple(tuple)?;
-        let verdict = match tuple.proto {
-            ipproto::TCP => {
-                let v = self.feed(now_ns, zone, tuple, Synthetic::tcp(1, 0, flag::SYN, 0));
-                if v == Verdict::New {
-                    let synack = Synthetic::tcp(1, 2, flag::SYN | flag::ACK, 0);
-                    self.feed(now_ns, zone, &reply, synack);
-                    self.feed(now_ns, zone, tuple, Synthetic::tcp(2, 2, flag::ACK, 0));
-                }
-                v
-            }
-            _ => self.feed(now_ns, zone, tuple, Synthetic::data(0)),
+        let first = match tuple.proto {
+            ipproto::TCP => Synthetic::tcp(1, 0, flag::SYN, 0),
+            _ => Synthetic::data(0),
         };
+        let verdict = self.feed(now_ns, zone, tuple, first);
         match verdict {
-            Verdict::Drop => Err(ConnError::TableFull),
-            Verdict::Invalid | Verdict::Untracked => Err(ConnError::BadTuple),
-            _ => self
-                .table
-                .find(zone, tuple)
-                .map(|(slot, _)| self.table.entry(slot).id)
-                .ok_or(ConnError::BadTuple),
+            Verdict::Drop => return Err(ConnError::TableFull),
+            Verdict::Invalid | Verdict::Untracked => return Err(ConnError::BadTuple),
+            _ => {}
         }
+        let (slot, _) = self.table.find(zone, tuple).ok_or(ConnError::BadTuple)?;
+        let id = self.table.entry(slot).id;
+        if tuple.proto == ipproto::TCP && verdict == Verdict::New {
+            // The rest of the handshake goes to the new entry directly.
+            let conn = self.conn_at(slot);
+            let synack = Synthetic::tcp(1, 2, flag::SYN | flag::ACK, 0);
+            self.feed_conn(now_ns, &conn, Direction::Reply, synack);
+            let ack = Synthetic::tcp(2, 2, flag::ACK, 0);
+            self.feed_conn(now_ns, &conn, Direction::Original, ack);
+        }
+        Ok(id)
     }
 
     /// `bytes` of data carried in direction `dir` of connection `id`: one segment per
@@ -209,15 +209,20 @@ impl Tracker {
 
     fn live_conn(&self, id: u32) -> Result<Conn, ConnError> {
         let slot = self.table.slot_of(id).ok_or(ConnError::UnknownId)?;
-        match self.table.entry(slot) {
-            e if e.life == Life::Live => Ok(Conn {
-                slot,
-                generation: e.generation,
-                zone: e.zone,
-                orig: e.orig,
-                reply: e.reply(),
-            }),
+        match self.table.entry(slot).life {
+            Life::Live => Ok(self.conn_at(slot)),
             _ => Err(ConnError::UnknownId),
+        }
+    }
+
+    fn conn_at(&self, slot: u32) -> Conn {
+        let e = self.table.entry(slot);
+        Conn {
+            slot,
+            generation: e.generation,
+            zone: e.zone,
+            orig: e.orig,
+            reply: e.reply(),
         }
     }
 
