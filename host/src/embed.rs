@@ -469,6 +469,34 @@ impl Connection {
     }
 }
 
+/// One call of [`Tracker::calls`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// [`Tracker::open`].
+    Open { zone: u16, tuple: Tuple },
+    /// [`Tracker::transfer`].
+    Transfer {
+        conn: ConnectionRef,
+        dir: Direction,
+        bytes: u64,
+    },
+    /// [`Tracker::close`].
+    Close { conn: ConnectionRef, reset: bool },
+}
+
+/// A connection named by a [`Call`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionRef {
+    /// One the tracker follows.
+    Live(Connection),
+    /// The one opened by the [`Call::Open`] at this index of the same [`Tracker::calls`].
+    Opened(usize),
+}
+
+/// How many calls of [`Tracker::calls`] cross into the component at once: enough that the
+/// crossing is paid for, few enough that the lists stay small in the guest's memory.
+pub const CALLS_PER_CROSSING: usize = 1024;
+
 /// An expectation announced with [`Tracker::expect`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Expectation(u32);
@@ -882,6 +910,91 @@ impl Tracker {
         self.check(conn, Refusal::UnknownConnection)?;
         self.call(|b| b.close(now, conn.id, reset))?
             .map_err(conn_refusal)
+    }
+
+    /// Runs several connection calls at `now`, in order, crossing into the component once per
+    /// [`CALLS_PER_CROSSING`] calls: what a proxy that gathers its connections' calls pays.
+    /// Each call does what [`Tracker::open`], [`Tracker::transfer`] or [`Tracker::close`]
+    /// does; its outcome is the connection it opened or acted on, or why it was refused (a
+    /// [`ConnectionRef::Opened`] that names no open before it that succeeded is
+    /// [`Refusal::UnknownConnection`]).
+    ///
+    /// ```
+    /// use ctwasm_host::{Call, ConnectionRef, Direction, Tracker, port_tuple};
+    ///
+    /// let mut tracker = Tracker::builder().build()?;
+    /// let tuple = port_tuple(6, "10.0.0.1:40000".parse()?, "10.0.0.2:443".parse()?)?;
+    /// let opened = ConnectionRef::Opened(0);
+    /// let outcomes = tracker.calls(1_000, &[
+    ///     Call::Open { zone: 0, tuple },
+    ///     Call::Transfer { conn: opened, dir: Direction::Original, bytes: 1_500 },
+    ///     Call::Transfer { conn: opened, dir: Direction::Reply, bytes: 64_000 },
+    /// ])?;
+    /// let conn = outcomes[0]?;
+    /// assert!(outcomes.iter().all(|o| *o == Ok(conn)));
+    /// // Later, by its handle.
+    /// tracker.calls(2_000, &[Call::Close { conn: ConnectionRef::Live(conn), reset: false }])?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn calls(
+        &mut self,
+        now: u64,
+        calls: &[Call],
+    ) -> Result<Vec<Result<Connection, Refusal>>, Error> {
+        use ctwasm_core::{ConnCall, ConnError, ConnHandle, ConnRef};
+        let mut outcomes: Vec<Result<ConnHandle, ConnError>> = Vec::with_capacity(calls.len());
+        let mut chunk = Vec::with_capacity(calls.len().min(CALLS_PER_CROSSING));
+        for (start, part) in (0..)
+            .step_by(CALLS_PER_CROSSING)
+            .zip(calls.chunks(CALLS_PER_CROSSING))
+        {
+            chunk.clear();
+            for call in part {
+                // An open in an earlier crossing is named by what it returned.
+                let conn = |r: ConnectionRef| match r {
+                    ConnectionRef::Live(c) => Ok(ConnRef::Live(ConnHandle {
+                        id: c.id,
+                        start_ns: c.start_ns,
+                    })),
+                    ConnectionRef::Opened(i) if i >= start => u32::try_from(i - start)
+                        .map(ConnRef::Opened)
+                        .map_err(|_| ConnError::UnknownId),
+                    ConnectionRef::Opened(i) => match (calls[i], outcomes[i]) {
+                        (Call::Open { .. }, Ok(h)) => Ok(ConnRef::Live(h)),
+                        _ => Err(ConnError::UnknownId),
+                    },
+                };
+                chunk.push(match *call {
+                    Call::Open { zone, tuple } => ConnCall::Open { zone, tuple },
+                    Call::Transfer {
+                        conn: c,
+                        dir,
+                        bytes,
+                    } => match conn(c) {
+                        Ok(conn) => ConnCall::Transfer { conn, dir, bytes },
+                        Err(e) => ConnCall::Unreadable(e),
+                    },
+                    Call::Close { conn: c, reset } => match conn(c) {
+                        Ok(conn) => ConnCall::Close { conn, reset },
+                        Err(e) => ConnCall::Unreadable(e),
+                    },
+                });
+            }
+            self.call(|b| b.connection_calls(now, &chunk, &mut outcomes))?;
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| {
+                o.map(|h| Connection {
+                    id: h.id,
+                    start_ns: h.start_ns,
+                })
+                .map_err(|e| match conn_refusal(e) {
+                    Error::Refused(r) => r,
+                    _ => Refusal::UnknownConnection,
+                })
+            })
+            .collect())
     }
 
     /// Announces a connection `tuple` RELATED to `master`, for `timeout_s` seconds, as a

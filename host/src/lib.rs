@@ -55,7 +55,8 @@ pub mod stress;
 pub mod testing;
 
 pub use embed::{
-    BackendKind, Batch, ConfigError, Connection, Delivery, Direction, EVENT_CHUNK, EntryView,
-    Error, Event, EventBits, ExpectMask, ExpectStats, Expectation, Fault, GuestFault, Listeners,
-    Refusal, RetryPolicy, Stats, Tracker, TrackerBuilder, Tuple, Verdict, port_tuple,
+    BackendKind, Batch, CALLS_PER_CROSSING, Call, ConfigError, Connection, ConnectionRef, Delivery,
+    Direction, EVENT_CHUNK, EntryView, Error, Event, EventBits, ExpectMask, ExpectStats,
+    Expectation, Fault, GuestFault, Listeners, Refusal, RetryPolicy, Stats, Tracker,
+    TrackerBuilder, Tuple, Verdict, port_tuple,
 };

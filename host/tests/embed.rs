@@ -583,3 +583,91 @@ fn with_checkpoints_a_trapping_guest_is_recovered_without_a_trace() {
     assert_eq!(heard.0.len(), 20);
     assert!(heard.0 == heard.1, "the event streams differ");
 }
+
+// ----- batches of connection calls -----------------------------------------------------------
+
+/// A batch longer than one crossing, whose later calls name opens of earlier crossings, does
+/// what the single calls do, on both backends; references that name no open of the batch,
+/// and handles of ended connections, are refused one by one.
+#[test]
+fn a_batch_of_connection_calls_spans_crossings_and_refuses_what_it_cannot_name() {
+    use ctwasm_host::{CALLS_PER_CROSSING, Call, ConnectionRef};
+    let n = CALLS_PER_CROSSING + 300;
+    let tuple = |i: usize| {
+        socket_tuple(
+            6,
+            &format!("10.1.{}.{}:{}", i / 250, i % 250 + 1, 40_000 + i % 1000),
+            "10.2.0.1:443",
+        )
+    };
+    let mut results = Vec::new();
+    for kind in BOTH {
+        let mut t = tracker(kind);
+        let mut single = tracker(kind);
+        // Opens fill the first crossing and more; each later transfer names an open from the
+        // start of the batch, most of them in an earlier crossing.
+        let mut calls: Vec<Call> = (0..n)
+            .map(|i| Call::Open {
+                zone: 0,
+                tuple: tuple(i),
+            })
+            .collect();
+        for i in 0..300 {
+            calls.push(Call::Transfer {
+                conn: ConnectionRef::Opened(i * 3),
+                dir: Direction::Reply,
+                bytes: 1 << 20,
+            });
+        }
+        let hostile = [
+            ConnectionRef::Opened(usize::MAX),
+            ConnectionRef::Opened(calls.len() + 5),
+            ConnectionRef::Opened(n),
+            ConnectionRef::Opened(u32::MAX as usize + 1),
+        ];
+        for conn in hostile {
+            calls.push(Call::Close { conn, reset: true });
+        }
+        let outcomes = t.calls(1_000, &calls).unwrap();
+        assert_eq!(outcomes.len(), calls.len());
+        for i in 0..n {
+            let c = single.open(1_000, 0, &tuple(i)).unwrap();
+            assert_eq!(outcomes[i], Ok(c), "{kind:?} open {i}");
+        }
+        for i in 0..300 {
+            let c = outcomes[i * 3].unwrap();
+            single
+                .transfer(1_000, c, Direction::Reply, 1 << 20)
+                .unwrap();
+            assert_eq!(outcomes[n + i], Ok(c));
+        }
+        for o in &outcomes[n + 300..] {
+            assert_eq!(*o, Err(Refusal::UnknownConnection), "{kind:?}");
+        }
+        // A handle of a connection that ended is refused; a live one's works.
+        let ended = outcomes[1].unwrap();
+        let later = outcomes[2].unwrap();
+        t.delete(2_000, 0, &tuple(1)).unwrap();
+        let again = t
+            .calls(
+                3_000,
+                &[
+                    Call::Close {
+                        conn: ConnectionRef::Live(ended),
+                        reset: false,
+                    },
+                    Call::Close {
+                        conn: ConnectionRef::Live(later),
+                        reset: false,
+                    },
+                ],
+            )
+            .unwrap();
+        assert_eq!(again, [Err(Refusal::UnknownConnection), Ok(later)]);
+        single.delete(2_000, 0, &tuple(1)).unwrap();
+        single.close(3_000, later, false).unwrap();
+        assert_eq!(t.dump().unwrap(), single.dump().unwrap(), "{kind:?}");
+        results.push(t.dump().unwrap());
+    }
+    assert_eq!(results[0], results[1], "native and component alike");
+}
