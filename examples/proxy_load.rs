@@ -37,7 +37,38 @@ fn echo() -> String {
     addr
 }
 
-/// One round: connections per second, p50 and p99 connection time (µs).
+/// CPU time (user + system, ms) of each thread of process `pid` so far, summed by thread name
+/// (tokio's workers share one), from `/proc/PID/task/*/stat`.
+fn thread_cpu_ms(pid: u32) -> Vec<(String, u64)> {
+    let mut by_name: Vec<(String, u64)> = Vec::new();
+    let tick_ms = 10; // USER_HZ = 100 on Linux
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // "tid (name) state ..." : the name may hold spaces, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // Fields 14 and 15 of the whole line (utime, stime) are 11 and 12 after the name.
+        let ticks: u64 =
+            fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+        match by_name.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, ms)) => *ms += ticks * tick_ms,
+            None => by_name.push((name, ticks * tick_ms)),
+        }
+    }
+    by_name.sort();
+    by_name
+}
+
+/// One round: connections per second, p50 and p99 connection time (µs); the proxy's CPU time
+/// by thread is printed.
 fn round(bin: &str, upstream: &str, tracked: bool, backend: &str) -> (f64, u64, u64) {
     let mut cmd = Command::new(bin);
     cmd.args(["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream])
@@ -90,9 +121,18 @@ fn round(bin: &str, upstream: &str, tracked: bool, backend: &str) -> (f64, u64, 
         .flat_map(|w| w.join().unwrap())
         .collect();
     let elapsed = started.elapsed();
+    let cpu = thread_cpu_ms(proxy.id());
     // The proxy is ours (started above): stop it by its handle.
     let _ = proxy.kill();
     let _ = proxy.wait();
+    println!(
+        "  proxy CPU ms by thread: {}",
+        cpu.iter()
+            .filter(|(_, ms)| *ms > 0)
+            .map(|(n, ms)| format!("{n} {ms}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     times.sort_unstable();
     let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
     (

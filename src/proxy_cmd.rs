@@ -30,7 +30,8 @@ use anyhow::{Context, Result, bail};
 use ctwasm_core::event::TcpState;
 use ctwasm_host::output::{self, Format};
 use ctwasm_host::{
-    BackendKind, Connection, Delivery, Direction, EntryView, Listeners, Tracker, port_tuple,
+    BackendKind, Call, Connection, ConnectionRef, Delivery, Direction, EntryView, Listeners,
+    Tracker, port_tuple,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -149,6 +150,11 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Whether any limit is set.
+    fn any(&self) -> bool {
+        self.per_source.is_some() || self.per_zone.is_some()
+    }
+
     /// Whether a new connection from `src` in `zone` goes over a limit, counting the open
     /// connections of `table` as `nft ct count` does: not dying, not closed (TIME_WAIT, CLOSE).
     pub fn check(&self, table: &[EntryView], zone: u16, src: IpAddr) -> Option<Refusal> {
@@ -233,6 +239,10 @@ impl Clock {
     }
 }
 
+/// How long the tracker's thread lets connection calls gather before it takes them, when no
+/// connection task waits for an answer: it delays event lines by as much, and no connection.
+const GATHER: Duration = Duration::from_micros(500);
+
 /// The thread that owns the tracker: answers opens, applies transfers and closes, fires the
 /// timers, prints the events.
 struct TrackerThread {
@@ -254,6 +264,26 @@ struct TrackerThread {
     counts: Arc<Counts>,
     /// The tracker's connection for each key of a connection being carried.
     carried: HashMap<u64, Connection>,
+    /// Calls gathered since the last flush.
+    batch: Gathered,
+}
+
+/// Connection calls gathered for one [`Tracker::calls`] batch.
+#[derive(Default)]
+struct Gathered {
+    calls: Vec<Call>,
+    /// For each call: the connection key of an open (kept on success) or a close (forgotten),
+    /// and whether it closes.
+    keys: Vec<(Option<u64>, bool)>,
+    /// The index of each open in `calls`, by key, so later calls name it.
+    opened: HashMap<u64, usize>,
+}
+
+impl Gathered {
+    fn push(&mut self, call: Call, key: Option<u64>, closes: bool) {
+        self.calls.push(call);
+        self.keys.push((key, closes));
+    }
 }
 
 impl TrackerThread {
@@ -282,9 +312,15 @@ impl TrackerThread {
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
             }
+            if handled && !self.limits.any() {
+                // No task waits for an answer, so the calls can wait a moment to be gathered:
+                // one wake-up and one crossing for many, instead of one for each.
+                std::thread::sleep(GATHER);
+            }
             while let Ok(r) = requests.try_recv() {
                 self.handle(r);
             }
+            self.flush();
             wait = idle_wait;
             if !handled {
                 let now = self.clock.now();
@@ -443,16 +479,20 @@ impl TrackerThread {
         }
     }
 
+    /// Takes one request. An open that waits for its answer (a limit may refuse it) is
+    /// answered now; everything else joins the batch that [`TrackerThread::flush`] sends.
     fn handle(&mut self, request: Request) {
-        let now = self.clock.now();
         match request {
             Request::Open {
                 key,
                 zone,
                 client,
                 local,
-                reply,
+                reply: Some(reply),
             } => {
+                // The limit counts what the tracker holds, so what came before goes first.
+                self.flush();
+                let now = self.clock.now();
                 let answer = match self.open(now, zone, client, local) {
                     Ok(conn) => {
                         self.carried.insert(key, conn);
@@ -463,21 +503,77 @@ impl TrackerThread {
                 if matches!(answer, Opened::Untracked) {
                     self.counts.untracked.fetch_add(1, Ordering::Relaxed);
                 }
-                if let Some(reply) = reply {
-                    let _ = reply.send(answer);
-                }
+                let _ = reply.send(answer);
             }
+            Request::Open {
+                key,
+                zone,
+                client,
+                local,
+                reply: None,
+            } => match port_tuple(6, client, local) {
+                Ok(tuple) => {
+                    self.batch.opened.insert(key, self.batch.calls.len());
+                    self.batch
+                        .push(Call::Open { zone, tuple }, Some(key), false);
+                }
+                Err(_) => {
+                    self.counts.untracked.fetch_add(1, Ordering::Relaxed);
+                }
+            },
             Request::Transfer { key, dir, bytes } => {
-                if let Some(&conn) = self.carried.get(&key) {
-                    self.with_tracker("transfer", |t| t.transfer(now, conn, dir, bytes));
+                if let Some(conn) = self.named(key) {
+                    self.batch
+                        .push(Call::Transfer { conn, dir, bytes }, None, false);
                 }
             }
             Request::Close { key, reset } => {
-                if let Some(conn) = self.carried.remove(&key) {
-                    self.with_tracker("close", |t| t.close(now, conn, reset));
+                if let Some(conn) = self.named(key) {
+                    self.batch.opened.remove(&key);
+                    self.carried.remove(&key);
+                    self.batch
+                        .push(Call::Close { conn, reset }, Some(key), true);
                 }
             }
         }
+    }
+
+    /// How the batch names connection `key`: by its open in the batch, or by its handle.
+    fn named(&self, key: u64) -> Option<ConnectionRef> {
+        match self.batch.opened.get(&key) {
+            Some(&i) => Some(ConnectionRef::Opened(i)),
+            None => self.carried.get(&key).map(|&c| ConnectionRef::Live(c)),
+        }
+    }
+
+    /// Sends the gathered calls to the tracker in one batch, at one instant, and keeps the
+    /// connections the opens gave.
+    fn flush(&mut self) {
+        if self.batch.calls.is_empty() {
+            return;
+        }
+        let now = self.clock.now();
+        let calls = std::mem::take(&mut self.batch.calls);
+        let outcomes = self.with_tracker("connection calls", |t| t.calls(now, &calls));
+        // In order: a connection opened and closed in this batch is kept, then forgotten.
+        for (i, (key, closes)) in self.batch.keys.drain(..).enumerate() {
+            let outcome = outcomes.as_ref().and_then(|o| o.get(i).copied());
+            match (key, closes, outcome) {
+                (Some(key), false, Some(Ok(conn))) => {
+                    self.carried.insert(key, conn);
+                }
+                (Some(key), true, _) => {
+                    self.carried.remove(&key);
+                }
+                (Some(_), false, _) => {
+                    self.counts.untracked.fetch_add(1, Ordering::Relaxed);
+                }
+                (None, ..) => {}
+            }
+        }
+        self.batch.opened.clear();
+        self.batch.calls = calls;
+        self.batch.calls.clear();
     }
 
     /// Opens the connection in the tracker, or says why not.
@@ -627,12 +723,13 @@ async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> 
     let counts = Arc::new(Counts::default());
     let (requests, receiver) = std_mpsc::channel();
     let (lines, printer) = printer()?;
+    let limits = Limits {
+        per_source: args.limit_per_source,
+        per_zone: args.limit_per_zone,
+    };
     let thread = TrackerThread {
         tracker: Some(tracker),
-        limits: Limits {
-            per_source: args.limit_per_source,
-            per_zone: args.limit_per_zone,
-        },
+        limits,
         format,
         clock: Clock::new(),
         lines,
@@ -644,13 +741,14 @@ async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> 
         published: None,
         counts: Arc::clone(&counts),
         carried: HashMap::new(),
+        batch: Gathered::default(),
     };
     let tracker_thread = std::thread::Builder::new()
         .name("ctwasm-tracker".to_string())
         .spawn(move || thread.run(receiver))?;
     let handle = Handle {
         requests,
-        limited: args.limit_per_source.is_some() || args.limit_per_zone.is_some(),
+        limited: limits.any(),
     };
     let started = Instant::now();
 

@@ -630,9 +630,9 @@ fn a_batch_of_connection_calls_spans_crossings_and_refuses_what_it_cannot_name()
         }
         let outcomes = t.calls(1_000, &calls).unwrap();
         assert_eq!(outcomes.len(), calls.len());
-        for i in 0..n {
+        for (i, outcome) in outcomes[..n].iter().enumerate() {
             let c = single.open(1_000, 0, &tuple(i)).unwrap();
-            assert_eq!(outcomes[i], Ok(c), "{kind:?} open {i}");
+            assert_eq!(*outcome, Ok(c), "{kind:?} open {i}");
         }
         for i in 0..300 {
             let c = outcomes[i * 3].unwrap();
