@@ -17,7 +17,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ctwasm_core::tuple::{Addr, Direction, Family, L4Tuple, Tuple, ipproto};
-use ctwasm_core::{ConnCall, ConnRef, Delivery};
+use ctwasm_core::{ConnCall, ConnRef, Delivery, Ending};
 use ctwasm_host::backend::{Backend, BackendKind, TrackerSettings, open_backend};
 
 const S: u64 = 1_000_000_000;
@@ -85,7 +85,7 @@ fn per_connection(c: &mut Criterion) {
                     b.transfer(now, id, Direction::Reply, 16_000)
                         .unwrap()
                         .unwrap();
-                    b.close(now, id, false).unwrap().unwrap();
+                    b.close(now, id, Ending::CLIENT_FIN).unwrap().unwrap();
                     if listener {
                         drain(b.as_mut(), &mut events, &mut results);
                     }
@@ -131,7 +131,7 @@ fn batched(c: &mut Criterion) {
                         }
                         calls.push(ConnCall::Close {
                             conn: opened,
-                            reset: false,
+                            ending: Ending::CLIENT_FIN,
                         });
                     }
                     results.clear();

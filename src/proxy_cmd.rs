@@ -30,8 +30,8 @@ use anyhow::{Context, Result, bail};
 use ctwasm_core::event::TcpState;
 use ctwasm_host::output::{self, Format};
 use ctwasm_host::{
-    BackendKind, Call, Connection, ConnectionRef, Delivery, Direction, EntryView, Listeners,
-    Tracker, port_tuple,
+    BackendKind, Call, Connection, ConnectionRef, Delivery, Direction, Ending, EntryView,
+    Listeners, Tracker, port_tuple,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -205,7 +205,7 @@ enum Request {
     },
     Close {
         key: u64,
-        reset: bool,
+        ending: Ending,
     },
 }
 
@@ -527,12 +527,12 @@ impl TrackerThread {
                         .push(Call::Transfer { conn, dir, bytes }, None, false);
                 }
             }
-            Request::Close { key, reset } => {
+            Request::Close { key, ending } => {
                 if let Some(conn) = self.named(key) {
                     self.batch.opened.remove(&key);
                     self.carried.remove(&key);
                     self.batch
-                        .push(Call::Close { conn, reset }, Some(key), true);
+                        .push(Call::Close { conn, ending }, Some(key), true);
                 }
             }
         }
@@ -945,9 +945,12 @@ async fn carry(
             eprintln!("ctwasm proxy: {peer}: upstream {upstream}: {why}; the client is reset");
             counts.upstream_failed.fetch_add(1, Ordering::Relaxed);
             if let (Some(conn), Some(handle)) = (conn, &handle) {
+                // The proxy resets the client: a reset towards it.
                 handle.send(Request::Close {
                     key: conn,
-                    reset: true,
+                    ending: Ending::Reset {
+                        from: Direction::Reply,
+                    },
                 });
             }
             reset(client);
@@ -959,8 +962,10 @@ async fn carry(
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     // Both directions run until each has passed its FIN on; an error in either (a reset) ends
-    // both at once, as does the shutdown's abort.
-    let reset_it = {
+    // both at once, as does the shutdown's abort. The tracker is told how the client's leg
+    // ended: who sent the first FIN, or who reset it (the proxy itself, towards the client,
+    // when the server reset or the proxy aborts).
+    let ending = {
         let to_upstream = pump(
             &mut client_read,
             &mut server_write,
@@ -977,30 +982,31 @@ async fn carry(
         );
         tokio::pin!(to_upstream, to_client);
         let (mut up_done, mut down_done) = (false, false);
+        let mut first_fin = None;
+        let (client, proxy) = (Direction::Original, Direction::Reply);
         loop {
             tokio::select! {
                 r = &mut to_upstream, if !up_done => {
                     up_done = true;
-                    if r.is_err() { break true; }
+                    if r.is_err() { break Ending::Reset { from: client }; }
+                    first_fin.get_or_insert(client);
                 }
                 r = &mut to_client, if !down_done => {
                     down_done = true;
-                    if r.is_err() { break true; }
+                    if r.is_err() { break Ending::Reset { from: proxy }; }
+                    first_fin.get_or_insert(proxy);
                 }
-                () = aborted(&mut abort) => break true,
+                () = aborted(&mut abort) => break Ending::Reset { from: proxy },
             }
-            if up_done && down_done {
-                break false;
+            if let (true, true, Some(first)) = (up_done, down_done, first_fin) {
+                break Ending::Fin { first };
             }
         }
     };
     if let (Some(conn), Some(handle)) = (conn, &handle) {
-        handle.send(Request::Close {
-            key: conn,
-            reset: reset_it,
-        });
+        handle.send(Request::Close { key: conn, ending });
     }
-    if reset_it {
+    if matches!(ending, Ending::Reset { .. }) {
         counts.reset.fetch_add(1, Ordering::Relaxed);
         // Both sockets close with a reset once their halves are dropped.
         linger_zero(client_read.as_ref());

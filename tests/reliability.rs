@@ -15,7 +15,7 @@ use ctwasm_core::batch::EventFrame;
 use ctwasm_core::netlink::CtMessage;
 use ctwasm_core::wire::build;
 use ctwasm_core::{
-    Addr, Direction, Family, L4Tuple, MessageKind, RetryPolicy, TcpState, Tuple, Verdict,
+    Addr, Direction, Ending, Family, L4Tuple, MessageKind, RetryPolicy, TcpState, Tuple, Verdict,
 };
 use ctwasm_host::backend::{BackendKind, TrackerSettings, open_backend};
 use ctwasm_host::capture::CapturedPacket;
@@ -236,7 +236,25 @@ fn run_case(kind: BackendKind, c: &Case) -> (Reader, u64) {
                 let b = &mut *sim.backend;
                 match conns.remove(&slot) {
                     // The entry may have been early-dropped or flushed meanwhile.
-                    Some(id) => drop(b.close(now, id, reset).unwrap()),
+                    Some(id) => {
+                        let ending = match (reset, slot % 2 == 0) {
+                            (false, client) => Ending::Fin {
+                                first: if client {
+                                    Direction::Original
+                                } else {
+                                    Direction::Reply
+                                },
+                            },
+                            (true, client) => Ending::Reset {
+                                from: if client {
+                                    Direction::Original
+                                } else {
+                                    Direction::Reply
+                                },
+                            },
+                        };
+                        let _ = b.close(now, id, ending).unwrap();
+                    }
                     None => {
                         if let Ok(id) = b.open(now, 0, &tcp_tuple(slot)).unwrap() {
                             let _ = b.transfer(now, id, Direction::Original, 500).unwrap();
@@ -443,7 +461,10 @@ fn mirror_equals_a_live_table_when_nothing_is_lost() {
                 .unwrap()
                 .unwrap();
             if i % 3 == 0 {
-                sim.backend.close(t, id, false).unwrap().unwrap();
+                sim.backend
+                    .close(t, id, Ending::CLIENT_FIN)
+                    .unwrap()
+                    .unwrap();
             }
         }
         sim.pump(t, &mut reader).unwrap();

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use crate::config::{Config, ConfigError, RetryPolicy};
 use crate::engine::expect::{ExpectError, ExpectMask};
-use crate::engine::{ConnCall, ConnError, ConnHandle, ConnRef};
+use crate::engine::{ConnCall, ConnError, ConnHandle, ConnRef, Ending};
 use crate::engine::{Delivery, EntryView, Tracker as Engine};
 use crate::snapshot::SnapshotError;
 use crate::tuple::{Addr, Direction, Family, L4Tuple, Tuple};
@@ -291,10 +291,7 @@ impl wit_proxy::Guest for Component {
         dir: wit::Direction,
         bytes: u64,
     ) -> Result<(), ErrorCode> {
-        let dir = match dir {
-            wit::Direction::Original => Direction::Original,
-            wit::Direction::Reply => Direction::Reply,
-        };
+        let dir = direction_from_wit(dir);
         tracker.get::<TrackerResource>().commit_call_fault(None);
         engine(&tracker)
             .transfer(now, id, dir, bytes)
@@ -305,10 +302,12 @@ impl wit_proxy::Guest for Component {
         tracker: wit_tracker::TrackerBorrow<'_>,
         now: u64,
         id: u32,
-        reset: bool,
+        ending: wit_proxy::Ending,
     ) -> Result<(), ErrorCode> {
         tracker.get::<TrackerResource>().commit_call_fault(None);
-        engine(&tracker).close(now, id, reset).map_err(conn_error)
+        engine(&tracker)
+            .close(now, id, ending_from_wit(ending))
+            .map_err(conn_error)
     }
 
     fn start(tracker: wit_tracker::TrackerBorrow<'_>, id: u32) -> Option<u64> {
@@ -340,15 +339,12 @@ impl wit_proxy::Guest for Component {
                 },
                 Call::Transfer(t) => ConnCall::Transfer {
                     conn: conn(t.conn),
-                    dir: match t.dir {
-                        wit::Direction::Original => Direction::Original,
-                        wit::Direction::Reply => Direction::Reply,
-                    },
+                    dir: direction_from_wit(t.dir),
                     bytes: t.bytes,
                 },
                 Call::Close(c) => ConnCall::Close {
                     conn: conn(c.conn),
-                    reset: c.reset,
+                    ending: ending_from_wit(c.ending),
                 },
             })
             .collect();
@@ -421,6 +417,24 @@ impl wit_expect::Guest for Component {
             expect_delete: s.expect_delete,
             expectations: s.expectations,
         }
+    }
+}
+
+fn direction_from_wit(d: wit::Direction) -> Direction {
+    match d {
+        wit::Direction::Original => Direction::Original,
+        wit::Direction::Reply => Direction::Reply,
+    }
+}
+
+fn ending_from_wit(e: wit_proxy::Ending) -> Ending {
+    match e {
+        wit_proxy::Ending::Fin(d) => Ending::Fin {
+            first: direction_from_wit(d),
+        },
+        wit_proxy::Ending::Reset(d) => Ending::Reset {
+            from: direction_from_wit(d),
+        },
     }
 }
 

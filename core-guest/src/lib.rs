@@ -63,7 +63,7 @@ pub mod wire;
 
 pub use config::{Config, RetryPolicy, Sysctls};
 pub use engine::expect::{ExpectError, ExpectMask, ExpectStats};
-pub use engine::{ConnCall, ConnError, ConnHandle, ConnRef};
+pub use engine::{ConnCall, ConnError, ConnHandle, ConnRef, Ending};
 pub use engine::{Delivery, EntryView, Tracker, Verdict};
 pub use event::{EventBits, ExpEventBits, MessageKind, Status, TcpState};
 pub use snapshot::SnapshotError;

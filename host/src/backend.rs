@@ -14,9 +14,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use ctwasm_core::engine::expect::FLAG_PERMANENT;
 use ctwasm_core::netlink::Counters;
 use ctwasm_core::{
-    Addr, Config, ConnCall, ConnHandle, ConnRef, Delivery, Direction, EntryView, ExpectError,
-    ExpectMask, ExpectStats, Family, L4Tuple, RetryPolicy, Stats, Status, TcpState, Tracker, Tuple,
-    Verdict,
+    Addr, Config, ConnCall, ConnHandle, ConnRef, Delivery, Direction, Ending, EntryView,
+    ExpectError, ExpectMask, ExpectStats, Family, L4Tuple, RetryPolicy, Stats, Status, TcpState,
+    Tracker, Tuple, Verdict,
 };
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
@@ -103,12 +103,12 @@ pub trait Backend: Send {
         dir: Direction,
         bytes: u64,
     ) -> Result<std::result::Result<(), ConnError>>;
-    /// The connection `id` closed, normally (FIN both ways) or by a reset.
+    /// The connection `id` closed as `ending` says.
     fn close(
         &mut self,
         now_ns: u64,
         id: u32,
-        reset: bool,
+        ending: Ending,
     ) -> Result<std::result::Result<(), ConnError>>;
     /// When the live connection `id` started (its entry's start), `None` if no live entry has
     /// this id: with the id, it names one connection even after the id is drawn again.
@@ -378,9 +378,9 @@ impl Backend for NativeBackend {
         &mut self,
         now_ns: u64,
         id: u32,
-        reset: bool,
+        ending: Ending,
     ) -> Result<std::result::Result<(), ConnError>> {
-        Ok(self.tracker.close(now_ns, id, reset))
+        Ok(self.tracker.close(now_ns, id, ending))
     }
     fn connection_start(&mut self, id: u32) -> Result<Option<u64>> {
         Ok(self.tracker.connection_start(id))
@@ -981,9 +981,10 @@ impl Backend for ComponentBackend {
         &mut self,
         now_ns: u64,
         id: u32,
-        reset: bool,
+        ending: Ending,
     ) -> Result<std::result::Result<(), ConnError>> {
-        let r = call!(ctwasm_core_proxy: self.call_close(now_ns, id, reset))?;
+        let ending = ending_to_wit(ending);
+        let r = call!(ctwasm_core_proxy: self.call_close(now_ns, id, ending))?;
         r.map_or_else(|e| conn_error("close", e).map(Err), |()| Ok(Ok(())))
     }
     fn connection_start(&mut self, id: u32) -> Result<Option<u64>> {
@@ -1027,9 +1028,9 @@ impl Backend for ComponentBackend {
                     },
                     bytes,
                 }),
-                ConnCall::Close { conn: c, reset } => p::ConnCall::Close(p::CloseCall {
+                ConnCall::Close { conn: c, ending } => p::ConnCall::Close(p::CloseCall {
                     conn: conn(c),
-                    reset,
+                    ending: ending_to_wit(ending),
                 }),
                 ConnCall::Unreadable(e) => {
                     unreadable.push((i, e));
@@ -1126,6 +1127,21 @@ impl Backend for ComponentBackend {
 }
 
 /// The proxy calls' codes as the engine's `ConnError`; any other code is off contract.
+fn direction_to_wit(d: Direction) -> wit::Direction {
+    match d {
+        Direction::Original => wit::Direction::Original,
+        Direction::Reply => wit::Direction::Reply,
+    }
+}
+
+fn ending_to_wit(e: Ending) -> exports::ctwasm::core::proxy::Ending {
+    use exports::ctwasm::core::proxy::Ending as W;
+    match e {
+        Ending::Fin { first } => W::Fin(direction_to_wit(first)),
+        Ending::Reset { from } => W::Reset(direction_to_wit(from)),
+    }
+}
+
 fn conn_error(call: &str, e: ErrorCode) -> Result<ConnError> {
     match e {
         ErrorCode::UnknownId => Ok(ConnError::UnknownId),
@@ -1334,7 +1350,7 @@ mod tests {
             assert_eq!(rows[0].tcp_state, Some(TcpState::Established));
             assert!(rows[0].status.contains(Status::ASSURED));
             assert!(rows[0].counters_orig.bytes > 1_000_000);
-            b.close(4_000, id, false).unwrap().unwrap();
+            b.close(4_000, id, Ending::CLIENT_FIN).unwrap().unwrap();
             assert_eq!(b.dump().unwrap()[0].tcp_state, Some(TcpState::TimeWait));
             assert_eq!(
                 b.transfer(5_000, 77, Direction::Original, 1).unwrap(),
@@ -1667,7 +1683,7 @@ mod boundary_tests {
             }),
             p::ConnCall::Close(p::CloseCall {
                 conn: p::ConnRef::Opened(0),
-                reset: false,
+                ending: p::Ending::Fin(wit::Direction::Original),
             }),
         ];
         let answers = call!(ctwasm_core_proxy: b.call_calls(10, &calls)).unwrap();
@@ -1719,16 +1735,16 @@ mod boundary_tests {
             },
             ConnCall::Close {
                 conn: ConnRef::Opened(2),
-                reset: false,
+                ending: Ending::CLIENT_FIN,
             },
             ConnCall::Close {
                 conn: ConnRef::Live(stale),
-                reset: false,
+                ending: Ending::CLIENT_FIN,
             },
             ConnCall::Unreadable(ConnError::BadTuple),
             ConnCall::Close {
                 conn: ConnRef::Opened(1),
-                reset: true,
+                ending: Ending::CLIENT_RESET,
             },
         ];
         let mut answers = Vec::new();
@@ -1740,7 +1756,7 @@ mod boundary_tests {
             let live = results[0].unwrap();
             let close = [ConnCall::Close {
                 conn: ConnRef::Live(live),
-                reset: false,
+                ending: Ending::CLIENT_FIN,
             }];
             b.connection_calls(2_000, &close, &mut results).unwrap();
             answers.push((results, b.dump().unwrap(), b.stats().unwrap()));
@@ -1777,7 +1793,7 @@ mod boundary_tests {
         };
         let answers = [
             call!(ctwasm_core_proxy: b.call_transfer(1, 77, wit::Direction::Reply, 10)).unwrap(),
-            call!(ctwasm_core_proxy: b.call_close(2, 77, true)).unwrap(),
+            call!(ctwasm_core_proxy: b.call_close(2, 77, exports::ctwasm::core::proxy::Ending::Reset(wit::Direction::Original))).unwrap(),
             call!(ctwasm_core_expect: b.call_unexpect(3, 77)).unwrap(),
             call!(ctwasm_core_expect: b.call_expect(
                 4, 77, absent, mask, 60, wit::ExpectFlags::PERMANENT

@@ -33,8 +33,8 @@ use crate::backend::{
 pub use crate::backend::{BackendKind, DEFAULT_CALL_DEADLINE, DEFAULT_MEMORY_LIMIT, GuestFault};
 use crate::resilient::{CallDropped, with_recovery};
 pub use ctwasm_core::{
-    Delivery, Direction, EntryView, EventBits, ExpectMask, ExpectStats, RetryPolicy, Stats, Tuple,
-    Verdict,
+    Delivery, Direction, Ending, EntryView, EventBits, ExpectMask, ExpectStats, RetryPolicy, Stats,
+    Tuple, Verdict,
 };
 
 /// Event messages taken from the tracker per call by [`Tracker::poll_events`].
@@ -481,7 +481,7 @@ pub enum Call {
         bytes: u64,
     },
     /// [`Tracker::close`].
-    Close { conn: ConnectionRef, reset: bool },
+    Close { conn: ConnectionRef, ending: Ending },
 }
 
 /// A connection named by a [`Call`].
@@ -857,14 +857,14 @@ impl Tracker {
     /// the kernel would (a TCP handshake, or the first datagram).
     ///
     /// ```
-    /// use ctwasm_host::{Direction, Refusal, Error, Tracker, port_tuple};
+    /// use ctwasm_host::{Direction, Ending, Refusal, Error, Tracker, port_tuple};
     ///
     /// let mut tracker = Tracker::builder().build()?;
     /// let tuple = port_tuple(6, "10.0.0.1:40000".parse()?, "10.0.0.2:443".parse()?)?;
     /// let conn = tracker.open(1_000, 0, &tuple)?;
     /// tracker.transfer(2_000, conn, Direction::Original, 1_500)?;
     /// tracker.transfer(3_000, conn, Direction::Reply, 64_000)?;
-    /// tracker.close(4_000, conn, false)?;
+    /// tracker.close(4_000, conn, Ending::CLIENT_FIN)?;
     /// tracker.delete(5_000, 0, &tuple)?;
     /// // The handle outlived its connection.
     /// assert_eq!(
@@ -904,11 +904,12 @@ impl Tracker {
             .map_err(conn_refusal)
     }
 
-    /// `conn` closed: the FIN exchange of an orderly close, or a reset. A connection of a
+    /// `conn` closed as `ending` says: the FIN exchange of an orderly close that one side
+    /// started, or one side's reset. A connection of a
     /// protocol without a close on the wire is ended as [`Tracker::delete`] would.
-    pub fn close(&mut self, now: u64, conn: Connection, reset: bool) -> Result<(), Error> {
+    pub fn close(&mut self, now: u64, conn: Connection, ending: Ending) -> Result<(), Error> {
         self.check(conn, Refusal::UnknownConnection)?;
-        self.call(|b| b.close(now, conn.id, reset))?
+        self.call(|b| b.close(now, conn.id, ending))?
             .map_err(conn_refusal)
     }
 
@@ -920,7 +921,7 @@ impl Tracker {
     /// [`Refusal::UnknownConnection`]).
     ///
     /// ```
-    /// use ctwasm_host::{Call, ConnectionRef, Direction, Tracker, port_tuple};
+    /// use ctwasm_host::{Call, ConnectionRef, Direction, Ending, Error, Tracker, port_tuple};
     ///
     /// let mut tracker = Tracker::builder().build()?;
     /// let tuple = port_tuple(6, "10.0.0.1:40000".parse()?, "10.0.0.2:443".parse()?)?;
@@ -930,10 +931,11 @@ impl Tracker {
     ///     Call::Transfer { conn: opened, dir: Direction::Original, bytes: 1_500 },
     ///     Call::Transfer { conn: opened, dir: Direction::Reply, bytes: 64_000 },
     /// ])?;
-    /// let conn = outcomes[0]?;
+    /// let conn = outcomes[0].map_err(Error::Refused)?;
     /// assert!(outcomes.iter().all(|o| *o == Ok(conn)));
     /// // Later, by its handle.
-    /// tracker.calls(2_000, &[Call::Close { conn: ConnectionRef::Live(conn), reset: false }])?;
+    /// let close = Call::Close { conn: ConnectionRef::Live(conn), ending: Ending::CLIENT_FIN };
+    /// tracker.calls(2_000, &[close])?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn calls(
@@ -974,8 +976,8 @@ impl Tracker {
                         Ok(conn) => ConnCall::Transfer { conn, dir, bytes },
                         Err(e) => ConnCall::Unreadable(e),
                     },
-                    Call::Close { conn: c, reset } => match conn(c) {
-                        Ok(conn) => ConnCall::Close { conn, reset },
+                    Call::Close { conn: c, ending } => match conn(c) {
+                        Ok(conn) => ConnCall::Close { conn, ending },
                         Err(e) => ConnCall::Unreadable(e),
                     },
                 });

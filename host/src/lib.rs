@@ -56,7 +56,7 @@ pub mod testing;
 
 pub use embed::{
     BackendKind, Batch, CALLS_PER_CROSSING, Call, ConfigError, Connection, ConnectionRef, Delivery,
-    Direction, EVENT_CHUNK, EntryView, Error, Event, EventBits, ExpectMask, ExpectStats,
+    Direction, EVENT_CHUNK, Ending, EntryView, Error, Event, EventBits, ExpectMask, ExpectStats,
     Expectation, Fault, GuestFault, Listeners, Refusal, RetryPolicy, Stats, Tracker,
     TrackerBuilder, Tuple, Verdict, port_tuple,
 };

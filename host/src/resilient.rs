@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ctwasm_core::{
-    ConnCall, ConnError, ConnHandle, Delivery, Direction, EntryView, ExpectError, ExpectMask,
-    ExpectStats, Stats, Tuple,
+    ConnCall, ConnError, ConnHandle, Delivery, Direction, Ending, EntryView, ExpectError,
+    ExpectMask, ExpectStats, Stats, Tuple,
 };
 use wasmtime::component::Component;
 
@@ -46,7 +46,7 @@ enum Call {
     Delete(u64, u16, Tuple),
     Open(u64, u16, Tuple),
     Transfer(u64, u32, Direction, u64),
-    Close(u64, u32, bool),
+    Close(u64, u32, Ending),
     Calls(u64, Vec<ConnCall>),
     Expect(u64, u32, Tuple, ExpectMask, u32, bool),
     Unexpect(u64, u32),
@@ -276,7 +276,7 @@ fn replay(b: &mut ComponentBackend, call: &Call, scratch: &mut Vec<u8>) -> Resul
         Call::Delete(now, zone, tuple) => b.delete(*now, *zone, tuple).map(drop),
         Call::Open(now, zone, tuple) => b.open(*now, *zone, tuple).map(drop),
         Call::Transfer(now, id, dir, bytes) => b.transfer(*now, *id, *dir, *bytes).map(drop),
-        Call::Close(now, id, reset) => b.close(*now, *id, *reset).map(drop),
+        Call::Close(now, id, ending) => b.close(*now, *id, *ending).map(drop),
         Call::Calls(now, calls) => b.connection_calls(*now, calls, &mut Vec::new()),
         Call::Expect(now, master, tuple, mask, timeout, permanent) => b
             .expect(*now, *master, tuple, *mask, *timeout, *permanent)
@@ -362,10 +362,10 @@ impl Backend for ResilientBackend {
         &mut self,
         now_ns: u64,
         id: u32,
-        reset: bool,
+        ending: Ending,
     ) -> Result<std::result::Result<(), ConnError>> {
-        let call = Call::Close(now_ns, id, reset);
-        self.run(Some(call), |b| b.close(now_ns, id, reset))
+        let call = Call::Close(now_ns, id, ending);
+        self.run(Some(call), |b| b.close(now_ns, id, ending))
     }
     fn connection_start(&mut self, id: u32) -> Result<Option<u64>> {
         self.run(None, |b| b.connection_start(id))

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use ctwasm_core::wire::build;
 use ctwasm_host::{
-    BackendKind, Batch, ConfigError, Connection, Delivery, Direction, Error, ExpectMask, Fault,
-    GuestFault, Listeners, Refusal, Tracker, Tuple, Verdict, port_tuple,
+    BackendKind, Batch, ConfigError, Connection, Delivery, Direction, Ending, Error, ExpectMask,
+    Fault, GuestFault, Listeners, Refusal, Tracker, Tuple, Verdict, port_tuple,
 };
 
 const BOTH: [BackendKind; 2] = [BackendKind::Native, BackendKind::Component];
@@ -293,7 +293,7 @@ fn a_handle_of_a_dead_connection_is_refused() {
             Err(Error::Refused(Refusal::UnknownConnection))
         );
         assert_eq!(
-            t.close(2_000, impostor, true),
+            t.close(2_000, impostor, Ending::CLIENT_RESET),
             Err(Error::Refused(Refusal::UnknownConnection))
         );
         let data = socket_tuple(6, "10.0.0.2:20", "10.0.0.1:5000");
@@ -307,7 +307,7 @@ fn a_handle_of_a_dead_connection_is_refused() {
             "{kind:?}: the impostor touched nothing"
         );
 
-        t.close(3_000, conn, true).unwrap();
+        t.close(3_000, conn, Ending::CLIENT_RESET).unwrap();
         // The reset entry times out (CLOSE, 10 s) and is gone once its DESTROY is taken (this
         // version queues events even with no listener).
         t.advance(20_000_000_000).unwrap();
@@ -321,10 +321,10 @@ fn a_handle_of_a_dead_connection_is_refused() {
         let again = t.open(21_000_000_000, 0, &tuple).unwrap();
         assert_ne!(again, conn);
         assert_eq!(
-            t.close(21_000_000_001, conn, false),
+            t.close(21_000_000_001, conn, Ending::CLIENT_FIN),
             Err(Error::Refused(Refusal::UnknownConnection))
         );
-        t.close(21_000_000_002, again, false).unwrap();
+        t.close(21_000_000_002, again, Ending::CLIENT_FIN).unwrap();
     }
 }
 
@@ -626,7 +626,10 @@ fn a_batch_of_connection_calls_spans_crossings_and_refuses_what_it_cannot_name()
             ConnectionRef::Opened(u32::MAX as usize + 1),
         ];
         for conn in hostile {
-            calls.push(Call::Close { conn, reset: true });
+            calls.push(Call::Close {
+                conn,
+                ending: Ending::CLIENT_RESET,
+            });
         }
         let outcomes = t.calls(1_000, &calls).unwrap();
         assert_eq!(outcomes.len(), calls.len());
@@ -654,18 +657,18 @@ fn a_batch_of_connection_calls_spans_crossings_and_refuses_what_it_cannot_name()
                 &[
                     Call::Close {
                         conn: ConnectionRef::Live(ended),
-                        reset: false,
+                        ending: Ending::CLIENT_FIN,
                     },
                     Call::Close {
                         conn: ConnectionRef::Live(later),
-                        reset: false,
+                        ending: Ending::CLIENT_FIN,
                     },
                 ],
             )
             .unwrap();
         assert_eq!(again, [Err(Refusal::UnknownConnection), Ok(later)]);
         single.delete(2_000, 0, &tuple(1)).unwrap();
-        single.close(3_000, later, false).unwrap();
+        single.close(3_000, later, Ending::CLIENT_FIN).unwrap();
         assert_eq!(t.dump().unwrap(), single.dump().unwrap(), "{kind:?}");
         results.push(t.dump().unwrap());
     }

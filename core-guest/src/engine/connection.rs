@@ -44,11 +44,31 @@ pub enum ConnCall {
     },
     Close {
         conn: ConnRef,
-        reset: bool,
+        ending: Ending,
     },
     /// A call the caller could not read (a tuple of two address families, say): it fails with
     /// this error and keeps its place, so the indices of the calls after it still hold.
     Unreadable(ConnError),
+}
+
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ending {
+    /// An orderly close, whose first FIN went in this direction.
+    Fin { first: Direction },
+    /// A reset, sent in this direction.
+    Reset { from: Direction },
+}
+
+impl Ending {
+    /// The client (the original direction) closed first: what a proxy sees most.
+    pub const CLIENT_FIN: Ending = Ending::Fin {
+        first: Direction::Original,
+    };
+    /// The client reset the connection.
+    pub const CLIENT_RESET: Ending = Ending::Reset {
+        from: Direction::Original,
+    };
 }
 
 /// A connection named in a batch: a live one by its handle, or as the one the batch's open at
@@ -133,22 +153,23 @@ impl Tracker {
         Ok(())
     }
 
-    /// Closes connection `id`: a reset, or the FIN exchange of an orderly close (TCP). Other
+    /// Closes connection `id` as it ended (TCP): the FIN exchange of an orderly close started
+    /// by one side (its FIN, the other's FIN, its ACK of that), or one side's reset. Other
     /// protocols have no close on the wire; their entry is ended as `conntrack -D` would.
-    pub fn close(&mut self, now_ns: u64, id: u32, reset: bool) -> Result<(), ConnError> {
+    pub fn close(&mut self, now_ns: u64, id: u32, ending: Ending) -> Result<(), ConnError> {
         let conn = self.live_conn(id)?;
         if conn.orig.proto != ipproto::TCP {
             self.delete_id(now_ns, id);
             return Ok(());
         }
-        let (original, reply) = (Direction::Original, Direction::Reply);
-        if reset {
-            self.segment(now_ns, &conn, original, flag::RST | flag::ACK, 0);
-            return Ok(());
+        match ending {
+            Ending::Reset { from } => self.segment(now_ns, &conn, from, flag::RST | flag::ACK, 0),
+            Ending::Fin { first } => {
+                self.segment(now_ns, &conn, first, flag::FIN | flag::ACK, 0);
+                self.segment(now_ns, &conn, first.opposite(), flag::FIN | flag::ACK, 0);
+                self.segment(now_ns, &conn, first, flag::ACK, 0);
+            }
         }
-        self.segment(now_ns, &conn, original, flag::FIN | flag::ACK, 0);
-        self.segment(now_ns, &conn, reply, flag::FIN | flag::ACK, 0);
-        self.segment(now_ns, &conn, original, flag::ACK, 0);
         Ok(())
     }
 
@@ -186,8 +207,8 @@ impl Tracker {
                     self.transfer(now_ns, h.id, dir, bytes)?;
                     Ok(h)
                 }),
-                ConnCall::Close { conn, reset } => resolve(self, conn).and_then(|h| {
-                    self.close(now_ns, h.id, reset)?;
+                ConnCall::Close { conn, ending } => resolve(self, conn).and_then(|h| {
+                    self.close(now_ns, h.id, ending)?;
                     Ok(h)
                 }),
                 ConnCall::Unreadable(e) => Err(e),
@@ -559,37 +580,28 @@ mod tests {
                 }
             }
         }
-        fn close(&mut self, now: u64, zone: u16, orig: &Tuple, id: u32, reset: bool) {
+        fn close(&mut self, now: u64, zone: u16, orig: &Tuple, id: u32, ending: Ending) {
             if orig.proto != ipproto::TCP {
                 self.0.delete_id(now, id);
                 return;
             }
             let reply = orig.invert().unwrap();
-            let (seq, ack) = self.seq(id, Direction::Original);
-            if reset {
-                self.send(
-                    now,
-                    zone,
-                    orig,
-                    Synthetic::tcp(seq, ack, flag::RST | flag::ACK, 0),
-                );
-                return;
+            let on = |dir: Direction| match dir {
+                Direction::Original => *orig,
+                Direction::Reply => reply,
+            };
+            let send = |r: &mut Reference, dir: Direction, flags: u8| {
+                let (seq, ack) = r.seq(id, dir);
+                r.send(now, zone, &on(dir), Synthetic::tcp(seq, ack, flags, 0));
+            };
+            match ending {
+                Ending::Reset { from } => send(self, from, flag::RST | flag::ACK),
+                Ending::Fin { first } => {
+                    send(self, first, flag::FIN | flag::ACK);
+                    send(self, first.opposite(), flag::FIN | flag::ACK);
+                    send(self, first, flag::ACK);
+                }
             }
-            self.send(
-                now,
-                zone,
-                orig,
-                Synthetic::tcp(seq, ack, flag::FIN | flag::ACK, 0),
-            );
-            let (seq, ack) = self.seq(id, Direction::Reply);
-            self.send(
-                now,
-                zone,
-                &reply,
-                Synthetic::tcp(seq, ack, flag::FIN | flag::ACK, 0),
-            );
-            let (seq, ack) = self.seq(id, Direction::Original);
-            self.send(now, zone, orig, Synthetic::tcp(seq, ack, flag::ACK, 0));
         }
     }
 
@@ -605,7 +617,7 @@ mod tests {
         },
         Close {
             conn: usize,
-            reset: bool,
+            ending: Ending,
         },
         Wait {
             ms: u64,
@@ -707,7 +719,15 @@ mod tests {
             1 => conn.clone().prop_map(|conn| Call::Open { conn }),
             6 => (conn.clone(), any::<bool>(), byte_count())
                 .prop_map(|(conn, reply, bytes)| Call::Transfer { conn, reply, bytes }),
-            1 => (conn, any::<bool>()).prop_map(|(conn, reset)| Call::Close { conn, reset }),
+            1 => (conn, any::<bool>(), any::<bool>()).prop_map(|(conn, reset, by_client)| {
+                let side = if by_client { Direction::Original } else { Direction::Reply };
+                let ending = if reset {
+                    Ending::Reset { from: side }
+                } else {
+                    Ending::Fin { first: side }
+                };
+                Call::Close { conn, ending }
+            }),
             1 => prop_oneof![0u64..2_000, 0u64..200_000].prop_map(|ms| Call::Wait { ms }),
         ]
     }
@@ -742,13 +762,13 @@ mod tests {
                             slow.transfer(now, 1, &orig, id, dir, bytes);
                         }
                     }
-                    Call::Close { conn, reset } => {
+                    Call::Close { conn, ending } => {
                         let Some(id) = ids[conn] else { continue };
                         let orig = conn_tuple(conn);
                         let live = slow.0.get(id).is_some_and(|e| !e.dying && e.orig == orig);
-                        prop_assert_eq!(fast.close(now, id, reset).is_ok(), live);
+                        prop_assert_eq!(fast.close(now, id, ending).is_ok(), live);
                         if live {
-                            slow.close(now, 1, &orig, id, reset);
+                            slow.close(now, 1, &orig, id, ending);
                         }
                     }
                     Call::Wait { ms } => {
@@ -837,11 +857,13 @@ mod tests {
             },
             ConnCall::Close {
                 conn: ConnRef::Opened(0),
-                reset: false,
+                ending: Ending::CLIENT_FIN,
             },
             ConnCall::Close {
                 conn: ConnRef::Opened(1),
-                reset: true,
+                ending: Ending::Reset {
+                    from: Direction::Reply,
+                },
             },
         ];
         let mut results = vec![Err(ConnError::TableFull)];
@@ -855,8 +877,16 @@ mod tests {
             .transfer(now, ida, Direction::Reply, 9 << 20)
             .unwrap();
         single.transfer(now, idb, Direction::Reply, 1).unwrap();
-        single.close(now, ida, false).unwrap();
-        single.close(now, idb, true).unwrap();
+        single.close(now, ida, Ending::CLIENT_FIN).unwrap();
+        single
+            .close(
+                now,
+                idb,
+                Ending::Reset {
+                    from: Direction::Reply,
+                },
+            )
+            .unwrap();
         let (ha, hb) = (
             ConnHandle {
                 id: ida,
@@ -904,7 +934,9 @@ mod tests {
             },
             ConnCall::Close {
                 conn: ConnRef::Opened(5),
-                reset: true,
+                ending: Ending::Reset {
+                    from: Direction::Reply,
+                },
             },
             ConnCall::Open {
                 zone: 0,
@@ -912,7 +944,7 @@ mod tests {
             },
             ConnCall::Close {
                 conn: ConnRef::Opened(2),
-                reset: false,
+                ending: Ending::CLIENT_FIN,
             },
             ConnCall::Transfer {
                 conn: ConnRef::Opened(0),
@@ -921,11 +953,11 @@ mod tests {
             },
             ConnCall::Close {
                 conn: ConnRef::Opened(u32::MAX),
-                reset: false,
+                ending: Ending::CLIENT_FIN,
             },
             ConnCall::Close {
                 conn: ConnRef::Live(stale),
-                reset: false,
+                ending: Ending::CLIENT_FIN,
             },
             ConnCall::Unreadable(ConnError::BadTuple),
         ];
@@ -960,7 +992,7 @@ mod tests {
         let mut results = Vec::new();
         let close = |conn| ConnCall::Close {
             conn: ConnRef::Live(conn),
-            reset: false,
+            ending: Ending::CLIENT_FIN,
         };
         t.connection_calls(3, &[close(other), close(h)], &mut results);
         assert_eq!(results, [Err(UnknownId), Ok(h)]);

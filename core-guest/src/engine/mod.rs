@@ -36,7 +36,7 @@ use crate::proto::ProtoState;
 use crate::stats::Stats;
 use crate::timer::TimerWheel;
 use crate::tuple::{Direction, Tuple};
-pub use connection::{ConnCall, ConnError, ConnHandle, ConnRef};
+pub use connection::{ConnCall, ConnError, ConnHandle, ConnRef, Ending};
 use ecache::EventCache;
 use table::{Entry, Life, Table};
 

@@ -17,7 +17,7 @@
 use anyhow::{Result, bail, ensure};
 use ctwasm_core::tuple::ipproto;
 use ctwasm_core::wire::build;
-use ctwasm_core::{Addr, Delivery, Direction, Family, L4Tuple, MessageKind, Tuple};
+use ctwasm_core::{Addr, Delivery, Direction, Ending, Family, L4Tuple, MessageKind, Tuple};
 
 use crate::backend::{Backend, BackendKind, TrackerSettings, open_backend, restore_backend};
 
@@ -73,7 +73,7 @@ pub enum Op {
     },
     Close {
         conn: u8,
-        reset: bool,
+        ending: Ending,
     },
     /// The listener asks for reliable delivery, or stops asking.
     Listener {
@@ -143,10 +143,21 @@ pub fn decode(bytes: &[u8]) -> Vec<Op> {
                 reply: code & 0x80 != 0,
                 bytes: u32::from(next()) * 1000,
             },
-            13 => Op::Close {
-                conn: next(),
-                reset: code & 0x80 != 0,
-            },
+            13 => {
+                let side = if code & 0x40 == 0 {
+                    Direction::Original
+                } else {
+                    Direction::Reply
+                };
+                Op::Close {
+                    conn: next(),
+                    ending: if code & 0x80 == 0 {
+                        Ending::Fin { first: side }
+                    } else {
+                        Ending::Reset { from: side }
+                    },
+                }
+            }
             14 => Op::Listener {
                 reliable: code & 0x80 == 0,
             },
@@ -341,9 +352,9 @@ impl Driver {
                     .transfer(self.now_ns, id, dir, u64::from(bytes))?;
                 self.log(b't', format!("{answer:?}").as_bytes());
             }
-            Op::Close { conn, reset } => {
+            Op::Close { conn, ending } => {
                 let id = self.conn(conn);
-                let answer = self.backend.close(self.now_ns, id, reset)?;
+                let answer = self.backend.close(self.now_ns, id, ending)?;
                 self.log(b'c', format!("{answer:?}").as_bytes());
             }
             Op::Listener { reliable } => {
