@@ -103,7 +103,7 @@ fn output_format(format: FormatArg, options: &str) -> Result<output::Format> {
 }
 
 /// `--retry-policy` / `--policy`: the names `RetryPolicy::name` gives, listed in `--help`.
-fn retry_policy_parser() -> impl clap::builder::TypedValueParser<Value = RetryPolicy> {
+pub(crate) fn retry_policy_parser() -> impl clap::builder::TypedValueParser<Value = RetryPolicy> {
     use clap::builder::TypedValueParser as _;
     clap::builder::PossibleValuesParser::new(["grace", "kernel", "on-drain"])
         .try_map(|s| s.parse::<RetryPolicy>())

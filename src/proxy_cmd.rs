@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use ctwasm_core::event::TcpState;
+use ctwasm_host::listener::ExternalListener as _;
 use ctwasm_host::output::{self, Format};
 use ctwasm_host::{
     BackendKind, Call, Connection, ConnectionRef, Delivery, Direction, Ending, EntryView,
@@ -83,6 +84,16 @@ pub struct ProxyArgs {
     /// Stop by itself after this many seconds.
     #[arg(long, value_name = "SECS", value_parser = crate::values::seconds)]
     duration: Option<f64>,
+    /// Also send every event to the Unix datagram socket where `ctwasm listen PATH` reads: a
+    /// reliable one's refused DESTROYs wait on the tracker's dying list and are sent again.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<std::path::PathBuf>,
+    /// The socket listener's setup (buffer=BYTES, reliable, groups=...).
+    #[arg(long, value_name = "SPEC", default_value = "buffer=212992,reliable")]
+    socket_spec: String,
+    /// How a DESTROY that a reliable listener missed is sent again.
+    #[arg(long, value_parser = crate::retry_policy_parser(), default_value = "grace")]
+    retry_policy: ctwasm_host::RetryPolicy,
     #[command(flatten)]
     ipfix: crate::ipfix_args::IpfixArgs,
     #[command(flatten)]
@@ -266,6 +277,19 @@ struct TrackerThread {
     carried: HashMap<u64, Connection>,
     /// Calls gathered since the last flush.
     batch: Gathered,
+    /// `--socket`: the listener at `ctwasm listen`'s socket, and the end of its stream.
+    socket: Option<SocketOut>,
+    /// How long to keep sending DESTROYs the socket missed once every connection ended.
+    drain: Duration,
+}
+
+/// What the tracker's thread hands back when it ends.
+struct Finished {
+    events: u64,
+    lost: u64,
+    stats: Option<ctwasm_host::Stats>,
+    recovery: Option<ctwasm_host::resilient::Recovery>,
+    socket: Option<ctwasm_host::listener::ListenerStats>,
 }
 
 /// Connection calls gathered for one [`Tracker::calls`] batch.
@@ -287,15 +311,7 @@ impl Gathered {
 }
 
 impl TrackerThread {
-    fn run(
-        mut self,
-        requests: std_mpsc::Receiver<Request>,
-    ) -> (
-        u64,
-        u64,
-        Option<ctwasm_host::Stats>,
-        Option<ctwasm_host::resilient::Recovery>,
-    ) {
+    fn run(mut self, requests: std_mpsc::Receiver<Request>) -> Finished {
         // Every connection call moves the tracker's clock to its time and fires what is due
         // then, so a busy tracker needs no other call for its timers: only when no request
         // came is it advanced, and then woken again when its next timer is due (a quarter
@@ -337,6 +353,7 @@ impl TrackerThread {
         let now = self.clock.now();
         self.with_tracker("advance", |t| t.advance(now));
         self.print_events();
+        self.drain_dying();
         if self.xml_opened {
             self.emit(output::xml::EPILOGUE.to_string());
         }
@@ -349,7 +366,51 @@ impl TrackerThread {
         if let Some(metrics) = self.metrics.take() {
             metrics.finish();
         }
-        (self.events, self.lost, stats, recovery)
+        let socket = self.socket.take().map(|s| {
+            let stats = s.listener.stats();
+            s.finish();
+            stats
+        });
+        Finished {
+            events: self.events,
+            lost: self.lost,
+            stats,
+            recovery,
+            socket,
+        }
+    }
+
+    /// With a reliable socket listener, DESTROYs it missed wait on the dying list: they are
+    /// sent again, as the retry policy says, until the list is empty or `--drain` has passed.
+    fn drain_dying(&mut self) {
+        if !self
+            .socket
+            .as_ref()
+            .is_some_and(|s| s.listener.is_reliable())
+        {
+            return;
+        }
+        let deadline = Instant::now() + self.drain;
+        let dying = |t: &mut Self| {
+            t.with_tracker("stats", |t| t.stats())
+                .map_or(0, |s| s.dying)
+        };
+        while dying(self) > 0 && Instant::now() < deadline {
+            let now = self.clock.now();
+            self.with_tracker("advance", |t| t.advance(now));
+            self.print_events();
+            let wait = match self.with_tracker("next deadline", |t| t.next_deadline()) {
+                Some(Some(at)) => Duration::from_nanos(at.saturating_sub(self.clock.now())),
+                _ => Duration::from_millis(10),
+            };
+            std::thread::sleep(wait.clamp(Duration::from_millis(1), Duration::from_millis(50)));
+        }
+        let left = dying(self);
+        if left > 0 {
+            eprintln!(
+                "ctwasm proxy: {left} DESTROY(s) still undelivered to the socket after --drain"
+            );
+        }
     }
 
     /// Publishes the figures for `--metrics`: the tracker's, the proxy's, the export's.
@@ -606,8 +667,20 @@ impl TrackerThread {
         let format = self.format;
         let mut lines = Vec::new();
         let export = &mut self.export;
+        let socket = &mut self.socket;
+        let now = self.clock.now();
+        let mut missed = false;
         let polled = tracker.poll_events(|event| {
             let frame = event.frame();
+            // A message a reliable socket missed is not printed now: it comes again.
+            if let Some(s) = socket.as_mut()
+                && s.listener.offer(now, frame.group, frame.netlink).missed()
+            {
+                missed = true;
+                if s.listener.is_reliable() {
+                    return Delivery::Failed;
+                }
+            }
             lines.push(match output::decode_frame(&frame) {
                 Ok(msg) => {
                     if let Some(export) = export.as_mut() {
@@ -621,6 +694,10 @@ impl TrackerThread {
         });
         if let Err(e) = polled {
             eprintln!("ctwasm proxy: taking the tracker's events failed ({e})");
+        }
+        // The on-drain retry policy sends again when the listener has room.
+        if missed && self.socket.as_ref().is_some_and(|s| s.listener.has_room()) {
+            self.with_tracker("listeners drained", |t| t.listeners_drained(now));
         }
         self.events += lines.len() as u64;
         for line in lines {
@@ -688,6 +765,7 @@ pub fn run(args: ProxyArgs) -> Result<()> {
     let format = crate::output_format(args.format, &args.output)?;
     let mut builder = Tracker::builder()
         .backend(args.backend)
+        .retry_policy(args.retry_policy)
         .seed(args.seed)
         .checkpoint_every(args.checkpoint_every.max(1));
     if let Some(fault) = args.inject_fault {
@@ -697,16 +775,28 @@ pub fn run(args: ProxyArgs) -> Result<()> {
         builder = builder.sysctl(name, value);
     }
     let mut tracker = builder.build().context("starting the tracker")?;
-    tracker.set_listeners(Listeners::Present)?;
+    let socket = match &args.socket {
+        Some(path) => Some(SocketOut::connect(path, &args.socket_spec)?),
+        None => None,
+    };
+    tracker.set_listeners(match &socket {
+        Some(s) if s.listener.is_reliable() => Listeners::Reliable,
+        _ => Listeners::Present,
+    })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the proxy's runtime")?;
-    runtime.block_on(serve(args, tracker, format))
+    runtime.block_on(serve(args, tracker, socket, format))
 }
 
-async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> {
+async fn serve(
+    args: ProxyArgs,
+    tracker: Tracker,
+    socket: Option<SocketOut>,
+    format: Format,
+) -> Result<()> {
     let mut listeners = Vec::new();
     for (zone, (addr, upstream)) in args.listen.iter().zip(&args.upstream).enumerate() {
         let listener = TcpListener::bind(addr)
@@ -742,6 +832,8 @@ async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> 
         counts: Arc::clone(&counts),
         carried: HashMap::new(),
         batch: Gathered::default(),
+        socket,
+        drain: Duration::from_secs_f64(args.drain),
     };
     let tracker_thread = std::thread::Builder::new()
         .name("ctwasm-tracker".to_string())
@@ -824,7 +916,13 @@ async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> 
         }
     }
     // The connection tasks are gone, and with them every handle: the thread ends.
-    let (events, lost, stats, recovery) = tokio::task::spawn_blocking(move || {
+    let Finished {
+        events,
+        lost,
+        stats,
+        recovery,
+        socket,
+    } = tokio::task::spawn_blocking(move || {
         let r = tracker_thread.join();
         // The tracker's thread held the only sender: the printer ends once it wrote the rest.
         let _ = printer.join();
@@ -864,8 +962,46 @@ async fn serve(args: ProxyArgs, tracker: Tracker, format: Format) -> Result<()> 
                 r.recoveries, r.dropped_calls
             );
         }
+        if let Some(s) = socket {
+            eprintln!(
+                "  socket listener: queued {}, refused {} (ENOBUFS {}), dying now {}",
+                s.received,
+                s.dropped,
+                s.enobufs,
+                stats.map_or(0, |s| s.dying)
+            );
+        }
     }
     Ok(())
+}
+
+/// `--socket`: a listener whose deliveries the kernel's buffer of a Unix datagram socket
+/// decides, read by `ctwasm listen`, and the end of its stream (sent when the proxy stops).
+struct SocketOut {
+    listener: ctwasm_live::socket_listener::SocketListener,
+    end: ctwasm_live::socket_listener::StreamEnd,
+}
+
+impl SocketOut {
+    fn connect(path: &std::path::Path, spec: &str) -> Result<SocketOut> {
+        use ctwasm_live::socket_listener::{SocketListener, SocketListenerConfig};
+        let config = SocketListenerConfig::parse(spec).context("--socket-spec")?;
+        let listener = SocketListener::connect(path, config).with_context(|| {
+            format!(
+                "--socket {}: connecting to the reader (is `ctwasm listen` running?)",
+                path.display()
+            )
+        })?;
+        let end = listener.end_handle()?;
+        Ok(SocketOut { listener, end })
+    }
+
+    /// Ends the reader's stream, waiting for room a second at most.
+    fn finish(self) {
+        if let Err(e) = self.end.finish(Instant::now() + Duration::from_secs(1)) {
+            eprintln!("ctwasm proxy: ending the socket's stream: {e}");
+        }
+    }
 }
 
 /// The thread that writes the event lines to stdout, and its queue (64 Ki lines). A reader

@@ -562,6 +562,41 @@ fn unpaired_or_bad_routes_are_refused() {
             ],
             "trap-at-packet=N",
         ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "127.0.0.1:1",
+                "--socket",
+                "/nonexistent/ctwasm.sock",
+            ],
+            "is `ctwasm listen` running?",
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "127.0.0.1:1",
+                "--socket",
+                "/tmp/x",
+                "--socket-spec",
+                "buffer=lots",
+            ],
+            "--socket-spec",
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "127.0.0.1:1",
+                "--retry-policy",
+                "sometimes",
+            ],
+            "--retry-policy",
+        ),
     ] {
         let out = Command::new(BIN).arg("proxy").args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -591,4 +626,152 @@ fn unpaired_or_bad_routes_are_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("--listen {taken}")), "{stderr}");
+}
+
+/// Who closed first reaches the tracker: a client-first close ends with the client's FIN and
+/// ACK (one packet more from the client than from the proxy, beyond the handshake's), a
+/// server-first close with the proxy's FIN towards the client and its ACK. Every transfer adds
+/// one packet each way (the data and its ACK), so the difference of the packet counts in the
+/// DESTROY tells the two apart whatever the reads were.
+#[test]
+fn a_server_that_closes_first_is_told_apart_from_a_client_that_does() {
+    // The upstream closes first when the client's first byte is 'S', else after the client.
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = server.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in server.incoming().take(2) {
+            let mut s = s.unwrap();
+            let mut first = [0u8; 1];
+            s.read_exact(&mut first).unwrap();
+            s.write_all(b"hello").unwrap();
+            if first[0] == b'S' {
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            let _ = s.read_to_end(&mut Vec::new());
+        }
+    });
+    let acct = ["--sysctl", "net.netfilter.nf_conntrack_acct=1"];
+    let (proxy, addr) = start_proxy(&upstream.to_string(), &acct);
+    let mut ports = Vec::new();
+    for who in [b'S', b'C'] {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        ports.push(c.local_addr().unwrap().port());
+        c.write_all(&[who]).unwrap();
+        let mut hello = [0u8; 5];
+        c.read_exact(&mut hello).unwrap();
+        if who == b'S' {
+            // The server's FIN comes first; then the client closes.
+            assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0);
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+        } else {
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+            let _ = c.read_to_end(&mut Vec::new());
+        }
+    }
+    let (events, log) = finish(proxy);
+    assert!(log.contains("closed 2, reset 0"), "{log}");
+    let difference = |port: u16| {
+        let destroy = events
+            .iter()
+            .find(|e| e["orig"]["sport"] == port && e["type"] == "DESTROY")
+            .unwrap_or_else(|| panic!("no DESTROY for {port}: {events:?}"));
+        let packets = |dir: &str| destroy["counters"][dir]["packets"].as_i64().unwrap();
+        packets("orig") - packets("reply")
+    };
+    assert_eq!(difference(ports[0]), 0, "server first");
+    assert_eq!(difference(ports[1]), 2, "client first");
+    for port in ports {
+        assert_eq!(
+            sequence(&events, port)[3..],
+            [
+                "UPDATE FIN_WAIT",
+                "UPDATE LAST_ACK",
+                "UPDATE TIME_WAIT",
+                "DESTROY TIME_WAIT"
+            ]
+        );
+    }
+}
+
+/// `--socket`: every event also goes to `ctwasm listen`, whose socket buffer is small and
+/// whose reader is slow. The socket asks for reliable delivery, so the DESTROYs it refuses
+/// wait on the dying list and are sent again, also after the last connection ended: the
+/// reader gets every connection's DESTROY exactly once, and the buffer did refuse some.
+#[test]
+fn a_reliable_socket_listener_gets_every_destroy_exactly_once() {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let dir = std::env::temp_dir().join(format!("ctwasm-proxy-socket-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("events.sock");
+    let mut reader = Reaped::new(
+        Command::new(BIN)
+            .arg("listen")
+            .arg(&path)
+            .args(["--format", "json", "--rate", "400", "--duration", "80"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "ctwasm listen never made its socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let connections = 60;
+    let upstream = common::echo_server(connections);
+    let socket = path.to_str().unwrap();
+    let (proxy, addr) = start_proxy(
+        &upstream.to_string(),
+        &[
+            "--socket",
+            socket,
+            "--socket-spec",
+            "buffer=2048,reliable",
+            "--retry-policy",
+            "kernel",
+            "--drain",
+            "60",
+        ],
+    );
+    for _ in 0..connections {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        c.write_all(b"ping").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let _ = c.read_to_end(&mut Vec::new());
+    }
+    let (_, log) = finish(proxy);
+    while reader.get_mut().try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "ctwasm listen did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = reader.into_inner().wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let destroys = stdout
+        .lines()
+        .filter(|l| l.contains("\"type\":\"DESTROY\""))
+        .count();
+    assert_eq!(destroys, connections, "{stderr}\n{log}");
+    assert!(
+        stderr.contains(&format!(
+            "distinct destroys={connections} duplicate destroys=0"
+        )),
+        "{stderr}"
+    );
+    let refused: u64 = log
+        .split("refused ")
+        .nth(2)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no socket figures: {log}"));
+    assert!(refused > 0, "the buffer never refused: {log}");
+    assert!(log.contains("dying now 0"), "{log}");
 }
