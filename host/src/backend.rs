@@ -434,6 +434,8 @@ pub fn shared_engine() -> &'static Engine {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        // For profiling: wasmtime writes /tmp/perf-PID.map, so `perf report` names the guest's
+        // functions (`wasm[0]::function[N]`; an unstripped build of the guest maps N to names).
         if std::env::var_os("CTWASM_PERFMAP").is_some() {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
