@@ -4,8 +4,10 @@
 //! Each `--listen ADDR --upstream ADDR` pair is one route; its connections are tracked in the
 //! zone of its position (the first route in zone 0). An accepted connection is opened in the
 //! tracker with the tuple the kernel gives the client's leg (client address to listening
-//! address), its bytes are counted each way as they are copied, and it is closed with a FIN
-//! exchange or a reset as it ends; the events go to stdout as `conntrack -E` lines or JSON.
+//! address), its bytes are counted each way as they are copied, and it is closed as it ended:
+//! the FIN exchange started by whichever side closed first, or a reset by the side that sent
+//! it. The events go to stdout as `conntrack -E` lines or JSON and, with `--socket`, to
+//! `ctwasm listen`'s socket, whose refusals a reliable listener turns into retried DESTROYs.
 //!
 //! `--limit-per-source N` and `--limit-per-zone N` refuse a connection that would exceed the
 //! count of open connections (not dying, not TIME_WAIT or CLOSE: what `nft ct count` counts)
@@ -13,7 +15,9 @@
 //! refusal is counted and logged. The counts are read from the tracker's own table.
 //!
 //! One thread owns the tracker; the connection tasks (tokio) send it requests and never wait
-//! on it except to open. A call the guest faults on is recovered from a checkpoint
+//! on it, except for an open a limit may refuse. It gathers what came while it slept into one
+//! batch of connection calls (one crossing into the component), naming a connection opened in
+//! the same batch by its open's index. A call the guest faults on is recovered from a checkpoint
 //! (`--checkpoint-every`); should the tracker be lost anyway, the proxy goes on carrying every
 //! connection untracked and says so. SIGINT or SIGTERM stops accepting, lets open connections
 //! finish for `--drain` seconds, resets the rest, and prints a summary on stderr.
