@@ -95,6 +95,16 @@ pub(crate) const SEGMENT_BYTES: u64 = 65_000;
 impl Tracker {
     /// Opens a connection: the handshake (TCP) or first packet (other protocols) in `zone`.
     pub fn open(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<u32, ConnError> {
+        self.open_handle(now_ns, zone, tuple).map(|h| h.id)
+    }
+
+    /// [`Tracker::open`], answering with the connection's handle.
+    fn open_handle(
+        &mut self,
+        now_ns: u64,
+        zone: u16,
+        tuple: &Tuple,
+    ) -> Result<ConnHandle, ConnError> {
         tuple.invert().ok_or(ConnError::BadTuple)?;
         check_tuple(tuple)?;
         let first = match tuple.proto {
@@ -108,7 +118,11 @@ impl Tracker {
             _ => {}
         }
         let (slot, _) = self.table.find(zone, tuple).ok_or(ConnError::BadTuple)?;
-        let id = self.table.entry(slot).id;
+        let e = self.table.entry(slot);
+        let handle = ConnHandle {
+            id: e.id,
+            start_ns: e.start_ns,
+        };
         if tuple.proto == ipproto::TCP && verdict == Verdict::New {
             // The rest of the handshake goes to the new entry directly.
             let conn = self.conn_at(slot);
@@ -117,7 +131,7 @@ impl Tracker {
             let ack = Synthetic::tcp(2, 2, flag::ACK, 0);
             self.feed_conn(now_ns, &conn, Direction::Original, ack);
         }
-        Ok(id)
+        Ok(handle)
     }
 
     /// `bytes` of data carried in direction `dir` of connection `id`: one segment per
@@ -130,6 +144,11 @@ impl Tracker {
         bytes: u64,
     ) -> Result<(), ConnError> {
         let conn = self.live_conn(id)?;
+        self.transfer_conn(now_ns, &conn, dir, bytes);
+        Ok(())
+    }
+
+    fn transfer_conn(&mut self, now_ns: u64, conn: &Conn, dir: Direction, bytes: u64) {
         let segments = bytes.div_ceil(SEGMENT_BYTES).max(1);
         let last = bytes - (segments - 1) * SEGMENT_BYTES;
         let full = SEGMENT_BYTES as u32;
@@ -137,20 +156,19 @@ impl Tracker {
         if segments > 3 {
             // Two full exchanges; if the second left the entry as the first did, moved along,
             // the ones before the last are applied at once.
-            self.exchange(now_ns, &conn, dir, full);
+            self.exchange(now_ns, conn, dir, full);
             let before = self.connection_image(conn.slot);
-            self.exchange(now_ns, &conn, dir, full);
+            self.exchange(now_ns, conn, dir, full);
             sent = 3;
             if self.repeat_exchange(&before, segments - 3) {
                 sent = segments;
             }
         }
         while sent < segments {
-            self.exchange(now_ns, &conn, dir, full);
+            self.exchange(now_ns, conn, dir, full);
             sent += 1;
         }
-        self.exchange(now_ns, &conn, dir, last as u32);
-        Ok(())
+        self.exchange(now_ns, conn, dir, last as u32);
     }
 
     /// Closes connection `id` as it ended (TCP): the FIN exchange of an orderly close started
@@ -158,19 +176,24 @@ impl Tracker {
     /// protocols have no close on the wire; their entry is ended as `conntrack -D` would.
     pub fn close(&mut self, now_ns: u64, id: u32, ending: Ending) -> Result<(), ConnError> {
         let conn = self.live_conn(id)?;
+        self.close_conn(now_ns, &conn, ending);
+        Ok(())
+    }
+
+    fn close_conn(&mut self, now_ns: u64, conn: &Conn, ending: Ending) {
         if conn.orig.proto != ipproto::TCP {
+            let id = self.table.entry(conn.slot).id;
             self.delete_id(now_ns, id);
-            return Ok(());
+            return;
         }
         match ending {
-            Ending::Reset { from } => self.segment(now_ns, &conn, from, flag::RST | flag::ACK, 0),
+            Ending::Reset { from } => self.segment(now_ns, conn, from, flag::RST | flag::ACK, 0),
             Ending::Fin { first } => {
-                self.segment(now_ns, &conn, first, flag::FIN | flag::ACK, 0);
-                self.segment(now_ns, &conn, first.opposite(), flag::FIN | flag::ACK, 0);
-                self.segment(now_ns, &conn, first, flag::ACK, 0);
+                self.segment(now_ns, conn, first, flag::FIN | flag::ACK, 0);
+                self.segment(now_ns, conn, first.opposite(), flag::FIN | flag::ACK, 0);
+                self.segment(now_ns, conn, first, flag::ACK, 0);
             }
         }
-        Ok(())
     }
 
     /// Runs `calls` in order at `now_ns`, appending each one's outcome to `results`: the
@@ -187,28 +210,28 @@ impl Tracker {
     ) {
         let first = results.len();
         for (index, call) in calls.iter().enumerate() {
+            // The handle a call names, then its live connection (one lookup).
             let done = &results[first..];
-            let resolve = |tracker: &Tracker, conn: ConnRef| match conn {
-                ConnRef::Live(h) if tracker.connection_start(h.id) == Some(h.start_ns) => Ok(h),
+            let handle = |conn: ConnRef| match conn {
+                ConnRef::Live(h) => Ok(h),
                 ConnRef::Opened(i) if (i as usize) < index => {
                     match (calls[i as usize], done[i as usize]) {
                         (ConnCall::Open { .. }, Ok(h)) => Ok(h),
                         _ => Err(ConnError::UnknownId),
                     }
                 }
-                _ => Err(ConnError::UnknownId),
+                ConnRef::Opened(_) => Err(ConnError::UnknownId),
             };
             let outcome = match *call {
-                ConnCall::Open { zone, tuple } => self.open(now_ns, zone, &tuple).map(|id| {
-                    let start_ns = self.connection_start(id).unwrap_or(now_ns);
-                    ConnHandle { id, start_ns }
-                }),
-                ConnCall::Transfer { conn, dir, bytes } => resolve(self, conn).and_then(|h| {
-                    self.transfer(now_ns, h.id, dir, bytes)?;
+                ConnCall::Open { zone, tuple } => self.open_handle(now_ns, zone, &tuple),
+                ConnCall::Transfer { conn, dir, bytes } => handle(conn).and_then(|h| {
+                    let conn = self.handle_conn(h)?;
+                    self.transfer_conn(now_ns, &conn, dir, bytes);
                     Ok(h)
                 }),
-                ConnCall::Close { conn, ending } => resolve(self, conn).and_then(|h| {
-                    self.close(now_ns, h.id, ending)?;
+                ConnCall::Close { conn, ending } => handle(conn).and_then(|h| {
+                    let conn = self.handle_conn(h)?;
+                    self.close_conn(now_ns, &conn, ending);
                     Ok(h)
                 }),
                 ConnCall::Unreadable(e) => Err(e),
@@ -226,6 +249,15 @@ impl Tracker {
         self.live_conn(id)
             .ok()
             .map(|c| self.table.entry(c.slot).start_ns)
+    }
+
+    /// The live connection `h` names: the one with its id, if it started when `h` says.
+    fn handle_conn(&self, h: ConnHandle) -> Result<Conn, ConnError> {
+        let conn = self.live_conn(h.id)?;
+        match self.table.entry(conn.slot).start_ns == h.start_ns {
+            true => Ok(conn),
+            false => Err(ConnError::UnknownId),
+        }
     }
 
     fn live_conn(&self, id: u32) -> Result<Conn, ConnError> {
