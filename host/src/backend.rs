@@ -972,10 +972,7 @@ impl Backend for ComponentBackend {
         dir: Direction,
         bytes: u64,
     ) -> Result<std::result::Result<(), ConnError>> {
-        let dir = match dir {
-            Direction::Original => wit::Direction::Original,
-            Direction::Reply => wit::Direction::Reply,
-        };
+        let dir = direction_to_wit(dir);
         let r = call!(ctwasm_core_proxy: self.call_transfer(now_ns, id, dir, bytes))?;
         r.map_or_else(|e| conn_error("transfer", e).map(Err), |()| Ok(Ok(())))
     }
@@ -1024,10 +1021,7 @@ impl Backend for ComponentBackend {
                     bytes,
                 } => p::ConnCall::Transfer(p::TransferCall {
                     conn: conn(c),
-                    dir: match dir {
-                        Direction::Original => wit::Direction::Original,
-                        Direction::Reply => wit::Direction::Reply,
-                    },
+                    dir: direction_to_wit(dir),
                     bytes,
                 }),
                 ConnCall::Close { conn: c, ending } => p::ConnCall::Close(p::CloseCall {

@@ -227,11 +227,15 @@ fn fault_of(e: &anyhow::Error) -> Fault {
 }
 
 fn conn_refusal(e: ctwasm_core::ConnError) -> Error {
-    Error::Refused(match e {
+    Error::Refused(refusal_of(e))
+}
+
+fn refusal_of(e: ctwasm_core::ConnError) -> Refusal {
+    match e {
         ctwasm_core::ConnError::UnknownId => Refusal::UnknownConnection,
         ctwasm_core::ConnError::TableFull => Refusal::TableFull,
         ctwasm_core::ConnError::BadTuple => Refusal::BadTuple,
-    })
+    }
 }
 
 // ----- the builder -------------------------------------------------------------------------
@@ -991,10 +995,7 @@ impl Tracker {
                     id: h.id,
                     start_ns: h.start_ns,
                 })
-                .map_err(|e| match conn_refusal(e) {
-                    Error::Refused(r) => r,
-                    _ => Refusal::UnknownConnection,
-                })
+                .map_err(refusal_of)
             })
             .collect())
     }
