@@ -594,8 +594,8 @@ impl TrackerThread {
             }
             Request::Close { key, ending } => {
                 if let Some(conn) = self.named(key) {
+                    // `flush` forgets the connection once the close is sent.
                     self.batch.opened.remove(&key);
-                    self.carried.remove(&key);
                     self.batch
                         .push(Call::Close { conn, ending }, Some(key), true);
                 }
@@ -988,15 +988,8 @@ struct SocketOut {
 
 impl SocketOut {
     fn connect(path: &std::path::Path, spec: &str) -> Result<SocketOut> {
-        use ctwasm_live::socket_listener::{SocketListener, SocketListenerConfig};
-        let config = SocketListenerConfig::parse(spec).context("--socket-spec")?;
-        let listener = SocketListener::connect(path, config).with_context(|| {
-            format!(
-                "--socket {}: connecting to the reader (is `ctwasm listen` running?)",
-                path.display()
-            )
-        })?;
-        let end = listener.end_handle()?;
+        let (listener, end) =
+            ctwasm_live::socket_listener::SocketListener::connect_spec(path, spec)?;
         Ok(SocketOut { listener, end })
     }
 

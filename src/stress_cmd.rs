@@ -374,20 +374,13 @@ fn plot(path: &Path, r: &StressReport, o: &StressOptions) -> Result<()> {
 mod socket_listener {
     use std::path::Path;
 
-    use anyhow::{Context, Result};
+    use anyhow::Result;
     use ctwasm_host::listener::ExternalListener;
+    use ctwasm_live::socket_listener::SocketListener;
     pub use ctwasm_live::socket_listener::StreamEnd;
-    use ctwasm_live::socket_listener::{SocketListener, SocketListenerConfig};
 
     pub fn connect(path: &Path, spec: &str) -> Result<(Box<dyn ExternalListener>, StreamEnd)> {
-        let config = SocketListenerConfig::parse(spec)?;
-        let listener = SocketListener::connect(path, config).with_context(|| {
-            format!(
-                "connecting to the reader at {} (is `ctwasm listen` running?)",
-                path.display()
-            )
-        })?;
-        let end = listener.end_handle()?;
+        let (listener, end) = SocketListener::connect_spec(path, spec)?;
         Ok((Box::new(listener), end))
     }
 }

@@ -148,6 +148,22 @@ impl SocketListener {
         SocketListener::new(config, socket)
     }
 
+    /// What the commands' `--socket PATH --socket-spec SPEC` ask for: a listener set up by
+    /// `spec`, sending to the reader at `path`, and the end of its stream; errors name the
+    /// option at fault.
+    pub fn connect_spec(path: &Path, spec: &str) -> anyhow::Result<(SocketListener, StreamEnd)> {
+        use anyhow::Context as _;
+        let config = SocketListenerConfig::parse(spec).context("--socket-spec")?;
+        let listener = SocketListener::connect(path, config).with_context(|| {
+            format!(
+                "--socket {}: connecting to the reader (is `ctwasm listen` running?)",
+                path.display()
+            )
+        })?;
+        let end = listener.end_handle()?;
+        Ok((listener, end))
+    }
+
     fn new(config: SocketListenerConfig, socket: UnixDatagram) -> io::Result<SocketListener> {
         set_sndbuf(&socket, config.buffer)?;
         socket.set_nonblocking(true)?;
