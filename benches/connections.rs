@@ -17,8 +17,11 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ctwasm_core::tuple::{Addr, Direction, Family, L4Tuple, Tuple, ipproto};
-use ctwasm_core::{ConnCall, ConnRef, Delivery, Ending};
+use ctwasm_core::{ConnCall, ConnRef, Ending};
 use ctwasm_host::backend::{Backend, BackendKind, TrackerSettings, open_backend};
+
+mod common;
+use common::drain;
 
 const S: u64 = 1_000_000_000;
 const STEP_NS: u64 = 100_000;
@@ -47,20 +50,6 @@ fn client_tuple(n: u64) -> Tuple {
             src: n as u16 | 1024,
             dst: 443,
         },
-    }
-}
-
-/// Takes every pending event and reports it delivered, as a lossless host does.
-fn drain(b: &mut dyn Backend, events: &mut Vec<u8>, results: &mut Vec<Delivery>) {
-    loop {
-        events.clear();
-        let n = b.take_events(u32::MAX, events).unwrap();
-        if n == 0 {
-            return;
-        }
-        results.clear();
-        results.resize(n, Delivery::Delivered);
-        b.report_delivery(results).unwrap();
     }
 }
 

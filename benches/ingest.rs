@@ -16,6 +16,9 @@ use ctwasm_core::batch::push_packet;
 use ctwasm_core::wire::build;
 use ctwasm_host::backend::{Backend, BackendKind, TrackerSettings, open_backend};
 
+mod common;
+use common::drain;
+
 const S: u64 = 1_000_000_000;
 const FLOWS: u32 = 4096;
 
@@ -39,20 +42,6 @@ fn backend(kind: BackendKind) -> Box<dyn Backend> {
         ..TrackerSettings::default()
     };
     open_backend(kind, &settings, None).expect("a backend")
-}
-
-/// Takes every pending event and reports it delivered, as a lossless host does.
-fn drain(b: &mut dyn Backend, events: &mut Vec<u8>, results: &mut Vec<Delivery>) {
-    loop {
-        events.clear();
-        let n = b.take_events(u32::MAX, events).unwrap();
-        if n == 0 {
-            return;
-        }
-        results.clear();
-        results.resize(n, Delivery::Delivered);
-        b.report_delivery(results).unwrap();
-    }
 }
 
 fn established(c: &mut Criterion) {
