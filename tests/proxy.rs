@@ -30,7 +30,7 @@ use ctwasm_live::ctnetlink::{EventSocket, Groups, Received, SubscribeOptions};
 
 mod common;
 use common::sockets::{abort, connect_from};
-use common::{Lab, RULESET, Reaped, require_live, serial};
+use common::{Lab, RULESET, Reaped, TempDir, require_live, serial};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ctwasm");
 const PROXY: &str = "127.0.0.1:8000";
@@ -700,10 +700,8 @@ fn a_server_that_closes_first_is_told_apart_from_a_client_that_does() {
 #[test]
 fn a_reliable_socket_listener_gets_every_destroy_exactly_once() {
     let deadline = Instant::now() + Duration::from_secs(90);
-    let dir = std::env::temp_dir().join(format!("ctwasm-proxy-socket-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).unwrap();
-    let path = dir.join("events.sock");
+    let dir = TempDir::new("proxy-socket");
+    let path = dir.path().join("events.sock");
     let mut reader = Reaped::new(
         Command::new(BIN)
             .arg("listen")
@@ -749,7 +747,6 @@ fn a_reliable_socket_listener_gets_every_destroy_exactly_once() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = reader.into_inner().wait_with_output().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     let (stdout, stderr) = (
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,9 @@ use ctwasm_host::stress::{self, StressOptions, StressReport};
 use ctwasm_live::socket_listener::{
     ReadPace, SocketListener, SocketListenerConfig, SocketReader, Tally,
 };
+
+mod common;
+use common::TempDir;
 
 const NS_PER_S: u64 = 1_000_000_000;
 
@@ -138,28 +141,6 @@ fn lossy_socket_listener_loses_destroys_but_never_reads_one_twice() {
     assert_eq!((s.dying_peak, s.dying_final), (0, 0));
 }
 
-/// A directory of this test's own, removed at the end.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("ctwasm-{label}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The child, killed (by its pid) if it is still running when the test ends.
 struct Reaped(Child);
 
@@ -195,7 +176,7 @@ fn read_all(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String
 fn ctwasm_listen_receives_and_prints_what_the_host_sends() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let dir = TempDir::new("listen");
-    let path = dir.0.join("events.sock");
+    let path = dir.path().join("events.sock");
     let child = Command::new(env!("CARGO_BIN_EXE_ctwasm"))
         .arg("listen")
         .arg(&path)

@@ -87,6 +87,33 @@ pub fn require_program(test: &str, program: &str) -> bool {
     false
 }
 
+/// A directory of this test's own under the system's temporary directory, removed with what it
+/// holds when dropped, also when the test fails.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("ctwasm-{label}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A child process this test started, killed and reaped when dropped, so a failing test leaves
 /// no proxy or server behind.
 #[derive(Debug)]
