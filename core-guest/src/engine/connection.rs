@@ -246,9 +246,8 @@ impl Tracker {
     /// checks it here before acting: the pair names one connection, never a later one that drew
     /// the same id.
     pub fn connection_start(&self, id: u32) -> Option<u64> {
-        self.live_conn(id)
-            .ok()
-            .map(|c| self.table.entry(c.slot).start_ns)
+        let e = self.table.entry(self.table.slot_of(id)?);
+        (e.life == Life::Live).then_some(e.start_ns)
     }
 
     /// The live connection `h` names: the one with its id, if it started when `h` says.
