@@ -8,6 +8,10 @@
 //! the FIN exchange started by whichever side closed first, or a reset by the side that sent
 //! it. The events go to stdout as `conntrack -E` lines or JSON and, with `--socket`, to
 //! `ctwasm listen`'s socket, whose refusals a reliable listener turns into retried DESTROYs.
+//! `--listener SPEC` adds simulated netlink listeners (the ones `replay` and `stress` take),
+//! driven by the proxy's clock: a small buffer or a slow reader loses events, or, when the
+//! listener asked for reliable delivery, keeps DESTROYs on the dying list, exactly as a
+//! kernel socket of that setup would; stdout then prints what the first one reads.
 //!
 //! `--limit-per-source N` and `--limit-per-zone N` refuse a connection that would exceed the
 //! count of open connections (not dying, not TIME_WAIT or CLOSE: what `nft ct count` counts)
@@ -32,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use ctwasm_core::event::TcpState;
-use ctwasm_host::listener::ExternalListener as _;
+use ctwasm_host::listener::{ListenerConfig, ListenerStats, Listeners as EventListeners};
 use ctwasm_host::output::{self, Format};
 use ctwasm_host::{
     BackendKind, Call, Connection, ConnectionRef, Delivery, Direction, Ending, EntryView,
@@ -95,6 +99,11 @@ pub struct ProxyArgs {
     /// The socket listener's setup (buffer=BYTES, reliable, groups=...).
     #[arg(long, value_name = "SPEC", default_value = "buffer=212992,reliable")]
     socket_spec: String,
+    /// A simulated netlink listener on the proxy's clock, e.g. rcvbuf=64K,reliable,drain=1000/s
+    /// (repeatable; the spec of `replay --listener`). stdout prints what the first one reads;
+    /// without one, every event as delivered.
+    #[arg(long = "listener", value_name = "SPEC", value_parser = parse_listener)]
+    listeners: Vec<ListenerConfig>,
     /// How a DESTROY that a reliable listener missed is sent again.
     #[arg(long, value_parser = crate::retry_policy_parser(), default_value = "grace")]
     retry_policy: ctwasm_host::RetryPolicy,
@@ -112,6 +121,11 @@ pub struct ProxyArgs {
     /// For tests of fault recovery: the component traps at this packet (trap-at-packet=N).
     #[arg(long, hide = true, value_name = "FAULT", value_parser = parse_fault)]
     inject_fault: Option<ctwasm_host::GuestFault>,
+}
+
+/// A `--listener` spec.
+fn parse_listener(spec: &str) -> Result<ListenerConfig, String> {
+    ListenerConfig::parse(spec).map_err(|e| format!("{e:#}"))
 }
 
 /// `trap-at-packet=N`.
@@ -281,9 +295,16 @@ struct TrackerThread {
     carried: HashMap<u64, Connection>,
     /// Calls gathered since the last flush.
     batch: Gathered,
-    /// `--socket`: the listener at `ctwasm listen`'s socket, and the end of its stream.
-    socket: Option<SocketOut>,
-    /// How long to keep sending DESTROYs the socket missed once every connection ended.
+    /// Who the events are offered to: the `--listener`s (or stdout's lossless reader), then
+    /// `ctwasm listen`'s socket; the first one's reads are printed.
+    listeners: EventListeners,
+    /// `--socket`: the end of the socket's stream.
+    stream_end: Option<ctwasm_live::socket_listener::StreamEnd>,
+    /// A reliable listener missed a message since the tracker was last told that the
+    /// listeners have room again (the on-drain retry policy waits for that).
+    waiting_for_room: bool,
+    /// How long to keep sending DESTROYs a reliable listener missed once every connection
+    /// ended.
     drain: Duration,
 }
 
@@ -293,7 +314,12 @@ struct Finished {
     lost: u64,
     stats: Option<ctwasm_host::Stats>,
     recovery: Option<ctwasm_host::resilient::Recovery>,
-    socket: Option<ctwasm_host::listener::ListenerStats>,
+    /// The `--listener`s' figures, by name.
+    simulated: Vec<(String, ListenerStats)>,
+    /// The socket's figures.
+    socket: Option<ListenerStats>,
+    /// Whether a listener asked for reliable delivery (then the dying list is reported).
+    reliable: bool,
 }
 
 /// Connection calls gathered for one [`Tracker::calls`] batch.
@@ -345,7 +371,11 @@ impl TrackerThread {
             if !handled {
                 let now = self.clock.now();
                 self.with_tracker("advance", |t| t.advance(now));
-                if let Some(Some(at)) = self.with_tracker("next deadline", |t| t.next_deadline()) {
+                let timer = self
+                    .with_tracker("next deadline", |t| t.next_deadline())
+                    .flatten();
+                // A paced reader reads on its own schedule.
+                if let Some(at) = timer.into_iter().chain(self.listeners.next_read_at()).min() {
                     wait = Duration::from_nanos(at.saturating_sub(now))
                         .clamp(Duration::from_millis(1), idle_wait);
                 }
@@ -370,28 +400,32 @@ impl TrackerThread {
         if let Some(metrics) = self.metrics.take() {
             metrics.finish();
         }
-        let socket = self.socket.take().map(|s| {
-            let stats = s.listener.stats();
-            s.finish();
-            stats
-        });
+        if let Some(end) = self.stream_end.take() {
+            // Ends the reader's stream, waiting for room a second at most.
+            if let Err(e) = end.finish(Instant::now() + Duration::from_secs(1)) {
+                eprintln!("ctwasm proxy: ending the socket's stream: {e}");
+            }
+        }
         Finished {
             events: self.events,
             lost: self.lost,
             stats,
             recovery,
-            socket,
+            simulated: self
+                .listeners
+                .iter()
+                .filter(|l| !l.config().delivered_only && l.name() != STDOUT_READER)
+                .map(|l| (l.name().to_string(), l.stats()))
+                .collect(),
+            socket: self.listeners.external().next().map(|l| l.stats()),
+            reliable: self.listeners.has_reliable(),
         }
     }
 
-    /// With a reliable socket listener, DESTROYs it missed wait on the dying list: they are
-    /// sent again, as the retry policy says, until the list is empty or `--drain` has passed.
+    /// With a reliable listener, DESTROYs it missed wait on the dying list: they are sent
+    /// again, as the retry policy says, until the list is empty or `--drain` has passed.
     fn drain_dying(&mut self) {
-        if !self
-            .socket
-            .as_ref()
-            .is_some_and(|s| s.listener.is_reliable())
-        {
+        if !self.listeners.has_reliable() {
             return;
         }
         let deadline = Instant::now() + self.drain;
@@ -412,7 +446,8 @@ impl TrackerThread {
         let left = dying(self);
         if left > 0 {
             eprintln!(
-                "ctwasm proxy: {left} DESTROY(s) still undelivered to the socket after --drain"
+                "ctwasm proxy: {left} DESTROY(s) still undelivered to a reliable listener after \
+                 --drain"
             );
         }
     }
@@ -664,51 +699,65 @@ impl TrackerThread {
             .ok_or(Opened::Untracked)
     }
 
+    /// Offers the tracker's new messages to the listeners, tells the tracker which a reliable
+    /// one missed (they come again), and prints what the first listener read.
     fn print_events(&mut self) {
         let Some(tracker) = self.tracker.as_mut() else {
             return;
         };
-        let format = self.format;
-        let mut lines = Vec::new();
-        let export = &mut self.export;
-        let socket = &mut self.socket;
         let now = self.clock.now();
+        let (listeners, export) = (&mut self.listeners, &mut self.export);
         let mut missed = false;
+        listeners.advance(now);
         let polled = tracker.poll_events(|event| {
             let frame = event.frame();
-            // A message a reliable socket missed is not printed now: it comes again.
-            if let Some(s) = socket.as_mut()
-                && s.listener.offer(now, frame.group, frame.netlink).missed()
-            {
-                missed = true;
-                if s.listener.is_reliable() {
-                    return Delivery::Failed;
-                }
-            }
-            lines.push(match output::decode_frame(&frame) {
-                Ok(msg) => {
-                    if let Some(export) = export.as_mut() {
+            let outcome = listeners.deliver(now, &frame);
+            match outcome {
+                Delivery::Failed => missed = true,
+                // A missed message is offered again later: the export sees it once, delivered.
+                Delivery::Delivered => {
+                    if let Some(export) = export.as_mut()
+                        && let Ok(msg) = output::decode_frame(&frame)
+                    {
                         export.observe(&msg, frame.ts_ns);
                     }
-                    format.line(&frame, &msg)
                 }
-                Err(e) => format!("[undecodable event: {e}]"),
-            });
-            Delivery::Delivered
+            }
+            outcome
         });
         if let Err(e) = polled {
             eprintln!("ctwasm proxy: taking the tracker's events failed ({e})");
         }
-        // The on-drain retry policy sends again when the listener has room.
-        if missed && self.socket.as_ref().is_some_and(|s| s.listener.has_room()) {
+        self.listeners.advance(now);
+        // The on-drain retry policy sends again once the reliable listeners have room.
+        self.waiting_for_room |= missed;
+        if self.waiting_for_room && self.listeners.reliable_have_room() {
+            self.waiting_for_room = false;
             self.with_tracker("listeners drained", |t| t.listeners_drained(now));
         }
-        self.events += lines.len() as u64;
-        for line in lines {
-            if format.is_xml() && !self.xml_opened {
+        self.print_reads();
+    }
+
+    /// Prints the messages the first listener has read.
+    fn print_reads(&mut self) {
+        let Some(first) = self.listeners.get_mut(0) else {
+            return;
+        };
+        for msg in first.take_received() {
+            // Expectation events are counted by the listeners but not printed: the formats
+            // describe conntrack entries.
+            let Some(frame) = msg.event_frame().filter(|f| f.group <= 3) else {
+                continue;
+            };
+            let line = match output::decode_frame(&frame) {
+                Ok(decoded) => self.format.line(&frame, &decoded),
+                Err(e) => format!("[undecodable event: {e}]"),
+            };
+            if self.format.is_xml() && !self.xml_opened {
                 self.xml_opened = true;
                 self.emit(output::xml::PROLOGUE.to_string());
             }
+            self.events += 1;
             self.emit(line);
         }
     }
@@ -779,26 +828,70 @@ pub fn run(args: ProxyArgs) -> Result<()> {
         builder = builder.sysctl(name, value);
     }
     let mut tracker = builder.build().context("starting the tracker")?;
-    let socket = match &args.socket {
-        Some(path) => Some(SocketOut::connect(path, &args.socket_spec)?),
-        None => None,
+    let (socket, stream_end) = match &args.socket {
+        Some(path) => {
+            let (listener, end) = ctwasm_live::socket_listener::SocketListener::connect_spec(
+                path,
+                &args.socket_spec,
+            )?;
+            (Some(listener), Some(end))
+        }
+        None => (None, None),
     };
-    tracker.set_listeners(match &socket {
-        Some(s) if s.listener.is_reliable() => Listeners::Reliable,
-        _ => Listeners::Present,
+    let listeners = event_listeners(&args.listeners, socket);
+    tracker.set_listeners(match listeners.has_reliable() {
+        true => Listeners::Reliable,
+        false => Listeners::Present,
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the proxy's runtime")?;
-    runtime.block_on(serve(args, tracker, socket, format))
+    runtime.block_on(serve(args, tracker, listeners, stream_end, format))
+}
+
+/// The name of stdout's own reader, when no `--listener` is given.
+const STDOUT_READER: &str = "stdout";
+
+/// Who the events are offered to: the `--listener`s, the first of which records what it reads
+/// for stdout, or else a reader for stdout that loses nothing; then the socket. With a reliable
+/// socket, stdout's reader is an observer, which reads each message once, as delivered, where
+/// a second socket would read every retry of a message the first one refused.
+fn event_listeners(
+    configs: &[ListenerConfig],
+    socket: Option<ctwasm_live::socket_listener::SocketListener>,
+) -> EventListeners {
+    use ctwasm_host::listener::ExternalListener as _;
+    let mut listeners = match configs.split_first() {
+        Some((first, rest)) => {
+            let first = ListenerConfig {
+                record: true,
+                ..first.clone()
+            };
+            EventListeners::new(std::iter::once(first).chain(rest.iter().cloned()))
+        }
+        None if socket.as_ref().is_some_and(|s| s.is_reliable()) => {
+            EventListeners::new([ListenerConfig::observer(STDOUT_READER)])
+        }
+        None => EventListeners::new([ListenerConfig {
+            name: STDOUT_READER.to_string(),
+            rcvbuf: usize::MAX,
+            record: true,
+            ..ListenerConfig::default()
+        }]),
+    };
+    if let Some(socket) = socket {
+        listeners.push_external(Box::new(socket));
+    }
+    listeners
 }
 
 async fn serve(
     args: ProxyArgs,
     tracker: Tracker,
-    socket: Option<SocketOut>,
+    mut event_listeners: EventListeners,
+    stream_end: Option<ctwasm_live::socket_listener::StreamEnd>,
     format: Format,
 ) -> Result<()> {
     let mut listeners = Vec::new();
@@ -821,11 +914,13 @@ async fn serve(
         per_source: args.limit_per_source,
         per_zone: args.limit_per_zone,
     };
+    let clock = Clock::new();
+    event_listeners.set_origin(clock.now());
     let thread = TrackerThread {
         tracker: Some(tracker),
         limits,
         format,
-        clock: Clock::new(),
+        clock,
         lines,
         events: 0,
         lost: 0,
@@ -836,7 +931,9 @@ async fn serve(
         counts: Arc::clone(&counts),
         carried: HashMap::new(),
         batch: Gathered::default(),
-        socket,
+        listeners: event_listeners,
+        stream_end,
+        waiting_for_room: false,
         drain: Duration::from_secs_f64(args.drain),
     };
     let tracker_thread = std::thread::Builder::new()
@@ -925,7 +1022,9 @@ async fn serve(
         lost,
         stats,
         recovery,
+        simulated,
         socket,
+        reliable,
     } = tokio::task::spawn_blocking(move || {
         let r = tracker_thread.join();
         // The tracker's thread held the only sender: the printer ends once it wrote the rest.
@@ -966,39 +1065,23 @@ async fn serve(
                 r.recoveries, r.dropped_calls
             );
         }
+        for (name, s) in simulated {
+            eprintln!("  listener {name}: {s}");
+        }
         if let Some(s) = socket {
             eprintln!(
-                "  socket listener: queued {}, refused {} (ENOBUFS {}), dying now {}",
-                s.received,
-                s.dropped,
-                s.enobufs,
+                "  socket listener: queued {}, refused {} (ENOBUFS {})",
+                s.received, s.dropped, s.enobufs
+            );
+        }
+        if reliable {
+            eprintln!(
+                "  reliable delivery: dying now {}",
                 stats.map_or(0, |s| s.dying)
             );
         }
     }
     Ok(())
-}
-
-/// `--socket`: a listener whose deliveries the kernel's buffer of a Unix datagram socket
-/// decides, read by `ctwasm listen`, and the end of its stream (sent when the proxy stops).
-struct SocketOut {
-    listener: ctwasm_live::socket_listener::SocketListener,
-    end: ctwasm_live::socket_listener::StreamEnd,
-}
-
-impl SocketOut {
-    fn connect(path: &std::path::Path, spec: &str) -> Result<SocketOut> {
-        let (listener, end) =
-            ctwasm_live::socket_listener::SocketListener::connect_spec(path, spec)?;
-        Ok(SocketOut { listener, end })
-    }
-
-    /// Ends the reader's stream, waiting for room a second at most.
-    fn finish(self) {
-        if let Err(e) = self.end.finish(Instant::now() + Duration::from_secs(1)) {
-            eprintln!("ctwasm proxy: ending the socket's stream: {e}");
-        }
-    }
 }
 
 /// The thread that writes the event lines to stdout, and its queue (64 Ki lines). A reader

@@ -597,6 +597,17 @@ fn unpaired_or_bad_routes_are_refused() {
             ],
             "--retry-policy",
         ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "127.0.0.1:1",
+                "--listener",
+                "rcvbuf=2048,drain=fast",
+            ],
+            "--listener",
+        ),
     ] {
         let out = Command::new(BIN).arg("proxy").args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -771,4 +782,54 @@ fn a_reliable_socket_listener_gets_every_destroy_exactly_once() {
         .unwrap_or_else(|| panic!("no socket figures: {log}"));
     assert!(refused > 0, "the buffer never refused: {log}");
     assert!(log.contains("dying now 0"), "{log}");
+}
+
+/// `--listener`: simulated netlink listeners on the proxy's clock decide the deliveries as a
+/// kernel socket of their setup would. A reliable one with a small buffer and a slow reader
+/// refuses some messages, so their DESTROYs wait on the dying list and come again: stdout (its
+/// reads) has every connection's DESTROY exactly once. A second, unreliable one of the same
+/// setup just loses what it refuses.
+#[test]
+fn simulated_listeners_decide_the_deliveries_on_the_proxys_clock() {
+    let connections = 40;
+    let upstream = common::echo_server(connections);
+    let (proxy, addr) = start_proxy(
+        &upstream.to_string(),
+        &[
+            "--listener",
+            "name=slow,rcvbuf=2048,reliable,drain=200/s",
+            "--listener",
+            "name=lossy,rcvbuf=2048,drain=200/s",
+            "--retry-policy",
+            "kernel",
+            "--drain",
+            "30",
+        ],
+    );
+    for _ in 0..connections {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        c.write_all(b"ping").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let _ = c.read_to_end(&mut Vec::new());
+    }
+    let (events, log) = finish(proxy);
+    let destroys: Vec<u64> = events
+        .iter()
+        .filter(|e| e["type"] == "DESTROY")
+        .map(|e| e["id"].as_u64().expect("an id"))
+        .collect();
+    let distinct: std::collections::HashSet<_> = destroys.iter().collect();
+    assert_eq!(destroys.len(), connections, "{log}");
+    assert_eq!(distinct.len(), connections, "{log}");
+    let dropped = |name: &str| -> u64 {
+        log.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("listener {name}: ")))
+            .and_then(|l| l.split("dropped ").nth(1))
+            .and_then(|d| d.split(' ').next())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("no figures for listener {name}: {log}"))
+    };
+    assert!(dropped("slow") > 0, "the buffer never refused: {log}");
+    assert!(dropped("lossy") > 0, "the buffer never refused: {log}");
+    assert!(log.contains("reliable delivery: dying now 0"), "{log}");
 }

@@ -625,8 +625,9 @@ impl Listener {
 ///
 /// [`Listeners::deliver`] offers it the message's ctnetlink bytes after the simulated listeners;
 /// a miss ([`Offer::missed`]) by one that [`is_reliable`](ExternalListener::is_reliable) fails the
-/// delivery. It has no simulated read times: its reader runs on the wall clock.
-pub trait ExternalListener: fmt::Debug {
+/// delivery. It has no simulated read times: its reader runs on the wall clock. It is `Send`, so
+/// a tracker thread (the proxy's) can own the listeners.
+pub trait ExternalListener: fmt::Debug + Send {
     fn name(&self) -> &str;
     /// `NETLINK_BROADCAST_ERROR`: a message it misses fails the delivery.
     fn is_reliable(&self) -> bool;
