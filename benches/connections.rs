@@ -108,6 +108,7 @@ fn batched(c: &mut Criterion) {
                         calls.push(ConnCall::Open {
                             zone: 0,
                             tuple: client_tuple(n),
+                            first_bytes: 0,
                         });
                         for (dir, bytes) in
                             [(Direction::Original, 1_000), (Direction::Reply, 16_000)]

@@ -28,6 +28,8 @@ mod listen_cmd;
 mod metrics_args;
 #[cfg(target_os = "linux")]
 mod proxy_cmd;
+#[cfg(target_os = "linux")]
+mod proxy_routes;
 mod shadow_cmd;
 #[cfg(target_os = "linux")]
 mod signals;

@@ -1,8 +1,10 @@
-//! `ctwasm proxy`: a TCP proxy that tracks the connections it carries, in the sandboxed
-//! tracker, as the kernel's conntrack would track them on its sockets.
+//! `ctwasm proxy`: a TCP and UDP proxy that tracks the connections it carries, in the
+//! sandboxed tracker, as the kernel's conntrack would track them on its sockets.
 //!
-//! Each `--listen ADDR --upstream ADDR` pair is one route; its connections are tracked in the
-//! zone of its position (the first route in zone 0). An accepted connection is opened in the
+//! Each `--listen [udp:]ADDR --upstream ADDR` pair is one route; its connections are tracked in
+//! the zone of its position (the first route in zone 0); `--config FILE` adds routes from a
+//! TOML file (`proxy_routes`). UDP routes relay datagrams in sessions (`udp`). An accepted
+//! TCP connection is opened in the
 //! tracker with the tuple the kernel gives the client's leg (client address to listening
 //! address), its bytes are counted each way as they are copied, and it is closed as it ended:
 //! the FIN exchange started by whichever side closed first, or a reset by the side that sent
@@ -34,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ctwasm_core::event::TcpState;
 use ctwasm_host::listener::{ListenerConfig, ListenerStats, Listeners as EventListeners};
 use ctwasm_host::output::{self, Format};
@@ -48,15 +50,31 @@ use tokio::sync::{oneshot, watch};
 
 use crate::FormatArg;
 
+mod udp;
+use crate::proxy_routes::{ListenArg, Protocol, Route};
+
 /// `ctwasm proxy`.
 #[derive(clap::Args, Debug)]
 pub struct ProxyArgs {
-    /// Address to accept connections on (repeatable; the n-th pairs with the n-th --upstream).
-    #[arg(long = "listen", value_name = "ADDR", required = true)]
-    listen: Vec<SocketAddr>,
+    /// Address to accept connections on, `udp:` before it for datagrams (repeatable; the n-th
+    /// pairs with the n-th --upstream).
+    #[arg(
+        long = "listen",
+        value_name = "[udp:]ADDR",
+        required_unless_present = "config"
+    )]
+    listen: Vec<ListenArg>,
     /// Where the connections accepted on the matching --listen go.
-    #[arg(long = "upstream", value_name = "ADDR", required = true)]
+    #[arg(
+        long = "upstream",
+        value_name = "ADDR",
+        required_unless_present = "config"
+    )]
     upstream: Vec<SocketAddr>,
+    /// A TOML file of routes (`[[route]]` with listen, upstream, zone, protocol), after the
+    /// command line's.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// Refuse a connection when its source already has this many open connections in the
     /// zone (0 refuses every one).
     #[arg(long, value_name = "N")]
@@ -83,6 +101,10 @@ pub struct ProxyArgs {
     /// Checkpoint the tracker every N calls, so a guest fault loses nothing.
     #[arg(long, value_name = "N", default_value_t = 64)]
     checkpoint_every: usize,
+    /// End a UDP session after this many seconds without a datagram either way (at most, and
+    /// by default, the tracker's nf_conntrack_udp_timeout, so its entry outlives it).
+    #[arg(long, value_name = "SECS", value_parser = crate::values::seconds)]
+    udp_idle: Option<f64>,
     /// Give up connecting upstream after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = crate::values::seconds)]
     connect_timeout: f64,
@@ -149,6 +171,8 @@ struct Counts {
     bytes_to_upstream: AtomicU64,
     bytes_to_client: AtomicU64,
     untracked: AtomicU64,
+    /// UDP datagrams lost on the way: a session's queue full, or its upstream refused.
+    datagrams_dropped: AtomicU64,
 }
 
 /// Why a connection was refused at accept.
@@ -222,8 +246,12 @@ enum Request {
     Open {
         key: u64,
         zone: u16,
+        /// TCP or UDP: the connection's tuple is this protocol's, client to local address.
+        protocol: Protocol,
         client: SocketAddr,
         local: SocketAddr,
+        /// What the client sent first (a UDP session's first datagram).
+        first_bytes: u64,
         /// Where the answer goes, when the task waits for it.
         reply: Option<oneshot::Sender<Opened>>,
     },
@@ -235,6 +263,11 @@ enum Request {
     Close {
         key: u64,
         ending: Ending,
+    },
+    /// A UDP session ended: its entry stays until it times out, as the kernel's would (UDP
+    /// has no close on the wire); the key is forgotten.
+    Forget {
+        key: u64,
     },
 }
 
@@ -331,6 +364,8 @@ struct Gathered {
     keys: Vec<(Option<u64>, bool)>,
     /// The index of each open in `calls`, by key, so later calls name it.
     opened: HashMap<u64, usize>,
+    /// Keys to forget once the batch is sent (ended UDP sessions).
+    forget: Vec<u64>,
 }
 
 impl Gathered {
@@ -502,6 +537,11 @@ impl TrackerThread {
                 "Bytes copied from upstreams to clients.",
                 n(&c.bytes_to_client),
             ),
+            (
+                "proxy_udp_datagrams_dropped",
+                "UDP datagrams lost on the way (a session's queue full, or its upstream refused).",
+                n(&c.datagrams_dropped),
+            ),
             ("proxy_event_messages", "Event messages taken.", self.events),
             (
                 "proxy_event_lines_lost",
@@ -586,14 +626,16 @@ impl TrackerThread {
             Request::Open {
                 key,
                 zone,
+                protocol,
                 client,
                 local,
+                first_bytes,
                 reply: Some(reply),
             } => {
                 // The limit counts what the tracker holds, so what came before goes first.
                 self.flush();
                 let now = self.clock.now();
-                let answer = match self.open(now, zone, client, local) {
+                let answer = match self.open(now, zone, protocol, client, local, first_bytes) {
                     Ok(conn) => {
                         self.carried.insert(key, conn);
                         Opened::Tracked
@@ -608,14 +650,23 @@ impl TrackerThread {
             Request::Open {
                 key,
                 zone,
+                protocol,
                 client,
                 local,
+                first_bytes,
                 reply: None,
-            } => match port_tuple(6, client, local) {
+            } => match port_tuple(protocol.number(), client, local) {
                 Ok(tuple) => {
                     self.batch.opened.insert(key, self.batch.calls.len());
-                    self.batch
-                        .push(Call::Open { zone, tuple }, Some(key), false);
+                    self.batch.push(
+                        Call::Open {
+                            zone,
+                            tuple,
+                            first_bytes,
+                        },
+                        Some(key),
+                        false,
+                    );
                 }
                 Err(_) => {
                     self.counts.untracked.fetch_add(1, Ordering::Relaxed);
@@ -635,6 +686,10 @@ impl TrackerThread {
                         .push(Call::Close { conn, ending }, Some(key), true);
                 }
             }
+            Request::Forget { key } => {
+                self.batch.opened.remove(&key);
+                self.batch.forget.push(key);
+            }
         }
     }
 
@@ -650,6 +705,9 @@ impl TrackerThread {
     /// connections the opens gave.
     fn flush(&mut self) {
         if self.batch.calls.is_empty() {
+            for key in self.batch.forget.drain(..) {
+                self.carried.remove(&key);
+            }
             return;
         }
         let now = self.clock.now();
@@ -671,6 +729,9 @@ impl TrackerThread {
                 (None, ..) => {}
             }
         }
+        for key in self.batch.forget.drain(..) {
+            self.carried.remove(&key);
+        }
         self.batch.opened.clear();
         self.batch.calls = calls;
         self.batch.calls.clear();
@@ -681,8 +742,10 @@ impl TrackerThread {
         &mut self,
         now: u64,
         zone: u16,
+        protocol: Protocol,
         client: SocketAddr,
         local: SocketAddr,
+        first_bytes: u64,
     ) -> Result<Connection, Opened> {
         if self.limits != Limits::default() {
             let Some(table) = self.with_tracker("dump", |t| t.dump()) else {
@@ -692,11 +755,25 @@ impl TrackerThread {
                 return Err(Opened::Refused(refusal));
             }
         }
-        let Ok(tuple) = port_tuple(6, client, local) else {
+        let Ok(tuple) = port_tuple(protocol.number(), client, local) else {
             return Err(Opened::Untracked);
         };
-        self.with_tracker("open", |t| t.open(now, zone, &tuple))
-            .ok_or(Opened::Untracked)
+        let open = Call::Open {
+            zone,
+            tuple,
+            first_bytes,
+        };
+        match self.with_tracker("open", |t| t.calls(now, &[open])) {
+            Some(outcomes) => match outcomes.first() {
+                Some(Ok(conn)) => Ok(*conn),
+                Some(Err(why)) => {
+                    eprintln!("ctwasm proxy: the tracker refused {client}: {why}");
+                    Err(Opened::Untracked)
+                }
+                None => Err(Opened::Untracked),
+            },
+            None => Err(Opened::Untracked),
+        }
     }
 
     /// Offers the tracker's new messages to the listeners, tells the tracker which a reliable
@@ -763,6 +840,14 @@ impl TrackerThread {
     }
 }
 
+/// The client leg of a connection as the kernel keys it: protocol, client, local address.
+#[derive(Clone, Copy, Debug)]
+struct Legs {
+    protocol: Protocol,
+    client: SocketAddr,
+    local: SocketAddr,
+}
+
 /// The connection tasks' handle on the tracker's thread.
 #[derive(Clone)]
 struct Handle {
@@ -775,7 +860,7 @@ impl Handle {
     /// Opens connection `key` in the tracker; waits for the answer only if a limit may
     /// refuse it (otherwise the answer is `Tracked`, and the tracker's thread counts the
     /// connection as untracked should the tracker not take it).
-    async fn open(&self, key: u64, zone: u16, client: SocketAddr, local: SocketAddr) -> Opened {
+    async fn open(&self, key: u64, zone: u16, legs: Legs, first_bytes: u64) -> Opened {
         let (reply, answer) = match self.limited {
             true => {
                 let (tx, rx) = oneshot::channel();
@@ -786,8 +871,10 @@ impl Handle {
         let request = Request::Open {
             key,
             zone,
-            client,
-            local,
+            protocol: legs.protocol,
+            client: legs.client,
+            local: legs.local,
+            first_bytes,
             reply,
         };
         if self.requests.send(request).is_err() {
@@ -805,16 +892,7 @@ impl Handle {
 }
 
 pub fn run(args: ProxyArgs) -> Result<()> {
-    if args.listen.len() != args.upstream.len() {
-        bail!(
-            "{} --listen and {} --upstream: give them in pairs",
-            args.listen.len(),
-            args.upstream.len()
-        );
-    }
-    if args.listen.len() > usize::from(u16::MAX) + 1 {
-        bail!("at most 65536 routes (one zone each)");
-    }
+    let routes = crate::proxy_routes::routes(&args.listen, &args.upstream, args.config.as_deref())?;
     let format = crate::output_format(args.format, &args.output)?;
     let mut builder = Tracker::builder()
         .backend(args.backend)
@@ -848,7 +926,24 @@ pub fn run(args: ProxyArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the proxy's runtime")?;
-    runtime.block_on(serve(args, tracker, listeners, stream_end, format))
+    runtime.block_on(serve(args, routes, tracker, listeners, stream_end, format))
+}
+
+/// How long a UDP session may stay idle: `--udp-idle`, at most the tracker's UDP timeout (the
+/// last `--sysctl` that sets nf_conntrack_udp_timeout, else the kernel's 30 s), so that an
+/// entry never times out under a live session.
+fn udp_idle(asked: Option<f64>, sysctls: &[(String, String)]) -> Duration {
+    let timeout = sysctls
+        .iter()
+        .rev()
+        .find(|(name, _)| {
+            name.strip_prefix("net.netfilter.").unwrap_or(name) == "nf_conntrack_udp_timeout"
+        })
+        .and_then(|(_, value)| value.parse::<u64>().ok())
+        .map_or(Duration::from_secs(30), Duration::from_secs);
+    asked
+        .map(Duration::from_secs_f64)
+        .map_or(timeout, |d| d.min(timeout))
 }
 
 /// The name of stdout's own reader, when no `--listener` is given.
@@ -889,13 +984,36 @@ fn event_listeners(
 
 async fn serve(
     args: ProxyArgs,
+    routes: Vec<Route>,
     tracker: Tracker,
     mut event_listeners: EventListeners,
     stream_end: Option<ctwasm_live::socket_listener::StreamEnd>,
     format: Format,
 ) -> Result<()> {
     let mut listeners = Vec::new();
-    for (zone, (addr, upstream)) in args.listen.iter().zip(&args.upstream).enumerate() {
+    let mut udp_routes = Vec::new();
+    let udp_idle = udp_idle(args.udp_idle, &crate::parse_sysctls(&args.sysctls)?);
+    for route in &routes {
+        let (addr, upstream, zone) = (route.listen, route.upstream, route.zone);
+        if route.protocol == Protocol::Udp {
+            let socket = tokio::net::UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("--listen udp:{addr}"))?;
+            if !args.quiet {
+                eprintln!(
+                    "ctwasm proxy: udp {} -> {upstream} (zone {zone}, sessions idle {:.1} s)",
+                    socket.local_addr()?,
+                    udp_idle.as_secs_f64()
+                );
+            }
+            udp_routes.push(udp::UdpRoute {
+                socket,
+                upstream,
+                zone,
+                idle: udp_idle,
+            });
+            continue;
+        }
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("--listen {addr}"))?;
@@ -905,7 +1023,7 @@ async fn serve(
                 listener.local_addr()?
             );
         }
-        listeners.push((listener, *upstream, zone as u16));
+        listeners.push((listener, upstream, zone));
     }
     let counts = Arc::new(Counts::default());
     let (requests, receiver) = std_mpsc::channel();
@@ -971,7 +1089,7 @@ async fn serve(
                         let handle = track.then_some(handle);
                         connections.spawn(carry(
                             client,
-                            Route { key, peer, upstream, zone },
+                            Accepted { key, peer, upstream, zone },
                             connect_timeout,
                             handle,
                             counts,
@@ -984,6 +1102,15 @@ async fn serve(
             drop(listener);
             while connections.join_next().await.is_some() {}
         });
+    }
+    for route in udp_routes {
+        let handle = track.then(|| handle.clone());
+        tasks.spawn(udp::serve(
+            route,
+            handle,
+            Arc::clone(&counts),
+            stop_rx.clone(),
+        ));
     }
     drop(handle);
 
@@ -1040,7 +1167,8 @@ async fn serve(
         eprintln!(
             "ctwasm proxy: {:.1} s: {} connections accepted, refused {} (per source {}, per \
              zone {}), upstream failed {}, closed {}, reset {}, untracked {}; bytes to upstream \
-             {}, to clients {}; {events} event messages ({lost} lost to a slow stdout)",
+             {}, to clients {}; udp datagrams dropped {}; {events} event messages ({lost} lost \
+             to a slow stdout)",
             started.elapsed().as_secs_f64(),
             n(&c.accepted),
             n(&c.refused_source) + n(&c.refused_zone),
@@ -1052,6 +1180,7 @@ async fn serve(
             n(&c.untracked),
             n(&c.bytes_to_upstream),
             n(&c.bytes_to_client),
+            n(&c.datagrams_dropped),
         );
         if let Some(s) = stats {
             eprintln!(
@@ -1107,7 +1236,7 @@ fn printer() -> Result<(std_mpsc::SyncSender<String>, std::thread::JoinHandle<()
 
 /// Where an accepted connection goes: its key, its client, its upstream and the zone it is
 /// tracked in.
-struct Route {
+struct Accepted {
     key: u64,
     peer: SocketAddr,
     upstream: SocketAddr,
@@ -1117,23 +1246,30 @@ struct Route {
 /// Carries one accepted connection to its upstream and back.
 async fn carry(
     client: TcpStream,
-    route: Route,
+    accepted: Accepted,
     connect_timeout: Duration,
     handle: Option<Handle>,
     counts: Arc<Counts>,
     mut abort: watch::Receiver<bool>,
 ) {
-    let Route {
+    let Accepted {
         key,
         peer,
         upstream,
         zone,
-    } = route;
+    } = accepted;
     let Ok(local) = client.local_addr() else {
         return;
     };
     let opened = match &handle {
-        Some(handle) => handle.open(key, zone, peer, local).await,
+        Some(handle) => {
+            let legs = Legs {
+                protocol: Protocol::Tcp,
+                client: peer,
+                local,
+            };
+            handle.open(key, zone, legs, 0).await
+        }
         None => Opened::Untracked,
     };
     // The tracker's thread counts the untracked ones.

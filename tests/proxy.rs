@@ -608,6 +608,16 @@ fn unpaired_or_bad_routes_are_refused() {
             ],
             "--listener",
         ),
+        (
+            &["--listen", "sctp:127.0.0.1:0", "--upstream", "127.0.0.1:1"],
+            "--listen",
+        ),
+        (&["--config", "/nonexistent/routes.toml"], "--config"),
+        (
+            &["--udp-idle", "soon", "--config", "/dev/null"],
+            "--udp-idle",
+        ),
+        (&["--config", "/dev/null"], "no route"),
     ] {
         let out = Command::new(BIN).arg("proxy").args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -832,4 +842,342 @@ fn simulated_listeners_decide_the_deliveries_on_the_proxys_clock() {
     assert!(dropped("slow") > 0, "the buffer never refused: {log}");
     assert!(dropped("lossy") > 0, "the buffer never refused: {log}");
     assert!(log.contains("reliable delivery: dying now 0"), "{log}");
+}
+
+/// A UDP flow's end: datagrams and bytes each way, and whether it saw a reply and was assured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct UdpEnd {
+    orig: (u64, u64),
+    reply: (u64, u64),
+    seen_reply: bool,
+    assured: bool,
+}
+
+const UDP_PROXY_PORT: u16 = 8053;
+
+/// The kernel's DESTROY of a UDP client leg (to the proxy's port).
+fn kernel_udp_end(msg: &CtMessage) -> Option<(u16, UdpEnd)> {
+    let orig = msg.orig()?;
+    let ctwasm_core::L4Tuple::Ports { src, dst } = orig.l4 else {
+        return None;
+    };
+    if orig.proto != 17 || dst != UDP_PROXY_PORT {
+        return None;
+    }
+    let (o, r) = (msg.counters_orig()?, msg.counters_reply()?);
+    let status: Vec<&str> = msg.status()?.names().collect();
+    Some((
+        src,
+        UdpEnd {
+            orig: (o.packets, o.bytes),
+            reply: (r.packets, r.bytes),
+            seen_reply: status.contains(&"SEEN_REPLY"),
+            assured: status.contains(&"ASSURED"),
+        },
+    ))
+}
+
+/// The proxy's DESTROY of a UDP flow (a JSON line).
+fn proxy_udp_end(line: &str) -> Option<(u16, UdpEnd)> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v["type"] != "DESTROY" || v["proto"] != "udp" {
+        return None;
+    }
+    let counter = |dir: &str| {
+        let c = &v["counters"][dir];
+        (c["packets"].as_u64().unwrap(), c["bytes"].as_u64().unwrap())
+    };
+    let status: Vec<&str> = v["status"]
+        .as_array()?
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    Some((
+        v["orig"]["sport"].as_u64()? as u16,
+        UdpEnd {
+            orig: counter("orig"),
+            reply: counter("reply"),
+            seen_reply: status.contains(&"SEEN_REPLY"),
+            assured: status.contains(&"ASSURED"),
+        },
+    ))
+}
+
+/// A UDP route end to end: 60 clients from 10 sources send 1 to 4 datagrams of their own sizes
+/// each through the proxy to an echo server that answers all but the datagrams starting with
+/// `-` (a seventh of the clients get no answer); then one more source sends from 25 ports
+/// against a limit of 20 per source. The kernel's conntrack sees every client leg; for each
+/// flow the proxy carried, its DESTROY must count exactly the kernel's datagrams and bytes
+/// each way (UDP has no retransmissions or options: nothing may differ), and agree on whether
+/// a reply was seen; the 5 over the limit are refused, their datagrams dropped.
+#[test]
+fn the_proxys_udp_flows_end_as_the_kernel_counted_them() {
+    let _serial = serial();
+    if !require_live("UDP proxy end to end") {
+        return;
+    }
+    let lab = Lab::loopback();
+    lab.nft(0, &RULESET.replace("@INPUT@", ""));
+    let sysctls = [
+        "nf_conntrack_acct=1",
+        "nf_conntrack_events=1",
+        "nf_conntrack_udp_timeout=2",
+        "nf_conntrack_udp_timeout_stream=3",
+    ];
+    for s in sysctls {
+        lab.exec(0, &["sysctl", "-qw", &format!("net.netfilter.{s}")]);
+    }
+    let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+    let mut socket = EventSocket::subscribe(&SubscribeOptions {
+        groups: Groups::DESTROY,
+        rcvbuf: Some(8 << 20),
+        reliable: true,
+        no_enobufs: false,
+        netns: Some(lab.name(0).to_string()),
+    })
+    .expect("event socket");
+    let kernel = {
+        let stop = Arc::clone(&stop.0);
+        std::thread::spawn(move || {
+            let mut ends = BTreeMap::new();
+            while !stop.load(Ordering::SeqCst) {
+                if let Received::Messages(ms) =
+                    socket.recv(Some(Duration::from_millis(100))).unwrap()
+                {
+                    for m in ms.iter().filter(|m| m.kind() == Some(MessageKind::Destroy)) {
+                        if let Some((port, end)) = kernel_udp_end(&m.message) {
+                            ends.insert(port, end);
+                        }
+                    }
+                }
+            }
+            ends
+        })
+    };
+    // The echo server: answers every datagram but those starting with '-'.
+    let echo = {
+        let (stop, name) = (Arc::clone(&stop.0), lab.name(0).to_string());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            ctwasm_live::netns::in_netns(Some(&name), || {
+                let s = std::net::UdpSocket::bind("127.0.0.1:9053").expect("echo bind");
+                s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                ready_tx.send(()).unwrap();
+                let mut buf = vec![0u8; 65_536];
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok((n, from)) = s.recv_from(&mut buf)
+                        && buf[0] != b'-'
+                    {
+                        let _ = s.send_to(&buf[..n], from);
+                    }
+                }
+            })
+            .expect("netns");
+        });
+        ready_rx.recv().expect("echo server up");
+        server
+    };
+    let mut proxy = Reaped::new(
+        Command::new("ip")
+            .args(["netns", "exec", lab.name(0), BIN, "proxy"])
+            .args(["--listen", &format!("udp:127.0.0.1:{UDP_PROXY_PORT}")])
+            .args(["--upstream", "127.0.0.1:9053"])
+            .args(["--format", "json", "--limit-per-source", "20"])
+            .args(["--duration", "7"])
+            .args(sysctls.iter().flat_map(|s| ["--sysctl", s]))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("proxy starts"),
+    );
+    let mut stderr = BufReader::new(proxy.get_mut().stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(
+        first.contains("udp 127.0.0.1:8053 -> 127.0.0.1:9053 (zone 0, sessions idle 2.0 s)"),
+        "{first}"
+    );
+    let log = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        rest
+    });
+    let mut stdout = proxy.get_mut().stdout.take().unwrap();
+    let events = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = stdout.read_to_string(&mut all);
+        all
+    });
+
+    let name = lab.name(0).to_string();
+    let to_proxy: SocketAddr = format!("127.0.0.1:{UDP_PROXY_PORT}").parse().unwrap();
+    // Each client: (port, datagrams sent, bytes sent, answered).
+    let carried: Vec<(u16, u64, u64, bool)> = ctwasm_live::netns::in_netns(Some(&name), || {
+        let handles: Vec<_> = (0..60u32)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let source = Ipv4Addr::new(127, 0, 0, 2 + (i % 10) as u8);
+                    let s = std::net::UdpSocket::bind((source, 45_000 + i as u16)).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(300)))
+                        .unwrap();
+                    let silent = i % 7 == 0;
+                    let (count, mut bytes) = (1 + u64::from(i % 4), 0);
+                    for j in 0..count {
+                        let size = 20 + 37 * i as usize + 500 * j as usize;
+                        let mut d = vec![b'a' + (i % 26) as u8; size];
+                        if silent {
+                            d[0] = b'-';
+                        }
+                        s.send_to(&d, to_proxy).unwrap();
+                        bytes += size as u64;
+                        let mut back = vec![0u8; 65_536];
+                        match s.recv(&mut back) {
+                            Ok(n) => assert!(!silent && back[..n] == d[..], "client {i}"),
+                            Err(_) => assert!(silent, "client {i}: no echo"),
+                        }
+                    }
+                    (45_000 + i as u16, count, bytes, !silent)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+    .unwrap();
+    // One source, 25 ports one after the other against the limit of 20.
+    let (answered, unanswered) = ctwasm_live::netns::in_netns(Some(&name), || {
+        let (mut answered, mut unanswered) = (Vec::new(), Vec::new());
+        for i in 0..25u16 {
+            let s = std::net::UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 100), 46_000 + i)).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            s.send_to(b"x", to_proxy).unwrap();
+            match s.recv(&mut [0u8; 8]) {
+                Ok(1) => answered.push(46_000 + i),
+                _ => unanswered.push(46_000 + i),
+            }
+        }
+        (answered, unanswered)
+    })
+    .unwrap();
+    assert_eq!((answered.len(), unanswered.len()), (20, 5));
+
+    let status = proxy.into_inner().wait().expect("proxy ends");
+    let log = log.join().unwrap();
+    let events = events.join().unwrap();
+    assert!(status.success(), "{log}");
+    ctwasm_live::ctnetlink::Conntrack::open(Some(lab.name(0)))
+        .expect("request socket")
+        .flush()
+        .expect("flush");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.0.store(true, Ordering::SeqCst);
+    let kernel = kernel.join().unwrap();
+    echo.join().unwrap();
+    eprintln!("proxy log:\n{log}");
+
+    let ours: BTreeMap<u16, UdpEnd> = events.lines().filter_map(proxy_udp_end).collect();
+    assert_eq!(log.matches("refused udp 127.0.0.100:").count(), 5, "{log}");
+    let held = answered.iter().map(|&port| (port, 1, 1, true));
+    let mut compared = 0;
+    for (port, count, bytes, replied) in carried.into_iter().chain(held) {
+        let want = UdpEnd {
+            orig: (count, 28 * count + bytes),
+            reply: match replied {
+                true => (count, 28 * count + bytes),
+                false => (0, 0),
+            },
+            seen_reply: replied,
+            assured: false,
+        };
+        assert_eq!(ours.get(&port), Some(&want), "proxy, port {port}");
+        assert_eq!(kernel.get(&port), Some(&want), "kernel, port {port}");
+        compared += 1;
+    }
+    for port in &unanswered {
+        assert_eq!(ours.get(port), None, "port {port} was over the limit");
+        let k = kernel
+            .get(port)
+            .expect("the kernel saw the refused datagram");
+        assert_eq!((k.orig.0, k.reply.0), (1, 0), "port {port}");
+    }
+    assert_eq!(compared, 80);
+    assert_eq!(ours.len(), 80);
+}
+
+/// `--config`: a UDP route from a routes file, in the zone the file gives, to an upstream where
+/// nothing listens. Every datagram the client sent is counted on the client's leg (the kernel
+/// counts them there, whatever happens beyond the proxy), none comes back, and the flow ends by
+/// timing out: NEW, then DESTROY, unreplied.
+#[test]
+fn a_routes_file_carries_udp_to_an_upstream_that_refuses() {
+    let dir = TempDir::new("proxy-config");
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let upstream = closed.local_addr().unwrap();
+    drop(closed);
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(
+        &routes,
+        format!(
+            "# one route\n[[route]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n\
+             protocol = \"udp\"\nzone = 7\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Reaped::new(
+        Command::new(BIN)
+            .args(["proxy", "--config", routes.to_str().unwrap()])
+            .args([
+                "--format",
+                "json",
+                "--backend",
+                "component",
+                "--duration",
+                "3",
+            ])
+            .args(["--sysctl", "net.netfilter.nf_conntrack_acct=1"])
+            .args(["--sysctl", "net.netfilter.nf_conntrack_udp_timeout=1"])
+            .args(["--udp-idle", "60"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("proxy starts"),
+    );
+    let mut first = String::new();
+    BufReader::new(child.get_mut().stderr.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The idle time is held to the tracker's UDP timeout.
+    let addr = first
+        .strip_prefix("ctwasm proxy: udp ")
+        .and_then(|r| r.split(" -> ").next())
+        .unwrap_or_else(|| panic!("no address line: {first}"));
+    assert!(
+        first.ends_with(&format!("-> {upstream} (zone 7, sessions idle 1.0 s)\n")),
+        "{first}"
+    );
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = client.local_addr().unwrap().port();
+    for size in [10, 200, 3000] {
+        client.send_to(&vec![7u8; size], addr).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (events, log) = finish(child);
+    let flow: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["orig"]["sport"] == port)
+        .collect();
+    let kinds: Vec<&str> = flow.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(kinds, ["NEW", "DESTROY"], "{log}");
+    let end = flow[1];
+    assert_eq!(end["zone"], 7);
+    assert_eq!(end["counters"]["orig"]["packets"], 3);
+    assert_eq!(end["counters"]["orig"]["bytes"], 3 * 28 + 3210);
+    assert_eq!(end["counters"]["reply"]["packets"], 0);
+    assert!(
+        !end["status"]
+            .as_array()
+            .unwrap()
+            .contains(&"SEEN_REPLY".into()),
+        "{end}"
+    );
 }

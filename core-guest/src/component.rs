@@ -334,6 +334,7 @@ impl wit_proxy::Guest for Component {
                     Ok(tuple) => ConnCall::Open {
                         zone: o.zone,
                         tuple,
+                        first_bytes: o.first_bytes,
                     },
                     Err(_) => ConnCall::Unreadable(ConnError::BadTuple),
                 },

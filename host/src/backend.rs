@@ -1011,9 +1011,14 @@ impl Backend for ComponentBackend {
             .iter()
             .enumerate()
             .map(|(i, call)| match *call {
-                ConnCall::Open { zone, tuple } => p::ConnCall::Open(p::OpenCall {
+                ConnCall::Open {
+                    zone,
+                    tuple,
+                    first_bytes,
+                } => p::ConnCall::Open(p::OpenCall {
                     zone,
                     t: tuple_to_wit(&tuple),
+                    first_bytes,
                 }),
                 ConnCall::Transfer {
                     conn: c,
@@ -1667,7 +1672,13 @@ mod boundary_tests {
         use exports::ctwasm::core::proxy as p;
         let mut b = component();
         let good = tuple_to_wit(&v4_tuple([10, 0, 0, 1], [10, 0, 0, 2], 6, 1, 2));
-        let open = |t| p::ConnCall::Open(p::OpenCall { zone: 0, t });
+        let open = |t| {
+            p::ConnCall::Open(p::OpenCall {
+                zone: 0,
+                t,
+                first_bytes: 0,
+            })
+        };
         let calls = [
             open(MIXED[0]),
             open(good),
@@ -1711,13 +1722,16 @@ mod boundary_tests {
         let t = |n| v4_tuple([10, 0, 0, n], [10, 0, 1, 1], 6, 40_000 + u16::from(n), 443);
         let stale = ConnHandle { id: 7, start_ns: 1 };
         let calls = [
+            // As many first bytes as a u64 holds: carried in constant time like any transfer.
             ConnCall::Open {
                 zone: 3,
                 tuple: t(1),
+                first_bytes: u64::MAX,
             },
             ConnCall::Open {
                 zone: 3,
                 tuple: t(2),
+                first_bytes: 700,
             },
             ConnCall::Transfer {
                 conn: ConnRef::Opened(0),

@@ -476,8 +476,14 @@ impl Connection {
 /// One call of [`Tracker::calls`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Call {
-    /// [`Tracker::open`].
-    Open { zone: u16, tuple: Tuple },
+    /// [`Tracker::open`], and the bytes the client sent first: for TCP a transfer in the
+    /// original direction after the handshake, for other protocols the payload of the first
+    /// datagram (what a UDP proxy sees from a new client). `Tracker::open` opens with none.
+    Open {
+        zone: u16,
+        tuple: Tuple,
+        first_bytes: u64,
+    },
     /// [`Tracker::transfer`].
     Transfer {
         conn: ConnectionRef,
@@ -931,7 +937,7 @@ impl Tracker {
     /// let tuple = port_tuple(6, "10.0.0.1:40000".parse()?, "10.0.0.2:443".parse()?)?;
     /// let opened = ConnectionRef::Opened(0);
     /// let outcomes = tracker.calls(1_000, &[
-    ///     Call::Open { zone: 0, tuple },
+    ///     Call::Open { zone: 0, tuple, first_bytes: 0 },
     ///     Call::Transfer { conn: opened, dir: Direction::Original, bytes: 1_500 },
     ///     Call::Transfer { conn: opened, dir: Direction::Reply, bytes: 64_000 },
     /// ])?;
@@ -971,7 +977,15 @@ impl Tracker {
                     },
                 };
                 chunk.push(match *call {
-                    Call::Open { zone, tuple } => ConnCall::Open { zone, tuple },
+                    Call::Open {
+                        zone,
+                        tuple,
+                        first_bytes,
+                    } => ConnCall::Open {
+                        zone,
+                        tuple,
+                        first_bytes,
+                    },
                     Call::Transfer {
                         conn: c,
                         dir,

@@ -610,6 +610,7 @@ fn a_batch_of_connection_calls_spans_crossings_and_refuses_what_it_cannot_name()
             .map(|i| Call::Open {
                 zone: 0,
                 tuple: tuple(i),
+                first_bytes: 0,
             })
             .collect();
         for i in 0..300 {

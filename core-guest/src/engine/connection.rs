@@ -3,8 +3,10 @@
 //! A proxy knows that a connection opened, carried so many bytes each way and closed; the table
 //! and its events must look exactly as if the kernel had watched the packets. So each call is
 //! turned into the segments a TCP stack would have sent (handshake, one segment per 65 000 bytes
-//! of data and the peer's ACK of it, FIN exchange or reset) and run through the packet path after
-//! parsing (`track`): one code path, the same entries, the same events. The segments are built
+//! of data and the peer's ACK of it, FIN exchange or reset), or the datagrams of other protocols
+//! (one per datagram a proxy relays, up to 65 507 bytes: what an IPv4 UDP datagram can carry),
+//! and run through the packet path after parsing (`track`): one code path, the same entries,
+//! the same events. The segments are built
 //! as the parser's output, not as bytes: no buffer, no checksum, no parse, and a length that
 //! stands for the payload.
 //!
@@ -33,9 +35,11 @@ pub enum ConnError {
 /// One connection-level call of a batch ([`Tracker::connection_calls`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnCall {
+    /// See [`Tracker::open_with`].
     Open {
         zone: u16,
         tuple: Tuple,
+        first_bytes: u64,
     },
     Transfer {
         conn: ConnRef,
@@ -89,27 +93,46 @@ pub struct ConnHandle {
 
 /// The window every synthetic segment advertises (no scaling is negotiated).
 const WINDOW: u16 = 65_535;
-/// Data per synthetic segment: what an IPv4 total length can describe, rounded down.
+/// Data per synthetic TCP segment: what an IPv4 total length can describe, rounded down.
 pub(crate) const SEGMENT_BYTES: u64 = 65_000;
+/// Data per synthetic datagram (UDP, ICMP, others): the most an IPv4 UDP datagram carries, so
+/// a datagram a proxy relays is one datagram here too.
+pub(crate) const DATAGRAM_BYTES: u64 = 65_507;
+
+/// How much data one synthetic packet of `proto` carries at most.
+fn packet_bytes(proto: u8) -> u64 {
+    match proto {
+        ipproto::TCP => SEGMENT_BYTES,
+        _ => DATAGRAM_BYTES,
+    }
+}
 
 impl Tracker {
-    /// Opens a connection: the handshake (TCP) or first packet (other protocols) in `zone`.
+    /// Opens a connection: the handshake (TCP) or an empty first packet (other protocols) in
+    /// `zone`; [`Tracker::open_with`] with no first bytes.
     pub fn open(&mut self, now_ns: u64, zone: u16, tuple: &Tuple) -> Result<u32, ConnError> {
-        self.open_handle(now_ns, zone, tuple).map(|h| h.id)
+        self.open_with(now_ns, zone, tuple, 0).map(|h| h.id)
     }
 
-    /// [`Tracker::open`], answering with the connection's handle.
-    fn open_handle(
+    /// Opens a connection whose client sent `first_bytes` first: for TCP the handshake, then
+    /// those bytes as a `transfer` in the original direction; for other protocols the first
+    /// datagram, carrying them (what a UDP proxy sees: a datagram from a new client), and
+    /// more datagrams only for what one cannot carry. Answers with the connection's handle.
+    pub fn open_with(
         &mut self,
         now_ns: u64,
         zone: u16,
         tuple: &Tuple,
+        first_bytes: u64,
     ) -> Result<ConnHandle, ConnError> {
         tuple.invert().ok_or(ConnError::BadTuple)?;
         check_tuple(tuple)?;
-        let first = match tuple.proto {
-            ipproto::TCP => Synthetic::tcp(1, 0, flag::SYN, 0),
-            _ => Synthetic::data(0),
+        let (first, rest) = match tuple.proto {
+            ipproto::TCP => (Synthetic::tcp(1, 0, flag::SYN, 0), first_bytes),
+            _ => {
+                let carried = first_bytes.min(DATAGRAM_BYTES);
+                (Synthetic::data(carried as u32), first_bytes - carried)
+            }
         };
         let verdict = self.feed(now_ns, zone, tuple, first);
         match verdict {
@@ -131,11 +154,16 @@ impl Tracker {
             let ack = Synthetic::tcp(2, 2, flag::ACK, 0);
             self.feed_conn(now_ns, &conn, Direction::Original, ack);
         }
+        if rest > 0 {
+            let conn = self.conn_at(slot);
+            self.transfer_conn(now_ns, &conn, Direction::Original, rest);
+        }
         Ok(handle)
     }
 
-    /// `bytes` of data carried in direction `dir` of connection `id`: one segment per
-    /// [`SEGMENT_BYTES`] (at least one), each acknowledged by the peer, in constant time.
+    /// `bytes` of data carried in direction `dir` of connection `id`: for TCP one segment per
+    /// [`SEGMENT_BYTES`] (at least one), each acknowledged by the peer; for other protocols
+    /// one datagram per [`DATAGRAM_BYTES`] (at least one). In constant time.
     pub fn transfer(
         &mut self,
         now_ns: u64,
@@ -149,9 +177,10 @@ impl Tracker {
     }
 
     fn transfer_conn(&mut self, now_ns: u64, conn: &Conn, dir: Direction, bytes: u64) {
-        let segments = bytes.div_ceil(SEGMENT_BYTES).max(1);
-        let last = bytes - (segments - 1) * SEGMENT_BYTES;
-        let full = SEGMENT_BYTES as u32;
+        let size = packet_bytes(conn.orig.proto);
+        let segments = bytes.div_ceil(size).max(1);
+        let last = bytes - (segments - 1) * size;
+        let full = size as u32;
         let mut sent = 1;
         if segments > 3 {
             // Two full exchanges; if the second left the entry as the first did, moved along,
@@ -223,7 +252,11 @@ impl Tracker {
                 ConnRef::Opened(_) => Err(ConnError::UnknownId),
             };
             let outcome = match *call {
-                ConnCall::Open { zone, tuple } => self.open_handle(now_ns, zone, &tuple),
+                ConnCall::Open {
+                    zone,
+                    tuple,
+                    first_bytes,
+                } => self.open_with(now_ns, zone, &tuple, first_bytes),
                 ConnCall::Transfer { conn, dir, bytes } => handle(conn).and_then(|h| {
                     let conn = self.handle_conn(h)?;
                     self.transfer_conn(now_ns, &conn, dir, bytes);
@@ -551,7 +584,19 @@ mod tests {
             let ends = tcp_ends(&self.0, id).unwrap_or_default();
             (ends[dir.index()], ends[dir.opposite().index()])
         }
-        fn open(&mut self, now: u64, zone: u16, t: &Tuple) -> Option<u32> {
+        /// The handshake or first datagram, then what the first datagram could not carry.
+        fn open(&mut self, now: u64, zone: u16, t: &Tuple, first_bytes: u64) -> Option<u32> {
+            let id = self.open_empty(now, zone, t, first_bytes)?;
+            let rest = match t.proto {
+                ipproto::TCP => first_bytes,
+                _ => first_bytes.saturating_sub(DATAGRAM_BYTES),
+            };
+            if rest > 0 {
+                self.transfer(now, zone, t, id, Direction::Original, rest);
+            }
+            Some(id)
+        }
+        fn open_empty(&mut self, now: u64, zone: u16, t: &Tuple, first_bytes: u64) -> Option<u32> {
             let reply = t.invert()?;
             let v = if t.proto == ipproto::TCP {
                 let v = self.send(now, zone, t, Synthetic::tcp(1, 0, flag::SYN, 0));
@@ -566,7 +611,8 @@ mod tests {
                 }
                 v
             } else {
-                self.send(now, zone, t, Synthetic::data(0))
+                let carried = first_bytes.min(DATAGRAM_BYTES) as u32;
+                self.send(now, zone, t, Synthetic::data(carried))
             };
             matches!(
                 v,
@@ -591,7 +637,11 @@ mod tests {
             };
             let mut left = bytes;
             loop {
-                let chunk = left.min(SEGMENT_BYTES) as u32;
+                let size = match orig.proto {
+                    ipproto::TCP => SEGMENT_BYTES,
+                    _ => DATAGRAM_BYTES,
+                };
+                let chunk = left.min(size) as u32;
                 if orig.proto == ipproto::TCP {
                     let (seq, ack) = self.seq(id, dir);
                     self.send(
@@ -640,6 +690,7 @@ mod tests {
     enum Call {
         Open {
             conn: usize,
+            first_bytes: u64,
         },
         Transfer {
             conn: usize,
@@ -737,6 +788,8 @@ mod tests {
             Just(SEGMENT_BYTES - 1),
             Just(SEGMENT_BYTES),
             Just(SEGMENT_BYTES + 1),
+            Just(DATAGRAM_BYTES),
+            Just(DATAGRAM_BYTES + 1),
             Just(3 * SEGMENT_BYTES),
             Just(3 * SEGMENT_BYTES + 1),
             Just(4 * SEGMENT_BYTES),
@@ -747,7 +800,8 @@ mod tests {
     fn call() -> impl Strategy<Value = Call> {
         let conn = 0usize..8;
         prop_oneof![
-            1 => conn.clone().prop_map(|conn| Call::Open { conn }),
+            1 => (conn.clone(), prop_oneof![Just(0), byte_count()])
+                .prop_map(|(conn, first_bytes)| Call::Open { conn, first_bytes }),
             6 => (conn.clone(), any::<bool>(), byte_count())
                 .prop_map(|(conn, reply, bytes)| Call::Transfer { conn, reply, bytes }),
             1 => (conn, any::<bool>(), any::<bool>()).prop_map(|(conn, reset, by_client)| {
@@ -773,13 +827,13 @@ mod tests {
             let (mut fast, mut slow) = (tracker(), Reference(tracker()));
             let mut ids: [Option<u32>; 8] = [None; 8];
             let mut now = 1_000_000_000u64;
-            let opens = (0..8).map(|conn| Call::Open { conn });
+            let opens = (0..8).map(|conn| Call::Open { conn, first_bytes: 0 });
             for call in opens.chain(calls) {
                 match call {
-                    Call::Open { conn } => {
+                    Call::Open { conn, first_bytes } => {
                         let t = conn_tuple(conn);
-                        let got = fast.open(now, 1, &t).ok();
-                        prop_assert_eq!(got, slow.open(now, 1, &t));
+                        let got = fast.open_with(now, 1, &t, first_bytes).ok().map(|h| h.id);
+                        prop_assert_eq!(got, slow.open(now, 1, &t, first_bytes));
                         ids[conn] = got;
                     }
                     Call::Transfer { conn, reply, bytes } => {
@@ -847,6 +901,35 @@ mod tests {
     }
 
     #[test]
+    fn a_datagram_opens_its_flow_carrying_its_bytes_as_one_packet() {
+        let udp = conn_tuple(4);
+        assert_eq!(udp.proto, ipproto::UDP);
+        for (first, packets) in [
+            (0u64, 1u64),
+            (512, 1),
+            (DATAGRAM_BYTES, 1),
+            (DATAGRAM_BYTES + 1, 2),
+        ] {
+            let mut t = tracker();
+            let h = t.open_with(1, 0, &udp, first).unwrap();
+            let e = t.get(h.id).unwrap();
+            assert_eq!(e.counters_orig.packets, packets, "{first} bytes");
+            assert_eq!(e.counters_orig.bytes, packets * 28 + first, "{first} bytes");
+            assert_eq!(e.counters_reply.packets, 0);
+        }
+        // TCP: the handshake, then the first bytes as a transfer.
+        let tcp = conn_tuple(0);
+        let (mut a, mut b) = (tracker(), tracker());
+        let h = a.open_with(1, 0, &tcp, 1_000).unwrap();
+        let id = b.open(1, 0, &tcp).unwrap();
+        b.transfer(1, id, Direction::Original, 1_000).unwrap();
+        assert_eq!(
+            a.get(h.id).map(|e| (e.counters_orig, e.counters_reply)),
+            b.get(id).map(|e| (e.counters_orig, e.counters_reply))
+        );
+    }
+
+    #[test]
     fn a_bulk_exchange_is_steady_in_every_protocol_and_direction() {
         for conn in 0..8 {
             for dir in [Direction::Original, Direction::Reply] {
@@ -869,8 +952,16 @@ mod tests {
         let now = 5_000_000_000;
         let (a, b) = (conn_tuple(0), conn_tuple(4));
         let calls = [
-            ConnCall::Open { zone: 2, tuple: a },
-            ConnCall::Open { zone: 2, tuple: b },
+            ConnCall::Open {
+                zone: 2,
+                tuple: a,
+                first_bytes: 0,
+            },
+            ConnCall::Open {
+                zone: 2,
+                tuple: b,
+                first_bytes: 0,
+            },
             ConnCall::Transfer {
                 conn: ConnRef::Opened(0),
                 dir: Direction::Original,
@@ -972,6 +1063,7 @@ mod tests {
             ConnCall::Open {
                 zone: 0,
                 tuple: refused,
+                first_bytes: 0,
             },
             ConnCall::Close {
                 conn: ConnRef::Opened(2),
@@ -1014,7 +1106,15 @@ mod tests {
         );
         // An open after them works; a handle of the same id but another start does not.
         let mut results = Vec::new();
-        t.connection_calls(2, &[ConnCall::Open { zone: 0, tuple }], &mut results);
+        t.connection_calls(
+            2,
+            &[ConnCall::Open {
+                zone: 0,
+                tuple,
+                first_bytes: 0,
+            }],
+            &mut results,
+        );
         let Ok(h) = results[0] else {
             panic!("{results:?}")
         };
