@@ -10,8 +10,10 @@
 //! connection.
 //! Simulated time moves 100 µs per connection and TIME_WAIT lasts 1 s, so the table holds a
 //! steady 10 000 entries and each connection's expiry (with its DESTROY) is paid inside the
-//! measurement, as a proxy pays it. Run with `cargo bench --bench connections`; the README
-//! quotes the medians and ratios of one run.
+//! measurement, as a proxy pays it. Times are the measuring thread's CPU time
+//! (`common::ThreadCpu`). Run with `cargo bench --bench connections`; the README quotes the
+//! medians and ratios of one run; `examples/connection_cost.rs` gives the same figure in
+//! interleaved rounds, steadier on a shared machine.
 
 use std::hint::black_box;
 
@@ -21,7 +23,7 @@ use ctwasm_core::{ConnCall, ConnRef, Ending};
 use ctwasm_host::backend::{Backend, BackendKind, TrackerSettings, open_backend};
 
 mod common;
-use common::drain;
+use common::{ThreadCpu, drain};
 
 const S: u64 = 1_000_000_000;
 const STEP_NS: u64 = 100_000;
@@ -53,7 +55,7 @@ fn client_tuple(n: u64) -> Tuple {
     }
 }
 
-fn per_connection(c: &mut Criterion) {
+fn per_connection(c: &mut Criterion<ThreadCpu>) {
     let mut group = c.benchmark_group("per-connection");
     group.throughput(Throughput::Elements(1));
     for listener in [false, true] {
@@ -88,7 +90,7 @@ fn per_connection(c: &mut Criterion) {
 
 /// The same connections through `connection_calls`, `per_call` connections in one crossing:
 /// open, a transfer each way and close, the later calls naming the open by its index.
-fn batched(c: &mut Criterion) {
+fn batched(c: &mut Criterion<ThreadCpu>) {
     let mut group = c.benchmark_group("per-connection-batched");
     for per_call in [1u64, 32] {
         group.throughput(Throughput::Elements(per_call));
@@ -135,7 +137,7 @@ fn batched(c: &mut Criterion) {
 }
 
 /// One `transfer` of 1 KiB to 10 GiB on an established connection: flat if it is O(1).
-fn transfer_size(c: &mut Criterion) {
+fn transfer_size(c: &mut Criterion<ThreadCpu>) {
     let mut group = c.benchmark_group("transfer-size");
     for kind in [BackendKind::Native, BackendKind::Component] {
         let mut b = backend(kind, false);
@@ -156,7 +158,7 @@ fn transfer_size(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3)).warm_up_time(std::time::Duration::from_secs(1));
+    config = Criterion::default().with_measurement(ThreadCpu).sample_size(30).measurement_time(std::time::Duration::from_secs(3)).warm_up_time(std::time::Duration::from_secs(1));
     targets = per_connection, batched, transfer_size
 }
 criterion_main!(benches);

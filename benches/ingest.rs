@@ -5,8 +5,9 @@
 //! hash inserts, a NEW event taken and reported, and the expiry of older flows as simulated time
 //! moves on). Each measurement includes taking the batch's events and reporting them delivered,
 //! since a host must; the component numbers include the boundary crossing, which the
-//! `boundary` group measures on its own. Run with
-//! `cargo bench --bench ingest`; the README quotes the medians and ratios of one run.
+//! `boundary` group measures on its own. Times are the measuring thread's CPU time
+//! (`common::ThreadCpu`). Run with `cargo bench --bench ingest`; the README quotes the medians
+//! and ratios of one run.
 
 use std::hint::black_box;
 
@@ -17,7 +18,7 @@ use ctwasm_core::wire::build;
 use ctwasm_host::backend::{Backend, BackendKind, TrackerSettings, open_backend};
 
 mod common;
-use common::drain;
+use common::{ThreadCpu, drain};
 
 const S: u64 = 1_000_000_000;
 const FLOWS: u32 = 4096;
@@ -44,7 +45,7 @@ fn backend(kind: BackendKind) -> Box<dyn Backend> {
     open_backend(kind, &settings, None).expect("a backend")
 }
 
-fn established(c: &mut Criterion) {
+fn established(c: &mut Criterion<ThreadCpu>) {
     let mut group = c.benchmark_group("ingest/established");
     for kind in [BackendKind::Native, BackendKind::Component] {
         for batch in [1usize, 32, 256] {
@@ -92,7 +93,7 @@ fn established(c: &mut Criterion) {
     group.finish();
 }
 
-fn new_connections(c: &mut Criterion) {
+fn new_connections(c: &mut Criterion<ThreadCpu>) {
     let mut group = c.benchmark_group("ingest/new");
     for kind in [BackendKind::Native, BackendKind::Component] {
         for batch in [1usize, 32, 256] {
@@ -134,7 +135,7 @@ fn new_connections(c: &mut Criterion) {
 /// `take-events` (what a host pays after a batch that raised no event) and `report-delivery`
 /// with 1, 32 and 256 outcomes (what a cumulative report, one count instead of a list, would
 /// save).
-fn boundary(c: &mut Criterion) {
+fn boundary(c: &mut Criterion<ThreadCpu>) {
     let mut group = c.benchmark_group("boundary/component");
     let mut b = backend(BackendKind::Component);
     let mut events = Vec::new();
@@ -155,7 +156,7 @@ fn boundary(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3)).warm_up_time(std::time::Duration::from_secs(1));
+    config = Criterion::default().with_measurement(ThreadCpu).sample_size(30).measurement_time(std::time::Duration::from_secs(3)).warm_up_time(std::time::Duration::from_secs(1));
     targets = established, new_connections, boundary
 }
 criterion_main!(benches);
