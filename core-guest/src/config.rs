@@ -84,6 +84,15 @@ pub struct Sysctls {
     pub generic_timeout: u32,
     /// `nf_conntrack_expect_max`.
     pub expect_max: u32,
+    /// `net.ipv4.ipfrag_time`: seconds an incomplete IPv4 datagram waits for its fragments.
+    pub ipfrag_time: u32,
+    /// `net.ipv4.ipfrag_high_thresh`: bytes of IPv4 fragments held at most; past it, fragments
+    /// are dropped until queues complete or expire.
+    pub ipfrag_high_thresh: u32,
+    /// `nf_conntrack_frag6_timeout`: the same for IPv6, in conntrack's own reassembly.
+    pub frag6_timeout: u32,
+    /// `nf_conntrack_frag6_high_thresh`.
+    pub frag6_high_thresh: u32,
 }
 
 impl Default for Sysctls {
@@ -107,6 +116,10 @@ impl Default for Sysctls {
             icmpv6_timeout: 30,
             generic_timeout: 600,
             expect_max: 4096,
+            ipfrag_time: 30,
+            ipfrag_high_thresh: 4 << 20,
+            frag6_timeout: 60,
+            frag6_high_thresh: 4 << 20,
         }
     }
 }
@@ -139,6 +152,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The IPv4 reassembly sysctls [`Sysctls::set`] knows, under `net.ipv4.`.
+const IPV4_FRAG_NAMES: [&str; 2] = ["ipfrag_time", "ipfrag_high_thresh"];
+
 const TCP_TIMEOUT_NAMES: [(&str, TcpState); 9] = [
     ("syn_sent", TcpState::SynSent),
     ("syn_recv", TcpState::SynRecv),
@@ -152,7 +168,8 @@ const TCP_TIMEOUT_NAMES: [(&str, TcpState); 9] = [
 ];
 
 impl Sysctls {
-    /// Every name [`Sysctls::set`] accepts, in the `net.netfilter.` form.
+    /// Every name [`Sysctls::set`] accepts, in its full form (`net.netfilter.` for conntrack's
+    /// own, `net.ipv4.` for IPv4 reassembly's).
     pub fn names() -> Vec<String> {
         let mut v: Vec<String> = [
             "nf_conntrack_max",
@@ -171,6 +188,8 @@ impl Sysctls {
             "nf_conntrack_icmpv6_timeout",
             "nf_conntrack_generic_timeout",
             "nf_conntrack_expect_max",
+            "nf_conntrack_frag6_timeout",
+            "nf_conntrack_frag6_high_thresh",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -180,7 +199,9 @@ impl Sysctls {
                 .iter()
                 .map(|(n, _)| format!("nf_conntrack_tcp_timeout_{n}")),
         );
-        v.iter().map(|n| format!("net.netfilter.{n}")).collect()
+        let mut names: Vec<String> = v.iter().map(|n| format!("net.netfilter.{n}")).collect();
+        names.extend(IPV4_FRAG_NAMES.iter().map(|n| format!("net.ipv4.{n}")));
+        names
     }
 
     /// Applies `name=value` where `name` is a kernel sysctl name, with or without the
@@ -209,6 +230,18 @@ impl Sysctls {
             "1" => Ok(true),
             _ => Err(bad("0 or 1")),
         };
+        // IPv4 reassembly's, as `net.ipv4.NAME` (or the bare name).
+        match short.strip_prefix("ipv4.").unwrap_or(short) {
+            "ipfrag_time" => {
+                self.ipfrag_time = num()?;
+                return Ok(());
+            }
+            "ipfrag_high_thresh" => {
+                self.ipfrag_high_thresh = num()?;
+                return Ok(());
+            }
+            _ => {}
+        }
         let Some(rest) = short.strip_prefix("nf_conntrack_") else {
             return Err(ConfigError::UnknownSysctl(name.to_string()));
         };
@@ -235,6 +268,8 @@ impl Sysctls {
             "icmpv6_timeout" => self.icmpv6_timeout = num()?,
             "generic_timeout" => self.generic_timeout = num()?,
             "expect_max" => self.expect_max = num()?,
+            "frag6_timeout" => self.frag6_timeout = num()?,
+            "frag6_high_thresh" => self.frag6_high_thresh = num()?,
             other => {
                 let state = other.strip_prefix("tcp_timeout_").and_then(|s| {
                     TCP_TIMEOUT_NAMES
@@ -320,6 +355,29 @@ mod tests {
             Err(ConfigError::UnknownSysctl(name)) if name == "net/netfilter/nf_conntrack_bogus"
         ));
         assert_eq!((s.udp_timeout_stream, s.max), (4, 100));
+        // Reassembly's: IPv4's under net.ipv4, IPv6's conntrack's own.
+        s.set("net.ipv4.ipfrag_time", "5").unwrap();
+        s.set("net/ipv4/ipfrag_high_thresh", "65536").unwrap();
+        s.set("net.netfilter.nf_conntrack_frag6_timeout", "6")
+            .unwrap();
+        s.set("nf_conntrack_frag6_high_thresh", "1024").unwrap();
+        assert_eq!(
+            (
+                s.ipfrag_time,
+                s.ipfrag_high_thresh,
+                s.frag6_timeout,
+                s.frag6_high_thresh
+            ),
+            (5, 65536, 6, 1024)
+        );
+        assert!(matches!(
+            s.set("net.ipv4.ipfrag_time", "soon"),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
+            s.set("net.ipv4.ip_forward", "1"),
+            Err(ConfigError::UnknownSysctl(_))
+        ));
         assert!(matches!(
             s.set("nf_conntrack_events", "3"),
             Err(ConfigError::BadValue { .. })

@@ -54,8 +54,9 @@ impl std::error::Error for SnapshotError {}
 /// What every snapshot starts with, before its version byte.
 pub(crate) const MAGIC: &[u8; 7] = b"CTWASM\x00";
 
-/// The format version this build writes and reads. Version 2 added the checksum.
-pub const FORMAT_VERSION: u8 = 2;
+/// The format version this build writes and reads. Version 2 added the checksum; version 3
+/// the reassembly's sysctls and its incomplete datagrams.
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Bytes of the trailing checksum.
 const CHECKSUM_LEN: usize = 4;

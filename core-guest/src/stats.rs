@@ -41,6 +41,17 @@ pub struct Stats {
     /// Entries on the dying list now (their DESTROY not yet delivered), and the most ever.
     pub dying: u64,
     pub dying_peak: u64,
+    /// IP fragments received for reassembly (the kernel's `ReasmReqds`).
+    pub frag_received: u64,
+    /// Datagrams reassembled from fragments and tracked whole (`ReasmOKs`).
+    pub frag_reassembled: u64,
+    /// Fragments dropped, and datagrams given up with the fragments they held: overlapping,
+    /// inconsistent or oversized, or over the memory bound (`ReasmFails`, less timeouts).
+    pub frag_failed: u64,
+    /// Incomplete datagrams given up when their time ran out (`ReasmTimeout`).
+    pub frag_timeout: u64,
+    /// Incomplete datagrams waiting for fragments now.
+    pub frag_queues: u64,
 }
 
 /// Calls `$callback!` with the names of [`Stats`]' fields, in the struct's order:
@@ -89,7 +100,12 @@ macro_rules! stats_fields {
             destroy_retries,
             missed_pending,
             dying,
-            dying_peak
+            dying_peak,
+            frag_received,
+            frag_reassembled,
+            frag_failed,
+            frag_timeout,
+            frag_queues
         }
     };
 }
@@ -167,7 +183,7 @@ mod tests {
             .map(|pair| pair.split(':').next().unwrap().trim())
             .collect();
         assert_eq!(declared, Stats::FIELD_NAMES);
-        assert_eq!(Stats::FIELD_COUNT, 19);
+        assert_eq!(Stats::FIELD_COUNT, 24);
     }
 
     #[test]

@@ -682,8 +682,8 @@ fn check_verdicts(packets: &[u8], verdicts: &[u8]) -> Result<()> {
             verdicts.len()
         ))));
     }
-    // The discriminants run from 0 to `Untracked`: one comparison a byte, which vectorizes.
-    if verdicts.iter().any(|&v| v > Verdict::Untracked as u8) {
+    // The discriminants run from 0 to the last one: one comparison a byte, which vectorizes.
+    if verdicts.iter().any(|&v| v > Verdict::LAST as u8) {
         let v = verdicts.iter().max().expect("not empty");
         return Err(anyhow::Error::new(ComponentFault::OffContract(format!(
             "the component's `ingest` gave verdict {v}, which the WIT does not list"

@@ -179,6 +179,21 @@ fn tracker_figure(name: &str) -> (Kind, &'static str) {
             "Entries on the dying list (their DESTROY not yet delivered).",
         ),
         "dying_peak" => (Kind::Gauge, "The most entries ever on the dying list."),
+        "frag_received" => (Kind::Counter, "IP fragments received for reassembly."),
+        "frag_reassembled" => (
+            Kind::Counter,
+            "Datagrams reassembled from fragments and tracked whole.",
+        ),
+        "frag_failed" => (
+            Kind::Counter,
+            "Fragments dropped and datagrams given up (overlapping, inconsistent, oversized, \
+             over the memory bound).",
+        ),
+        "frag_timeout" => (
+            Kind::Counter,
+            "Incomplete datagrams given up when their time ran out.",
+        ),
+        "frag_queues" => (Kind::Gauge, "Incomplete datagrams waiting for fragments."),
         _ => (Kind::Gauge, "A tracker statistic."),
     }
 }

@@ -18,6 +18,7 @@
 
 mod budget;
 mod connection;
+mod defrag;
 mod ecache;
 pub mod expect;
 mod outbox;
@@ -69,13 +70,20 @@ pub enum Verdict {
     RelatedReply = 4,
     /// Malformed, or does not fit its entry (`ct state invalid`); accepted untracked.
     Invalid = 5,
-    /// Refused: the table is full.
+    /// Refused: the table is full, or a fragment the reassembly discarded (overlapping,
+    /// inconsistent, oversized, over the memory bound).
     Drop = 6,
     /// Not tracked at all (ICMPv6 neighbour discovery and MLD).
     Untracked = 7,
+    /// An IP fragment held until its datagram is complete (the fragment that completes it gets
+    /// the datagram's verdict). A fragment the reassembly discards is [`Verdict::Drop`].
+    Queued = 8,
 }
 
 impl Verdict {
+    /// The verdict with the highest discriminant: every byte from 0 to it is a verdict.
+    pub const LAST: Verdict = Verdict::Queued;
+
     pub fn from_u8(v: u8) -> Option<Verdict> {
         use Verdict::*;
         [
@@ -87,6 +95,7 @@ impl Verdict {
             Invalid,
             Drop,
             Untracked,
+            Queued,
         ]
         .get(v as usize)
         .copied()
@@ -108,6 +117,7 @@ impl Verdict {
             Verdict::Invalid => "invalid",
             Verdict::Drop => "drop",
             Verdict::Untracked => "untracked",
+            Verdict::Queued => "queued",
         }
     }
 }
@@ -172,6 +182,8 @@ pub struct Tracker {
     expectations: expect::Expectations,
     /// The bytes the table, its timers and the outbox may take (see [`Tracker::set_memory_budget`]).
     memory_budget: Option<u64>,
+    /// Datagrams waiting for the rest of their fragments.
+    defrag: defrag::Defrag,
 }
 
 impl Tracker {
@@ -188,6 +200,7 @@ impl Tracker {
             now_ns: 0,
             expectations: expect::Expectations::new(seed),
             memory_budget: None,
+            defrag: defrag::Defrag::default(),
             config,
         }
     }
@@ -308,6 +321,7 @@ impl Tracker {
         self.fired = fired;
         self.expire_expectations(now_ns);
         self.run_worker_if_due(now_ns);
+        self.defrag.expire(now_ns, &mut self.stats);
     }
 
     /// Applies the outcomes of taken messages, oldest first. Extra outcomes are ignored.
@@ -326,12 +340,14 @@ impl Tracker {
     /// The earliest instant at which [`Tracker::advance`] may have work; never later than the
     /// next real deadline (it may be earlier: advancing to it then refines it).
     pub fn next_deadline(&self) -> Option<u64> {
-        let wheel = self.timers.next_deadline();
-        let worker = self.ecache.worker.next_deadline();
-        match (wheel, worker) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.timers.next_deadline(),
+            self.ecache.worker.next_deadline(),
+            self.defrag.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Moves up to `max` messages into `out` (event batch format, see [`batch`]); returns how
@@ -418,6 +434,7 @@ impl Tracker {
         s.max = self.config.sysctls.max as u64;
         s.dying = self.ecache.dying.len;
         s.missed_pending = self.table.missed_pending();
+        s.frag_queues = self.defrag.len() as u64;
         s
     }
 

@@ -4,6 +4,7 @@
 //! the protocol tracker, note SEEN_REPLY, confirm a new entry, then deliver the events this
 //! packet cached.
 
+use super::defrag::{self, Reassembly};
 use super::ecache::Ecache;
 use super::table::{Entry, Life};
 use super::{NS_PER_S, Tracker, Verdict};
@@ -13,6 +14,24 @@ use crate::tuple::{self, Direction, L4Tuple, Tuple};
 
 impl Tracker {
     pub(super) fn ingest_one(&mut self, now_ns: u64, zone: u16, packet: &[u8]) -> Verdict {
+        // Fragments are reassembled first: conntrack sees whole datagrams only.
+        if let Some(fragment) = defrag::fragment_of(zone, packet) {
+            match self
+                .defrag
+                .add(now_ns, fragment, &self.config.sysctls, &mut self.stats)
+            {
+                Reassembly::Held => return Verdict::Queued,
+                Reassembly::Dropped => return Verdict::Drop,
+                Reassembly::Whole(whole) => return self.ingest_whole(now_ns, zone, &whole),
+                Reassembly::AsIs => {}
+            }
+        }
+        self.ingest_whole(now_ns, zone, packet)
+    }
+
+    /// A packet that is not a fragment the reassembly holds: read it down to its flow and track
+    /// it.
+    fn ingest_whole(&mut self, now_ns: u64, zone: u16, packet: &[u8]) -> Verdict {
         match proto::parse_packet(packet) {
             L4Packet::Track { tuple, segment } => self.track(now_ns, zone, tuple, &segment),
             L4Packet::Error { quoted } => self.related(zone, &quoted),

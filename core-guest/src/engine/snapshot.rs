@@ -66,6 +66,7 @@ impl Tracker {
         w.u64(ecache.worker.in_flight as u64);
         w.u64(self.now_ns);
         self.expectations.encode(&mut w);
+        self.defrag.encode(&mut w);
         format::finish(w)
     }
 
@@ -130,6 +131,7 @@ impl Tracker {
         t.ecache.worker.in_flight = r.usize("worker")?;
         t.now_ns = r.u64()?;
         t.expectations = expect::Expectations::decode(&mut r, t.config.seed, slab_len)?;
+        t.defrag = defrag::Defrag::decode(&mut r)?;
         let expectations = t.expectations.len();
         if t.ecache.outbox.unreported().any(|p| {
             matches!(p.source, Source::Expectation { slot, .. } if slot as usize >= expectations)
@@ -339,6 +341,10 @@ fn write_config(w: &mut Writer, c: &Config) {
         s.icmpv6_timeout,
         s.generic_timeout,
         s.expect_max,
+        s.ipfrag_time,
+        s.ipfrag_high_thresh,
+        s.frag6_timeout,
+        s.frag6_high_thresh,
     ] {
         w.u32(v);
     }
@@ -355,7 +361,7 @@ fn read_config(r: &mut Reader<'_>) -> Result<Config, SnapshotError> {
         2 => RetryPolicy::OnDrain,
         _ => return Err(Invalid("retry policy")),
     };
-    let mut v = [0u32; 16];
+    let mut v = [0u32; 20];
     for x in &mut v {
         *x = r.u32()?;
     }
@@ -389,6 +395,10 @@ fn read_config(r: &mut Reader<'_>) -> Result<Config, SnapshotError> {
         icmpv6_timeout: v[13],
         generic_timeout: v[14],
         expect_max: v[15],
+        ipfrag_time: v[16],
+        ipfrag_high_thresh: v[17],
+        frag6_timeout: v[18],
+        frag6_high_thresh: v[19],
     };
     Ok(Config {
         sysctls,

@@ -769,13 +769,16 @@ fn bogus_lengths_and_unknown_versions_are_invalid() {
     bad_ihl[0] = 0x43;
     let mut v5 = good.clone();
     v5[0] = 0x55;
-    let mut fragment = good.clone();
-    build::set_ipv4_fragment(&mut fragment, 8, false);
-    for p in [short_total, bad_ihl, v5, fragment, Vec::new(), vec![0x45]] {
+    for p in [short_total, bad_ihl, v5, Vec::new(), vec![0x45]] {
         assert_eq!(t.ingest(T0, 0, &p), Verdict::Invalid, "{p:02x?}");
     }
-    assert_eq!(t.stats().invalid, 6);
+    assert_eq!(t.stats().invalid, 5);
     assert_eq!(t.stats().count, 0);
+    // A non-first fragment is no longer invalid: reassembly holds it for the rest.
+    let mut fragment = good.clone();
+    build::set_ipv4_fragment(&mut fragment, 8, false);
+    assert_eq!(t.ingest(T0, 0, &fragment), Verdict::Queued);
+    assert_eq!((t.stats().invalid, t.stats().frag_queues), (5, 1));
 }
 
 proptest::proptest! {
@@ -1531,4 +1534,12 @@ fn an_entry_with_missed_bits_ended_without_events_is_counted_out_once() {
     t.flush(T0 + S);
     let s = t.stats();
     assert_eq!((s.count, s.missed_pending), (0, 0));
+}
+
+#[test]
+fn every_byte_up_to_the_last_verdict_is_one_and_none_past_it() {
+    for v in 0..=Verdict::LAST as u8 {
+        assert_eq!(Verdict::from_u8(v).map(|v| v as u8), Some(v));
+    }
+    assert_eq!(Verdict::from_u8(Verdict::LAST as u8 + 1), None);
 }

@@ -229,6 +229,59 @@ pub fn walk_extension_headers(packet: &[u8], first: u8) -> Result<ExtensionChain
     })
 }
 
+/// Where a packet's fragment header is, and what it says (see [`find_fragment_header`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragmentHeader {
+    /// Offset of the byte that names the fragment header as the next header: 6 in the fixed
+    /// header, or the first byte of the extension header before it.
+    pub next_header_at: usize,
+    /// Offset of the fragment header itself; the fragment's data starts 8 bytes after it.
+    pub at: usize,
+    /// The header after the fragment header (of the reassembled datagram).
+    pub next_header: u8,
+    /// The fragment's offset in bytes.
+    pub offset: u16,
+    pub more_frags: bool,
+    pub ident: u32,
+}
+
+/// The fragment header of an IPv6 packet, as the kernel's defragmentation finds it: past the
+/// hop-by-hop, routing, destination options and authentication headers only (the part no
+/// fragment may split), each complete in the buffer, at most [`MAX_EXTENSION_HEADERS`] of them.
+/// `None` when the packet has none (the walk reached an upper-layer header), or when the
+/// headers before it are cut short.
+pub fn find_fragment_header(packet: &[u8]) -> Option<FragmentHeader> {
+    let mut kind = *packet.get(field::NEXT_HEADER)?;
+    let mut next_header_at = field::NEXT_HEADER;
+    let mut at = HEADER_LEN;
+    for _ in 0..MAX_EXTENSION_HEADERS {
+        let header = packet.get(at..)?;
+        if kind == ext::FRAGMENT {
+            let h = header.get(..8)?;
+            let offset_flags = u16::from_be_bytes([h[2], h[3]]);
+            return Some(FragmentHeader {
+                next_header_at,
+                at,
+                next_header: h[0],
+                offset: offset_flags & !7,
+                more_frags: offset_flags & 1 != 0,
+                ident: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+            });
+        }
+        if !is_extension_header(kind) || header.len() < 2 {
+            return None;
+        }
+        let len = extension_header_len(kind, header[field::EXT_LEN]);
+        if header.len() < len {
+            return None;
+        }
+        next_header_at = at;
+        kind = header[field::EXT_NEXT_HEADER];
+        at += len;
+    }
+    None
+}
+
 fn addr(bytes: &[u8]) -> [u8; 16] {
     let mut out = [0; 16];
     out.copy_from_slice(bytes);
