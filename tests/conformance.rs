@@ -814,6 +814,122 @@ fn crafted_challenge_ack_in_last_ack(run: &mut Run, f: Fam) {
     w.s(s + 1, c + 1, ACK, WIN, 0);
 }
 
+// ---- fragments ------------------------------------------------------------------------------
+
+const FRAG_CLIENT_PORT: u16 = 40600;
+const FRAG_SERVER_PORT: u16 = 6600;
+
+/// Sends hand-built UDP datagrams and their fragments between two loopback ports, on which
+/// sockets are bound so the local stack takes them quietly (no port unreachable).
+struct FragWire {
+    wire: Wire,
+    _sockets: Vec<UdpSocket>,
+    next_ident: std::cell::Cell<u16>,
+}
+
+impl FragWire {
+    fn open(run: &Run, fam: Fam) -> FragWire {
+        let wire = Wire::open(run, fam);
+        let lo = fam.lo();
+        let sockets = run.inside(0, || {
+            [FRAG_CLIENT_PORT, FRAG_CLIENT_PORT + 1, FRAG_SERVER_PORT]
+                .into_iter()
+                .map(|port| UdpSocket::bind(sa(lo, port)).expect("udp bind"))
+                .collect::<Vec<_>>()
+        });
+        FragWire {
+            wire,
+            _sockets: sockets,
+            next_ident: std::cell::Cell::new(0x4000),
+        }
+    }
+
+    /// A UDP datagram of `len` payload bytes from a client port (or the server).
+    fn datagram(&self, from_client: bool, client_port: u16, len: usize) -> Vec<u8> {
+        use ctwasm_core::wire::build;
+        let (sp, dp) = match from_client {
+            true => (client_port, FRAG_SERVER_PORT),
+            false => (FRAG_SERVER_PORT, client_port),
+        };
+        let l4 = build::udp(sp, dp, len);
+        match self.wire.fam {
+            Fam::V4 => build::ipv4([127, 0, 0, 1], [127, 0, 0, 1], 17, &l4),
+            Fam::V6 => build::ipv6(
+                std::net::Ipv6Addr::LOCALHOST.octets(),
+                std::net::Ipv6Addr::LOCALHOST.octets(),
+                17,
+                &l4,
+            ),
+        }
+    }
+
+    /// Fragments of `whole` under an identification of their own: `(offset, length, more)`.
+    fn fragments(&self, whole: &[u8], cuts: &[(usize, usize, bool)]) -> Vec<Vec<u8>> {
+        use ctwasm_core::wire::build;
+        let ident = self.next_ident.get();
+        self.next_ident.set(ident + 1);
+        match self.wire.fam {
+            Fam::V4 => build::ipv4_fragments(whole, ident, cuts),
+            Fam::V6 => build::ipv6_fragments(whole, 40, 6, u32::from(ident), cuts),
+        }
+    }
+
+    /// Injects the packets in order, apart enough that the capture's order is the kernel's.
+    fn send(&self, packets: &[&Vec<u8>]) {
+        for p in packets {
+            self.wire.inj.send(p).expect("inject");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// 3 000 bytes cut in three: the data offsets and lengths, the last fragment last.
+const THIRDS: [(usize, usize, bool); 3] = [(0, 1480, true), (1480, 1480, true), (2960, 48, false)];
+
+/// A request in three fragments sent out of order, one of them twice, and a whole reply: the
+/// kernel reassembles the request and tracks it once, with its reply.
+fn frag_out_of_order_with_a_duplicate(run: &mut Run, f: Fam) {
+    let w = FragWire::open(run, f);
+    let request = w.datagram(true, FRAG_CLIENT_PORT, 3000);
+    let frags = w.fragments(&request, &THIRDS);
+    w.send(&[&frags[2], &frags[0], &frags[0], &frags[1]]);
+    w.send(&[&w.datagram(false, FRAG_CLIENT_PORT, 500)]);
+}
+
+/// A request whose middle fragment is lost never reaches conntrack: no entry at all. Another
+/// client's whole datagram beside it is tracked as usual.
+fn frag_lost_fragment(run: &mut Run, f: Fam) {
+    let w = FragWire::open(run, f);
+    let request = w.datagram(true, FRAG_CLIENT_PORT, 3000);
+    let frags = w.fragments(&request, &THIRDS);
+    w.send(&[&frags[0], &frags[2]]);
+    w.send(&[&w.datagram(true, FRAG_CLIENT_PORT + 1, 100)]);
+}
+
+/// A whole request, then a reply of which only the first fragment arrives: the entry never
+/// sees its reply (no SEEN_REPLY).
+fn frag_lost_reply_fragment(run: &mut Run, f: Fam) {
+    let w = FragWire::open(run, f);
+    w.send(&[&w.datagram(true, FRAG_CLIENT_PORT, 100)]);
+    let reply = w.datagram(false, FRAG_CLIENT_PORT, 3000);
+    let frags = w.fragments(&reply, &THIRDS);
+    w.send(&[&frags[0]]);
+}
+
+/// Overlapping fragments: the kernel discards the whole datagram; the client sends it again,
+/// cleanly cut, and that one is tracked.
+fn frag_overlap_then_clean(run: &mut Run, f: Fam) {
+    let w = FragWire::open(run, f);
+    let request = w.datagram(true, FRAG_CLIENT_PORT, 3000);
+    let bad = w.fragments(
+        &request,
+        &[(0, 1480, true), (1472, 1488, true), (2960, 48, false)],
+    );
+    w.send(&[&bad[0], &bad[1], &bad[2]]);
+    let good = w.fragments(&request, &THIRDS);
+    w.send(&[&good[0], &good[1], &good[2]]);
+}
+
 fn scenarios() -> Vec<Scenario> {
     let lo = |name, traffic: fn(&mut Run, Fam)| Scenario {
         name,
@@ -927,6 +1043,19 @@ fn scenarios() -> Vec<Scenario> {
         crafted(
             "crafted: challenge ack in last_ack",
             crafted_challenge_ack_in_last_ack,
+        ),
+        crafted(
+            "fragments: out of order, one twice",
+            frag_out_of_order_with_a_duplicate,
+        ),
+        crafted("fragments: one lost", frag_lost_fragment),
+        crafted(
+            "fragments: a reply's fragment lost",
+            frag_lost_reply_fragment,
+        ),
+        crafted(
+            "fragments: overlapping, then sent again",
+            frag_overlap_then_clean,
         ),
     ]
 }

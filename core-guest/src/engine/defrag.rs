@@ -652,46 +652,20 @@ mod tests {
         )
     }
 
-    /// IPv4 fragments of `whole`: `(offset, length, more)` each, data cut from the datagram.
+    /// IPv4 fragments of `whole` with its identification: `(offset, length, more)` each.
     fn frag4(whole: &[u8], cuts: &[(usize, usize, bool)]) -> Vec<Vec<u8>> {
-        let data = &whole[20..];
-        cuts.iter()
-            .map(|&(off, len, more)| {
-                let mut f = whole[..20].to_vec();
-                f.extend_from_slice(&data[off..(off + len).min(data.len())]);
-                let total = 20 + len;
-                let mut p = ipv4::Packet::new_unchecked(&mut f[..]);
-                p.set_total_len(total as u16);
-                build::set_ipv4_fragment(&mut f, off as u16, more);
-                f
-            })
-            .collect()
+        let ident = ipv4::Packet::new_unchecked(whole).ident();
+        build::ipv4_fragments(whole, ident, cuts)
     }
 
-    /// IPv6 fragments of `whole`, whose unfragmentable part is its first `unfrag` bytes and
-    /// whose byte at `nh_at` names what follows it.
+    /// IPv6 fragments of `whole` (see [`build::ipv6_fragments`]).
     fn frag6(
         whole: &[u8],
         unfrag: usize,
         nh_at: usize,
         cuts: &[(usize, usize, bool)],
     ) -> Vec<Vec<u8>> {
-        let data = &whole[unfrag..];
-        cuts.iter()
-            .map(|&(off, len, more)| {
-                let mut f = whole[..unfrag].to_vec();
-                let next = f[nh_at];
-                f[nh_at] = ipv6::ext::FRAGMENT;
-                let offset_flags = (off as u16 & !7) | u16::from(more);
-                f.extend_from_slice(&[next, 0]);
-                f.extend_from_slice(&offset_flags.to_be_bytes());
-                f.extend_from_slice(&0xabcd_0001u32.to_be_bytes());
-                f.extend_from_slice(&data[off..(off + len).min(data.len())]);
-                let payload = f.len() - ipv6::HEADER_LEN;
-                ipv6::Packet::new_unchecked(&mut f[..]).set_payload_len(payload as u16);
-                f
-            })
-            .collect()
+        build::ipv6_fragments(whole, unfrag, nh_at, 0xabcd_0001, cuts)
     }
 
     /// Feeds `packets` one per millisecond; returns the verdicts.

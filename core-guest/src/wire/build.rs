@@ -39,6 +39,53 @@ pub fn set_ipv4_fragment(packet: &mut [u8], offset: u16, more_frags: bool) {
     view.fill_checksum();
 }
 
+/// Fragments of the IPv4 packet `whole` (a 20-byte header, as [`ipv4()`] builds), one per
+/// `(offset, length, more_frags)` of its data, each with identification `ident` and a correct
+/// header checksum. Offsets are in bytes (multiples of 8); a length past the data takes what
+/// is there.
+pub fn ipv4_fragments(whole: &[u8], ident: u16, cuts: &[(usize, usize, bool)]) -> Vec<Vec<u8>> {
+    let data = &whole[ipv4::HEADER_LEN..];
+    cuts.iter()
+        .map(|&(offset, len, more)| {
+            let mut f = whole[..ipv4::HEADER_LEN].to_vec();
+            f.extend_from_slice(&data[offset.min(data.len())..(offset + len).min(data.len())]);
+            let mut view = ipv4::Packet::new_unchecked(&mut f[..]);
+            view.set_total_len(u16::try_from(ipv4::HEADER_LEN + len).unwrap_or(u16::MAX));
+            view.set_ident(ident);
+            set_ipv4_fragment(&mut f, u16::try_from(offset).unwrap_or(u16::MAX), more);
+            f
+        })
+        .collect()
+}
+
+/// Fragments of the IPv6 packet `whole`, whose first `unfragmentable` bytes (fixed header and
+/// any extension headers no fragment splits) every fragment repeats, and whose byte at
+/// `next_header_at` names what follows them: a fragment header goes in between, with
+/// identification `ident`, one per `(offset, length, more_frags)` of the rest.
+pub fn ipv6_fragments(
+    whole: &[u8],
+    unfragmentable: usize,
+    next_header_at: usize,
+    ident: u32,
+    cuts: &[(usize, usize, bool)],
+) -> Vec<Vec<u8>> {
+    let data = &whole[unfragmentable..];
+    cuts.iter()
+        .map(|&(offset, len, more)| {
+            let mut f = whole[..unfragmentable].to_vec();
+            let next = f[next_header_at];
+            f[next_header_at] = ipv6::ext::FRAGMENT;
+            f.extend_from_slice(&[next, 0]);
+            f.extend_from_slice(&ipv6_fragment_body(offset as u16, more, ident)[..6]);
+            f.extend_from_slice(&data[offset.min(data.len())..(offset + len).min(data.len())]);
+            let payload = f.len() - ipv6::HEADER_LEN;
+            ipv6::Packet::new_unchecked(&mut f[..])
+                .set_payload_len(u16::try_from(payload).unwrap_or(u16::MAX));
+            f
+        })
+        .collect()
+}
+
 /// An IPv6 packet: hop limit 64, traffic class and flow label 0, `l4` as the payload (its
 /// TCP/UDP/ICMPv6 checksum filled in).
 pub fn ipv6(src: [u8; 16], dst: [u8; 16], next_header: u8, l4: &[u8]) -> Vec<u8> {
