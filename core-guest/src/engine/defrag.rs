@@ -553,9 +553,11 @@ impl Defrag {
             for _ in 0..runs_n {
                 let offset = r.u32()?;
                 let data = r.bytes()?.to_vec();
-                let after_last = runs.last().is_none_or(|l| l.end() < offset);
+                // Runs may touch (a fragment that fills a gap starts a run of its own), never
+                // overlap; an IPv4 fragment at the last offset can reach past 65 535.
+                let after_last = runs.last().is_none_or(|l| l.end() <= offset);
                 let end = u64::from(offset) + data.len() as u64;
-                if data.is_empty() || !after_last || end > MAX_DATAGRAM as u64 {
+                if data.is_empty() || !after_last || end > 2 * MAX_DATAGRAM as u64 {
                     return Err(Invalid("fragment queue"));
                 }
                 meat += data.len() as u32;
@@ -979,7 +981,76 @@ mod tests {
         out
     }
 
+    #[test]
+    fn an_endless_stream_of_incomplete_datagrams_stays_within_the_bound() {
+        let mut t = tracker();
+        let bound = u64::from(t.config().sysctls.ipfrag_high_thresh);
+        let whole = udp4(3000);
+        for i in 0..10_000u32 {
+            let f = build::ipv4_fragments(&whole, i as u16, &[(0, 1480, true)]);
+            t.ingest(S + u64::from(i), 0, &f[0]);
+            assert!(t.defrag.held[0] <= bound + 1500);
+        }
+        let s = t.stats();
+        assert_eq!(s.frag_received, 10_000);
+        assert_eq!(s.frag_queues + s.frag_failed, 10_000);
+        assert!(s.frag_failed > 7_000, "{s:?}");
+        assert!(t.dump(0, usize::MAX).0.is_empty());
+        // Once they time out, the room is back.
+        t.advance(S + 31 * S);
+        assert_eq!((t.stats().frag_queues, t.defrag.held[0]), (0, 0));
+        let f = build::ipv4_fragments(&whole, 1, &THIRDS_4);
+        assert_eq!(
+            feed(&mut t, &f).last(),
+            Some(&Verdict::New),
+            "fragments are taken again"
+        );
+    }
+
+    const THIRDS_4: [(usize, usize, bool); 3] =
+        [(0, 1480, true), (1480, 1480, true), (2960, 48, false)];
+
     proptest! {
+        /// Arbitrary fragments (any offsets, lengths, flags and identifications of a few
+        /// datagrams, either family, with a tiny bound): never a panic, the bytes held within
+        /// the bound and one fragment, every fragment counted once.
+        #[test]
+        fn arbitrary_fragments_never_panic_and_stay_bounded(
+            frags in proptest::collection::vec(
+                (any::<bool>(), 0u16..4, 0u16..8192, 0usize..300, any::<bool>()),
+                1..80,
+            ),
+        ) {
+            let mut config = Config::default();
+            config.sysctls.ipfrag_high_thresh = 2000;
+            config.sysctls.frag6_high_thresh = 2000;
+            let mut t = Tracker::new(config);
+            let mut received = 0;
+            for (i, (v6, ident, offset8, len, more)) in frags.into_iter().enumerate() {
+                let offset = usize::from(offset8) * 8;
+                let packet = match v6 {
+                    false => {
+                        let whole = udp4(offset + len);
+                        let mut f = build::ipv4_fragments(&whole, ident, &[(offset, len, more)]);
+                        f.remove(0)
+                    }
+                    true => {
+                        let whole = udp6(offset + len, &[]);
+                        let mut f = build::ipv6_fragments(&whole, 40, 6, u32::from(ident), &[(offset, len, more)]);
+                        f.remove(0)
+                    }
+                };
+                let before = t.stats().frag_received;
+                t.ingest(S + i as u64 * 1_000_000, 0, &packet);
+                received += t.stats().frag_received - before;
+                prop_assert!(t.defrag.held[0] <= 2000 + 1500);
+                prop_assert!(t.defrag.held[1] <= 2000 + 1500);
+            }
+            prop_assert_eq!(t.stats().frag_received, received);
+            let restored = Tracker::restore(&t.snapshot()).expect("restores");
+            prop_assert!(restored.snapshot() == t.snapshot());
+        }
+
         /// Any cutting, any order, any duplicates: the datagram is tracked once, as the whole
         /// packet would be, when its last missing fragment comes, in either family.
         #[test]

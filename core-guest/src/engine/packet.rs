@@ -16,9 +16,11 @@ impl Tracker {
     pub(super) fn ingest_one(&mut self, now_ns: u64, zone: u16, packet: &[u8]) -> Verdict {
         // Fragments are reassembled first: conntrack sees whole datagrams only.
         if let Some(fragment) = defrag::fragment_of(zone, packet) {
+            // The tracker's clock, which never goes back, dates the queue.
+            let now = self.now_ns.max(now_ns);
             match self
                 .defrag
-                .add(now_ns, fragment, &self.config.sysctls, &mut self.stats)
+                .add(now, fragment, &self.config.sysctls, &mut self.stats)
             {
                 Reassembly::Held => return Verdict::Queued,
                 Reassembly::Dropped => return Verdict::Drop,
