@@ -513,6 +513,35 @@ fn udp_port_unreachable(run: &mut Run, f: Fam) {
     });
 }
 
+/// UDP-Lite sockets on both ends: a request, a reply, and a `rounds`-th exchange.
+fn udplite_exchange(run: &mut Run, f: Fam, rounds: usize) {
+    run.inside(0, || {
+        let a = common::sockets::udplite_bind(sa(f.lo(), 40006)).expect("udplite a");
+        let b = common::sockets::udplite_bind(sa(f.lo(), 5006)).expect("udplite b");
+        for s in [&a, &b] {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        }
+        let mut buf = [0u8; 64];
+        for round in 0..rounds {
+            a.send_to(b"lite", b.local_addr().unwrap()).expect("send");
+            let (n, from) = b.recv_from(&mut buf).expect("recv");
+            if round + 1 < rounds || rounds > 1 {
+                b.send_to(&buf[..n], from).expect("reply");
+                a.recv_from(&mut buf).expect("reply recv");
+            }
+        }
+    });
+}
+
+fn udplite_one_way(run: &mut Run, f: Fam) {
+    udplite_exchange(run, f, 1);
+}
+
+/// Request, reply, request, reply: assured at the third packet, without UDP's two seconds.
+fn udplite_request_response(run: &mut Run, f: Fam) {
+    udplite_exchange(run, f, 2);
+}
+
 fn icmp_echo(run: &mut Run, f: Fam) {
     let target = f.lo().to_string();
     let flag = if f == Fam::V6 { "-6" } else { "-4" };
@@ -984,6 +1013,8 @@ fn scenarios() -> Vec<Scenario> {
             ..lo("udp stream (2 s rule)", udp_stream)
         },
         lo("udp port unreachable (related)", udp_port_unreachable),
+        lo("udplite one way", udplite_one_way),
+        lo("udplite request/response", udplite_request_response),
         lo("icmp echo", icmp_echo),
         Scenario {
             topology: Topology::Veth,

@@ -411,7 +411,10 @@ struct JsonTimestamp {
 /// `udp 10.0.0.1:1024 -> 192.0.2.1:9999`, as a person reads a flow (and as the comparison names
 /// one).
 pub fn tuple_text(t: &Tuple) -> String {
-    let proto = ipproto::name(t.proto).map_or_else(|| t.proto.to_string(), str::to_string);
+    let proto = match protocol_name(t.proto) {
+        "unknown" => t.proto.to_string(),
+        name => name.to_string(),
+    };
     let (src, dst) = (t.src.to_ip(t.family), t.dst.to_ip(t.family));
     match t.l4 {
         L4Tuple::Ports { src: sp, dst: dp } => {

@@ -58,6 +58,35 @@ pub fn connect_from(local: SocketAddr, remote: SocketAddr) -> std::io::Result<Tc
     }
 }
 
+/// A UDP-Lite socket bound to `local` (std has UDP sockets only). std's `UdpSocket` drives it:
+/// `send_to` and `recv_from` are the same calls on any datagram socket.
+pub fn udplite_bind(local: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use std::os::fd::FromRawFd;
+    let af = if local.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain system calls on a descriptor we own, wrapped at once so it is closed on
+    // every path; the sockaddr buffer outlives the call.
+    unsafe {
+        let fd = libc::socket(
+            af,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_UDPLITE,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let socket = std::net::UdpSocket::from_raw_fd(fd);
+        let (l, ll) = sockaddr(local);
+        if libc::bind(fd, (&l as *const libc::sockaddr_storage).cast(), ll) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(socket)
+    }
+}
+
 pub fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: all-zero is a valid sockaddr_storage; the casts write within its size.
     unsafe {

@@ -425,18 +425,20 @@ impl Tracker {
     }
 }
 
-/// A tuple the packet path could have read from a packet: TCP and UDP have ports, ICMP and
-/// ICMPv6 a query key, other protocols neither.
+/// A tuple the packet path could have read from a packet: TCP, UDP and UDP-Lite have ports,
+/// ICMP and ICMPv6 a query key, other protocols neither.
 fn check_tuple(tuple: &Tuple) -> Result<(), ConnError> {
     let fits = match tuple.l4 {
-        L4Tuple::Ports { .. } => matches!(tuple.proto, ipproto::TCP | ipproto::UDP),
+        L4Tuple::Ports { .. } => {
+            matches!(tuple.proto, ipproto::TCP | ipproto::UDP | ipproto::UDPLITE)
+        }
         L4Tuple::Icmp { .. } => match tuple.family {
             Family::Ipv4 => tuple.proto == ipproto::ICMP,
             Family::Ipv6 => tuple.proto == ipproto::ICMPV6,
         },
         L4Tuple::None => !matches!(
             tuple.proto,
-            ipproto::TCP | ipproto::UDP | ipproto::ICMP | ipproto::ICMPV6
+            ipproto::TCP | ipproto::UDP | ipproto::UDPLITE | ipproto::ICMP | ipproto::ICMPV6
         ),
     };
     if fits {

@@ -12,6 +12,7 @@ use crate::proto::generic::GenericConn;
 use crate::proto::icmp::IcmpConn;
 use crate::proto::tcp::{Class, Side, TcpConn};
 use crate::proto::udp::UdpConn;
+use crate::proto::udplite::UdpLiteConn;
 use crate::snapshot::{self as format, Reader, SnapshotError, SnapshotError::Invalid, Writer};
 use crate::tuple::{Addr, Family, L4Tuple};
 
@@ -514,6 +515,7 @@ fn write_proto(w: &mut Writer, p: &ProtoState) {
             w.bool(c.v6);
         }
         ProtoState::Generic(_) => w.u8(3),
+        ProtoState::UdpLite(_) => w.u8(4),
     }
 }
 
@@ -549,6 +551,7 @@ fn read_proto(r: &mut Reader<'_>) -> Result<ProtoState, SnapshotError> {
         1 => ProtoState::Udp(UdpConn),
         2 => ProtoState::Icmp(IcmpConn { v6: r.bool()? }),
         3 => ProtoState::Generic(GenericConn),
+        4 => ProtoState::UdpLite(UdpLiteConn),
         _ => return Err(Invalid("protocol state")),
     })
 }

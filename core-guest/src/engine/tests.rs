@@ -106,6 +106,20 @@ impl Run {
         self.feed(at, &p)
     }
 
+    /// A UDP-Lite datagram: the UDP header with the coverage of the whole datagram (0) and a
+    /// checksum that is not zero (UDP-Lite mandates one; nothing here verifies it).
+    fn udplite(&mut self, at: u64, from_client: bool, len: usize) -> Verdict {
+        let (s, d) = if from_client {
+            (40002, 5001)
+        } else {
+            (5001, 40002)
+        };
+        let mut l4 = build::udp(s, d, len);
+        l4[4..8].copy_from_slice(&[0, 0, 0x12, 0x34]);
+        let p = self.ip(from_client, ipproto::UDPLITE, &l4);
+        self.feed(at, &p)
+    }
+
     fn echo(&mut self, at: u64, request: bool, seq: u16) -> Verdict {
         let (l4, proto) = if self.v6 {
             (build::icmpv6_echo(request, 0x1234, seq), ipproto::ICMPV6)
@@ -465,6 +479,61 @@ fn udp_stream_rule_assures_after_two_seconds() {
         );
         assert_eq!(r.log[2].msg.timeout(), Some(120));
     });
+}
+
+/// UDP-Lite has no two-second rule: the first packet after the reply assures the entry and
+/// gives it the stream timeout.
+#[test]
+fn udplite_is_assured_by_the_first_packet_after_the_reply() {
+    both_families(|v6| {
+        let mut r = Run::new(v6, |_| {});
+        assert_eq!(r.udplite(0, true, 10), Verdict::New);
+        assert_eq!(r.udplite(MS, false, 10), Verdict::EstablishedReply);
+        assert_eq!(r.udplite(50 * MS, true, 10), Verdict::Established);
+        r.advance(100 * S);
+        assert_eq!(r.log.len(), 3, "the stream timeout (120 s) keeps it alive");
+        r.advance(50 * MS + 120 * S);
+        assert_eq!(
+            r.sequence(),
+            [
+                ev(N, None, false, false),
+                ev(U, None, true, false),
+                ev(U, None, true, true),
+                ev(D, None, true, true),
+            ]
+        );
+        assert_eq!(
+            r.log[1].msg.timeout(),
+            Some(30),
+            "the reply: still unreplied's"
+        );
+        assert_eq!(r.log[2].msg.timeout(), Some(120));
+        // Its flows are keyed by ports: another source port is another entry.
+        let tuple = r.log[0].msg.orig().unwrap();
+        assert_eq!(tuple.proto, ipproto::UDPLITE);
+        assert!(matches!(
+            tuple.l4,
+            crate::tuple::L4Tuple::Ports {
+                src: 40002,
+                dst: 5001
+            }
+        ));
+    });
+}
+
+/// A UDP-Lite header with a coverage shorter than itself, longer than the datagram, or no
+/// checksum is invalid, and creates no entry.
+#[test]
+fn udplite_with_a_bad_coverage_or_no_checksum_is_invalid() {
+    let mut r = Run::new(false, |_| {});
+    for (coverage, checksum) in [(7u16, 0x1234u16), (9 + 18, 0x1234), (0, 0)] {
+        let mut l4 = build::udp(40002, 5001, 10);
+        l4[4..6].copy_from_slice(&coverage.to_be_bytes());
+        l4[6..8].copy_from_slice(&checksum.to_be_bytes());
+        let p = r.ip(true, ipproto::UDPLITE, &l4);
+        assert_eq!(r.feed(0, &p), Verdict::Invalid, "coverage {coverage}");
+    }
+    assert_eq!(r.t.stats().entries, 0);
 }
 
 #[test]

@@ -9,6 +9,7 @@ pub mod generic;
 pub mod icmp;
 pub mod tcp;
 pub mod udp;
+pub mod udplite;
 
 use crate::config::Sysctls;
 use crate::event::{EventBits, Status, TcpState};
@@ -65,6 +66,10 @@ pub fn parse_packet(packet: &[u8]) -> L4Packet {
                 segment,
             ),
             Err(_) => L4Packet::Invalid,
+        },
+        ipproto::UDPLITE => match udplite::ports(l4, l3.l4_wire_len()) {
+            Some(ports) => flow(ports, segment),
+            None => L4Packet::Invalid,
         },
         ipproto::ICMP => icmp::classify_v4(&l3, l4, segment),
         ipproto::ICMPV6 => icmp::classify_v6(&l3, l4, segment),
@@ -139,6 +144,7 @@ fn flow_tuple(l3: &wire::L3Info, l4: L4Tuple) -> Tuple {
 pub enum ProtoState {
     Tcp(tcp::TcpConn),
     Udp(udp::UdpConn),
+    UdpLite(udplite::UdpLiteConn),
     Icmp(icmp::IcmpConn),
     Generic(generic::GenericConn),
 }
@@ -149,6 +155,9 @@ impl ProtoState {
         match proto {
             ipproto::TCP => tcp::TcpConn::new_entry(segment, sysctls).map(ProtoState::Tcp),
             ipproto::UDP => udp::UdpConn::new_entry(segment, sysctls).map(ProtoState::Udp),
+            ipproto::UDPLITE => {
+                udplite::UdpLiteConn::new_entry(segment, sysctls).map(ProtoState::UdpLite)
+            }
             ipproto::ICMP => {
                 icmp::IcmpConn::new_entry(segment, sysctls).map(|c| ProtoState::Icmp(c.v4()))
             }
@@ -168,6 +177,7 @@ impl ProtoState {
         match self {
             ProtoState::Tcp(c) => c.packet(ctx, segment, dir),
             ProtoState::Udp(c) => c.packet(ctx, segment, dir),
+            ProtoState::UdpLite(c) => c.packet(ctx, segment, dir),
             ProtoState::Icmp(c) => c.packet(ctx, segment, dir),
             ProtoState::Generic(c) => c.packet(ctx, segment, dir),
         }
