@@ -82,6 +82,9 @@ pub struct Sysctls {
     pub icmp_timeout: u32,
     pub icmpv6_timeout: u32,
     pub generic_timeout: u32,
+    /// `nf_conntrack_gre_timeout` and `_stream`: fixed into a GRE entry when it is created.
+    pub gre_timeout: u32,
+    pub gre_timeout_stream: u32,
     /// `nf_conntrack_expect_max`.
     pub expect_max: u32,
     /// `net.ipv4.ipfrag_time`: seconds an incomplete IPv4 datagram waits for its fragments.
@@ -115,6 +118,8 @@ impl Default for Sysctls {
             icmp_timeout: 30,
             icmpv6_timeout: 30,
             generic_timeout: 600,
+            gre_timeout: 30,
+            gre_timeout_stream: 180,
             expect_max: 4096,
             ipfrag_time: 30,
             ipfrag_high_thresh: 4 << 20,
@@ -187,6 +192,8 @@ impl Sysctls {
             "nf_conntrack_icmp_timeout",
             "nf_conntrack_icmpv6_timeout",
             "nf_conntrack_generic_timeout",
+            "nf_conntrack_gre_timeout",
+            "nf_conntrack_gre_timeout_stream",
             "nf_conntrack_expect_max",
             "nf_conntrack_frag6_timeout",
             "nf_conntrack_frag6_high_thresh",
@@ -267,6 +274,8 @@ impl Sysctls {
             "icmp_timeout" => self.icmp_timeout = num()?,
             "icmpv6_timeout" => self.icmpv6_timeout = num()?,
             "generic_timeout" => self.generic_timeout = num()?,
+            "gre_timeout" => self.gre_timeout = num()?,
+            "gre_timeout_stream" => self.gre_timeout_stream = num()?,
             "expect_max" => self.expect_max = num()?,
             "frag6_timeout" => self.frag6_timeout = num()?,
             "frag6_high_thresh" => self.frag6_high_thresh = num()?,

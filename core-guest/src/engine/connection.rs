@@ -425,21 +425,20 @@ impl Tracker {
     }
 }
 
-/// A tuple the packet path could have read from a packet: TCP, UDP and UDP-Lite have ports,
-/// ICMP and ICMPv6 a query key, other protocols neither.
+/// A tuple the packet path could have read from a packet: TCP, UDP and UDP-Lite have ports
+/// (and GRE its keys in their place), ICMP and ICMPv6 a query key, other protocols neither.
 fn check_tuple(tuple: &Tuple) -> Result<(), ConnError> {
+    let keyed = matches!(
+        tuple.proto,
+        ipproto::TCP | ipproto::UDP | ipproto::UDPLITE | ipproto::GRE
+    );
     let fits = match tuple.l4 {
-        L4Tuple::Ports { .. } => {
-            matches!(tuple.proto, ipproto::TCP | ipproto::UDP | ipproto::UDPLITE)
-        }
+        L4Tuple::Ports { .. } => keyed,
         L4Tuple::Icmp { .. } => match tuple.family {
             Family::Ipv4 => tuple.proto == ipproto::ICMP,
             Family::Ipv6 => tuple.proto == ipproto::ICMPV6,
         },
-        L4Tuple::None => !matches!(
-            tuple.proto,
-            ipproto::TCP | ipproto::UDP | ipproto::UDPLITE | ipproto::ICMP | ipproto::ICMPV6
-        ),
+        L4Tuple::None => !keyed && !matches!(tuple.proto, ipproto::ICMP | ipproto::ICMPV6),
     };
     if fits {
         Ok(())
@@ -1043,7 +1042,7 @@ mod tests {
         let mut t = tracker();
         let fresh = tracker();
         let tuple = conn_tuple(0);
-        let refused = Tuple { proto: 47, ..tuple };
+        let refused = Tuple { proto: 89, ..tuple };
         let stale = ConnHandle {
             id: 12345,
             start_ns: 0,

@@ -9,6 +9,7 @@ use crate::config::{RetryPolicy, Sysctls};
 use crate::event::ExpEventBits;
 use crate::netlink::Counters;
 use crate::proto::generic::GenericConn;
+use crate::proto::gre::GreConn;
 use crate::proto::icmp::IcmpConn;
 use crate::proto::tcp::{Class, Side, TcpConn};
 use crate::proto::udp::UdpConn;
@@ -346,6 +347,8 @@ fn write_config(w: &mut Writer, c: &Config) {
         s.ipfrag_high_thresh,
         s.frag6_timeout,
         s.frag6_high_thresh,
+        s.gre_timeout,
+        s.gre_timeout_stream,
     ] {
         w.u32(v);
     }
@@ -362,7 +365,7 @@ fn read_config(r: &mut Reader<'_>) -> Result<Config, SnapshotError> {
         2 => RetryPolicy::OnDrain,
         _ => return Err(Invalid("retry policy")),
     };
-    let mut v = [0u32; 20];
+    let mut v = [0u32; 22];
     for x in &mut v {
         *x = r.u32()?;
     }
@@ -400,6 +403,8 @@ fn read_config(r: &mut Reader<'_>) -> Result<Config, SnapshotError> {
         ipfrag_high_thresh: v[17],
         frag6_timeout: v[18],
         frag6_high_thresh: v[19],
+        gre_timeout: v[20],
+        gre_timeout_stream: v[21],
     };
     Ok(Config {
         sysctls,
@@ -516,6 +521,11 @@ fn write_proto(w: &mut Writer, p: &ProtoState) {
         }
         ProtoState::Generic(_) => w.u8(3),
         ProtoState::UdpLite(_) => w.u8(4),
+        ProtoState::Gre(c) => {
+            w.u8(5);
+            w.u32(c.timeout_s);
+            w.u32(c.stream_timeout_s);
+        }
     }
 }
 
@@ -552,6 +562,10 @@ fn read_proto(r: &mut Reader<'_>) -> Result<ProtoState, SnapshotError> {
         2 => ProtoState::Icmp(IcmpConn { v6: r.bool()? }),
         3 => ProtoState::Generic(GenericConn),
         4 => ProtoState::UdpLite(UdpLiteConn),
+        5 => ProtoState::Gre(GreConn {
+            timeout_s: r.u32()?,
+            stream_timeout_s: r.u32()?,
+        }),
         _ => return Err(Invalid("protocol state")),
     })
 }

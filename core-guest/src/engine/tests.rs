@@ -536,6 +536,67 @@ fn udplite_with_a_bad_coverage_or_no_checksum_is_invalid() {
     assert_eq!(r.t.stats().entries, 0);
 }
 
+/// GRE version 0: keyed 0 and 0, 30 s until the reply, then assured with 180 s, timeouts fixed
+/// when the entry is made.
+#[test]
+fn gre_v0_is_keyed_by_zeros_and_assured_after_its_reply() {
+    both_families(|v6| {
+        let mut r = Run::new(v6, |s| s.gre_timeout_stream = 170);
+        // Two addresses: keyed 0 and 0 both ways, one address would make both tuples one.
+        let gre = [0x00, 0x00, 0x08, 0x00, 0x45, 0, 0, 20];
+        let (a, b) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+        let (mut a6, mut b6) = ([0u8; 16], [0u8; 16]);
+        (a6[15], b6[15]) = (1, 2);
+        let packet = |from: bool| match (v6, from) {
+            (false, true) => build::ipv4(a, b, ipproto::GRE, &gre),
+            (false, false) => build::ipv4(b, a, ipproto::GRE, &gre),
+            (true, true) => build::ipv6(a6, b6, ipproto::GRE, &gre),
+            (true, false) => build::ipv6(b6, a6, ipproto::GRE, &gre),
+        };
+        let (p, q) = (packet(true), packet(false));
+        assert_eq!(r.feed(0, &p), Verdict::New);
+        // A later change of the sysctl leaves the entry's own timeouts alone.
+        r.t.config.sysctls.gre_timeout_stream = 5;
+        assert_eq!(r.feed(MS, &q), Verdict::EstablishedReply);
+        assert_eq!(r.feed(2 * MS, &p), Verdict::Established);
+        r.advance(160 * S);
+        assert_eq!(r.log.len(), 3, "still alive on its 170 s");
+        r.advance(2 * MS + 170 * S);
+        assert_eq!(
+            r.sequence(),
+            [
+                ev(N, None, false, false),
+                ev(U, None, true, false),
+                ev(U, None, true, true),
+                ev(D, None, true, true),
+            ]
+        );
+        assert_eq!(r.log[0].msg.timeout(), Some(30));
+        let t = r.log[0].msg.orig().unwrap();
+        assert_eq!(t.l4, crate::tuple::L4Tuple::Ports { src: 0, dst: 0 });
+    });
+}
+
+/// Enhanced GRE (PPTP): keyed by the call id; without a helper the answer, which carries the
+/// other side's call id, is a flow of its own. Not PPP: invalid.
+#[test]
+fn gre_v1_is_keyed_by_call_id_and_its_answer_is_another_flow() {
+    let mut r = Run::new(false, |_| {});
+    let v1 = |call: u16| {
+        let mut h = vec![0x20, 0x01, 0x88, 0x0b, 0, 0];
+        h.extend_from_slice(&call.to_be_bytes());
+        h
+    };
+    let out = r.ip(true, ipproto::GRE, &v1(0x1111));
+    let back = r.ip(false, ipproto::GRE, &v1(0x2222));
+    assert_eq!(r.feed(0, &out), Verdict::New);
+    assert_eq!(r.feed(MS, &back), Verdict::New, "another flow");
+    assert_eq!(r.feed(2 * MS, &out), Verdict::Established);
+    assert_eq!(r.t.stats().entries, 2);
+    let not_ppp = r.ip(true, ipproto::GRE, &[0x20, 0x01, 0x08, 0x00, 0, 0, 0, 1]);
+    assert_eq!(r.feed(3 * MS, &not_ppp), Verdict::Invalid);
+}
+
 #[test]
 fn icmp_echo_pairs_share_one_entry() {
     both_families(|v6| {

@@ -68,10 +68,11 @@ pub fn quoted_tuple(embedded: &[u8]) -> Option<Tuple> {
     let inner = wire::parse_embedded_l3(embedded).ok()?;
     let l4 = embedded.get(inner.l4_offset..)?;
     let l4_tuple = match inner.proto {
-        ipproto::TCP | ipproto::UDP => {
+        ipproto::TCP | ipproto::UDP | ipproto::UDPLITE => {
             let (src, dst) = wire::tcp::ports(l4).ok()?;
             L4Tuple::Ports { src, dst }
         }
+        ipproto::GRE => super::gre::keys(l4)?,
         ipproto::ICMP => {
             let (kind, code, id) =
                 icmp::Repr::parse(&icmp::Packet::new_checked(l4).ok()?).query()?;

@@ -6,6 +6,7 @@
 //! enum, dispatched by `match` on the hot path: no box and no virtual call per flow.
 
 pub mod generic;
+pub mod gre;
 pub mod icmp;
 pub mod tcp;
 pub mod udp;
@@ -69,6 +70,10 @@ pub fn parse_packet(packet: &[u8]) -> L4Packet {
         },
         ipproto::UDPLITE => match udplite::ports(l4, l3.l4_wire_len()) {
             Some(ports) => flow(ports, segment),
+            None => L4Packet::Invalid,
+        },
+        ipproto::GRE => match gre::keys(l4) {
+            Some(keys) => flow(keys, segment),
             None => L4Packet::Invalid,
         },
         ipproto::ICMP => icmp::classify_v4(&l3, l4, segment),
@@ -145,6 +150,7 @@ pub enum ProtoState {
     Tcp(tcp::TcpConn),
     Udp(udp::UdpConn),
     UdpLite(udplite::UdpLiteConn),
+    Gre(gre::GreConn),
     Icmp(icmp::IcmpConn),
     Generic(generic::GenericConn),
 }
@@ -158,6 +164,7 @@ impl ProtoState {
             ipproto::UDPLITE => {
                 udplite::UdpLiteConn::new_entry(segment, sysctls).map(ProtoState::UdpLite)
             }
+            ipproto::GRE => gre::GreConn::new_entry(segment, sysctls).map(ProtoState::Gre),
             ipproto::ICMP => {
                 icmp::IcmpConn::new_entry(segment, sysctls).map(|c| ProtoState::Icmp(c.v4()))
             }
@@ -178,6 +185,7 @@ impl ProtoState {
             ProtoState::Tcp(c) => c.packet(ctx, segment, dir),
             ProtoState::Udp(c) => c.packet(ctx, segment, dir),
             ProtoState::UdpLite(c) => c.packet(ctx, segment, dir),
+            ProtoState::Gre(c) => c.packet(ctx, segment, dir),
             ProtoState::Icmp(c) => c.packet(ctx, segment, dir),
             ProtoState::Generic(c) => c.packet(ctx, segment, dir),
         }
