@@ -7,7 +7,7 @@ import struct, subprocess, sys
 
 TCP_STATES = ["None", "SynSent", "SynRecv", "Established", "FinWait", "CloseWait", "LastAck",
               "TimeWait", "Close", "SynSent2"]
-PROTO = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
+PROTO = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp", 136: "udplite", 47: "gre"}
 SNAKE = ["none", "syn_sent", "syn_recv", "established", "fin_wait", "close_wait", "last_ack",
          "time_wait", "close", "syn_sent2"]
 
@@ -40,7 +40,7 @@ def event_expect(m, ty, fl, pid):
     orig = a[1]
     proto = be(orig[2][1])
     p = orig[2]
-    if proto in (6, 17):
+    if proto in (6, 17, 136, 47):
         l4 = "L4Tuple::Ports { src: %d, dst: %d }" % (be(p[2]), be(p[3]))
     else:
         base = 4 if proto == 1 else 7
