@@ -577,6 +577,37 @@ fn gre_v0_is_keyed_by_zeros_and_assured_after_its_reply() {
     });
 }
 
+/// An ICMP error quoting a GRE or a UDP-Lite packet finds its entry by the quoted keys or
+/// ports: RELATED, in the reply direction.
+#[test]
+fn icmp_errors_quoting_gre_and_udplite_are_related() {
+    let (a, b) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+    let mut lite = build::udp(40002, 5001, 10);
+    lite[4..8].copy_from_slice(&[0, 0, 0x12, 0x34]);
+    let gre_v1 = [0x30, 0x81, 0x88, 0x0b, 0, 0, 0x11, 0x11, 0, 0, 0, 1];
+    // With the byte of the key each quotes: UDP-Lite's destination port, GRE's call id.
+    for (proto, l4, key_at) in [
+        (ipproto::UDPLITE, &lite[..], 3),
+        (ipproto::GRE, &gre_v1[..], 7),
+    ] {
+        let mut r = Run::new(false, |_| {});
+        let sent = build::ipv4(a, b, proto, l4);
+        assert_eq!(r.feed(0, &sent), Verdict::New);
+        // The destination answers with a protocol unreachable quoting what it got.
+        let error = build::ipv4(b, a, ipproto::ICMP, &build::icmp_error(3, 2, &sent[..28]));
+        assert_eq!(
+            r.feed(MS, &error),
+            Verdict::RelatedReply,
+            "protocol {proto}"
+        );
+        // Quoting other keys or ports finds nothing.
+        let mut other = sent.clone();
+        other[20 + key_at] ^= 0x01;
+        let error = build::ipv4(b, a, ipproto::ICMP, &build::icmp_error(3, 2, &other[..28]));
+        assert_eq!(r.feed(2 * MS, &error), Verdict::Invalid, "protocol {proto}");
+    }
+}
+
 /// Enhanced GRE (PPTP): keyed by the call id; without a helper the answer, which carries the
 /// other side's call id, is a flow of its own. Not PPP: invalid.
 #[test]
