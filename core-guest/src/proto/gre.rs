@@ -15,7 +15,6 @@
 
 use super::{L4Tracker, Outcome, PacketContext, Segment};
 use crate::config::Sysctls;
-use crate::event::{EventBits, Status};
 use crate::tuple::{Direction, L4Tuple};
 
 /// The version bits of the first 16 bits of a GRE header.
@@ -66,19 +65,7 @@ impl L4Tracker for GreConn {
         _segment: &Segment,
         _dir: Direction,
     ) -> Outcome {
-        // SEEN_REPLY is set after the tracker ran: the reply itself keeps the short timeout.
-        if !ctx.status.contains(Status::SEEN_REPLY) {
-            return Outcome::Accept {
-                timeout_s: self.timeout_s,
-            };
-        }
-        if !ctx.status.contains(Status::ASSURED) {
-            ctx.status.insert(Status::ASSURED);
-            ctx.events.insert(EventBits::ASSURED);
-        }
-        Outcome::Accept {
-            timeout_s: self.stream_timeout_s,
-        }
+        ctx.replied_stream(self.timeout_s, self.stream_timeout_s)
     }
 }
 

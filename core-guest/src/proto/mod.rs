@@ -105,6 +105,31 @@ pub struct PacketContext<'a> {
     pub sysctls: &'a Sysctls,
 }
 
+impl PacketContext<'_> {
+    /// Marks the entry ASSURED, raising the ASSURED event the first time only (the kernel's
+    /// `test_and_set_bit(IPS_ASSURED_BIT)` before `nf_conntrack_event_cache(IPCT_ASSURED)`).
+    pub fn assure(&mut self) {
+        if !self.status.contains(Status::ASSURED) {
+            self.status.insert(Status::ASSURED);
+            self.events.insert(EventBits::ASSURED);
+        }
+    }
+
+    /// The rule of the trackers without states (UDP-Lite, GRE): `unreplied` seconds until a
+    /// reply has been seen; after it, `replied` seconds, and the entry is assured. SEEN_REPLY
+    /// is set after the tracker ran, so the reply itself still gets `unreplied`, as in the
+    /// kernel.
+    pub fn replied_stream(&mut self, unreplied: u32, replied: u32) -> Outcome {
+        if !self.status.contains(Status::SEEN_REPLY) {
+            return Outcome::Accept {
+                timeout_s: unreplied,
+            };
+        }
+        self.assure();
+        Outcome::Accept { timeout_s: replied }
+    }
+}
+
 /// What a tracker decided about a packet on an existing entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {

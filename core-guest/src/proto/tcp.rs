@@ -752,8 +752,7 @@ impl L4Tracker for TcpConn {
             && matches!(old, TcpState::SynRecv | TcpState::Established)
             && new_state == TcpState::Established
         {
-            ctx.status.insert(Status::ASSURED);
-            ctx.events.insert(EventBits::ASSURED);
+            ctx.assure();
         }
         Outcome::Accept { timeout_s: timeout }
     }

@@ -7,7 +7,7 @@
 
 use super::{L4Tracker, Outcome, PacketContext, Segment};
 use crate::config::Sysctls;
-use crate::event::{EventBits, Status};
+use crate::event::Status;
 use crate::tuple::Direction;
 
 /// Nanoseconds after creation before a replied flow counts as a stream.
@@ -36,10 +36,7 @@ impl L4Tracker for UdpConn {
         }
         // `time_after(jiffies, stream_ts)`: strictly after creation + 2 s.
         if ctx.now_ns > ctx.created_ns.saturating_add(STREAM_AFTER_NS) {
-            if !ctx.status.contains(Status::ASSURED) {
-                ctx.status.insert(Status::ASSURED);
-                ctx.events.insert(EventBits::ASSURED);
-            }
+            ctx.assure();
             Outcome::Accept {
                 timeout_s: ctx.sysctls.udp_timeout_stream,
             }

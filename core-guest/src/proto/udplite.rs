@@ -10,7 +10,6 @@
 
 use super::{L4Tracker, Outcome, PacketContext, Segment};
 use crate::config::Sysctls;
-use crate::event::{EventBits, Status};
 use crate::tuple::{Direction, L4Tuple};
 
 /// The UDP-Lite header: ports, checksum coverage, checksum.
@@ -47,20 +46,8 @@ impl L4Tracker for UdpLiteConn {
         _segment: &Segment,
         _dir: Direction,
     ) -> Outcome {
-        // SEEN_REPLY is set after the tracker ran, so the reply itself still gets the
-        // unreplied timeout, as in the kernel.
-        if !ctx.status.contains(Status::SEEN_REPLY) {
-            return Outcome::Accept {
-                timeout_s: ctx.sysctls.udp_timeout,
-            };
-        }
-        if !ctx.status.contains(Status::ASSURED) {
-            ctx.status.insert(Status::ASSURED);
-            ctx.events.insert(EventBits::ASSURED);
-        }
-        Outcome::Accept {
-            timeout_s: ctx.sysctls.udp_timeout_stream,
-        }
+        let s = ctx.sysctls;
+        ctx.replied_stream(s.udp_timeout, s.udp_timeout_stream)
     }
 }
 
