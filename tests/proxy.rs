@@ -107,32 +107,7 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
     let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
 
     // The kernel's DESTROYs, read inside the namespace.
-    let mut socket = EventSocket::subscribe(&SubscribeOptions {
-        groups: Groups::DESTROY,
-        rcvbuf: Some(8 << 20),
-        reliable: true,
-        no_enobufs: false,
-        netns: Some(lab.name(0).to_string()),
-    })
-    .expect("event socket");
-    let kernel = {
-        let stop = Arc::clone(&stop.0);
-        std::thread::spawn(move || {
-            let mut ends = BTreeMap::new();
-            while !stop.load(Ordering::SeqCst) {
-                if let Received::Messages(ms) =
-                    socket.recv(Some(Duration::from_millis(100))).unwrap()
-                {
-                    for m in ms.iter().filter(|m| m.kind() == Some(MessageKind::Destroy)) {
-                        if let Some((port, end)) = kernel_end(&m.message) {
-                            ends.insert(port, end);
-                        }
-                    }
-                }
-            }
-            ends
-        })
-    };
+    let kernel = kernel_destroys(&lab, &stop.0, kernel_end);
 
     // The echo server upstream.
     let echo = {
@@ -190,26 +165,11 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
             .spawn()
             .expect("proxy starts"),
     );
-    let mut stderr = BufReader::new(proxy.get_mut().stderr.take().unwrap());
-    let mut first = String::new();
-    stderr.read_line(&mut first).unwrap();
-
+    let Output { first, log, events } = read_output(&mut proxy);
     assert!(
         first.contains("127.0.0.1:8000 -> 127.0.0.1:9000"),
         "{first}"
     );
-    let log = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-        rest
-    });
-    // The events are read as they come, as a listener reads them.
-    let mut stdout = proxy.get_mut().stdout.take().unwrap();
-    let events = std::thread::spawn(move || {
-        let mut all = String::new();
-        let _ = stdout.read_to_string(&mut all);
-        all
-    });
 
     // 200 clients, 10 from each of 20 sources, concurrently; every tenth resets.
     let name = lab.name(0).to_string();
@@ -369,6 +329,63 @@ impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::SeqCst);
     }
+}
+
+/// The kernel's DESTROYs in the lab's first namespace, read on a thread until `stop` is set:
+/// what `end_of` makes of each, by the port it names.
+fn kernel_destroys<E: Send + 'static>(
+    lab: &Lab,
+    stop: &Arc<AtomicBool>,
+    end_of: fn(&CtMessage) -> Option<(u16, E)>,
+) -> std::thread::JoinHandle<BTreeMap<u16, E>> {
+    let mut socket = EventSocket::subscribe(&SubscribeOptions {
+        groups: Groups::DESTROY,
+        rcvbuf: Some(8 << 20),
+        reliable: true,
+        no_enobufs: false,
+        netns: Some(lab.name(0).to_string()),
+    })
+    .expect("event socket");
+    let stop = Arc::clone(stop);
+    std::thread::spawn(move || {
+        let mut ends = BTreeMap::new();
+        while !stop.load(Ordering::SeqCst) {
+            if let Received::Messages(ms) = socket.recv(Some(Duration::from_millis(100))).unwrap() {
+                for m in ms.iter().filter(|m| m.kind() == Some(MessageKind::Destroy)) {
+                    if let Some((port, end)) = end_of(&m.message) {
+                        ends.insert(port, end);
+                    }
+                }
+            }
+        }
+        ends
+    })
+}
+
+/// A running proxy's output: its first line on stderr (the route) at once; the rest of stderr
+/// and all of stdout read on threads as they come, as a listener reads them.
+struct Output {
+    first: String,
+    log: std::thread::JoinHandle<String>,
+    events: std::thread::JoinHandle<String>,
+}
+
+fn read_output(proxy: &mut Reaped) -> Output {
+    let mut stderr = BufReader::new(proxy.get_mut().stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    let log = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        rest
+    });
+    let mut stdout = proxy.get_mut().stdout.take().unwrap();
+    let events = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = stdout.read_to_string(&mut all);
+        all
+    });
+    Output { first, log, events }
 }
 
 /// A connection to the proxy from `source`:`port` (a loopback address of its own; a port of
@@ -928,32 +945,7 @@ fn the_proxys_udp_flows_end_as_the_kernel_counted_them() {
         lab.exec(0, &["sysctl", "-qw", &format!("net.netfilter.{s}")]);
     }
     let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
-    let mut socket = EventSocket::subscribe(&SubscribeOptions {
-        groups: Groups::DESTROY,
-        rcvbuf: Some(8 << 20),
-        reliable: true,
-        no_enobufs: false,
-        netns: Some(lab.name(0).to_string()),
-    })
-    .expect("event socket");
-    let kernel = {
-        let stop = Arc::clone(&stop.0);
-        std::thread::spawn(move || {
-            let mut ends = BTreeMap::new();
-            while !stop.load(Ordering::SeqCst) {
-                if let Received::Messages(ms) =
-                    socket.recv(Some(Duration::from_millis(100))).unwrap()
-                {
-                    for m in ms.iter().filter(|m| m.kind() == Some(MessageKind::Destroy)) {
-                        if let Some((port, end)) = kernel_udp_end(&m.message) {
-                            ends.insert(port, end);
-                        }
-                    }
-                }
-            }
-            ends
-        })
-    };
+    let kernel = kernel_destroys(&lab, &stop.0, kernel_udp_end);
     // The echo server: answers every datagram but those starting with '-'.
     let echo = {
         let (stop, name) = (Arc::clone(&stop.0), lab.name(0).to_string());
@@ -990,24 +982,11 @@ fn the_proxys_udp_flows_end_as_the_kernel_counted_them() {
             .spawn()
             .expect("proxy starts"),
     );
-    let mut stderr = BufReader::new(proxy.get_mut().stderr.take().unwrap());
-    let mut first = String::new();
-    stderr.read_line(&mut first).unwrap();
+    let Output { first, log, events } = read_output(&mut proxy);
     assert!(
         first.contains("udp 127.0.0.1:8053 -> 127.0.0.1:9053 (zone 0, sessions idle 2.0 s)"),
         "{first}"
     );
-    let log = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-        rest
-    });
-    let mut stdout = proxy.get_mut().stdout.take().unwrap();
-    let events = std::thread::spawn(move || {
-        let mut all = String::new();
-        let _ = stdout.read_to_string(&mut all);
-        all
-    });
 
     let name = lab.name(0).to_string();
     let to_proxy: SocketAddr = format!("127.0.0.1:{UDP_PROXY_PORT}").parse().unwrap();
