@@ -165,7 +165,8 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
             .spawn()
             .expect("proxy starts"),
     );
-    let Output { first, log, events } = read_output(&mut proxy);
+    let output = read_output(&mut proxy);
+    let first = &output.first;
     assert!(
         first.contains("127.0.0.1:8000 -> 127.0.0.1:9000"),
         "{first}"
@@ -235,19 +236,8 @@ fn the_proxys_connections_end_as_the_kernel_saw_them_and_the_limit_is_exact() {
         let _ = s.read_to_end(&mut Vec::new());
     }
 
-    let status = proxy.into_inner().wait().expect("proxy ends");
-    let log = log.join().unwrap();
-    let events = events.join().unwrap();
-    assert!(status.success(), "{log}");
-    // The kernel's GC takes its time with entries past their timeout; a flush has it send
-    // every remaining DESTROY now, each with the state the entry was in.
-    ctwasm_live::ctnetlink::Conntrack::open(Some(lab.name(0)))
-        .expect("request socket")
-        .flush()
-        .expect("flush");
-    std::thread::sleep(Duration::from_millis(500));
-    stop.0.store(true, Ordering::SeqCst);
-    let kernel = kernel.join().unwrap();
+    let (log, events) = output.wait(proxy);
+    let kernel = kernel_flushed(&lab, &stop.0, kernel);
     echo.join().unwrap();
     eprintln!("proxy log:\n{log}");
 
@@ -368,6 +358,34 @@ struct Output {
     first: String,
     log: std::thread::JoinHandle<String>,
     events: std::thread::JoinHandle<String>,
+}
+
+impl Output {
+    /// Waits for the proxy to end by itself (it must succeed); its log and its event lines.
+    fn wait(self, proxy: Reaped) -> (String, String) {
+        let status = proxy.into_inner().wait().expect("proxy ends");
+        let log = self.log.join().unwrap();
+        let events = self.events.join().unwrap();
+        assert!(status.success(), "{log}");
+        (log, events)
+    }
+}
+
+/// The kernel's GC takes its time with entries past their timeout; a flush has it send every
+/// remaining DESTROY now, each with the state the entry was in. Then the reader (and whatever
+/// else watches `stop`) is stopped, and what it read is returned.
+fn kernel_flushed<E>(
+    lab: &Lab,
+    stop: &AtomicBool,
+    kernel: std::thread::JoinHandle<BTreeMap<u16, E>>,
+) -> BTreeMap<u16, E> {
+    ctwasm_live::ctnetlink::Conntrack::open(Some(lab.name(0)))
+        .expect("request socket")
+        .flush()
+        .expect("flush");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    kernel.join().unwrap()
 }
 
 fn read_output(proxy: &mut Reaped) -> Output {
@@ -982,7 +1000,8 @@ fn the_proxys_udp_flows_end_as_the_kernel_counted_them() {
             .spawn()
             .expect("proxy starts"),
     );
-    let Output { first, log, events } = read_output(&mut proxy);
+    let output = read_output(&mut proxy);
+    let first = &output.first;
     assert!(
         first.contains("udp 127.0.0.1:8053 -> 127.0.0.1:9053 (zone 0, sessions idle 2.0 s)"),
         "{first}"
@@ -1040,17 +1059,8 @@ fn the_proxys_udp_flows_end_as_the_kernel_counted_them() {
     .unwrap();
     assert_eq!((answered.len(), unanswered.len()), (20, 5));
 
-    let status = proxy.into_inner().wait().expect("proxy ends");
-    let log = log.join().unwrap();
-    let events = events.join().unwrap();
-    assert!(status.success(), "{log}");
-    ctwasm_live::ctnetlink::Conntrack::open(Some(lab.name(0)))
-        .expect("request socket")
-        .flush()
-        .expect("flush");
-    std::thread::sleep(Duration::from_millis(500));
-    stop.0.store(true, Ordering::SeqCst);
-    let kernel = kernel.join().unwrap();
+    let (log, events) = output.wait(proxy);
+    let kernel = kernel_flushed(&lab, &stop.0, kernel);
     echo.join().unwrap();
     eprintln!("proxy log:\n{log}");
 
