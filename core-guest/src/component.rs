@@ -528,6 +528,20 @@ fn entry_to_wit(e: &EntryView) -> wit::Entry {
             S::Close => wit::TcpState::Close,
             S::SynSent2 => wit::TcpState::SynSent2,
         }),
+        sctp_state: e.sctp_state.map(|s| {
+            use crate::event::SctpState as C;
+            match s {
+                C::None => wit::SctpState::None,
+                C::Closed => wit::SctpState::Closed,
+                C::CookieWait => wit::SctpState::CookieWait,
+                C::CookieEchoed => wit::SctpState::CookieEchoed,
+                C::Established => wit::SctpState::Established,
+                C::ShutdownSent => wit::SctpState::ShutdownSent,
+                C::ShutdownRecd => wit::SctpState::ShutdownRecd,
+                C::ShutdownAckSent => wit::SctpState::ShutdownAckSent,
+                C::HeartbeatSent => wit::SctpState::HeartbeatSent,
+            }
+        }),
         timeout: e.timeout_s,
         mark: e.mark,
         counters_orig: wit::Counters {

@@ -6,7 +6,7 @@
 
 use core::fmt;
 
-use crate::event::TcpState;
+use crate::event::{SctpState, TcpState};
 
 /// How a DESTROY that could not be delivered is retried from the dying list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -85,6 +85,9 @@ pub struct Sysctls {
     /// `nf_conntrack_gre_timeout` and `_stream`: fixed into a GRE entry when it is created.
     pub gre_timeout: u32,
     pub gre_timeout_stream: u32,
+    /// `nf_conntrack_sctp_timeout_*`, indexed by [`SctpState`] as `u8` (NONE is never an
+    /// entry's state after its first packet; it holds CLOSED's, as the kernel's table does).
+    pub sctp_timeouts: [u32; 9],
     /// `nf_conntrack_expect_max`.
     pub expect_max: u32,
     /// `net.ipv4.ipfrag_time`: seconds an incomplete IPv4 datagram waits for its fragments.
@@ -120,6 +123,8 @@ impl Default for Sysctls {
             generic_timeout: 600,
             gre_timeout: 30,
             gre_timeout_stream: 180,
+            //              NONE CL  CW CE ES   SS SR SA HS
+            sctp_timeouts: [10, 10, 3, 3, 210, 3, 3, 3, 30],
             expect_max: 4096,
             ipfrag_time: 30,
             ipfrag_high_thresh: 4 << 20,
@@ -172,6 +177,17 @@ const TCP_TIMEOUT_NAMES: [(&str, TcpState); 9] = [
     ("syn_sent2", TcpState::SynSent2),
 ];
 
+const SCTP_TIMEOUT_NAMES: [(&str, SctpState); 8] = [
+    ("closed", SctpState::Closed),
+    ("cookie_wait", SctpState::CookieWait),
+    ("cookie_echoed", SctpState::CookieEchoed),
+    ("established", SctpState::Established),
+    ("shutdown_sent", SctpState::ShutdownSent),
+    ("shutdown_recd", SctpState::ShutdownRecd),
+    ("shutdown_ack_sent", SctpState::ShutdownAckSent),
+    ("heartbeat_sent", SctpState::HeartbeatSent),
+];
+
 impl Sysctls {
     /// Every name [`Sysctls::set`] accepts, in its full form (`net.netfilter.` for conntrack's
     /// own, `net.ipv4.` for IPv4 reassembly's).
@@ -205,6 +221,11 @@ impl Sysctls {
             TCP_TIMEOUT_NAMES
                 .iter()
                 .map(|(n, _)| format!("nf_conntrack_tcp_timeout_{n}")),
+        );
+        v.extend(
+            SCTP_TIMEOUT_NAMES
+                .iter()
+                .map(|(n, _)| format!("nf_conntrack_sctp_timeout_{n}")),
         );
         let mut names: Vec<String> = v.iter().map(|n| format!("net.netfilter.{n}")).collect();
         names.extend(IPV4_FRAG_NAMES.iter().map(|n| format!("net.ipv4.{n}")));
@@ -279,6 +300,14 @@ impl Sysctls {
             "expect_max" => self.expect_max = num()?,
             "frag6_timeout" => self.frag6_timeout = num()?,
             "frag6_high_thresh" => self.frag6_high_thresh = num()?,
+            other if other.starts_with("sctp_timeout_") => {
+                let state = SCTP_TIMEOUT_NAMES
+                    .iter()
+                    .find(|(n, _)| Some(*n) == other.strip_prefix("sctp_timeout_"))
+                    .map(|(_, st)| *st)
+                    .ok_or_else(|| ConfigError::UnknownSysctl(name.to_string()))?;
+                self.sctp_timeouts[state as usize] = num()?;
+            }
             other => {
                 let state = other.strip_prefix("tcp_timeout_").and_then(|s| {
                     TCP_TIMEOUT_NAMES
@@ -304,6 +333,10 @@ impl Sysctls {
 
     pub fn tcp_timeout(&self, state: TcpState) -> u32 {
         self.tcp_timeouts[state as usize]
+    }
+
+    pub fn sctp_timeout(&self, state: SctpState) -> u32 {
+        self.sctp_timeouts[state as usize]
     }
 }
 

@@ -65,7 +65,7 @@ pub use config::{Config, RetryPolicy, Sysctls};
 pub use engine::expect::{ExpectError, ExpectMask, ExpectStats};
 pub use engine::{ConnCall, ConnError, ConnHandle, ConnRef, Ending};
 pub use engine::{Delivery, EntryView, Tracker, Verdict};
-pub use event::{EventBits, ExpEventBits, MessageKind, Status, TcpState};
+pub use event::{EventBits, ExpEventBits, MessageKind, SctpState, Status, TcpState};
 pub use snapshot::SnapshotError;
 pub use stats::Stats;
 pub use tuple::{Addr, Direction, Family, L4Tuple, Tuple};

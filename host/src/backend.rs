@@ -1215,6 +1215,7 @@ fn entry_from_wit(e: &wit::Entry) -> Result<EntryView> {
         // Flag n of the WIT `status` is the kernel's bit n.
         status: Status(e.status.as_array()[0]),
         tcp_state: e.tcp_state.map(tcp_state_from_wit),
+        sctp_state: e.sctp_state.map(sctp_state_from_wit),
         timeout_s: e.timeout,
         mark: e.mark,
         counters_orig: Counters {
@@ -1243,6 +1244,21 @@ fn tcp_state_from_wit(s: wit::TcpState) -> TcpState {
         W::TimeWait => TcpState::TimeWait,
         W::Close => TcpState::Close,
         W::SynSent2 => TcpState::SynSent2,
+    }
+}
+
+fn sctp_state_from_wit(s: wit::SctpState) -> SctpState {
+    use wit::SctpState as W;
+    match s {
+        W::None => SctpState::None,
+        W::Closed => SctpState::Closed,
+        W::CookieWait => SctpState::CookieWait,
+        W::CookieEchoed => SctpState::CookieEchoed,
+        W::Established => SctpState::Established,
+        W::ShutdownSent => SctpState::ShutdownSent,
+        W::ShutdownRecd => SctpState::ShutdownRecd,
+        W::ShutdownAckSent => SctpState::ShutdownAckSent,
+        W::HeartbeatSent => SctpState::HeartbeatSent,
     }
 }
 

@@ -490,7 +490,7 @@ impl Synthetic {
 
     /// The segment as the parser would have read it from its packet on `tuple`: the IP and
     /// layer-4 headers without options, the payload stood in for by the length alone.
-    fn parsed(self, tuple: &Tuple) -> Segment {
+    fn parsed(self, tuple: &Tuple) -> Segment<'static> {
         let l3 = match tuple.family {
             Family::Ipv4 => 20,
             Family::Ipv6 => 40,
@@ -511,6 +511,7 @@ impl Synthetic {
                 sack_perm: false,
                 payload_len: self.payload,
             }),
+            sctp: None,
         }
     }
 }

@@ -30,9 +30,9 @@ mod tests;
 
 use crate::batch;
 use crate::config::Config;
-use crate::event::{EventBits, MessageKind, Status, TcpState};
+use crate::event::{EventBits, MessageKind, SctpState, Status, TcpState};
 use crate::netlink::Counters;
-use crate::netlink::event::{ConntrackEvent, TcpInfo};
+use crate::netlink::event::{ConntrackEvent, ProtoInfo, SctpInfo, TcpInfo};
 use crate::proto::ProtoState;
 use crate::stats::Stats;
 use crate::timer::TimerWheel;
@@ -139,6 +139,7 @@ pub struct EntryView {
     pub reply: Tuple,
     pub status: Status,
     pub tcp_state: Option<TcpState>,
+    pub sctp_state: Option<SctpState>,
     /// Seconds left before the entry times out.
     pub timeout_s: u32,
     pub mark: u32,
@@ -463,12 +464,16 @@ impl Entry {
             id: self.id,
             status: self.status.0,
             timeout_s: seconds_left(self.deadline_ns, now_ns),
-            tcp: match &self.proto {
-                ProtoState::Tcp(c) => Some(TcpInfo {
+            protoinfo: match &self.proto {
+                ProtoState::Tcp(c) => Some(ProtoInfo::Tcp(TcpInfo {
                     state: c.state as u8,
                     wscale: [c.seen[0].td_scale, c.seen[1].td_scale],
                     flags: [c.seen[0].flags, c.seen[1].flags],
-                }),
+                })),
+                ProtoState::Sctp(c) => Some(ProtoInfo::Sctp(SctpInfo {
+                    state: c.state as u8,
+                    vtag: c.vtag,
+                })),
                 _ => None,
             },
             master: self.master,

@@ -221,10 +221,10 @@ impl Tracker {
             sysctls,
         };
         let outcome = e.proto.packet(&mut ctx, segment, dir);
-        if !matches!(
-            outcome,
-            Outcome::Invalid | Outcome::InvalidShortenTimeout { .. } | Outcome::Repeat
-        ) {
+        // What a tracker raised stays cached even when it then called the packet invalid (an
+        // SCTP chunk that moved the entry before a later chunk failed): the kernel delivers such
+        // bits with the entry's next event.
+        if outcome != Outcome::Repeat {
             e.cache_event(events);
         }
         outcome

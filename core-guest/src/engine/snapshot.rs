@@ -6,11 +6,12 @@ use super::outbox::MAX_FRAME_LEN;
 use super::table::{Entry, Life, NIL};
 use super::*;
 use crate::config::{RetryPolicy, Sysctls};
-use crate::event::ExpEventBits;
+use crate::event::{ExpEventBits, SctpState};
 use crate::netlink::Counters;
 use crate::proto::generic::GenericConn;
 use crate::proto::gre::GreConn;
 use crate::proto::icmp::IcmpConn;
+use crate::proto::sctp::SctpConn;
 use crate::proto::tcp::{Class, Side, TcpConn};
 use crate::proto::udp::UdpConn;
 use crate::proto::udplite::UdpLiteConn;
@@ -355,6 +356,9 @@ fn write_config(w: &mut Writer, c: &Config) {
     for v in s.tcp_timeouts {
         w.u32(v);
     }
+    for v in s.sctp_timeouts {
+        w.u32(v);
+    }
 }
 
 fn read_config(r: &mut Reader<'_>) -> Result<Config, SnapshotError> {
@@ -381,6 +385,10 @@ fn read_config(r: &mut Reader<'_>) -> Result<Config, SnapshotError> {
     for x in &mut tcp_timeouts {
         *x = r.u32()?;
     }
+    let mut sctp_timeouts = [0u32; 9];
+    for x in &mut sctp_timeouts {
+        *x = r.u32()?;
+    }
     let sysctls = Sysctls {
         max: v[0],
         events: v[1] as u8,
@@ -405,6 +413,7 @@ fn read_config(r: &mut Reader<'_>) -> Result<Config, SnapshotError> {
         frag6_high_thresh: v[19],
         gre_timeout: v[20],
         gre_timeout_stream: v[21],
+        sctp_timeouts,
     };
     Ok(Config {
         sysctls,
@@ -526,6 +535,16 @@ fn write_proto(w: &mut Writer, p: &ProtoState) {
             w.u32(c.timeout_s);
             w.u32(c.stream_timeout_s);
         }
+        ProtoState::Sctp(c) => {
+            w.u8(6);
+            w.u8(c.state as u8);
+            w.u32(c.vtag[0]);
+            w.u32(c.vtag[1]);
+            w.bool(c.init[0]);
+            w.bool(c.init[1]);
+            w.bool(c.heartbeat_vtag_failed);
+            w.u8(c.last_dir as u8);
+        }
     }
 }
 
@@ -565,6 +584,13 @@ fn read_proto(r: &mut Reader<'_>) -> Result<ProtoState, SnapshotError> {
         5 => ProtoState::Gre(GreConn {
             timeout_s: r.u32()?,
             stream_timeout_s: r.u32()?,
+        }),
+        6 => ProtoState::Sctp(SctpConn {
+            state: SctpState::from_u8(r.u8()?).ok_or(Invalid("SCTP state"))?,
+            vtag: [r.u32()?, r.u32()?],
+            init: [r.bool()?, r.bool()?],
+            heartbeat_vtag_failed: r.bool()?,
+            last_dir: read_direction(r)?,
         }),
         _ => return Err(Invalid("protocol state")),
     })

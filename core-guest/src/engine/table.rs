@@ -364,6 +364,7 @@ impl Table {
             reply: e.reply(),
             status: e.status,
             tcp_state: e.tcp_state(),
+            sctp_state: e.proto.sctp_state(),
             timeout_s: if e.life == Life::Live {
                 seconds_left(e.deadline_ns, now_ns)
             } else {

@@ -120,6 +120,26 @@ impl Run {
         self.feed(at, &p)
     }
 
+    /// An SCTP packet between ports 40003 and 5001 with verification tag `vtag`.
+    fn sctp(&mut self, at: u64, from_client: bool, vtag: u32, chunks: &[Vec<u8>]) -> Verdict {
+        let (s, d) = if from_client {
+            (40003, 5001)
+        } else {
+            (5001, 40003)
+        };
+        let l4 = build::sctp(s, d, vtag, chunks);
+        let p = self.ip(from_client, ipproto::SCTP, &l4);
+        self.feed(at, &p)
+    }
+
+    /// Each event's type and SCTP state.
+    fn sctp_sequence(&self) -> Vec<(MessageKind, Option<SctpState>, bool)> {
+        self.log
+            .iter()
+            .map(|s| (s.kind, s.msg.sctp_state(), s.assured))
+            .collect()
+    }
+
     fn echo(&mut self, at: u64, request: bool, seq: u16) -> Verdict {
         let (l4, proto) = if self.v6 {
             (build::icmpv6_echo(request, 0x1234, seq), ipproto::ICMPV6)
@@ -628,6 +648,271 @@ fn gre_v1_is_keyed_by_call_id_and_its_answer_is_another_flow() {
     assert_eq!(r.feed(3 * MS, &not_ppp), Verdict::Invalid);
 }
 
+/// The client's and the server's SCTP verification tags.
+const TAG_C: u32 = 0x1111_1111;
+const TAG_S: u32 = 0x2222_2222;
+
+mod sctp_chunks {
+    use crate::wire::build;
+    use crate::wire::sctp::chunk;
+
+    pub fn init() -> Vec<u8> {
+        build::sctp_init(chunk::INIT, super::TAG_C)
+    }
+    pub fn init_ack() -> Vec<u8> {
+        build::sctp_init(chunk::INIT_ACK, super::TAG_S)
+    }
+    pub fn bare(kind: u8) -> Vec<u8> {
+        build::sctp_chunk(kind, 0, &[])
+    }
+    pub fn data() -> Vec<u8> {
+        build::sctp_chunk(
+            chunk::DATA,
+            3,
+            &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4],
+        )
+    }
+    pub fn heartbeat(kind: u8) -> Vec<u8> {
+        build::sctp_chunk(kind, 0, &[0, 1, 0, 8, 1, 2, 3, 4])
+    }
+}
+
+/// INIT, INIT ACK, COOKIE ECHO, COOKIE ACK: the association's setup moves the entry CLOSED,
+/// COOKIE_WAIT, COOKIE_ECHOED, ESTABLISHED (assured), each with its timeout; DATA, SACK and a
+/// heartbeat leave it; the shutdown walks it back to CLOSED, which times out after 10 s. The
+/// sequence and the counters are what Linux 6.18 reported for the same chunks.
+#[test]
+fn an_sctp_association_walks_the_kernels_states() {
+    use crate::wire::sctp::chunk;
+    use SctpState as St;
+    use sctp_chunks::*;
+    both_families(|v6| {
+        let mut r = Run::new(v6, |_| {});
+        assert_eq!(r.sctp(0, true, 0, &[init()]), Verdict::New);
+        assert_eq!(
+            r.sctp(MS, false, TAG_C, &[init_ack()]),
+            Verdict::EstablishedReply
+        );
+        assert_eq!(
+            r.sctp(2 * MS, true, TAG_S, &[bare(chunk::COOKIE_ECHO)]),
+            Verdict::Established
+        );
+        assert_eq!(
+            r.sctp(3 * MS, false, TAG_C, &[bare(chunk::COOKIE_ACK)]),
+            Verdict::EstablishedReply
+        );
+        assert_eq!(r.sctp(4 * MS, true, TAG_S, &[data()]), Verdict::Established);
+        let sack = build::sctp_chunk(chunk::SACK, 0, &[0; 12]);
+        assert_eq!(
+            r.sctp(5 * MS, false, TAG_C, &[sack]),
+            Verdict::EstablishedReply
+        );
+        assert_eq!(
+            r.sctp(6 * MS, true, TAG_S, &[heartbeat(chunk::HEARTBEAT)]),
+            Verdict::Established
+        );
+        assert_eq!(
+            r.sctp(7 * MS, false, TAG_C, &[heartbeat(chunk::HEARTBEAT_ACK)]),
+            Verdict::EstablishedReply
+        );
+        let shutdown = build::sctp_chunk(chunk::SHUTDOWN, 0, &1u32.to_be_bytes());
+        assert_eq!(
+            r.sctp(8 * MS, true, TAG_S, &[shutdown]),
+            Verdict::Established
+        );
+        assert_eq!(
+            r.sctp(9 * MS, false, TAG_C, &[bare(chunk::SHUTDOWN_ACK)]),
+            Verdict::EstablishedReply
+        );
+        assert_eq!(
+            r.sctp(10 * MS, true, TAG_S, &[bare(chunk::SHUTDOWN_COMPLETE)]),
+            Verdict::Established
+        );
+        r.advance(10 * MS + 9 * S);
+        assert_eq!(r.log.len(), 7, "CLOSED holds for 10 s");
+        r.advance(10 * MS + 10 * S);
+        assert_eq!(
+            r.sctp_sequence(),
+            [
+                (N, Some(St::Closed), false),
+                (U, Some(St::CookieWait), false),
+                (U, Some(St::CookieEchoed), false),
+                (U, Some(St::Established), true),
+                (U, Some(St::ShutdownSent), true),
+                (U, Some(St::ShutdownAckSent), true),
+                (U, Some(St::Closed), true),
+                (D, Some(St::Closed), true),
+            ]
+        );
+        let timeouts: Vec<_> = r.log.iter().map(|s| s.msg.timeout()).collect();
+        assert_eq!(
+            timeouts,
+            [
+                Some(10),
+                Some(3),
+                Some(3),
+                Some(210),
+                Some(3),
+                Some(3),
+                Some(10),
+                None
+            ]
+        );
+        let destroy = &r.log[7].msg;
+        assert_eq!(destroy.counters_orig().map(|c| c.packets), Some(6));
+        assert_eq!(destroy.counters_reply().map(|c| c.packets), Some(5));
+        // NEW and UPDATE carry both tags; DESTROY the state alone.
+        let vtags = |m: &CtMessage| {
+            m.attrs.iter().find_map(|a| match a {
+                CtAttr::ProtoInfo(p) => p.iter().find_map(|p| match p {
+                    crate::netlink::ProtoInfoAttr::Sctp(v) => Some(v.len()),
+                    _ => None,
+                }),
+                _ => None,
+            })
+        };
+        assert_eq!(vtags(&r.log[3].msg), Some(3));
+        assert_eq!(vtags(&destroy.clone()), Some(1));
+    });
+}
+
+/// First packets that cannot start an entry (RFC 9260 §8.4 and the kernel's chunk checks) are
+/// invalid and leave no entry.
+#[test]
+fn sctp_packets_that_cannot_start_an_association_are_invalid() {
+    use crate::wire::sctp::chunk;
+    use sctp_chunks::*;
+    let mut r = Run::new(false, |_| {});
+    let cases: [(&str, u32, Vec<Vec<u8>>); 8] = [
+        ("abort", 0, vec![bare(chunk::ABORT)]),
+        ("shutdown complete", 0, vec![bare(chunk::SHUTDOWN_COMPLETE)]),
+        ("cookie ack", 0, vec![bare(chunk::COOKIE_ACK)]),
+        ("data", TAG_S, vec![data()]),
+        ("init with a tag", 7, vec![init()]),
+        ("init not alone", 0, vec![init(), data()]),
+        ("no chunk", 0, vec![]),
+        (
+            "init cut short",
+            0,
+            vec![build::sctp_chunk(chunk::INIT, 0, &[0; 8])],
+        ),
+    ];
+    for (what, vtag, chunks) in cases {
+        assert_eq!(r.sctp(0, true, vtag, &chunks), Verdict::Invalid, "{what}");
+    }
+    let mut zero_length = build::sctp(40003, 5001, 0, &[init()]);
+    zero_length[14..16].fill(0);
+    let p = r.ip(true, ipproto::SCTP, &zero_length);
+    assert_eq!(r.feed(0, &p), Verdict::Invalid, "zero-length chunk");
+    let p = r.ip(true, ipproto::SCTP, &zero_length[..11]);
+    assert_eq!(r.feed(0, &p), Verdict::Invalid, "no common header");
+    assert_eq!(r.t.stats().entries, 0);
+    assert!(r.log.is_empty());
+}
+
+/// A packet with the wrong verification tag is invalid: it neither counts nor refreshes. An INIT
+/// retransmitted into a CLOSED entry passes without refreshing it.
+#[test]
+fn sctp_tags_guard_the_entry_and_init_retransmits_do_not_refresh_it() {
+    use crate::wire::sctp::chunk;
+    use sctp_chunks::*;
+    let mut r = Run::new(false, |_| {});
+    assert_eq!(r.sctp(0, true, 0, &[init()]), Verdict::New);
+    // The same INIT again, 5 s later: accepted, but the entry still ends 10 s after the first.
+    assert_eq!(r.sctp(5 * S, true, 0, &[init()]), Verdict::Established);
+    r.advance(10 * S + MS);
+    assert_eq!(
+        r.sctp_sequence(),
+        [
+            (N, Some(SctpState::Closed), false),
+            (D, Some(SctpState::Closed), false)
+        ]
+    );
+    assert_eq!(r.log[1].msg.counters_orig().map(|c| c.packets), Some(1));
+
+    let mut r = Run::new(false, |_| {});
+    r.sctp(0, true, 0, &[init()]);
+    r.sctp(MS, false, TAG_C, &[init_ack()]);
+    r.sctp(2 * MS, true, TAG_S, &[bare(chunk::COOKIE_ECHO)]);
+    r.sctp(3 * MS, false, TAG_C, &[bare(chunk::COOKIE_ACK)]);
+    assert_eq!(r.sctp(4 * MS, true, TAG_S ^ 1, &[data()]), Verdict::Invalid);
+    assert_eq!(
+        r.sctp(5 * MS, true, TAG_C, &[data()]),
+        Verdict::Invalid,
+        "the peer's tag"
+    );
+    // An ABORT with the T bit carries the peer's tag: valid, and the entry closes.
+    let abort_t = build::sctp_chunk(chunk::ABORT, chunk::FLAG_T, &[]);
+    assert_eq!(
+        r.sctp(6 * MS, true, TAG_S, &[abort_t.clone()]),
+        Verdict::Invalid
+    );
+    assert_eq!(
+        r.sctp(7 * MS, true, TAG_C, &[abort_t]),
+        Verdict::Established
+    );
+    r.advance(8 * MS + 10 * S);
+    let destroy = &r.log.last().unwrap().msg;
+    assert_eq!(destroy.sctp_state(), Some(SctpState::Closed));
+    assert_eq!(destroy.counters_orig().map(|c| c.packets), Some(3));
+}
+
+/// A first HEARTBEAT starts an entry of its own (a second path of a multi-homed association);
+/// its ACK establishes and assures it.
+#[test]
+fn an_sctp_heartbeat_starts_a_secondary_entry() {
+    use crate::wire::sctp::chunk;
+    use sctp_chunks::*;
+    let mut r = Run::new(true, |_| {});
+    assert_eq!(
+        r.sctp(0, true, TAG_S, &[heartbeat(chunk::HEARTBEAT)]),
+        Verdict::New
+    );
+    assert_eq!(
+        r.sctp(MS, false, TAG_C, &[heartbeat(chunk::HEARTBEAT_ACK)]),
+        Verdict::EstablishedReply
+    );
+    assert_eq!(r.sctp(2 * MS, true, TAG_S, &[data()]), Verdict::Established);
+    assert_eq!(
+        r.sctp(3 * MS, false, TAG_C, &[data()]),
+        Verdict::EstablishedReply
+    );
+    assert_eq!(
+        r.sctp_sequence(),
+        [
+            (N, Some(SctpState::HeartbeatSent), false),
+            (U, Some(SctpState::Established), true),
+        ]
+    );
+    assert_eq!(r.log[0].msg.timeout(), Some(30));
+}
+
+/// A chunk that moved the entry stays done when a later chunk of the same packet fails its
+/// check: the packet is invalid, and the state change is reported with the next event.
+#[test]
+fn an_sctp_state_change_before_a_failing_chunk_is_reported_later() {
+    use crate::wire::sctp::chunk;
+    use sctp_chunks::*;
+    let mut r = Run::new(false, |_| {});
+    r.sctp(0, true, 0, &[init()]);
+    r.sctp(MS, false, TAG_C, &[init_ack()]);
+    r.sctp(2 * MS, true, TAG_S, &[bare(chunk::COOKIE_ECHO)]);
+    r.sctp(3 * MS, false, TAG_C, &[bare(chunk::COOKIE_ACK)]);
+    let shutdown = build::sctp_chunk(chunk::SHUTDOWN, 0, &1u32.to_be_bytes());
+    // An ABORT without the T bit must carry the sender's own tag; this one carries another.
+    let packet = [shutdown, bare(chunk::ABORT)];
+    assert_eq!(r.sctp(4 * MS, true, TAG_S ^ 1, &packet), Verdict::Invalid);
+    assert_eq!(r.log.len(), 4, "nothing reported for the invalid packet");
+    assert_eq!(
+        r.sctp(5 * MS, false, TAG_C, &[data()]),
+        Verdict::EstablishedReply
+    );
+    assert_eq!(
+        r.sctp_sequence().last(),
+        Some(&(U, Some(SctpState::ShutdownSent), true))
+    );
+}
+
 #[test]
 fn icmp_echo_pairs_share_one_entry() {
     both_families(|v6| {
@@ -723,7 +1008,8 @@ fn icmpv6_neighbour_discovery_is_untracked() {
 #[test]
 fn unknown_protocols_use_the_generic_tracker() {
     let mut r = Run::new(false, |_| {});
-    let p = r.ip(true, 132, &[0u8; 12]);
+    // DCCP: this kernel has no tracker for it either.
+    let p = r.ip(true, 33, &[0u8; 12]);
     assert_eq!(r.feed(0, &p), Verdict::New);
     assert_eq!(r.log[0].msg.timeout(), Some(600));
 }

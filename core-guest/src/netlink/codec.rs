@@ -88,7 +88,7 @@
 use super::consts::*;
 use super::{
     CounterAttr, CtAttr, CtMessage, IpAttr, NlHeader, ProtoAttr, ProtoInfoAttr, RawAttr,
-    TcpInfoAttr, TimestampAttr, TupleAttr,
+    SctpInfoAttr, TcpInfoAttr, TimestampAttr, TupleAttr,
 };
 use crate::event::MessageKind;
 use core::fmt;
@@ -495,10 +495,40 @@ emitable_attr!(TcpInfoAttr, NoNest, |a| match a {
     TcpInfoAttr::Other(r) => raw_wire(r),
 });
 
-emitable_attr!(ProtoInfoAttr, TcpInfoAttr, |a| match a {
-    ProtoInfoAttr::Tcp(v) => Wire::Nest(CTA_PROTOINFO_TCP, v),
-    ProtoInfoAttr::Other(r) => raw_wire(r),
+emitable_attr!(SctpInfoAttr, NoNest, |a| match a {
+    SctpInfoAttr::State(v) => Wire::Leaf(CTA_PROTOINFO_SCTP_STATE, Value::U8(*v)),
+    SctpInfoAttr::VtagOriginal(v) => Wire::Leaf(CTA_PROTOINFO_SCTP_VTAG_ORIGINAL, Value::U32(*v)),
+    SctpInfoAttr::VtagReply(v) => Wire::Leaf(CTA_PROTOINFO_SCTP_VTAG_REPLY, Value::U32(*v)),
+    SctpInfoAttr::Other(r) => raw_wire(r),
 });
+
+/// `ProtoInfoAttr` nests a different list per protocol; it is written out by hand.
+impl Emitable for ProtoInfoAttr {
+    fn buffer_len(&self) -> usize {
+        match self {
+            ProtoInfoAttr::Tcp(v) => NLA_HDRLEN + list_len(v),
+            ProtoInfoAttr::Sctp(v) => NLA_HDRLEN + list_len(v),
+            ProtoInfoAttr::Other(r) => align4(NLA_HDRLEN + r.payload.len()),
+        }
+    }
+    fn emit(&self, buf: &mut [u8]) {
+        match self {
+            ProtoInfoAttr::Tcp(v) => {
+                emit_nla(buf, CTA_PROTOINFO_TCP | NLA_F_NESTED, list_len(v), |b| {
+                    emit_list(v, b)
+                })
+            }
+            ProtoInfoAttr::Sctp(v) => {
+                emit_nla(buf, CTA_PROTOINFO_SCTP | NLA_F_NESTED, list_len(v), |b| {
+                    emit_list(v, b)
+                })
+            }
+            ProtoInfoAttr::Other(r) => emit_nla(buf, r.kind, r.payload.len(), |b| {
+                b.copy_from_slice(&r.payload)
+            }),
+        }
+    }
+}
 
 emitable_attr!(CounterAttr, NoNest, |a| match a {
     CounterAttr::Packets(v) => Wire::Leaf(CTA_COUNTERS_PACKETS, Value::U64(*v)),
@@ -647,10 +677,22 @@ impl ParseNla for TcpInfoAttr {
     }
 }
 
+impl ParseNla for SctpInfoAttr {
+    fn parse_nla(kind: u16, p: &[u8], depth: usize) -> Result<Self, DecodeError> {
+        Ok(match kind {
+            CTA_PROTOINFO_SCTP_STATE => SctpInfoAttr::State(be_u8(kind, p)?),
+            CTA_PROTOINFO_SCTP_VTAG_ORIGINAL => SctpInfoAttr::VtagOriginal(be_u32(kind, p)?),
+            CTA_PROTOINFO_SCTP_VTAG_REPLY => SctpInfoAttr::VtagReply(be_u32(kind, p)?),
+            _ => SctpInfoAttr::Other(raw(kind, p, depth)?),
+        })
+    }
+}
+
 impl ParseNla for ProtoInfoAttr {
     fn parse_nla(kind: u16, p: &[u8], depth: usize) -> Result<Self, DecodeError> {
         Ok(match nest_kind(kind) {
             Some(CTA_PROTOINFO_TCP) => ProtoInfoAttr::Tcp(parse_list(p, depth + 1)?),
+            Some(CTA_PROTOINFO_SCTP) => ProtoInfoAttr::Sctp(parse_list(p, depth + 1)?),
             _ => ProtoInfoAttr::Other(raw(kind, p, depth)?),
         })
     }

@@ -219,6 +219,12 @@ pub const CTA_PROTOINFO_TCP_WSCALE_REPLY: u16 = 3;
 pub const CTA_PROTOINFO_TCP_FLAGS_ORIGINAL: u16 = 4;
 pub const CTA_PROTOINFO_TCP_FLAGS_REPLY: u16 = 5;
 
+// enum ctattr_protoinfo_sctp
+pub const CTA_PROTOINFO_SCTP_UNSPEC: u16 = 0;
+pub const CTA_PROTOINFO_SCTP_STATE: u16 = 1;
+pub const CTA_PROTOINFO_SCTP_VTAG_ORIGINAL: u16 = 2;
+pub const CTA_PROTOINFO_SCTP_VTAG_REPLY: u16 = 3;
+
 // enum ctattr_counters
 pub const CTA_COUNTERS_UNSPEC: u16 = 0;
 /// 64-bit counters.

@@ -14,10 +14,10 @@
 //!   `CTA_ID`, `CTA_STATUS`;
 //! - DESTROY: `CTA_TIMEOUT` only while time is left (an entry that timed out has none), the
 //!   counters when accounting is on, `CTA_TIMESTAMP` (start, and stop once set) when timestamps
-//!   are on, and a `CTA_PROTOINFO` holding the TCP state alone;
-//! - NEW and UPDATE: `CTA_TIMEOUT` always, the full TCP `CTA_PROTOINFO` (state, window scales,
-//!   flags) when the PROTOINFO bit is set, `CTA_TUPLE_MASTER` when RELATED is set on an entry an
-//!   expectation created;
+//!   are on, and a `CTA_PROTOINFO` holding the TCP or SCTP state alone;
+//! - NEW and UPDATE: `CTA_TIMEOUT` always, the full `CTA_PROTOINFO` when the PROTOINFO bit is
+//!   set (TCP: state, window scales, flags; SCTP: state and both verification tags),
+//!   `CTA_TUPLE_MASTER` when RELATED is set on an entry an expectation created;
 //! - then `CTA_MARK` when the mark is set or the MARK bit is, and `CTA_TIMESTAMP_EVENT` when
 //!   timestamps are on.
 
@@ -84,6 +84,53 @@ pub struct TcpInfo {
     pub flags: [u8; 2],
 }
 
+/// The SCTP part of an entry that events report (`CTA_PROTOINFO_SCTP`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SctpInfo {
+    /// `enum sctp_conntrack` numbering.
+    pub state: u8,
+    /// The verification tag of the original and the reply direction.
+    pub vtag: [u32; 2],
+}
+
+/// What a protocol's tracker reports in `CTA_PROTOINFO` (the protocols that have one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtoInfo {
+    Tcp(TcpInfo),
+    Sctp(SctpInfo),
+}
+
+impl ProtoInfo {
+    /// The nest as a DESTROY carries it (`destroy` set) or as NEW and UPDATE do.
+    fn write<S: AttrSink>(&self, out: &mut S, destroy: bool) {
+        let n = out.begin_nest(CTA_PROTOINFO);
+        match self {
+            ProtoInfo::Tcp(tcp) => {
+                let t = out.begin_nest(CTA_PROTOINFO_TCP);
+                out.u8(CTA_PROTOINFO_TCP_STATE, tcp.state);
+                if !destroy {
+                    out.u8(CTA_PROTOINFO_TCP_WSCALE_ORIGINAL, tcp.wscale[0]);
+                    out.u8(CTA_PROTOINFO_TCP_WSCALE_REPLY, tcp.wscale[1]);
+                    // `struct nf_ct_tcp_flags { flags, mask }`: events leave the mask at zero.
+                    out.bytes(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, &[tcp.flags[0], 0]);
+                    out.bytes(CTA_PROTOINFO_TCP_FLAGS_REPLY, &[tcp.flags[1], 0]);
+                }
+                out.end_nest(t);
+            }
+            ProtoInfo::Sctp(sctp) => {
+                let t = out.begin_nest(CTA_PROTOINFO_SCTP);
+                out.u8(CTA_PROTOINFO_SCTP_STATE, sctp.state);
+                if !destroy {
+                    out.u32(CTA_PROTOINFO_SCTP_VTAG_ORIGINAL, sctp.vtag[0]);
+                    out.u32(CTA_PROTOINFO_SCTP_VTAG_REPLY, sctp.vtag[1]);
+                }
+                out.end_nest(t);
+            }
+        }
+        out.end_nest(n);
+    }
+}
+
 /// Per-direction accounting, present when `nf_conntrack_acct` was on.
 pub type DirCounters = [Counters; 2];
 
@@ -100,7 +147,8 @@ pub struct ConntrackEvent {
     pub status: u32,
     /// Seconds left, as the kernel reports them.
     pub timeout_s: u32,
-    pub tcp: Option<TcpInfo>,
+    /// The tracker's own part, for the protocols that report one.
+    pub protoinfo: Option<ProtoInfo>,
     /// The master's original tuple, for an entry an expectation created.
     pub master: Option<Tuple>,
     pub mark: u32,
@@ -163,26 +211,13 @@ impl ConntrackEvent {
                 }
                 out.end_nest(n);
             }
-            if let Some(tcp) = self.tcp {
-                let n = out.begin_nest(CTA_PROTOINFO);
-                let t = out.begin_nest(CTA_PROTOINFO_TCP);
-                out.u8(CTA_PROTOINFO_TCP_STATE, tcp.state);
-                out.end_nest(t);
-                out.end_nest(n);
+            if let Some(info) = self.protoinfo {
+                info.write(out, true);
             }
         } else {
             out.u32(CTA_TIMEOUT, self.timeout_s);
-            if let (Some(tcp), true) = (self.tcp, self.bits.contains(EventBits::PROTOINFO)) {
-                let n = out.begin_nest(CTA_PROTOINFO);
-                let t = out.begin_nest(CTA_PROTOINFO_TCP);
-                out.u8(CTA_PROTOINFO_TCP_STATE, tcp.state);
-                out.u8(CTA_PROTOINFO_TCP_WSCALE_ORIGINAL, tcp.wscale[0]);
-                out.u8(CTA_PROTOINFO_TCP_WSCALE_REPLY, tcp.wscale[1]);
-                // `struct nf_ct_tcp_flags { flags, mask }`: events leave the mask at zero.
-                out.bytes(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, &[tcp.flags[0], 0]);
-                out.bytes(CTA_PROTOINFO_TCP_FLAGS_REPLY, &[tcp.flags[1], 0]);
-                out.end_nest(t);
-                out.end_nest(n);
+            if let (Some(info), true) = (self.protoinfo, self.bits.contains(EventBits::PROTOINFO)) {
+                info.write(out, false);
             }
             if let Some(master) = &self.master
                 && self.bits.contains(EventBits::RELATED)

@@ -28,7 +28,7 @@ pub use codec::{
     Emitable, MAX_NEST_DEPTH, ParseNla, dump_attr_order, event_attr_order, follows_order, request,
 };
 
-use crate::event::{EventBits, MessageKind, Status, TcpState};
+use crate::event::{EventBits, MessageKind, SctpState, Status, TcpState};
 use crate::tuple::{Addr, Family, L4Tuple, Tuple};
 
 /// `struct nlmsghdr`, without the length (computed when emitting, checked when parsing).
@@ -109,6 +109,17 @@ pub enum TcpInfoAttr {
 #[non_exhaustive]
 pub enum ProtoInfoAttr {
     Tcp(Vec<TcpInfoAttr>),
+    Sctp(Vec<SctpInfoAttr>),
+    Other(RawAttr),
+}
+
+/// `CTA_PROTOINFO_SCTP_*` inside `CTA_PROTOINFO_SCTP`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SctpInfoAttr {
+    State(u8),
+    VtagOriginal(u32),
+    VtagReply(u32),
     Other(RawAttr),
 }
 
@@ -265,6 +276,18 @@ impl CtMessage {
             CtAttr::ProtoInfo(p) => p.iter().find_map(|p| match p {
                 ProtoInfoAttr::Tcp(t) => t.iter().find_map(|t| match t {
                     TcpInfoAttr::State(s) => TcpState::from_u8(*s),
+                    _ => None,
+                }),
+                _ => None,
+            }),
+            _ => None,
+        })
+    }
+    pub fn sctp_state(&self) -> Option<SctpState> {
+        self.attrs.iter().find_map(|a| match a {
+            CtAttr::ProtoInfo(p) => p.iter().find_map(|p| match p {
+                ProtoInfoAttr::Sctp(t) => t.iter().find_map(|t| match t {
+                    SctpInfoAttr::State(s) => SctpState::from_u8(*s),
                     _ => None,
                 }),
                 _ => None,

@@ -12,7 +12,7 @@ use crate::tuple::{self, Direction, L4Tuple, Tuple, ipproto};
 use crate::wire::{self, L3Info, icmp, icmpv6};
 
 /// An ICMP message: a query flow, an error about another flow, or invalid.
-pub fn classify_v4(l3: &L3Info, l4: &[u8], segment: Segment) -> L4Packet {
+pub fn classify_v4<'a>(l3: &L3Info, l4: &[u8], segment: Segment<'a>) -> L4Packet<'a> {
     let Ok(packet) = icmp::Packet::new_checked(l4) else {
         return L4Packet::Invalid;
     };
@@ -24,7 +24,7 @@ pub fn classify_v4(l3: &L3Info, l4: &[u8], segment: Segment) -> L4Packet {
 
 /// An ICMPv6 message: untracked (neighbour discovery, MLD), a query flow, an error about
 /// another flow, or invalid.
-pub fn classify_v6(l3: &L3Info, l4: &[u8], segment: Segment) -> L4Packet {
+pub fn classify_v6<'a>(l3: &L3Info, l4: &[u8], segment: Segment<'a>) -> L4Packet<'a> {
     let Ok(packet) = icmpv6::Packet::new_checked(l4) else {
         return L4Packet::Invalid;
     };
@@ -39,7 +39,12 @@ pub fn classify_v6(l3: &L3Info, l4: &[u8], segment: Segment) -> L4Packet {
 
 /// A query (type, code, identifier) is a flow when its type has a counterpart: a request and
 /// its reply share an entry. Other types are invalid.
-fn query(l3: &L3Info, proto: u8, query: Option<(u8, u8, u16)>, segment: Segment) -> L4Packet {
+fn query<'a>(
+    l3: &L3Info,
+    proto: u8,
+    query: Option<(u8, u8, u16)>,
+    segment: Segment<'a>,
+) -> L4Packet<'a> {
     match query {
         Some((kind, code, id)) if tuple::invert_icmp_type(proto, kind).is_some() => {
             L4Packet::Track {
@@ -53,7 +58,7 @@ fn query(l3: &L3Info, proto: u8, query: Option<(u8, u8, u16)>, segment: Segment)
 
 /// An error is about the flow of the packet it quotes, and travels back towards that packet's
 /// sender; anything else about it makes it invalid.
-fn error(outer: &L3Info, embedded: &[u8]) -> L4Packet {
+fn error(outer: &L3Info, embedded: &[u8]) -> L4Packet<'static> {
     match quoted_tuple(embedded) {
         Some(quoted) if outer.dst == quoted.src && outer.family == quoted.family => {
             L4Packet::Error { quoted }
@@ -68,7 +73,7 @@ pub fn quoted_tuple(embedded: &[u8]) -> Option<Tuple> {
     let inner = wire::parse_embedded_l3(embedded).ok()?;
     let l4 = embedded.get(inner.l4_offset..)?;
     let l4_tuple = match inner.proto {
-        ipproto::TCP | ipproto::UDP | ipproto::UDPLITE => {
+        ipproto::TCP | ipproto::UDP | ipproto::UDPLITE | ipproto::SCTP => {
             let (src, dst) = wire::tcp::ports(l4).ok()?;
             L4Tuple::Ports { src, dst }
         }

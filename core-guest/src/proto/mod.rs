@@ -8,12 +8,13 @@
 pub mod generic;
 pub mod gre;
 pub mod icmp;
+pub mod sctp;
 pub mod tcp;
 pub mod udp;
 pub mod udplite;
 
 use crate::config::Sysctls;
-use crate::event::{EventBits, Status, TcpState};
+use crate::event::{EventBits, SctpState, Status, TcpState};
 use crate::tuple::{Direction, L4Tuple, Tuple, ipproto};
 use crate::wire;
 
@@ -21,9 +22,9 @@ use crate::wire;
 /// (`nf_ct_get_tuple` and each protocol's `pkt_to_tuple`) and its ICMP error handling
 /// (`nf_conntrack_inet_error`), which decide whether the packet is tracked, related or refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum L4Packet {
+pub enum L4Packet<'a> {
     /// A packet of the flow `tuple`, with what its tracker needs.
-    Track { tuple: Tuple, segment: Segment },
+    Track { tuple: Tuple, segment: Segment<'a> },
     /// An ICMP error quoting a packet of the flow `quoted`: RELATED to that flow's entry, if
     /// there is one. It never creates an entry.
     Error { quoted: Tuple },
@@ -34,7 +35,7 @@ pub enum L4Packet {
 }
 
 /// Reads an L3 packet down to its flow.
-pub fn parse_packet(packet: &[u8]) -> L4Packet {
+pub fn parse_packet<'a>(packet: &'a [u8]) -> L4Packet<'a> {
     let Ok(l3) = wire::parse_l3(packet) else {
         return L4Packet::Invalid;
     };
@@ -42,8 +43,9 @@ pub fn parse_packet(packet: &[u8]) -> L4Packet {
     let segment = Segment {
         wire_len: l3.wire_len,
         tcp: None,
+        sctp: None,
     };
-    let flow = |l4: L4Tuple, segment: Segment| L4Packet::Track {
+    let flow = |l4: L4Tuple, segment: Segment<'a>| L4Packet::Track {
         tuple: flow_tuple(&l3, l4),
         segment,
     };
@@ -72,6 +74,21 @@ pub fn parse_packet(packet: &[u8]) -> L4Packet {
             Some(ports) => flow(ports, segment),
             None => L4Packet::Invalid,
         },
+        // The kernel reads the ports first and the rest of the common header in the tracker;
+        // either way a packet without the whole of it is invalid.
+        ipproto::SCTP => match wire::sctp::Packet::new_checked(l4) {
+            Ok(p) => flow(
+                L4Tuple::Ports {
+                    src: p.src_port(),
+                    dst: p.dst_port(),
+                },
+                Segment {
+                    sctp: Some(p),
+                    ..segment
+                },
+            ),
+            Err(_) => L4Packet::Invalid,
+        },
         ipproto::GRE => match gre::keys(l4) {
             Some(keys) => flow(keys, segment),
             None => L4Packet::Invalid,
@@ -84,11 +101,13 @@ pub fn parse_packet(packet: &[u8]) -> L4Packet {
 
 /// What the engine learnt about a packet's layer 4 before calling the tracker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segment {
+pub struct Segment<'a> {
     /// Length of the L3 packet as its IP header says (what the kernel's `skb->len` counts).
     pub wire_len: u32,
     /// TCP fields; `None` for other protocols.
     pub tcp: Option<tcp::TcpSegment>,
+    /// The SCTP packet, whose chunks its tracker walks; `None` for other protocols.
+    pub sctp: Option<wire::sctp::Packet<&'a [u8]>>,
 }
 
 /// The part of an entry a tracker may read and change while it handles one packet.
@@ -176,6 +195,7 @@ pub enum ProtoState {
     Udp(udp::UdpConn),
     UdpLite(udplite::UdpLiteConn),
     Gre(gre::GreConn),
+    Sctp(sctp::SctpConn),
     Icmp(icmp::IcmpConn),
     Generic(generic::GenericConn),
 }
@@ -190,6 +210,7 @@ impl ProtoState {
                 udplite::UdpLiteConn::new_entry(segment, sysctls).map(ProtoState::UdpLite)
             }
             ipproto::GRE => gre::GreConn::new_entry(segment, sysctls).map(ProtoState::Gre),
+            ipproto::SCTP => sctp::SctpConn::new_entry(segment, sysctls).map(ProtoState::Sctp),
             ipproto::ICMP => {
                 icmp::IcmpConn::new_entry(segment, sysctls).map(|c| ProtoState::Icmp(c.v4()))
             }
@@ -211,6 +232,7 @@ impl ProtoState {
             ProtoState::Udp(c) => c.packet(ctx, segment, dir),
             ProtoState::UdpLite(c) => c.packet(ctx, segment, dir),
             ProtoState::Gre(c) => c.packet(ctx, segment, dir),
+            ProtoState::Sctp(c) => c.packet(ctx, segment, dir),
             ProtoState::Icmp(c) => c.packet(ctx, segment, dir),
             ProtoState::Generic(c) => c.packet(ctx, segment, dir),
         }
@@ -223,10 +245,19 @@ impl ProtoState {
         }
     }
 
-    /// Whether early drop may evict this entry even when ASSURED (TCP in a closing state).
+    pub fn sctp_state(&self) -> Option<SctpState> {
+        match self {
+            ProtoState::Sctp(c) => Some(c.state),
+            _ => None,
+        }
+    }
+
+    /// Whether early drop may evict this entry even when ASSURED (TCP and SCTP in a closing
+    /// state).
     pub fn can_early_drop(&self) -> bool {
         match self {
             ProtoState::Tcp(c) => c.can_early_drop(),
+            ProtoState::Sctp(c) => c.can_early_drop(),
             _ => false,
         }
     }

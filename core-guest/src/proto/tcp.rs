@@ -808,7 +808,7 @@ mod tests {
     const S0: u32 = 5_000_000;
     const WIN: u16 = 64_000;
 
-    fn seg(seq: u32, ack: u32, flags: u8, window: u16, payload_len: u32) -> Segment {
+    fn seg(seq: u32, ack: u32, flags: u8, window: u16, payload_len: u32) -> Segment<'static> {
         Segment {
             wire_len: 40 + payload_len,
             tcp: Some(TcpSegment {
@@ -820,6 +820,7 @@ mod tests {
                 sack_perm: false,
                 payload_len,
             }),
+            sctp: None,
         }
     }
 

@@ -6,11 +6,11 @@
 //!
 //! Checksums are correct: [`ipv4()`] fills the IPv4 header checksum and, for TCP and UDP, the L4
 //! checksum; [`ipv6()`] and [`ipv6_with_ext`] fill the TCP, UDP and ICMPv6 checksums (when the L4
-//! bytes are long enough to hold the field); the ICMPv4 builders fill their own. A test wanting a
-//! wrong checksum patches the bytes afterwards. The L4 builders return L4 bytes only; wrap them
-//! with [`ipv4()`] or [`ipv6()`]. Payloads are zero bytes.
+//! bytes are long enough to hold the field); the ICMPv4 builders fill their own, and [`sctp()`]
+//! its CRC32c. A test wanting a wrong checksum patches the bytes afterwards. The L4 builders
+//! return L4 bytes only; wrap them with [`ipv4()`] or [`ipv6()`]. Payloads are zero bytes.
 
-use super::{checksum, icmp, icmpv6, ipv4, ipv6, tcp, udp};
+use super::{checksum, icmp, icmpv6, ipv4, ipv6, sctp, tcp, udp};
 use crate::tuple::ipproto;
 
 /// An IPv4 packet: IHL 5, TTL 64, DF clear, identification 0, correct header checksum, `l4`
@@ -195,6 +195,43 @@ pub fn udp(sport: u16, dport: u16, payload_len: usize) -> Vec<u8> {
     let mut buf = vec![0; repr.buffer_len() + payload_len];
     repr.emit(&mut buf);
     buf
+}
+
+/// An SCTP packet: the common header with `vtag`, then `chunks` (each already padded, as
+/// [`sctp_chunk`] makes them), the CRC32c filled in.
+pub fn sctp(sport: u16, dport: u16, vtag: u32, chunks: &[Vec<u8>]) -> Vec<u8> {
+    let mut buf = vec![0; sctp::HEADER_LEN];
+    for c in chunks {
+        buf.extend_from_slice(c);
+    }
+    let mut packet = sctp::Packet::new_unchecked(&mut buf[..]);
+    packet.set_src_port(sport);
+    packet.set_dst_port(dport);
+    packet.set_verification_tag(vtag);
+    packet.fill_checksum();
+    buf
+}
+
+/// One SCTP chunk: its header (the length counts `value`, not the padding) and `value`, padded
+/// with zeros to a multiple of 4.
+pub fn sctp_chunk(kind: u8, flags: u8, value: &[u8]) -> Vec<u8> {
+    let length = u16::try_from(sctp::CHUNK_HEADER_LEN + value.len()).unwrap_or(u16::MAX);
+    let mut c = vec![kind, flags];
+    c.extend_from_slice(&length.to_be_bytes());
+    c.extend_from_slice(value);
+    c.resize(c.len().next_multiple_of(4), 0);
+    c
+}
+
+/// An INIT or INIT ACK chunk (`kind`) announcing `tag`, with a window of 64 KiB, 10 streams
+/// each way and initial TSN 1; no parameters.
+pub fn sctp_init(kind: u8, tag: u32) -> Vec<u8> {
+    let mut value = tag.to_be_bytes().to_vec();
+    value.extend_from_slice(&65_536u32.to_be_bytes());
+    value.extend_from_slice(&10u16.to_be_bytes());
+    value.extend_from_slice(&10u16.to_be_bytes());
+    value.extend_from_slice(&1u32.to_be_bytes());
+    sctp_chunk(kind, 0, &value)
 }
 
 /// An ICMP echo request (type 8) or reply (type 0), no data, checksum filled.

@@ -9,7 +9,7 @@
 use super::*;
 use crate::netlink::{
     CounterAttr, CtAttr, CtMessage, ExpAttr, ExpMessage, IpAttr, ProtoAttr, ProtoInfoAttr, RawAttr,
-    TcpInfoAttr, TimestampAttr, TupleAttr,
+    SctpInfoAttr, TcpInfoAttr, TimestampAttr, TupleAttr,
 };
 
 /// An attribute as the sink received it: a leaf with its big-endian payload, or a nest.
@@ -192,6 +192,20 @@ fn ct_attr(node: Node) -> CtAttr {
                             })
                             .collect(),
                     ),
+                    Node::Nest(CTA_PROTOINFO_SCTP, sctp) => ProtoInfoAttr::Sctp(
+                        sctp.iter()
+                            .map(|n| match leaf(n) {
+                                (CTA_PROTOINFO_SCTP_STATE, p) => SctpInfoAttr::State(p[0]),
+                                (CTA_PROTOINFO_SCTP_VTAG_ORIGINAL, p) => {
+                                    SctpInfoAttr::VtagOriginal(be(p) as u32)
+                                }
+                                (CTA_PROTOINFO_SCTP_VTAG_REPLY, p) => {
+                                    SctpInfoAttr::VtagReply(be(p) as u32)
+                                }
+                                (kind, p) => SctpInfoAttr::Other(other(kind, p)),
+                            })
+                            .collect(),
+                    ),
                     n => panic!("unexpected protoinfo {n:?}"),
                 })
                 .collect(),
@@ -274,8 +288,20 @@ mod tests {
     /// What a captured kernel message says, as the encoder's input.
     fn event_of(m: &CtMessage) -> ConntrackEvent {
         let kind = m.kind().expect("an event");
-        let tcp = m.attrs.iter().find_map(|a| match a {
+        let protoinfo = m.attrs.iter().find_map(|a| match a {
             CtAttr::ProtoInfo(p) => p.iter().find_map(|p| match p {
+                ProtoInfoAttr::Sctp(t) => {
+                    let mut info = SctpInfo::default();
+                    for a in t {
+                        match a {
+                            SctpInfoAttr::State(s) => info.state = *s,
+                            SctpInfoAttr::VtagOriginal(v) => info.vtag[0] = *v,
+                            SctpInfoAttr::VtagReply(v) => info.vtag[1] = *v,
+                            _ => {}
+                        }
+                    }
+                    Some(ProtoInfo::Sctp(info))
+                }
                 ProtoInfoAttr::Tcp(t) => {
                     let mut info = TcpInfo::default();
                     for a in t {
@@ -288,7 +314,7 @@ mod tests {
                             _ => {}
                         }
                     }
-                    Some(info)
+                    Some(ProtoInfo::Tcp(info))
                 }
                 _ => None,
             }),
@@ -299,7 +325,7 @@ mod tests {
             _ => None,
         });
         let mut bits = EventBits::empty();
-        if tcp.is_some() && kind != MessageKind::Destroy {
+        if protoinfo.is_some() && kind != MessageKind::Destroy {
             bits.insert(EventBits::PROTOINFO);
         }
         if master.is_some() {
@@ -326,7 +352,7 @@ mod tests {
             id: m.id().expect("id"),
             status: m.status().expect("status").0,
             timeout_s: m.timeout().unwrap_or(0),
-            tcp,
+            protoinfo,
             master,
             mark: m.mark().unwrap_or(0),
             counters,
@@ -380,11 +406,11 @@ mod tests {
             id: 0xdead_beef,
             status: 0x8,
             timeout_s: 120,
-            tcp: Some(TcpInfo {
+            protoinfo: Some(ProtoInfo::Tcp(TcpInfo {
                 state: TcpState::SynSent as u8,
                 wscale: [7, 0],
                 flags: [3, 0],
-            }),
+            })),
             master: Some(v4([10, 0, 0, 1], [10, 0, 0, 2], 40001, 21)),
             mark: 0,
             counters: Some(

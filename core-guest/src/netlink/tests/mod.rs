@@ -506,7 +506,7 @@ fn unknown_attributes_survive_at_every_level() {
                 TcpInfoAttr::State(1),
                 TcpInfoAttr::Other(raw(6, &[0; 9])),
             ]),
-            ProtoInfoAttr::Other(raw(CTA_PROTOINFO_SCTP | NLA_F_NESTED, &nla(1, &[3]))),
+            ProtoInfoAttr::Other(raw(CTA_PROTOINFO_DCCP | NLA_F_NESTED, &nla(1, &[3]))),
         ]),
         CtAttr::CountersOrig(vec![CounterAttr::Other(raw(
             CTA_COUNTERS32_PACKETS,
