@@ -1434,6 +1434,7 @@ mod tests {
             reply: orig.invert().unwrap(),
             status: Status::CONFIRMED,
             tcp_state: Some(state),
+            sctp_state: None,
             timeout_s: 10,
             mark: 0,
             counters_orig: Counters::default(),

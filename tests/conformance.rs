@@ -959,19 +959,20 @@ fn frag_overlap_then_clean(run: &mut Run, f: Fam) {
     w.send(&[&good[0], &good[1], &good[2]]);
 }
 
-// ---- GRE ------------------------------------------------------------------------------------
+// ---- GRE and SCTP ---------------------------------------------------------------------------
 
-/// Sends hand-built GRE packets between two local addresses (IPv4 127.0.0.1 and 127.0.0.2;
-/// IPv6 ::1 and fd00::2, added to lo), with a raw GRE socket open so the local stack takes them
-/// quietly (no protocol unreachable).
-struct GreWire {
+/// Sends hand-built packets of one protocol between two local addresses (IPv4 127.0.0.1 and
+/// 127.0.0.2; IPv6 ::1 and fd00::2, added to lo), injected on lo so that they arrive as from a
+/// wire, with a raw socket of the protocol open so the local stack takes them quietly (no
+/// protocol unreachable).
+struct PeerWire {
     wire: Wire,
-    _raw: Vec<std::os::fd::OwnedFd>,
+    proto: u8,
+    _raw: common::sockets::RawSocket,
 }
 
-impl GreWire {
-    fn open(run: &Run, fam: Fam) -> GreWire {
-        use std::os::fd::FromRawFd;
+impl PeerWire {
+    fn open(run: &Run, fam: Fam, proto: u8) -> PeerWire {
         let wire = Wire::open(run, fam);
         if fam == Fam::V6 {
             run.lab.exec(
@@ -988,32 +989,30 @@ impl GreWire {
                 ],
             );
         }
-        let af = match fam {
-            Fam::V4 => libc::AF_INET,
-            Fam::V6 => libc::AF_INET6,
+        // Bound to the unspecified address: it takes the packets to both addresses.
+        let any: IpAddr = match fam {
+            Fam::V4 => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            Fam::V6 => std::net::Ipv6Addr::UNSPECIFIED.into(),
         };
         let raw = run.inside(0, || {
-            // SAFETY: a plain socket call; the descriptor is owned at once.
-            let fd = unsafe { libc::socket(af, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 47) };
-            assert!(
-                fd >= 0,
-                "raw GRE socket: {}",
-                std::io::Error::last_os_error()
-            );
-            // SAFETY: `fd` is a fresh descriptor nobody else owns.
-            vec![unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }]
+            common::sockets::RawSocket::bind(any, i32::from(proto))
+                .unwrap_or_else(|e| panic!("raw socket of protocol {proto}: {e}"))
         });
-        GreWire { wire, _raw: raw }
+        PeerWire {
+            wire,
+            proto,
+            _raw: raw,
+        }
     }
 
-    /// One GRE packet from the first address (`out`) or to it, with `header` as its GRE part.
-    fn send(&self, out: bool, header: &[u8]) {
+    /// One packet from the first address (`out`) or to it, with `l4` as its payload.
+    fn send(&self, out: bool, l4: &[u8]) {
         use ctwasm_core::wire::build;
         let packet = match self.wire.fam {
             Fam::V4 => {
                 let (a, b) = ([127, 0, 0, 1], [127, 0, 0, 2]);
                 let (s, d) = if out { (a, b) } else { (b, a) };
-                build::ipv4(s, d, 47, header)
+                build::ipv4(s, d, self.proto, l4)
             }
             Fam::V6 => {
                 let a = std::net::Ipv6Addr::LOCALHOST.octets();
@@ -1023,7 +1022,7 @@ impl GreWire {
                 } else {
                     (b.octets(), a)
                 };
-                build::ipv6(s, d, 47, header)
+                build::ipv6(s, d, self.proto, l4)
             }
         };
         self.wire.inj.send(&packet).expect("inject");
@@ -1033,7 +1032,7 @@ impl GreWire {
 
 /// GRE version 0 carrying IPv4, out, back and out again: keyed 0 and 0, assured by the third.
 fn gre_v0_exchange(run: &mut Run, f: Fam) {
-    let w = GreWire::open(run, f);
+    let w = PeerWire::open(run, f, 47);
     let v0 = [0x00, 0x00, 0x08, 0x00, 0x45, 0x00, 0x00, 0x14];
     w.send(true, &v0);
     w.send(false, &v0);
@@ -1043,7 +1042,7 @@ fn gre_v0_exchange(run: &mut Run, f: Fam) {
 /// Enhanced GRE (PPTP data) both ways, each side with its peer's call id: without the PPTP
 /// helper each direction is a flow of its own, never replied.
 fn gre_v1_both_ways(run: &mut Run, f: Fam) {
-    let w = GreWire::open(run, f);
+    let w = PeerWire::open(run, f, 47);
     let v1 = |call: u16| {
         let mut h = vec![0x30, 0x81, 0x88, 0x0b, 0x00, 0x00];
         h.extend_from_slice(&call.to_be_bytes());
@@ -1054,6 +1053,170 @@ fn gre_v1_both_ways(run: &mut Run, f: Fam) {
     w.send(false, &v1(0x2222));
     w.send(true, &v1(0x1111));
 }
+
+/// One SCTP association's packets, built with a correct CRC32c (the kernel checks it on packets
+/// that arrive from a wire, as these do): the first address is the client, port 5000, tag
+/// [`SCTP_TAG_C`]; the second the server, port 6000, tag [`SCTP_TAG_S`].
+struct SctpWire {
+    wire: PeerWire,
+    ports: (u16, u16),
+}
+
+const SCTP_TAG_C: u32 = 0x1111_1111;
+const SCTP_TAG_S: u32 = 0x2222_2222;
+
+mod sctp_chunk {
+    use ctwasm_core::wire::build;
+    pub use ctwasm_core::wire::sctp::chunk::*;
+
+    pub fn bare(kind: u8) -> Vec<u8> {
+        build::sctp_chunk(kind, 0, &[])
+    }
+    pub fn init(kind: u8, tag: u32) -> Vec<u8> {
+        build::sctp_init(kind, tag)
+    }
+    pub fn data() -> Vec<u8> {
+        build::sctp_chunk(
+            DATA,
+            3,
+            &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, b'd', b'a', b't', b'a'],
+        )
+    }
+    pub fn sack() -> Vec<u8> {
+        build::sctp_chunk(SACK, 0, &[0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0])
+    }
+    pub fn heartbeat(kind: u8) -> Vec<u8> {
+        build::sctp_chunk(kind, 0, &[0, 1, 0, 8, b'b', b'e', b'a', b't'])
+    }
+    pub fn shutdown() -> Vec<u8> {
+        build::sctp_chunk(SHUTDOWN, 0, &1u32.to_be_bytes())
+    }
+}
+
+impl SctpWire {
+    fn open(run: &Run, fam: Fam) -> SctpWire {
+        SctpWire {
+            wire: PeerWire::open(run, fam, 132),
+            ports: (5000, 6000),
+        }
+    }
+
+    /// A packet from the client (`from_client`) or the server, with tag `vtag`.
+    fn send(&self, from_client: bool, vtag: u32, chunks: &[Vec<u8>]) {
+        let (c, s) = self.ports;
+        let (sp, dp) = if from_client { (c, s) } else { (s, c) };
+        let l4 = ctwasm_core::wire::build::sctp(sp, dp, vtag, chunks);
+        self.wire.send(from_client, &l4);
+    }
+    fn c(&self, vtag: u32, chunks: &[Vec<u8>]) {
+        self.send(true, vtag, chunks);
+    }
+    fn s(&self, vtag: u32, chunks: &[Vec<u8>]) {
+        self.send(false, vtag, chunks);
+    }
+
+    /// INIT, INIT ACK, COOKIE ECHO, COOKIE ACK.
+    fn setup(&self) {
+        use sctp_chunk::*;
+        self.c(0, &[init(INIT, SCTP_TAG_C)]);
+        self.s(SCTP_TAG_C, &[init(INIT_ACK, SCTP_TAG_S)]);
+        self.c(SCTP_TAG_S, &[bare(COOKIE_ECHO)]);
+        self.s(SCTP_TAG_C, &[bare(COOKIE_ACK)]);
+    }
+}
+
+/// A whole association: setup, data and its SACK, a heartbeat both ways, the shutdown.
+fn sctp_association(run: &mut Run, f: Fam) {
+    use sctp_chunk::*;
+    let w = SctpWire::open(run, f);
+    w.setup();
+    w.c(SCTP_TAG_S, &[data()]);
+    w.s(SCTP_TAG_C, &[sack()]);
+    w.s(SCTP_TAG_C, &[heartbeat(HEARTBEAT)]);
+    w.c(SCTP_TAG_S, &[heartbeat(HEARTBEAT_ACK)]);
+    w.c(SCTP_TAG_S, &[shutdown()]);
+    w.s(SCTP_TAG_C, &[bare(SHUTDOWN_ACK)]);
+    w.c(SCTP_TAG_S, &[bare(SHUTDOWN_COMPLETE)]);
+}
+
+/// Set up, data bundled with its SACK, then an ABORT from the server with its own tag.
+fn sctp_abort(run: &mut Run, f: Fam) {
+    use sctp_chunk::*;
+    let w = SctpWire::open(run, f);
+    w.setup();
+    w.c(SCTP_TAG_S, &[data()]);
+    w.s(SCTP_TAG_C, &[sack(), data()]);
+    w.s(SCTP_TAG_C, &[bare(ABORT)]);
+}
+
+/// Packets the kernel refuses: an ABORT out of the blue (no entry), DATA with a wrong tag and
+/// with the peer's tag (invalid, no refresh), an INIT retransmitted into CLOSED (accepted, not
+/// refreshed), a reflected ABORT (T bit) that ends the entry.
+fn sctp_bad_tags_and_out_of_the_blue(run: &mut Run, f: Fam) {
+    use sctp_chunk::*;
+    let mut w = SctpWire::open(run, f);
+    w.ports = (5002, 6002);
+    w.c(0, &[bare(ABORT)]);
+    w.c(7, &[data()]);
+    w.ports = (5000, 6000);
+    w.c(0, &[init(INIT, SCTP_TAG_C)]);
+    w.c(0, &[init(INIT, SCTP_TAG_C)]);
+    w.s(SCTP_TAG_C, &[init(INIT_ACK, SCTP_TAG_S)]);
+    w.c(SCTP_TAG_S, &[bare(COOKIE_ECHO)]);
+    w.s(SCTP_TAG_C, &[bare(COOKIE_ACK)]);
+    w.c(SCTP_TAG_S ^ 0xff, &[data()]);
+    w.c(SCTP_TAG_C, &[data()]);
+    w.s(SCTP_TAG_S, &[build_abort_t()]);
+}
+
+fn build_abort_t() -> Vec<u8> {
+    use sctp_chunk::*;
+    ctwasm_core::wire::build::sctp_chunk(ABORT, FLAG_T, &[])
+}
+
+/// A HEARTBEAT as the first packet (a second path of an association): HEARTBEAT_SENT, then its
+/// ACK establishes the entry.
+fn sctp_heartbeat_first(run: &mut Run, f: Fam) {
+    use sctp_chunk::*;
+    let w = SctpWire::open(run, f);
+    w.c(SCTP_TAG_S, &[heartbeat(HEARTBEAT)]);
+    w.s(SCTP_TAG_C, &[heartbeat(HEARTBEAT_ACK)]);
+    w.c(SCTP_TAG_S, &[data()]);
+}
+
+/// Both ends send INIT at once (RFC 9260 §5.2.1) and answer each other's with an INIT ACK.
+fn sctp_simultaneous_init(run: &mut Run, f: Fam) {
+    use sctp_chunk::*;
+    let w = SctpWire::open(run, f);
+    w.c(0, &[init(INIT, SCTP_TAG_C)]);
+    w.s(0, &[init(INIT, SCTP_TAG_S)]);
+    w.c(SCTP_TAG_S, &[init(INIT_ACK, SCTP_TAG_C)]);
+    w.s(SCTP_TAG_C, &[init(INIT_ACK, SCTP_TAG_S)]);
+    w.c(SCTP_TAG_S, &[bare(COOKIE_ECHO)]);
+    w.s(SCTP_TAG_C, &[bare(COOKIE_ACK)]);
+}
+
+/// A SHUTDOWN bundled with an ABORT that carries the wrong tag: the packet is invalid, but the
+/// SHUTDOWN before it has moved the entry, and the change shows with the next packet's event.
+fn sctp_shutdown_with_a_bad_abort(run: &mut Run, f: Fam) {
+    use sctp_chunk::*;
+    let w = SctpWire::open(run, f);
+    w.setup();
+    w.c(SCTP_TAG_S ^ 1, &[shutdown(), bare(ABORT)]);
+    w.s(SCTP_TAG_C, &[sack()]);
+}
+
+/// SCTP timeouts short enough for a scenario to see its entries end.
+const SCTP_SYSCTLS: &[(&str, &str)] = &[
+    ("nf_conntrack_sctp_timeout_closed", "2"),
+    ("nf_conntrack_sctp_timeout_cookie_wait", "2"),
+    ("nf_conntrack_sctp_timeout_cookie_echoed", "2"),
+    ("nf_conntrack_sctp_timeout_established", "3"),
+    ("nf_conntrack_sctp_timeout_shutdown_sent", "2"),
+    ("nf_conntrack_sctp_timeout_shutdown_recd", "2"),
+    ("nf_conntrack_sctp_timeout_shutdown_ack_sent", "2"),
+    ("nf_conntrack_sctp_timeout_heartbeat_sent", "3"),
+];
 
 fn scenarios() -> Vec<Scenario> {
     let lo = |name, traffic: fn(&mut Run, Fam)| Scenario {
@@ -1189,6 +1352,39 @@ fn scenarios() -> Vec<Scenario> {
                 ("nf_conntrack_gre_timeout_stream", "3"),
             ],
             ..crafted("gre v1 (pptp): both ways", gre_v1_both_ways)
+        },
+        Scenario {
+            sysctls: SCTP_SYSCTLS,
+            ..crafted(
+                "sctp: association, data, heartbeat, shutdown",
+                sctp_association,
+            )
+        },
+        Scenario {
+            sysctls: SCTP_SYSCTLS,
+            ..crafted("sctp: abort", sctp_abort)
+        },
+        Scenario {
+            sysctls: SCTP_SYSCTLS,
+            ..crafted(
+                "sctp: bad tags and out of the blue",
+                sctp_bad_tags_and_out_of_the_blue,
+            )
+        },
+        Scenario {
+            sysctls: SCTP_SYSCTLS,
+            ..crafted("sctp: heartbeat first", sctp_heartbeat_first)
+        },
+        Scenario {
+            sysctls: SCTP_SYSCTLS,
+            ..crafted("sctp: simultaneous init", sctp_simultaneous_init)
+        },
+        Scenario {
+            sysctls: SCTP_SYSCTLS,
+            ..crafted(
+                "sctp: shutdown with a bad abort",
+                sctp_shutdown_with_a_bad_abort,
+            )
         },
         crafted(
             "fragments: a reply's fragment lost",

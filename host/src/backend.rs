@@ -15,8 +15,8 @@ use ctwasm_core::engine::expect::FLAG_PERMANENT;
 use ctwasm_core::netlink::Counters;
 use ctwasm_core::{
     Addr, Config, ConnCall, ConnHandle, ConnRef, Delivery, Direction, Ending, EntryView,
-    ExpectError, ExpectMask, ExpectStats, Family, L4Tuple, RetryPolicy, Stats, Status, TcpState,
-    Tracker, Tuple, Verdict,
+    ExpectError, ExpectMask, ExpectStats, Family, L4Tuple, RetryPolicy, SctpState, Stats, Status,
+    TcpState, Tracker, Tuple, Verdict,
 };
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};

@@ -4,7 +4,7 @@
 //! kernel saw them live (its events come from a ctnetlink listener), the engine sees them from a
 //! capture taken at the same time (see `ctwasm_live::capture`). What is compared is what a
 //! listener can rely on and what the trackers decide: per flow, the ordered sequence of
-//! (message type, TCP state, SEEN_REPLY, ASSURED) and the timeout the entry was given — a
+//! (message type, TCP or SCTP state, SEEN_REPLY, ASSURED) and the timeout the entry was given — a
 //! [`Step`]. Timeouts match within a second (the kernel reads the remaining time a moment after
 //! setting it, and a jiffy may tick in between). Ids, counters and timestamps are left out: they
 //! are checked by the replay tests against recorded captures.
@@ -20,7 +20,7 @@ use std::fmt::{self, Write as _};
 
 use anyhow::Result;
 use ctwasm_core::batch::EventFrame;
-use ctwasm_core::event::{MessageKind, Status, TcpState};
+use ctwasm_core::event::{MessageKind, SctpState, Status, TcpState};
 use ctwasm_core::netlink::CtMessage;
 
 use crate::output::tuple_text;
@@ -31,6 +31,7 @@ use crate::replay::EventSink;
 pub struct Step {
     pub kind: MessageKind,
     pub tcp_state: Option<TcpState>,
+    pub sctp_state: Option<SctpState>,
     pub seen_reply: bool,
     pub assured: bool,
     /// Seconds left when the message was made (DESTROY carries none).
@@ -42,6 +43,7 @@ impl PartialEq for Step {
     fn eq(&self, o: &Step) -> bool {
         self.kind == o.kind
             && self.tcp_state == o.tcp_state
+            && self.sctp_state == o.sctp_state
             && self.seen_reply == o.seen_reply
             && self.assured == o.assured
             && match (self.timeout, o.timeout) {
@@ -57,6 +59,7 @@ impl Step {
         Some(Step {
             kind: msg.kind()?,
             tcp_state: msg.tcp_state(),
+            sctp_state: msg.sctp_state(),
             seen_reply: status.contains(Status::SEEN_REPLY),
             assured: status.contains(Status::ASSURED),
             timeout: msg.timeout(),
@@ -68,6 +71,9 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.kind.name())?;
         if let Some(s) = self.tcp_state {
+            write!(f, " {}", s.name())?;
+        }
+        if let Some(s) = self.sctp_state {
             write!(f, " {}", s.name())?;
         }
         if self.seen_reply {
@@ -280,6 +286,7 @@ mod tests {
         Step {
             kind,
             tcp_state: st,
+            sctp_state: None,
             seen_reply: r,
             assured: a,
             timeout: None,

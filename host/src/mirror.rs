@@ -11,19 +11,20 @@
 //! a new connection with the tuple of a dying entry is another entry with another id:
 //! - NEW and UPDATE insert the entry or update it (an UPDATE for an entry never seen inserts it,
 //!   as conntrackd's `cache_update_force` does); a field the message leaves out keeps its value
-//!   (an UPDATE without a state change carries no TCP state).
+//!   (an UPDATE without a state change carries no TCP or SCTP state).
 //! - DESTROY removes it. A DESTROY for an entry the mirror never had (its NEW was lost) is
 //!   counted as `unknown_destroy`; one for an entry already destroyed is a duplicate.
 //!
 //! [`Mirror::compare`] sets the mirror beside a dump and lists, readably, what differs among the
-//! facts a consumer can know: ids, tuples, the status bits that matter and the TCP state.
+//! facts a consumer can know: ids, tuples, the status bits that matter and the TCP or SCTP
+//! state.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use ctwasm_core::batch::EventFrame;
 use ctwasm_core::netlink::CtMessage;
-use ctwasm_core::{EntryView, MessageKind, Status, TcpState, Tuple};
+use ctwasm_core::{EntryView, MessageKind, SctpState, Status, TcpState, Tuple};
 
 use crate::output::tuple_text;
 
@@ -43,6 +44,7 @@ pub struct MirrorEntry {
     pub reply: Option<Tuple>,
     pub status: Status,
     pub tcp_state: Option<TcpState>,
+    pub sctp_state: Option<SctpState>,
 }
 
 /// What the mirror did with the messages it was given.
@@ -146,6 +148,9 @@ impl Mirror {
                         if let Some(t) = msg.tcp_state() {
                             e.tcp_state = Some(t);
                         }
+                        if let Some(t) = msg.sctp_state() {
+                            e.sctp_state = Some(t);
+                        }
                     }
                     None => {
                         self.counters.inserted += 1;
@@ -161,6 +166,7 @@ impl Mirror {
                                 reply: msg.reply(),
                                 status: msg.status().unwrap_or_default(),
                                 tcp_state: msg.tcp_state(),
+                                sctp_state: msg.sctp_state(),
                             },
                         );
                     }
@@ -204,6 +210,14 @@ impl Mirror {
                             field: "tcp_state",
                             mirror: state_text(m.tcp_state),
                             table: state_text(t.tcp_state),
+                        });
+                    }
+                    if m.sctp_state != t.sctp_state {
+                        diff.differing.push(Difference {
+                            key: *key,
+                            field: "sctp_state",
+                            mirror: m.sctp_state.map_or("-", |s| s.name()).into(),
+                            table: t.sctp_state.map_or("-", |s| s.name()).into(),
                         });
                     }
                     if m.reply.is_some_and(|r| r != t.reply) {
@@ -405,6 +419,7 @@ mod tests {
             reply: t.invert().unwrap(),
             status,
             tcp_state: state,
+            sctp_state: None,
             timeout_s: 0,
             mark: 0,
             counters_orig: Default::default(),

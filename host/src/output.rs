@@ -4,7 +4,8 @@
 //! printing the same bytes lets `ctwasm replay` stand in for `conntrack -E` and lets a test diff
 //! the engine's output against the live kernel's. The text follows conntrack 1.4.7 with
 //! libnetfilter_conntrack's default formatter: a field is printed exactly when its attribute is in
-//! the message (a DESTROY has no timeout, an UPDATE without a state change has no TCP state), in
+//! the message (a DESTROY has no timeout, an UPDATE without a state change has no TCP or SCTP
+//! state), in
 //! the tool's order and padding. The expected strings in the tests were printed by the real tool
 //! (see the note there).
 //!
@@ -26,7 +27,8 @@ use ctwasm_core::netlink::consts::{
     CTA_COUNTERS32_BYTES, CTA_COUNTERS32_PACKETS, CTA_SECMARK, NLA_TYPE_MASK,
 };
 use ctwasm_core::netlink::{
-    CounterAttr, CtAttr, CtMessage, IpAttr, ProtoAttr, ProtoInfoAttr, TcpInfoAttr, TupleAttr,
+    CounterAttr, CtAttr, CtMessage, IpAttr, ProtoAttr, ProtoInfoAttr, SctpInfoAttr, TcpInfoAttr,
+    TupleAttr,
 };
 use ctwasm_core::tuple::{Family, L4Tuple, Tuple, ipproto};
 use serde::Serialize;
@@ -174,8 +176,8 @@ pub fn format_conntrack_with(
     if let Some(timeout) = msg.timeout() {
         let _ = write!(out, "{timeout} ");
     }
-    if let Some(state) = raw_tcp_state(msg) {
-        let _ = write!(out, "{} ", tcp_state_name(state));
+    if let Some(state) = raw_state(msg) {
+        let _ = write!(out, "{} ", state.name());
     }
     let status = msg.status();
     let direction = |out: &mut String,
@@ -301,6 +303,7 @@ pub fn format_json(frame: &EventFrame<'_>, msg: &CtMessage) -> String {
             .map(|s| s.names().collect())
             .unwrap_or_default(),
         tcp_state: msg.tcp_state().map(|s| s.name()),
+        sctp_state: msg.sctp_state().map(|s| s.name()),
         timeout: msg.timeout(),
         mark: msg.mark().unwrap_or(0),
         counters: (counters_orig.is_some() || counters_reply.is_some()).then_some(JsonCounters {
@@ -328,6 +331,9 @@ struct JsonEvent {
     reply: Option<JsonTuple>,
     status: Vec<&'static str>,
     tcp_state: Option<&'static str>,
+    /// Only on SCTP events, so that every other line stays as it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sctp_state: Option<&'static str>,
     timeout: Option<u32>,
     mark: u32,
     counters: Option<JsonCounters>,
@@ -467,9 +473,24 @@ fn protocol_name(proto: u8) -> &'static str {
     }
 }
 
-/// libnetfilter_conntrack's TCP state names; out-of-range values print as `NONE`.
-fn tcp_state_name(state: u8) -> &'static str {
-    ctwasm_core::event::TcpState::from_u8(state).map_or("NONE", |s| s.name())
+/// A protocol state byte as a message carries it, even when out of range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RawState {
+    Tcp(u8),
+    Sctp(u8),
+}
+
+impl RawState {
+    /// libnetfilter_conntrack's state names; out-of-range values print as `NONE`. (Its SCTP
+    /// table still names state 9, which the kernel no longer reaches.)
+    pub(crate) fn name(self) -> &'static str {
+        use ctwasm_core::event::{SctpState, TcpState};
+        match self {
+            RawState::Tcp(s) => TcpState::from_u8(s).map_or("NONE", |s| s.name()),
+            RawState::Sctp(9) => "HEARTBEAT_ACKED",
+            RawState::Sctp(s) => SctpState::from_u8(s).map_or("NONE", |s| s.name()),
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -566,12 +587,16 @@ fn counters(msg: &CtMessage, which: Which) -> Option<(u64, u64)> {
     Some((packets?, bytes?))
 }
 
-/// The TCP state byte as sent, even when it is out of range.
-fn raw_tcp_state(msg: &CtMessage) -> Option<u8> {
+/// The TCP or SCTP state byte as sent, even when it is out of range.
+fn raw_state(msg: &CtMessage) -> Option<RawState> {
     msg.attrs.iter().find_map(|a| match a {
         CtAttr::ProtoInfo(p) => p.iter().find_map(|p| match p {
             ProtoInfoAttr::Tcp(t) => t.iter().find_map(|t| match t {
-                TcpInfoAttr::State(s) => Some(*s),
+                TcpInfoAttr::State(s) => Some(RawState::Tcp(*s)),
+                _ => None,
+            }),
+            ProtoInfoAttr::Sctp(t) => t.iter().find_map(|t| match t {
+                SctpInfoAttr::State(s) => Some(RawState::Sctp(*s)),
                 _ => None,
             }),
             _ => None,

@@ -115,3 +115,63 @@ pub fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
         }
     }
 }
+
+/// A raw IP socket of one protocol (`SOCK_RAW`, the kernel writes the IP header): it sends
+/// hand-built layer-4 bytes, and its mere presence makes the local stack take packets of that
+/// protocol quietly instead of answering "protocol unreachable" (this kernel has no GRE or SCTP
+/// endpoint of its own).
+pub struct RawSocket {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl RawSocket {
+    /// A raw socket of protocol `proto` for the family of `local`, bound to that address.
+    pub fn bind(local: std::net::IpAddr, proto: i32) -> std::io::Result<RawSocket> {
+        use std::os::fd::FromRawFd;
+        let af = if local.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        // SAFETY: plain system calls; the descriptor is owned at once, so it is closed on every
+        // path, and the sockaddr buffer outlives the call.
+        unsafe {
+            let fd = libc::socket(af, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let (l, ll) = sockaddr(SocketAddr::new(local, 0));
+            if libc::bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                (&l as *const libc::sockaddr_storage).cast(),
+                ll,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(RawSocket { fd })
+        }
+    }
+
+    /// Sends `l4` to `to` in one IP packet.
+    pub fn send_to(&self, l4: &[u8], to: std::net::IpAddr) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (r, rl) = sockaddr(SocketAddr::new(to, 0));
+        // SAFETY: the buffer and the sockaddr describe live memory of the given lengths.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                l4.as_ptr().cast(),
+                l4.len(),
+                0,
+                (&r as *const libc::sockaddr_storage).cast(),
+                rl,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}

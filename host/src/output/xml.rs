@@ -23,7 +23,7 @@ use ctwasm_core::tuple::{Family, ipproto};
 
 use super::{
     ConntrackOptions, TupleFields, Which, counters, ip_text, message_kind, other_u32,
-    protocol_name, raw_tcp_state, tcp_state_name, top_level_zone, tuple_nest,
+    protocol_name, raw_state, top_level_zone, tuple_nest,
 };
 
 /// What comes before the first flow of a document.
@@ -46,12 +46,12 @@ pub fn format_xml(frame: &EventFrame<'_>, msg: &CtMessage, options: ConntrackOpt
         direction(&mut out, msg, family, which, tuple);
     }
 
-    let tcp_state = raw_tcp_state(msg);
+    let state = raw_state(msg);
     let secmark = other_u32(msg, CTA_SECMARK);
     let zone = top_level_zone(msg);
     let status = msg.status();
     let timestamp = msg.timestamp().unwrap_or_default();
-    let independent = tcp_state.is_some()
+    let independent = state.is_some()
         || msg.timeout().is_some()
         || msg.mark().is_some()
         || secmark.is_some()
@@ -63,8 +63,8 @@ pub fn format_xml(frame: &EventFrame<'_>, msg: &CtMessage, options: ConntrackOpt
         || timestamp.1.is_some();
     if independent {
         out.push_str("<meta direction=\"independent\">");
-        if let Some(state) = tcp_state {
-            let _ = write!(out, "<state>{}</state>", tcp_state_name(state));
+        if let Some(state) = state {
+            let _ = write!(out, "<state>{}</state>", state.name());
         }
         if let Some(timeout) = msg.timeout() {
             let _ = write!(out, "<timeout>{timeout}</timeout>");

@@ -26,6 +26,7 @@ while [ ! -e "$READY" ]; do sleep 0.1; done
 $X python3 "$HERE/traffic.py" 4          # TCP + UDP over 127.0.0.1
 $X python3 "$HERE/traffic.py" 6          # TCP + UDP over ::1
 $X python3 "$HERE/traffic_protocols.py"  # UDP-Lite both families, GRE v0 and v1 over 127.0.0.1/.2
+$X python3 "$HERE/traffic_sctp.py"       # SCTP: an association over 127.0.0.1/.2, a setup over ::1
 $X ping -c1 -W1 127.0.0.1 >/dev/null     # ICMP echo
 $X ping -6 -c1 -W1 ::1 >/dev/null        # ICMPv6 echo
 sleep 1

@@ -7,7 +7,11 @@ import struct, subprocess, sys
 
 TCP_STATES = ["None", "SynSent", "SynRecv", "Established", "FinWait", "CloseWait", "LastAck",
               "TimeWait", "Close", "SynSent2"]
-PROTO = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp", 136: "udplite", 47: "gre"}
+PROTO = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp", 136: "udplite", 47: "gre", 132: "sctp"}
+SCTP_STATES = ["None", "Closed", "CookieWait", "CookieEchoed", "Established", "ShutdownSent",
+               "ShutdownRecd", "ShutdownAckSent", "HeartbeatSent"]
+SCTP_SNAKE = ["none", "closed", "cookie_wait", "cookie_echoed", "established", "shutdown_sent",
+              "shutdown_recd", "shutdown_ack_sent", "heartbeat_sent"]
 SNAKE = ["none", "syn_sent", "syn_recv", "established", "fin_wait", "close_wait", "last_ack",
          "time_wait", "close", "syn_sent2"]
 
@@ -40,13 +44,16 @@ def event_expect(m, ty, fl, pid):
     orig = a[1]
     proto = be(orig[2][1])
     p = orig[2]
-    if proto in (6, 17, 136, 47):
+    if proto in (6, 17, 136, 47, 132):
         l4 = "L4Tuple::Ports { src: %d, dst: %d }" % (be(p[2]), be(p[3]))
     else:
         base = 4 if proto == 1 else 7
         l4 = "L4Tuple::Icmp { id: %d, kind: %d, code: %d }" % (be(p[base]), be(p[base + 1]), be(p[base + 2]))
     tcp = a.get(4, {}).get(1, {}).get(1)
     tcp = None if tcp is None else "TcpState::" + TCP_STATES[be(tcp)]
+    sctp = a.get(4, {}).get(3, {}).get(1)
+    sctp_name = None if sctp is None else SCTP_SNAKE[be(sctp)]
+    sctp = None if sctp is None else "SctpState::" + SCTP_STATES[be(sctp)]
     cnt = lambda k: None if k not in a else "Counters { packets: %d, bytes: %d }" % (be(a[k][1]), be(a[k][2]))
     ts = a.get(20, {})
     start = None if 1 not in ts else be(ts[1])
@@ -55,14 +62,16 @@ def event_expect(m, ty, fl, pid):
     name = "%s%s_%s" % (PROTO[proto], "4" if fam == 2 else "6", kind.lower())
     if tcp:
         name += "_" + SNAKE[be(a[4][1][1])]
+    if sctp:
+        name += "_" + sctp_name
     if kind == "Destroy":
         name += "_flush" if pid else "_timeout"
     return name, (
         "kind: MessageKind::%s;family: Family::%s;proto: %d;l4: %s;status: %#x;id: %#010x;"
-        "port_id: %d;timeout: %s;tcp_state: %s;counters_orig: %s;counters_reply: %s;"
+        "port_id: %d;timeout: %s;tcp_state: %s;sctp_state: %s;counters_orig: %s;counters_reply: %s;"
         "ts_start: %s;ts_stop: %s;ts_event: %s"
         % (kind, "Ipv4" if fam == 2 else "Ipv6", proto, l4, be(a[3]), be(a[12]), pid, opt(timeout),
-           opt(tcp), opt(cnt(9)), opt(cnt(10)), opt(start), opt(stop), opt(be(a[27]) if 27 in a else None)))
+           opt(tcp), opt(sctp), opt(cnt(9)), opt(cnt(10)), opt(start), opt(stop), opt(be(a[27]) if 27 in a else None)))
 
 def hexlit(b, indent="        "):
     h = b.hex()
@@ -90,6 +99,7 @@ def main():
 //! ip netns exec NS python3 listen.py OUT READY 20 &   # AF_NETLINK/NETLINK_NETFILTER raw socket,
 //!     # bind (0,0), SO_RCVBUF 4 MiB, setsockopt(SOL_NETLINK=270, NETLINK_ADD_MEMBERSHIP, 1|2|3)
 //! ip netns exec NS python3 traffic.py 4; ip netns exec NS python3 traffic.py 6  # TCP + UDP on lo
+//! ip netns exec NS python3 traffic_protocols.py; ip netns exec NS python3 traffic_sctp.py
 //! ip netns exec NS ping -c1 127.0.0.1; ip netns exec NS ping -6 -c1 ::1
 //! ip netns exec NS python3 request.py OUT.req   # dump, GET of a missing tuple, GET_STATS|ACK
 //! ip netns exec NS conntrack -F                 # DESTROY events, nlmsg_pid = conntrack's port
@@ -100,7 +110,7 @@ def main():
 //! Every event datagram held exactly one message. Expected values were decoded by the Python
 //! generator, independently of the Rust codec.
 
-use crate::event::{MessageKind, TcpState};
+use crate::event::{MessageKind, SctpState, TcpState};
 use crate::netlink::Counters;
 use crate::tuple::{Family, L4Tuple};
 
@@ -121,6 +131,7 @@ pub(super) struct EventFixture {
     pub port_id: u32,
     pub timeout: Option<u32>,
     pub tcp_state: Option<TcpState>,
+    pub sctp_state: Option<SctpState>,
     pub counters_orig: Option<Counters>,
     pub counters_reply: Option<Counters>,
     pub ts_start: Option<u64>,

@@ -7,7 +7,7 @@ use super::consts::*;
 use crate::event::{MessageKind, Status, TcpState};
 use crate::netlink::{
     CounterAttr, CtAttr, CtMessage, IpAttr, NlHeader, ProtoAttr, ProtoInfoAttr, RawAttr,
-    TcpInfoAttr, TimestampAttr, TupleAttr, tuple_attrs,
+    SctpInfoAttr, TcpInfoAttr, TimestampAttr, TupleAttr, tuple_attrs,
 };
 use crate::tuple::{Addr, Family, L4Tuple, Tuple, ipproto};
 use proptest::prelude::*;
@@ -110,6 +110,7 @@ fn kernel_events_decode_to_their_model() {
         assert_eq!(m.id(), Some(f.id), "{}", f.name);
         assert_eq!(m.timeout(), f.timeout, "{}", f.name);
         assert_eq!(m.tcp_state(), f.tcp_state, "{}", f.name);
+        assert_eq!(m.sctp_state(), f.sctp_state, "{}", f.name);
         assert_eq!(m.counters_orig(), f.counters_orig, "{}", f.name);
         assert_eq!(m.counters_reply(), f.counters_reply, "{}", f.name);
         let ts = m.timestamp();
@@ -146,6 +147,20 @@ fn kernel_events_decode_to_their_model() {
                     "{}",
                     f.name
                 );
+                // A destroy's SCTP protoinfo carries the state only, without the tags.
+                if f.proto == ipproto::SCTP {
+                    let sctp = m.attrs.iter().find_map(|a| match a {
+                        CtAttr::ProtoInfo(p) => Some(p.clone()),
+                        _ => None,
+                    });
+                    let state = f.sctp_state.expect("an SCTP destroy has its state") as u8;
+                    assert_eq!(
+                        sctp,
+                        Some(vec![ProtoInfoAttr::Sctp(vec![SctpInfoAttr::State(state)])]),
+                        "{}",
+                        f.name
+                    );
+                }
                 // A destroy's TCP protoinfo carries the state only.
                 if f.proto == ipproto::TCP {
                     let tcp = m.attrs.iter().find_map(|a| match a {
@@ -168,6 +183,12 @@ fn kernel_events_decode_to_their_model() {
                 );
                 assert!(f.timeout.is_some(), "{}", f.name);
                 assert_eq!(f.proto == ipproto::TCP, f.tcp_state.is_some(), "{}", f.name);
+                assert_eq!(
+                    f.proto == ipproto::SCTP,
+                    f.sctp_state.is_some(),
+                    "{}",
+                    f.name
+                );
             }
         }
         if f.kind == MessageKind::New {
@@ -204,6 +225,8 @@ fn kernel_events_cover_every_protocol_family_and_kind() {
         (ipproto::UDP, Family::Ipv6),
         (ipproto::ICMP, Family::Ipv4),
         (ipproto::ICMPV6, Family::Ipv6),
+        (ipproto::SCTP, Family::Ipv4),
+        (ipproto::SCTP, Family::Ipv6),
     ] {
         for kind in [MessageKind::New, MessageKind::Update, MessageKind::Destroy] {
             assert!(
