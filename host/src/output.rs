@@ -491,6 +491,15 @@ impl RawState {
             RawState::Sctp(s) => SctpState::from_u8(s).map_or("NONE", |s| s.name()),
         }
     }
+
+    /// The name in `-o xml`: there libnetfilter_conntrack 1.4.7 reads every state through its
+    /// TCP table, so an SCTP entry in COOKIE_WAIT (2) prints `SYN_RECV`. The tool's output is
+    /// what scripts parse, so it is reproduced as printed.
+    pub(crate) fn xml_name(self) -> &'static str {
+        match self {
+            RawState::Tcp(s) | RawState::Sctp(s) => RawState::Tcp(s).name(),
+        }
+    }
 }
 
 #[derive(Clone, Copy)]

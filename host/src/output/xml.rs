@@ -64,7 +64,7 @@ pub fn format_xml(frame: &EventFrame<'_>, msg: &CtMessage, options: ConntrackOpt
     if independent {
         out.push_str("<meta direction=\"independent\">");
         if let Some(state) = state {
-            let _ = write!(out, "<state>{}</state>", state.name());
+            let _ = write!(out, "<state>{}</state>", state.xml_name());
         }
         if let Some(timeout) = msg.timeout() {
             let _ = write!(out, "<timeout>{timeout}</timeout>");
