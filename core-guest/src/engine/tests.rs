@@ -844,7 +844,7 @@ fn sctp_tags_guard_the_entry_and_init_retransmits_do_not_refresh_it() {
     // An ABORT with the T bit carries the peer's tag: valid, and the entry closes.
     let abort_t = build::sctp_chunk(chunk::ABORT, chunk::FLAG_T, &[]);
     assert_eq!(
-        r.sctp(6 * MS, true, TAG_S, &[abort_t.clone()]),
+        r.sctp(6 * MS, true, TAG_S, std::slice::from_ref(&abort_t)),
         Verdict::Invalid
     );
     assert_eq!(

@@ -171,7 +171,7 @@ impl<'a> Iterator for Chunks<'a> {
         };
         self.offset = match length {
             0 => self.data.len(),
-            n => self.offset + (usize::from(n) + 3) / 4 * 4,
+            n => self.offset + usize::from(n).next_multiple_of(4),
         };
         Some(chunk)
     }
