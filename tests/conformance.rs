@@ -1184,6 +1184,19 @@ fn sctp_heartbeat_first(run: &mut Run, f: Fam) {
     w.c(SCTP_TAG_S, &[data()]);
 }
 
+/// An INIT nobody answers, sent again a second later (a retransmission does not refresh the
+/// CLOSED entry), and a second association's INIT ACK answered by nothing.
+fn sctp_unanswered_init(run: &mut Run, f: Fam) {
+    use sctp_chunk::*;
+    let mut w = SctpWire::open(run, f);
+    w.c(0, &[init(INIT, SCTP_TAG_C)]);
+    std::thread::sleep(Duration::from_secs(1));
+    w.c(0, &[init(INIT, SCTP_TAG_C)]);
+    w.ports = (5004, 6004);
+    w.c(0, &[init(INIT, SCTP_TAG_C)]);
+    w.s(SCTP_TAG_C, &[init(INIT_ACK, SCTP_TAG_S)]);
+}
+
 /// Both ends send INIT at once (RFC 9260 §5.2.1) and answer each other's with an INIT ACK.
 fn sctp_simultaneous_init(run: &mut Run, f: Fam) {
     use sctp_chunk::*;
@@ -1374,6 +1387,10 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             sysctls: SCTP_SYSCTLS,
             ..crafted("sctp: heartbeat first", sctp_heartbeat_first)
+        },
+        Scenario {
+            sysctls: SCTP_SYSCTLS,
+            ..crafted("sctp: unanswered init", sctp_unanswered_init)
         },
         Scenario {
             sysctls: SCTP_SYSCTLS,
