@@ -19,6 +19,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::inject::PacketInjector;
@@ -30,6 +31,7 @@ use ctwasm_host::capture::CapturedPacket;
 use ctwasm_host::compare::{Comparison, FlowLog};
 use ctwasm_live::capture::{Observed, Observer};
 use ctwasm_live::ctnetlink::{Conntrack, KernelMessage};
+use ctwasm_live::link::Impairments;
 
 /// The per-namespace sysctls every scenario sets, on the kernel and on the engine alike.
 const BASE_SYSCTLS: &[(&str, &str)] = &[
@@ -65,10 +67,12 @@ impl Fam {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 enum Topology {
     Loopback,
     Veth,
+    /// Two namespaces joined by the userspace hostile link: its impairments each way and seed.
+    Link(fn() -> ([Impairments; 2], u64)),
 }
 
 /// One scenario: its traffic, and what it changes in the common setup.
@@ -106,10 +110,11 @@ impl Run {
             }
         }
         let names: Vec<&str> = self.lab.names().collect();
-        let captures: Vec<(&str, &str)> = match self.lab.len() {
-            1 => vec![(names[0], "lo")],
-            _ => vec![(names[0], "vA"), (names[1], "vB")],
-        };
+        let captures: Vec<(&str, &str)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, self.lab.capture_device(i)))
+            .collect();
         self.observer = Some(Observer::start(&names, &captures).expect("observer starts"));
     }
 
@@ -122,6 +127,8 @@ impl Run {
 struct Outcome {
     name: String,
     comparison: Comparison,
+    /// What the hostile link did, for the scenarios that have one.
+    link: Option<String>,
 }
 
 fn now_ns() -> u64 {
@@ -140,6 +147,10 @@ fn run_scenario(s: &Scenario, fam: Fam) -> Outcome {
     let lab = match s.topology {
         Topology::Loopback => Lab::loopback(),
         Topology::Veth => Lab::veth(),
+        Topology::Link(profile) => {
+            let (impairments, seed) = profile();
+            Lab::link(impairments, seed)
+        }
     };
     for i in 0..lab.len() {
         for (n, v) in &sysctls {
@@ -173,6 +184,24 @@ fn run_scenario(s: &Scenario, fam: Fam) -> Outcome {
     }
     std::thread::sleep(Duration::from_millis(300));
     let observed = run.observer.take().expect("observing").finish();
+    let link = run.lab.stop_link().map(|[ab, ba]| {
+        format!(
+            "link a->b: {} sent, {} lost, {} cut, {} duplicated, {} late copies, {} held back; \
+             b->a: {} sent, {} lost, {} cut, {} duplicated, {} late copies, {} held back",
+            ab.sent,
+            ab.lost,
+            ab.outage_drops,
+            ab.duplicated,
+            ab.late_duplicates,
+            ab.held_back,
+            ba.sent,
+            ba.lost,
+            ba.outage_drops,
+            ba.duplicated,
+            ba.late_duplicates,
+            ba.held_back
+        )
+    });
 
     let n = run.lab.len();
     let mut events: Vec<Vec<KernelMessage>> = vec![Vec::new(); n];
@@ -212,6 +241,7 @@ fn run_scenario(s: &Scenario, fam: Fam) -> Outcome {
     Outcome {
         name: format!("{} ({})", s.name, fam.tag()),
         comparison: Comparison::new(&kernel, &ours),
+        link,
     }
 }
 
@@ -1231,6 +1261,337 @@ const SCTP_SYSCTLS: &[(&str, &str)] = &[
     ("nf_conntrack_sctp_timeout_heartbeat_sent", "3"),
 ];
 
+// ---- over the hostile link ------------------------------------------------------------------
+//
+// Two namespaces joined by `ctwasm_live::link`: the client in the first (10.201.0.1,
+// fd00:201::1), the server in the second (.2). Real sockets on both ends; the link loses,
+// reorders and duplicates packets, or cuts a direction for a while. Each namespace's conntrack
+// sees its own side: the sender's every packet, the receiver's what arrives.
+
+fn link_addrs(f: Fam) -> (IpAddr, IpAddr) {
+    match f {
+        Fam::V4 => ("10.201.0.1".parse().unwrap(), "10.201.0.2".parse().unwrap()),
+        Fam::V6 => (
+            "fd00:201::1".parse().unwrap(),
+            "fd00:201::2".parse().unwrap(),
+        ),
+    }
+}
+
+/// 3 % loss, 3 % held back, 2 % duplicated (1 % again 200 ms later), both ways.
+fn lossy_link() -> ([Impairments; 2], u64) {
+    let imp = Impairments::lossy(0.03, 0.03, 0.02);
+    ([imp.clone(), imp], 0x5eed_0001)
+}
+
+/// 1 ms of delay and jitter, nothing lost: a clean wire with the link's timing.
+fn clean_link() -> ([Impairments; 2], u64) {
+    let imp = Impairments::lossy(0.0, 0.0, 0.0);
+    ([imp.clone(), imp], 0x5eed_0002)
+}
+
+/// A TCP connection from the client to the server's `port` over the link, both ends.
+fn link_pair(run: &Run, f: Fam, port: u16) -> (TcpStream, TcpStream) {
+    let (_, server_ip) = link_addrs(f);
+    let listener = run.inside(1, || {
+        TcpListener::bind(sa(server_ip, port)).expect("listen")
+    });
+    let client = run.inside(0, || {
+        TcpStream::connect(sa(server_ip, port)).expect("connect")
+    });
+    let (server, _) = listener.accept().expect("accept");
+    for s in [&client, &server] {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    }
+    (client, server)
+}
+
+/// `total` bytes from `c` to `s` while `s` reads (after `reader_pause`), then the client
+/// closes and the server closes after it.
+fn link_bulk_transfer(mut c: TcpStream, mut s: TcpStream, total: usize, reader_pause: Duration) {
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'y'; 16 * 1024];
+        for _ in 0..total / chunk.len() {
+            c.write_all(&chunk).expect("bulk send");
+        }
+        drop(c);
+    });
+    std::thread::sleep(reader_pause);
+    drain(&mut s);
+    writer.join().expect("writer");
+    drop(s);
+}
+
+/// 1 MiB one way under loss, reordering and duplicates, SACK on (the default).
+fn link_tcp_bulk(run: &mut Run, f: Fam) {
+    let (c, s) = link_pair(run, f, 5001);
+    link_bulk_transfer(c, s, 1 << 20, Duration::ZERO);
+}
+
+/// The same with SACK off on both ends: recovery by duplicate ACKs and retransmission alone.
+fn link_tcp_bulk_without_sack(run: &mut Run, f: Fam) {
+    for i in 0..2 {
+        run.lab.exec(i, &["sysctl", "-qw", "net.ipv4.tcp_sack=0"]);
+    }
+    let (c, s) = link_pair(run, f, 5001);
+    link_bulk_transfer(c, s, 1 << 20, Duration::ZERO);
+}
+
+/// The reader stops for 1.5 s while 2 MiB come: the window closes, the sender probes the zero
+/// window, then the reader takes everything.
+fn link_zero_window(run: &mut Run, f: Fam) {
+    let (c, s) = link_pair(run, f, 5001);
+    for sock in [&s] {
+        let _ = sock.set_nodelay(true);
+    }
+    link_bulk_transfer(c, s, 2 << 20, Duration::from_millis(1500));
+}
+
+/// Twelve short connections one after the other: a request and an answer of 2 KiB each, the
+/// client closes first.
+fn link_short_connections(run: &mut Run, f: Fam) {
+    let (_, server_ip) = link_addrs(f);
+    let listener = run.inside(1, || {
+        TcpListener::bind(sa(server_ip, 5001)).expect("listen")
+    });
+    for _ in 0..12 {
+        let mut c = run.inside(0, || {
+            TcpStream::connect(sa(server_ip, 5001)).expect("connect")
+        });
+        let (mut s, _) = listener.accept().expect("accept");
+        for sock in [&c, &s] {
+            sock.set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+        }
+        exchange(&mut c, &mut s, 2048);
+        exchange(&mut s, &mut c, 2048);
+        drop(c);
+        drain(&mut s);
+        drop(s);
+    }
+}
+
+/// Keepalives on an idle connection: probes every second for 3.5 s, then a close.
+fn link_keepalive(run: &mut Run, f: Fam) {
+    let (c, mut s) = link_pair(run, f, 5001);
+    common::sockets::keepalive(&c, 1, 1);
+    let mut c = c;
+    exchange(&mut c, &mut s, 100);
+    std::thread::sleep(Duration::from_millis(3500));
+    exchange(&mut s, &mut c, 100);
+    drop(c);
+    drain(&mut s);
+}
+
+/// The client's direction is cut for 6 s while it sends: its data is retransmitted past
+/// `tcp_max_retrans`, then gets through, and the connection closes.
+fn link_outage(run: &mut Run, f: Fam) {
+    let (mut c, mut s) = link_pair(run, f, 5001);
+    exchange(&mut c, &mut s, 1000);
+    run.lab
+        .link_handle()
+        .expect("a link")
+        .cut(0, Duration::from_secs(6));
+    exchange(&mut c, &mut s, 1000);
+    exchange(&mut s, &mut c, 1000);
+    drop(c);
+    drain(&mut s);
+}
+
+/// A connection carrying data both ways before conntrack runs; tracking starts in the middle
+/// (picked up when `nf_conntrack_tcp_loose` allows it), then more data and a close, and a UDP
+/// exchange beside it.
+fn link_mid_stream_pickup(run: &mut Run, f: Fam) {
+    let (client_ip, server_ip) = link_addrs(f);
+    let (mut c, mut s) = link_pair(run, f, 5001);
+    exchange(&mut c, &mut s, 5000);
+    exchange(&mut s, &mut c, 5000);
+    run.observe();
+    for _ in 0..5 {
+        exchange(&mut c, &mut s, 3000);
+        exchange(&mut s, &mut c, 3000);
+    }
+    drop(c);
+    drain(&mut s);
+    let b = run.inside(1, || UdpSocket::bind(sa(server_ip, 5002)).expect("udp b"));
+    let a = run.inside(0, || UdpSocket::bind(sa(client_ip, 40002)).expect("udp a"));
+    for sock in [&a, &b] {
+        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    }
+    // Lost datagrams are lost; what arrives is answered.
+    for _ in 0..4 {
+        let _ = a.send_to(b"ping", sa(server_ip, 5002));
+        let mut buf = [0u8; 16];
+        if let Ok((n, from)) = b.recv_from(&mut buf) {
+            let _ = b.send_to(&buf[..n], from);
+            let _ = a.recv_from(&mut buf);
+        }
+    }
+}
+
+/// DNS-like traffic: three client sockets send ten queries each to one server socket, which
+/// answers each; a query unanswered after 300 ms is sent again, up to three times.
+fn link_udp_bursts(run: &mut Run, f: Fam) {
+    let (client_ip, server_ip) = link_addrs(f);
+    let server = run.inside(1, || UdpSocket::bind(sa(server_ip, 5353)).expect("server"));
+    server
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answering = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok((n, from)) = server.recv_from(&mut buf) {
+                    let _ = server.send_to(&buf[..n], from);
+                }
+            }
+        })
+    };
+    let clients: Vec<UdpSocket> = (0..3)
+        .map(|i| {
+            run.inside(0, || {
+                UdpSocket::bind(sa(client_ip, 40100 + i)).expect("client")
+            })
+        })
+        .collect();
+    for c in &clients {
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+    }
+    for q in 0u16..10 {
+        for c in &clients {
+            let query = [&q.to_be_bytes()[..], &[0; 30]].concat();
+            for _ in 0..3 {
+                c.send_to(&query, sa(server_ip, 5353)).expect("query");
+                let mut buf = [0u8; 512];
+                if c.recv_from(&mut buf).is_ok() {
+                    break;
+                }
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    answering.join().expect("server");
+}
+
+/// Datagrams of 4000 bytes each way (three fragments at the link's MTU of 1500), reordered,
+/// duplicated and lost: a datagram missing a fragment is never tracked.
+fn link_fragmented_udp(run: &mut Run, f: Fam) {
+    let (client_ip, server_ip) = link_addrs(f);
+    let b = run.inside(1, || UdpSocket::bind(sa(server_ip, 5002)).expect("udp b"));
+    let a = run.inside(0, || UdpSocket::bind(sa(client_ip, 40002)).expect("udp a"));
+    for sock in [&a, &b] {
+        sock.set_read_timeout(Some(Duration::from_millis(400)))
+            .unwrap();
+    }
+    let big = vec![b'f'; 4000];
+    for _ in 0..10 {
+        a.send_to(&big, sa(server_ip, 5002)).expect("send");
+        let mut buf = vec![0u8; 8192];
+        if let Ok((n, from)) = b.recv_from(&mut buf) {
+            b.send_to(&buf[..n], from).expect("reply");
+            let _ = a.recv_from(&mut buf);
+        }
+    }
+}
+
+/// Pings of 2500 bytes: fragmented echo requests and replies over the lossy link.
+fn link_fragmented_ping(run: &mut Run, f: Fam) {
+    let (_, server_ip) = link_addrs(f);
+    let target = server_ip.to_string();
+    run.lab.exec(
+        0,
+        &[
+            "ping", "-c", "8", "-i", "0.2", "-W", "1", "-s", "2500", "-q", &target,
+        ],
+    );
+}
+
+/// Real HTTP/1.1: Python's `http.server` with keep-alive in the server namespace, and
+/// `http.client` making five requests on one connection, then a second connection.
+fn link_http_keepalive(run: &mut Run, f: Fam) {
+    let (_, server_ip) = link_addrs(f);
+    let dir = common::TempDir::new("ctwasm-http");
+    std::fs::write(dir.path().join("index.html"), vec![b'h'; 20_000]).expect("page");
+    let bind = server_ip.to_string();
+    let server = common::Reaped::new(
+        Command::new("ip")
+            .args(["netns", "exec", run.lab.name(1)])
+            .args(["python3", "-m", "http.server", "--protocol", "HTTP/1.1"])
+            .args(["--bind", &bind, "--directory"])
+            .arg(dir.path())
+            .arg("8080")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("http.server starts"),
+    );
+    let client = format!(
+        "import http.client, time\n\
+         deadline = time.time() + 10\n\
+         for conn in range(2):\n\
+         \x20   while True:\n\
+         \x20       try:\n\
+         \x20           c = http.client.HTTPConnection('{bind}', 8080, timeout=20); c.connect(); break\n\
+         \x20       except OSError:\n\
+         \x20           if time.time() > deadline: raise\n\
+         \x20           time.sleep(0.1)\n\
+         \x20   for _ in range(5):\n\
+         \x20       c.request('GET', '/index.html'); r = c.getresponse(); assert len(r.read()) == 20000\n\
+         \x20   c.close()\n"
+    );
+    run.lab.exec(0, &["python3", "-c", &client]);
+    // Let the server see both closes before it goes (killed and reaped on drop).
+    std::thread::sleep(Duration::from_millis(500));
+    drop(server);
+}
+
+/// TCP Fast Open: the first connection asks for a cookie, the second carries its request in
+/// the SYN; the server answers each and both close.
+fn link_tcp_fast_open(run: &mut Run, f: Fam) {
+    for i in 0..2 {
+        run.lab
+            .exec(i, &["sysctl", "-qw", "net.ipv4.tcp_fastopen=3"]);
+    }
+    let (_, server_ip) = link_addrs(f);
+    let family = match f {
+        Fam::V4 => "AF_INET",
+        Fam::V6 => "AF_INET6",
+    };
+    let server = format!(
+        "import socket\n\
+         l = socket.socket(socket.{family}); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 16); l.bind(('{server_ip}', 5001)); l.listen()\n\
+         l.settimeout(20)\n\
+         for _ in range(2):\n\
+         \x20   s, _ = l.accept(); s.settimeout(20); s.sendall(s.recv(100) * 10); s.shutdown(socket.SHUT_WR)\n\
+         \x20   while s.recv(100): pass\n\
+         \x20   s.close()\n"
+    );
+    let client = format!(
+        "import socket, time\n\
+         time.sleep(0.5)\n\
+         for _ in range(2):\n\
+         \x20   s = socket.socket(socket.{family}); s.settimeout(20)\n\
+         \x20   s.sendto(b'fast open', socket.MSG_FASTOPEN, ('{server_ip}', 5001))\n\
+         \x20   got = b''\n\
+         \x20   while len(got) < 90:\n\
+         \x20       got += s.recv(1000)\n\
+         \x20   s.close(); time.sleep(0.3)\n"
+    );
+    let server = common::Reaped::new(
+        Command::new("ip")
+            .args(["netns", "exec", run.lab.name(1), "python3", "-c", &server])
+            .spawn()
+            .expect("server starts"),
+    );
+    run.lab.exec(0, &["python3", "-c", &client]);
+    let status = server.into_inner().wait().expect("server ends");
+    assert!(status.success(), "the fast open server failed");
+}
+
 fn scenarios() -> Vec<Scenario> {
     let lo = |name, traffic: fn(&mut Run, Fam)| Scenario {
         name,
@@ -1403,6 +1764,77 @@ fn scenarios() -> Vec<Scenario> {
                 sctp_shutdown_with_a_bad_abort,
             )
         },
+        Scenario {
+            topology: Topology::Link(lossy_link),
+            ..lo("link: tcp 1 MiB, lossy (sack)", link_tcp_bulk)
+        },
+        Scenario {
+            topology: Topology::Link(lossy_link),
+            ..lo(
+                "link: tcp 1 MiB, lossy, sack off",
+                link_tcp_bulk_without_sack,
+            )
+        },
+        Scenario {
+            topology: Topology::Link(lossy_link),
+            ..lo(
+                "link: 12 short tcp connections, lossy",
+                link_short_connections,
+            )
+        },
+        Scenario {
+            topology: Topology::Link(lossy_link),
+            ..lo("link: zero window, lossy", link_zero_window)
+        },
+        Scenario {
+            topology: Topology::Link(lossy_link),
+            ..lo(
+                "link: keepalives on an idle connection, lossy",
+                link_keepalive,
+            )
+        },
+        Scenario {
+            topology: Topology::Link(clean_link),
+            sysctls: &[("nf_conntrack_tcp_timeout_max_retrans", "8")],
+            ..lo("link: 6 s outage past tcp_max_retrans", link_outage)
+        },
+        Scenario {
+            topology: Topology::Link(lossy_link),
+            observe_first: false,
+            ..lo("link: mid-stream pickup, lossy", link_mid_stream_pickup)
+        },
+        Scenario {
+            topology: Topology::Link(lossy_link),
+            observe_first: false,
+            sysctls: &[("nf_conntrack_tcp_loose", "0")],
+            ..lo(
+                "link: mid-stream pickup, lossy, tcp_loose=0",
+                link_mid_stream_pickup,
+            )
+        },
+        Scenario {
+            topology: Topology::Link(lossy_link),
+            ..lo(
+                "link: dns-like udp bursts with retries, lossy",
+                link_udp_bursts,
+            )
+        },
+        Scenario {
+            topology: Topology::Link(lossy_link),
+            ..lo("link: fragmented udp, lossy", link_fragmented_udp)
+        },
+        Scenario {
+            topology: Topology::Link(lossy_link),
+            ..lo("link: fragmented ping, lossy", link_fragmented_ping)
+        },
+        Scenario {
+            topology: Topology::Link(lossy_link),
+            ..lo("link: http/1.1 keep-alive, lossy", link_http_keepalive)
+        },
+        Scenario {
+            topology: Topology::Link(clean_link),
+            ..lo("link: tcp fast open", link_tcp_fast_open)
+        },
         crafted(
             "fragments: a reply's fragment lost",
             frag_lost_reply_fragment,
@@ -1434,6 +1866,9 @@ fn every_scenario_matches_the_kernel_flow_for_flow() {
             match result {
                 Ok(o) => {
                     let diff = o.comparison.diff_text();
+                    if let Some(link) = &o.link {
+                        eprintln!("{}: {link}", o.name);
+                    }
                     eprintln!(
                         "{}: {} flows, {} identical ({:.1} s)\n{}",
                         o.name,

@@ -205,6 +205,11 @@ pub const RULESET: &str = "table inet ctwasm_test {
 #[derive(Debug)]
 pub struct Lab {
     names: Vec<String>,
+    /// The interface each namespace's packets are captured on.
+    devices: Vec<&'static str>,
+    /// The hostile link between the namespaces, if the lab has one; stopped (and its TUN
+    /// devices gone) before the namespaces are deleted.
+    link: Option<ctwasm_live::link::Link>,
 }
 
 fn fresh_name() -> String {
@@ -217,7 +222,11 @@ fn fresh_name() -> String {
 
 impl Lab {
     fn with(n: usize) -> Lab {
-        let mut lab = Lab { names: Vec::new() };
+        let mut lab = Lab {
+            names: Vec::new(),
+            devices: vec!["lo"],
+            link: None,
+        };
         for _ in 0..n {
             let name = fresh_name();
             run(Command::new("ip").args(["netns", "add", &name]));
@@ -234,8 +243,82 @@ impl Lab {
         Lab::with(1)
     }
 
+    /// Two namespaces joined by a hostile link (`ctwasm_live::link`): TUN devices `tA`
+    /// (10.201.0.1, fd00:201::1) and `tB` (10.201.0.2, fd00:201::2), point to point; what the
+    /// first sends meets `impairments[0]`, what the second sends `impairments[1]`.
+    pub fn link(impairments: [ctwasm_live::link::Impairments; 2], seed: u64) -> Lab {
+        use ctwasm_live::link::{End, Link};
+        let mut lab = Lab::with(2);
+        lab.devices = vec!["tA", "tB"];
+        let ends = [
+            End {
+                netns: Some(lab.names[0].clone()),
+                device: "tA".into(),
+            },
+            End {
+                netns: Some(lab.names[1].clone()),
+                device: "tB".into(),
+            },
+        ];
+        lab.link = Some(Link::start(ends, impairments, seed).expect("the link starts"));
+        for (i, dev, me, peer) in [(0, "tA", "1", "2"), (1, "tB", "2", "1")] {
+            lab.exec(
+                i,
+                &["sysctl", "-qw", "net.ipv6.conf.all.router_solicitations=0"],
+            );
+            lab.exec(i, &["ip", "link", "set", dev, "addrgenmode", "none"]);
+            lab.exec(
+                i,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("10.201.0.{me}"),
+                    "peer",
+                    &format!("10.201.0.{peer}"),
+                    "dev",
+                    dev,
+                ],
+            );
+            lab.exec(i, &["ip", "link", "set", dev, "up"]);
+            lab.exec(
+                i,
+                &[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("fd00:201::{me}"),
+                    "peer",
+                    &format!("fd00:201::{peer}"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ],
+            );
+        }
+        lab
+    }
+
+    /// The running link, if the lab has one.
+    pub fn link_handle(&self) -> Option<&ctwasm_live::link::Link> {
+        self.link.as_ref()
+    }
+
+    /// Stops the link and says what it did (`None` without a link).
+    pub fn stop_link(&mut self) -> Option<[ctwasm_live::link::DirectionStats; 2]> {
+        self.link.take().map(ctwasm_live::link::Link::stop)
+    }
+
+    /// Where namespace `i`'s packets are captured: every packet its conntrack sees passes
+    /// there once.
+    pub fn capture_device(&self, i: usize) -> &'static str {
+        self.devices[i.min(self.devices.len() - 1)]
+    }
+
     pub fn veth() -> Lab {
-        let lab = Lab::with(2);
+        let mut lab = Lab::with(2);
+        lab.devices = vec!["vA", "vB"];
         let (a, b) = (&lab.names[0], &lab.names[1]);
         run(Command::new("ip").args([
             "-n",
@@ -362,6 +445,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        drop(self.link.take());
         for name in &self.names {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }

@@ -10,6 +10,8 @@
 //! * [`socket_listener`]: a listener whose deliveries a real kernel socket buffer decides, and
 //!   its reader;
 //! * [`shadow`]: `ctwasm shadow`, the engine running beside the kernel on the same packets;
+//! * [`link`]: a hostile link between two namespaces (loss, reordering, duplicates, outages),
+//!   emulated in userspace over TUN devices, for conformance on messy traffic;
 //! * [`netns`]: running code inside a network namespace without moving the caller;
 //! * [`sys`]: the raw system calls, the only place with `unsafe`.
 //!
@@ -20,6 +22,7 @@
 
 pub mod capture;
 pub mod ctnetlink;
+pub mod link;
 pub mod netns;
 pub mod shadow;
 pub mod socket_listener;

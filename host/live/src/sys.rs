@@ -14,7 +14,8 @@
 //! * `poll` with a timeout, which neither `std` nor `netlink-sys` offers;
 //! * `ioctl(TIOCOUTQ)`: the bytes a Unix datagram socket still charges its sender;
 //! * `setns(CLONE_NEWNET)`: entering a network namespace;
-//! * `if_nametoindex`, `socket(AF_PACKET)`, `bind` and `recvmsg` for the packet capturer.
+//! * `if_nametoindex`, `socket(AF_PACKET)`, `bind` and `recvmsg` for the packet capturer;
+//! * `ioctl(TUNSETIFF)`: attaching to a TUN device, for the link emulator.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -147,6 +148,41 @@ pub fn send_queue_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// `TUNSETIFF` (`_IOW('T', 202, int)`), which the libc crate does not name.
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+/// Opens `/dev/net/tun` and attaches it to the TUN device `name` of the calling thread's network
+/// namespace (created if absent; it disappears with its last descriptor unless it was made
+/// persistent), without packet information: each `read` gives one IP packet, each `write` takes
+/// one.
+pub fn open_tun(name: &str) -> io::Result<File> {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| io::Error::new(e.kind(), format!("/dev/net/tun: {e}")))?;
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("`{name}` is not an interface name"),
+        ));
+    }
+    // SAFETY: all-zero is a valid `ifreq`.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: `req` is a live `ifreq` for the whole call, as TUNSETIFF reads and writes one;
+    // the descriptor is owned by `file`.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+    if rc != 0 {
+        return Err(last_err(&format!("TUNSETIFF {name}")));
+    }
+    Ok(file)
 }
 
 /// Moves the calling thread into the network namespace `file` refers to.
