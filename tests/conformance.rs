@@ -11,7 +11,9 @@
 //! up to the instant of that dump. Scenarios run one at a time ("Timing and parallel runs",
 //! same page).
 //!
-//! `CTWASM_CONFORMANCE=substring` runs only the scenarios whose name contains it.
+//! `CTWASM_CONFORMANCE=substring` runs only the scenarios whose name contains it;
+//! `CTWASM_CONFORMANCE_KEEP=DIR` writes each namespace's capture to DIR as a pcap file, to study
+//! a divergence again with `ctwasm replay` or tshark.
 
 #![cfg(target_os = "linux")]
 
@@ -211,6 +213,36 @@ fn run_scenario(s: &Scenario, fam: Fam) -> Outcome {
             Observed::Event(i, m) => events[i].push(m),
             Observed::Packet(i, p) => packets[i].push(p),
             Observed::Trouble(t) => panic!("{}: {t}", s.name),
+        }
+    }
+    if let Ok(dir) = std::env::var("CTWASM_CONFORMANCE_KEEP") {
+        // Each namespace's capture as a pcap file, to study a divergence with `ctwasm replay`.
+        for (i, p) in packets.iter().enumerate() {
+            let name =
+                format!("{} {} ns{i}.pcap", s.name, fam.tag()).replace([' ', '/', ':', ','], "_");
+            common::write_pcap(&std::path::Path::new(&dir).join(name), p);
+        }
+        // And the kernel's events, one line each: the start time tells whether conntrack saw a
+        // flow's first packet before the capture did.
+        for (i, evs) in events.iter().enumerate() {
+            let name =
+                format!("{} {} ns{i}.events", s.name, fam.tag()).replace([' ', '/', ':', ','], "_");
+            let text: String = evs
+                .iter()
+                .map(|m| {
+                    let t = &m.message;
+                    format!(
+                        "{:?} {} start={:?} first_packet={:?}\n",
+                        t.kind(),
+                        t.orig()
+                            .map(|o| ctwasm_host::output::tuple_text(&o))
+                            .unwrap_or_default(),
+                        t.timestamp(),
+                        packets[i].first().map(|p| p.ts_ns)
+                    )
+                })
+                .collect();
+            std::fs::write(std::path::Path::new(&dir).join(name), text).expect("events file");
         }
     }
     let mut kernel = FlowLog::new();
@@ -686,13 +718,28 @@ impl Wire {
     }
 
     fn send(&self, from_client: bool, seq: u32, ack: u32, flags: u8, win: u16, len: usize) {
+        self.send_with(from_client, seq, ack, flags, win, &[], len);
+    }
+
+    /// A segment with raw TCP option bytes.
+    #[allow(clippy::too_many_arguments)]
+    fn send_with(
+        &self,
+        from_client: bool,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        win: u16,
+        options: &[u8],
+        len: usize,
+    ) {
         use ctwasm_core::wire::build;
         let (sp, dp) = if from_client {
             (CRAFTED_CLIENT_PORT, CRAFTED_SERVER_PORT)
         } else {
             (CRAFTED_SERVER_PORT, CRAFTED_CLIENT_PORT)
         };
-        let l4 = build::tcp_with_options(sp, dp, seq, ack, flags, win, &[], len);
+        let l4 = build::tcp_with_options(sp, dp, seq, ack, flags, win, options, len);
         let packet = match self.fam {
             Fam::V4 => build::ipv4([127, 0, 0, 1], [127, 0, 0, 1], 6, &l4),
             Fam::V6 => build::ipv6(
@@ -1341,9 +1388,6 @@ fn link_tcp_bulk_without_sack(run: &mut Run, f: Fam) {
 /// window, then the reader takes everything.
 fn link_zero_window(run: &mut Run, f: Fam) {
     let (c, s) = link_pair(run, f, 5001);
-    for sock in [&s] {
-        let _ = sock.set_nodelay(true);
-    }
     link_bulk_transfer(c, s, 2 << 20, Duration::from_millis(1500));
 }
 
@@ -1406,6 +1450,9 @@ fn link_mid_stream_pickup(run: &mut Run, f: Fam) {
     let (mut c, mut s) = link_pair(run, f, 5001);
     exchange(&mut c, &mut s, 5000);
     exchange(&mut s, &mut c, 5000);
+    // Quiet before tracking starts: delayed ACKs sent and late copies delivered, so that no
+    // packet reaches conntrack between the ruleset's load and the capture's start.
+    std::thread::sleep(Duration::from_millis(500));
     run.observe();
     for _ in 0..5 {
         exchange(&mut c, &mut s, 3000);
@@ -1570,12 +1617,14 @@ fn link_tcp_fast_open(run: &mut Run, f: Fam) {
          \x20   while s.recv(100): pass\n\
          \x20   s.close()\n"
     );
+    // The socket stays blocking until the SYN is out: with a timeout set, Python's sockets
+    // are non-blocking underneath and the fast-open `sendto` returns EINPROGRESS.
     let client = format!(
         "import socket, time\n\
          time.sleep(0.5)\n\
          for _ in range(2):\n\
-         \x20   s = socket.socket(socket.{family}); s.settimeout(20)\n\
-         \x20   s.sendto(b'fast open', socket.MSG_FASTOPEN, ('{server_ip}', 5001))\n\
+         \x20   s = socket.socket(socket.{family})\n\
+         \x20   s.sendto(b'fast open', socket.MSG_FASTOPEN, ('{server_ip}', 5001)); s.settimeout(20)\n\
          \x20   got = b''\n\
          \x20   while len(got) < 90:\n\
          \x20       got += s.recv(1000)\n\
@@ -1590,6 +1639,24 @@ fn link_tcp_fast_open(run: &mut Run, f: Fam) {
     run.lab.exec(0, &["python3", "-c", &client]);
     let status = server.into_inner().wait().expect("server ends");
     assert!(status.success(), "the fast open server failed");
+}
+
+/// A connection picked up mid-stream from three data segments whose answer the client
+/// acknowledges with a SACK block (numbers from a live capture): the pickup permits SACK, so
+/// the ACK checks use the block's right edge; no segment passes the window in full, so the
+/// entry is assured with the retransmission timeout (`last_win` is still 0).
+fn crafted_pickup_acknowledged_by_sack(run: &mut Run, f: Fam) {
+    let w = Wire::open(run, f);
+    let (c, s) = (2755485975u32, 3730589088u32);
+    w.c(c, s, ACK, 72, 1448);
+    w.c(c + 1448, s, ACK, 72, 1448);
+    w.c(c + 2896, s, PSH | ACK, 72, 104);
+    w.s(s + 2896, c + 3000, PSH | ACK, 79, 104);
+    let mut sack = vec![1, 1, 5, 10];
+    sack.extend_from_slice(&(s + 2896).to_be_bytes());
+    sack.extend_from_slice(&(s + 3000).to_be_bytes());
+    w.send_with(true, c + 3000, s, ACK, 75, &sack, 0);
+    w.s(s, c + 1448, ACK, 79, 0);
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -1707,6 +1774,10 @@ fn scenarios() -> Vec<Scenario> {
         crafted(
             "crafted: challenge ack in last_ack",
             crafted_challenge_ack_in_last_ack,
+        ),
+        crafted(
+            "crafted: pickup answered, then acknowledged with a sack block",
+            crafted_pickup_acknowledged_by_sack,
         ),
         crafted(
             "fragments: out of order, one twice",

@@ -267,6 +267,11 @@ impl Lab {
                 &["sysctl", "-qw", "net.ipv6.conf.all.router_solicitations=0"],
             );
             lab.exec(i, &["ip", "link", "set", dev, "addrgenmode", "none"]);
+            // One segment per packet: TCP hands conntrack super-packets that the device splits
+            // only after the capture point would have to see them whole; a TUN device without
+            // offloads splits them before its tap, so conntrack and the capture would see
+            // different packets. With one segment each, both see the same.
+            lab.exec(i, &["ip", "link", "set", dev, "gso_max_segs", "1"]);
             lab.exec(
                 i,
                 &[
@@ -499,4 +504,26 @@ pub fn conntrack_listeners_here(mask: u32) -> usize {
             f.get(1) == Some(&"12") && f.get(3) == Some(&want.as_str())
         })
         .count()
+}
+
+/// Writes `packets` as a pcap file of raw IP (`LINKTYPE_RAW`, nanosecond times), for reading a
+/// live run again with `ctwasm replay` or tshark.
+pub fn write_pcap(path: &std::path::Path, packets: &[ctwasm_host::capture::CapturedPacket]) {
+    let mut out = Vec::new();
+    // Nanosecond-resolution magic, version 2.4, no zone offset, snaplen 256 KiB, LINKTYPE_RAW.
+    for v in [0xa1b2_3c4d_u32.to_le_bytes(), [2, 0, 4, 0], [0; 4], [0; 4]] {
+        out.extend_from_slice(&v);
+    }
+    out.extend_from_slice(&(256u32 * 1024).to_le_bytes());
+    out.extend_from_slice(&101u32.to_le_bytes());
+    for p in packets {
+        let secs = (p.ts_ns / 1_000_000_000) as u32;
+        let nanos = (p.ts_ns % 1_000_000_000) as u32;
+        let len = p.l3.len() as u32;
+        for v in [secs, nanos, len, len] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&p.l3);
+    }
+    std::fs::write(path, out).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }

@@ -505,6 +505,7 @@ impl Synthetic {
             tcp: (tuple.proto == ipproto::TCP).then_some(TcpSegment {
                 seq: self.seq,
                 ack: self.ack,
+                sack: self.ack,
                 flags: self.flags,
                 window: WINDOW,
                 wscale: None,

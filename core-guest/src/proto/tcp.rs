@@ -44,6 +44,10 @@ pub mod ct_flag {
 pub struct TcpSegment {
     pub seq: u32,
     pub ack: u32,
+    /// What the kernel's `tcp_sack` makes of the segment: the highest right edge among the
+    /// blocks of its first SACK option when that is after `ack`, else `ack`. The window checks
+    /// use it in place of the ACK when the receiver permitted SACK.
+    pub sack: u32,
     pub flags: u8,
     pub window: u16,
     pub wscale: Option<u8>,
@@ -82,6 +86,7 @@ pub fn parse_segment(l4: &[u8], l4_wire_len: usize) -> Option<(L4Tuple, TcpSegme
     let segment = TcpSegment {
         seq: r.seq,
         ack: r.ack,
+        sack: sack_edge(&packet, r.ack),
         flags,
         window: r.window,
         wscale: r.wscale,
@@ -89,6 +94,23 @@ pub fn parse_segment(l4: &[u8], l4_wire_len: usize) -> Option<(L4Tuple, TcpSegme
         payload_len: (l4_wire_len as u32).saturating_sub(r.header_len as u32),
     };
     Some((ports, segment))
+}
+
+/// `tcp_sack`: starting from `ack`, the right edge of each block of the first SACK option
+/// that lies after the edge so far. A timestamp-only header, options cut short and malformed
+/// SACK options leave `ack`, as in the kernel.
+fn sack_edge(packet: &crate::wire::tcp::Packet<&[u8]>, ack: u32) -> u32 {
+    use crate::wire::tcp::TcpOption;
+    let Some(blocks) = packet.options().find_map(|o| match o {
+        TcpOption::SackRange(blocks) => Some(blocks),
+        _ => None,
+    }) else {
+        return ack;
+    };
+    blocks.chunks_exact(8).fold(ack, |edge, block| {
+        let right = u32::from_be_bytes([block[4], block[5], block[6], block[7]]);
+        if after(right, edge) { right } else { edge }
+    })
 }
 
 /// Flag combinations the kernel accepts (`tcp_valid_flags`), after PSH, ECE and CWR are masked.
@@ -357,6 +379,11 @@ impl TcpConn {
         let (s, r) = (dir.index(), dir.opposite().index());
         let mut seq = seg.seq;
         let mut ack = seg.ack;
+        let mut sack = if self.seen[r].flags & ct_flag::SACK_PERM != 0 {
+            seg.sack
+        } else {
+            ack
+        };
         let mut win = seg.window as u32;
         let mut end = seg.end();
         let state = self.state;
@@ -386,9 +413,9 @@ impl TcpConn {
                     sender.td_maxwin = swin.max(1);
                     sender.td_maxend = end.wrapping_add(sender.td_maxwin);
                     if receiver.td_maxwin == 0 {
-                        receiver.td_end = ack;
-                        receiver.td_maxend = ack;
-                    } else if ack == receiver.td_end.wrapping_add(1) {
+                        receiver.td_end = sack;
+                        receiver.td_maxend = sack;
+                    } else if sack == receiver.td_end.wrapping_add(1) {
                         receiver.td_end = receiver.td_end.wrapping_add(1);
                     }
                 }
@@ -405,6 +432,7 @@ impl TcpConn {
             if !seg.has(flag::ACK) || (seg.has(flag::RST) && ack == 0) {
                 // No ACK (or a broken stack's RST with ack 0): pretend it acknowledges all.
                 ack = receiver.td_end;
+                sack = receiver.td_end;
             }
             if seg.has(flag::RST) && seq == 0 && state == TcpState::SynSent {
                 // RST answering a SYN.
@@ -421,10 +449,10 @@ impl TcpConn {
                 );
             let max_ack_window = sender.td_maxwin.max(66_000);
             let ack_ok = after(
-                ack,
+                sack,
                 receiver.td_end.wrapping_sub(max_ack_window).wrapping_sub(1),
             );
-            let ack_seen = before(ack, receiver.td_end.wrapping_add(1));
+            let ack_seen = before(sack, receiver.td_end.wrapping_add(1));
             let liberal = sysctls.tcp_be_liberal || sender.flags & ct_flag::BE_LIBERAL != 0;
             // `nf_tcp_log_invalid`: liberal windows accept what the checks refuse.
             let refuse = |verdict: Window| if liberal { Window::Accept } else { verdict };
@@ -449,7 +477,7 @@ impl TcpConn {
             if !seg.has(flag::SYN) {
                 win <<= sender.td_scale;
             }
-            let swin = win; // SACK blocks are not read: sack == ack.
+            let swin = win.wrapping_add(sack.wrapping_sub(ack));
             if sender.td_maxwin < swin {
                 sender.td_maxwin = swin;
             }
@@ -470,8 +498,8 @@ impl TcpConn {
                     .td_maxwin
                     .wrapping_add(end.wrapping_sub(sender.td_maxend));
             }
-            if after(ack.wrapping_add(win), receiver.td_maxend.wrapping_sub(1)) {
-                receiver.td_maxend = ack.wrapping_add(win);
+            if after(sack.wrapping_add(win), receiver.td_maxend.wrapping_sub(1)) {
+                receiver.td_maxend = sack.wrapping_add(win);
                 if win == 0 {
                     receiver.td_maxend = receiver.td_maxend.wrapping_add(1);
                 }
@@ -772,6 +800,35 @@ mod tests {
     }
 
     #[test]
+    fn the_sack_edge_is_the_highest_right_edge_of_the_first_sack_option() {
+        let edge = |options: &[u8], ack: u32| {
+            let l4 = crate::wire::build::tcp_with_options(1, 2, 0, ack, flag::ACK, 9, options, 0);
+            parse_segment(&l4, l4.len()).expect("a segment").1.sack
+        };
+        let block = |l: u32, r: u32| [l.to_be_bytes(), r.to_be_bytes()].concat();
+        let sack = |blocks: &[Vec<u8>]| {
+            let mut o = vec![1, 1, 5, 2 + 8 * blocks.len() as u8];
+            o.extend(blocks.concat());
+            o
+        };
+        // Two blocks: the higher right edge, whatever their order.
+        assert_eq!(edge(&sack(&[block(150, 200), block(300, 400)]), 100), 400);
+        assert_eq!(edge(&sack(&[block(300, 400), block(150, 200)]), 100), 400);
+        // Edges at or before the ACK leave it (a D-SACK of old data).
+        assert_eq!(edge(&sack(&[block(50, 90)]), 100), 100);
+        // Across the wrap of the sequence space, "after" is modular.
+        assert_eq!(edge(&sack(&[block(u32::MAX - 5, 10)]), u32::MAX - 100), 10);
+        // No SACK option, timestamps only, or a SACK option of a bad length: the ACK.
+        assert_eq!(edge(&[], 100), 100);
+        assert_eq!(edge(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2], 100), 100);
+        assert_eq!(edge(&[5, 6, 0, 0, 1, 0], 100), 100);
+        // Only the first SACK option counts.
+        let mut two = sack(&[block(150, 200)]);
+        two.extend(sack(&[block(300, 400)]));
+        assert_eq!(edge(&two, 100), 200);
+    }
+
+    #[test]
     fn flag_validity_masks_psh_ece_cwr() {
         assert!(valid_flags(flag::SYN | flag::ECE | flag::CWR));
         assert!(valid_flags(flag::ACK | flag::PSH));
@@ -814,6 +871,7 @@ mod tests {
             tcp: Some(TcpSegment {
                 seq,
                 ack,
+                sack: ack,
                 flags,
                 window,
                 wscale: None,

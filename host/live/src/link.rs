@@ -263,9 +263,10 @@ impl Carrier {
                 let Some(Reverse((_, _, dir, packet))) = self.queue.pop() else {
                     break;
                 };
+                // A TUN write takes one whole packet or fails; anything less is an error too.
                 match (&*devices[1 - dir]).write(&packet) {
-                    Ok(_) => self.stats[dir].delivered += 1,
-                    Err(_) => self.stats[dir].write_errors += 1,
+                    Ok(n) if n == packet.len() => self.stats[dir].delivered += 1,
+                    Ok(_) | Err(_) => self.stats[dir].write_errors += 1,
                 }
             }
             let wait = self
