@@ -1,7 +1,8 @@
 //! The kernel as the judge: real traffic in a network namespace, the kernel's own conntrack
 //! events read live, the same packets captured and replayed through the engine, and the two
-//! compared flow by flow (event type, TCP state, SEEN_REPLY, ASSURED; see
-//! `ctwasm_host::compare`). A difference prints both sequences side by side.
+//! compared flow by flow (event type, TCP or SCTP state, SEEN_REPLY, ASSURED and the timeout;
+//! see `ctwasm_host::compare`), and the packets and bytes each DESTROY counts. A difference
+//! prints both sequences side by side.
 //!
 //! Each scenario gets fresh namespaces (deleted on drop, even when a step panics), short
 //! per-namespace timeouts, `nf_conntrack_events=1`, a lossless reliable listener subscribed and
@@ -73,6 +74,8 @@ impl Fam {
 enum Topology {
     Loopback,
     Veth,
+    /// A client and a server namespace with a router between them (`Lab::routed`).
+    Routed,
     /// Two namespaces joined by the userspace hostile link: its impairments each way and seed.
     Link(fn() -> ([Impairments; 2], u64)),
 }
@@ -91,6 +94,10 @@ struct Scenario {
     traffic: fn(&mut Run, Fam),
     /// Whether the runner turns tracking on and starts observing before the traffic.
     observe_first: bool,
+    /// Whether each DESTROY's counters must equal the kernel's too. Off only where the capture
+    /// point cannot see the packets as conntrack counted them (loopback bulk TCP: the stack
+    /// splits some of the super-packets conntrack counted once before they reach the tap).
+    counters: bool,
 }
 
 /// A scenario in progress.
@@ -104,18 +111,24 @@ struct Run {
 impl Run {
     /// Loads the ruleset (conntrack starts tracking) and starts the listener and capturer.
     fn observe(&mut self) {
-        for i in 0..self.lab.len() {
+        for &(i, _) in self.lab.observed() {
             self.lab
                 .nft(i, &RULESET.replace("@INPUT@", self.input_rules));
             if !self.extra_ruleset.is_empty() {
                 self.lab.nft(i, self.extra_ruleset);
             }
         }
-        let names: Vec<&str> = self.lab.names().collect();
-        let captures: Vec<(&str, &str)> = names
+        let names: Vec<&str> = self
+            .lab
+            .observed()
             .iter()
-            .enumerate()
-            .map(|(i, n)| (*n, self.lab.capture_device(i)))
+            .map(|&(i, _)| self.lab.name(i))
+            .collect();
+        let captures: Vec<(&str, &str)> = self
+            .lab
+            .observed()
+            .iter()
+            .map(|&(i, dev)| (self.lab.name(i), dev))
             .collect();
         self.observer = Some(Observer::start(&names, &captures).expect("observer starts"));
     }
@@ -131,6 +144,8 @@ struct Outcome {
     comparison: Comparison,
     /// What the hostile link did, for the scenarios that have one.
     link: Option<String>,
+    /// Flows whose DESTROY counters differ from the kernel's.
+    counter_diffs: Vec<String>,
 }
 
 fn now_ns() -> u64 {
@@ -149,6 +164,7 @@ fn run_scenario(s: &Scenario, fam: Fam) -> Outcome {
     let lab = match s.topology {
         Topology::Loopback => Lab::loopback(),
         Topology::Veth => Lab::veth(),
+        Topology::Routed => Lab::routed(),
         Topology::Link(profile) => {
             let (impairments, seed) = profile();
             Lab::link(impairments, seed)
@@ -205,7 +221,8 @@ fn run_scenario(s: &Scenario, fam: Fam) -> Outcome {
         )
     });
 
-    let n = run.lab.len();
+    // Indexed like the observer's sources: the observed namespaces, in order.
+    let n = run.lab.observed().len();
     let mut events: Vec<Vec<KernelMessage>> = vec![Vec::new(); n];
     let mut packets: Vec<Vec<CapturedPacket>> = vec![Vec::new(); n];
     for o in observed {
@@ -247,6 +264,7 @@ fn run_scenario(s: &Scenario, fam: Fam) -> Outcome {
     }
     let mut kernel = FlowLog::new();
     let mut ours = FlowLog::new();
+    let mut counter_diffs = Vec::new();
     for i in 0..n {
         // Each namespace has its own table; name its flows apart.
         let mut k = FlowLog::new();
@@ -261,6 +279,18 @@ fn run_scenario(s: &Scenario, fam: Fam) -> Outcome {
             "{}: the component's events differ from the native engine's on this capture",
             s.name
         );
+        // The counters each DESTROY carries: packets and bytes as conntrack counted them (IP
+        // lengths; a reassembled datagram once, with its whole length).
+        let (k_counts, o_counts) = (
+            destroy_counters(events[i].iter().map(|m| &m.message)),
+            destroy_counters(replayed.iter()),
+        );
+        for (flow, k_c) in &k_counts {
+            let o_c = o_counts.get(flow);
+            if o_c != Some(k_c) {
+                counter_diffs.push(format!("ns{i} {flow}: kernel {k_c:?}, ours {o_c:?}"));
+            }
+        }
         let mut o = FlowLog::new();
         o.extend(&replayed);
         for (flow, steps) in k.flows() {
@@ -274,7 +304,35 @@ fn run_scenario(s: &Scenario, fam: Fam) -> Outcome {
         name: format!("{} ({})", s.name, fam.tag()),
         comparison: Comparison::new(&kernel, &ours),
         link,
+        counter_diffs,
     }
+}
+
+/// `(orig packets, orig bytes, reply packets, reply bytes)` of every DESTROY, by flow (the
+/// original tuple and the how-many-th entry of that tuple it ends).
+fn destroy_counters<'a>(
+    messages: impl Iterator<Item = &'a ctwasm_core::netlink::CtMessage>,
+) -> std::collections::BTreeMap<String, (u64, u64, u64, u64)> {
+    let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut out = std::collections::BTreeMap::new();
+    for m in messages {
+        if m.kind() != Some(ctwasm_core::event::MessageKind::Destroy) {
+            continue;
+        }
+        let Some(orig) = m.orig() else { continue };
+        let tuple = ctwasm_host::output::tuple_text(&orig);
+        let n = seen.entry(tuple.clone()).or_default();
+        *n += 1;
+        let (o, r) = (
+            m.counters_orig().unwrap_or_default(),
+            m.counters_reply().unwrap_or_default(),
+        );
+        out.insert(
+            format!("{tuple} #{n}"),
+            (o.packets, o.bytes, r.packets, r.bytes),
+        );
+    }
+    out
 }
 
 // ---- traffic --------------------------------------------------------------------------------
@@ -1415,27 +1473,28 @@ fn link_short_connections(run: &mut Run, f: Fam) {
     }
 }
 
-/// Keepalives on an idle connection: probes every second for 3.5 s, then a close.
+/// Keepalives on an idle connection: probes every second for 2.5 s, then a close.
 fn link_keepalive(run: &mut Run, f: Fam) {
     let (c, mut s) = link_pair(run, f, 5001);
     common::sockets::keepalive(&c, 1, 1);
     let mut c = c;
     exchange(&mut c, &mut s, 100);
-    std::thread::sleep(Duration::from_millis(3500));
+    std::thread::sleep(Duration::from_millis(2500));
     exchange(&mut s, &mut c, 100);
     drop(c);
     drain(&mut s);
 }
 
-/// The client's direction is cut for 6 s while it sends: its data is retransmitted past
-/// `tcp_max_retrans`, then gets through, and the connection closes.
+/// The client's direction is cut for 3.5 s while it sends: its data is retransmitted past
+/// `tcp_max_retrans` (3; the fourth retransmission leaves after about 3 s), then gets through,
+/// and the connection closes.
 fn link_outage(run: &mut Run, f: Fam) {
     let (mut c, mut s) = link_pair(run, f, 5001);
     exchange(&mut c, &mut s, 1000);
     run.lab
         .link_handle()
         .expect("a link")
-        .cut(0, Duration::from_secs(6));
+        .cut(0, Duration::from_millis(3500));
     exchange(&mut c, &mut s, 1000);
     exchange(&mut s, &mut c, 1000);
     drop(c);
@@ -1659,6 +1718,91 @@ fn crafted_pickup_acknowledged_by_sack(run: &mut Run, f: Fam) {
     w.s(s, c + 1448, ACK, 79, 0);
 }
 
+// ---- through a router ------------------------------------------------------------------------
+
+/// ICMP errors a router sends back, RELATED to the flow whose packet they quote: a datagram too
+/// big for the router's next link with DF set (fragmentation needed; IPv6: packet too big), one
+/// with a TTL of 1 (time exceeded), one to a net the router cannot reach (unreachable); then
+/// the big datagram again, small enough, answered by the server; and pings of 2000 bytes, which
+/// the router fragments (IPv4) or the client fragments after the router's packet-too-big (IPv6).
+fn router_icmp_errors(run: &mut Run, f: Fam) {
+    use common::sockets::set_int_option;
+    let (client_ip, server_ip, unreachable): (IpAddr, IpAddr, IpAddr) = match f {
+        Fam::V4 => (
+            "10.202.1.1".parse().unwrap(),
+            "10.202.2.1".parse().unwrap(),
+            "10.202.3.1".parse().unwrap(),
+        ),
+        Fam::V6 => (
+            "fd00:202:1::1".parse().unwrap(),
+            "fd00:202:2::1".parse().unwrap(),
+            "fd00:202:3::1".parse().unwrap(),
+        ),
+    };
+    let server = run.inside(2, || UdpSocket::bind(sa(server_ip, 5002)).expect("server"));
+    server
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let socket = |port: u16| {
+        let s = run.inside(0, || UdpSocket::bind(sa(client_ip, port)).expect("client"));
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        s
+    };
+    // Fragmentation needed / packet too big: 1400 bytes with DF towards an MTU of 1280.
+    let big = socket(40010);
+    match f {
+        Fam::V4 => set_int_option(
+            &big,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        ),
+        Fam::V6 => set_int_option(
+            &big,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        ),
+    }
+    big.send_to(&[7; 1400], sa(server_ip, 5002))
+        .expect("a datagram too big");
+    std::thread::sleep(Duration::from_millis(200));
+    // The path MTU is known now: a datagram that fits goes through and is answered.
+    big.send_to(&[7; 1000], sa(server_ip, 5002))
+        .expect("a datagram that fits");
+    let mut buf = [0u8; 2048];
+    let (n, from) = server
+        .recv_from(&mut buf)
+        .expect("the datagram that fits arrives");
+    server.send_to(&buf[..n], from).expect("answer");
+    big.recv_from(&mut buf).expect("the answer arrives");
+    // Time exceeded: a hop limit of 1 dies at the router.
+    let short_lived = socket(40011);
+    match f {
+        Fam::V4 => set_int_option(&short_lived, libc::IPPROTO_IP, libc::IP_TTL, 1),
+        Fam::V6 => set_int_option(&short_lived, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, 1),
+    }
+    short_lived
+        .send_to(b"ttl 1", sa(server_ip, 5003))
+        .expect("a datagram with ttl 1");
+    // Unreachable: the router has no way there.
+    let lost = socket(40012);
+    lost.send_to(b"anyone?", sa(unreachable, 5004))
+        .expect("a datagram to nowhere");
+    std::thread::sleep(Duration::from_millis(200));
+    let target = server_ip.to_string();
+    let mut ping = vec![
+        "ping", "-c", "3", "-i", "0.2", "-W", "1", "-s", "2000", "-q",
+    ];
+    if f == Fam::V4 {
+        // Let the router fragment it rather than refuse it.
+        ping.extend(["-M", "dont"]);
+    }
+    ping.push(&target);
+    run.lab.exec(0, &ping);
+}
+
 fn scenarios() -> Vec<Scenario> {
     let lo = |name, traffic: fn(&mut Run, Fam)| Scenario {
         name,
@@ -1668,6 +1812,7 @@ fn scenarios() -> Vec<Scenario> {
         extra_ruleset: "",
         traffic,
         observe_first: true,
+        counters: true,
     };
     let crafted = |name, traffic: fn(&mut Run, Fam)| Scenario {
         sysctls: CRAFTED_SYSCTLS,
@@ -1689,7 +1834,10 @@ fn scenarios() -> Vec<Scenario> {
             tcp_close_with_unread_data,
         ),
         lo("tcp simultaneous close", tcp_simultaneous_close),
-        lo("tcp bulk, 4 MiB one way", tcp_bulk),
+        Scenario {
+            counters: false,
+            ..lo("tcp bulk, 4 MiB one way", tcp_bulk)
+        },
         Scenario {
             sysctls: &[("nf_conntrack_tcp_be_liberal", "1")],
             ..lo("tcp close, be_liberal=1", tcp_close_client_first)
@@ -1836,6 +1984,13 @@ fn scenarios() -> Vec<Scenario> {
             )
         },
         Scenario {
+            topology: Topology::Routed,
+            ..lo(
+                "router: frag needed, ttl exceeded, unreachable, fragmented ping",
+                router_icmp_errors,
+            )
+        },
+        Scenario {
             topology: Topology::Link(lossy_link),
             ..lo("link: tcp 1 MiB, lossy (sack)", link_tcp_bulk)
         },
@@ -1867,7 +2022,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             topology: Topology::Link(clean_link),
             sysctls: &[("nf_conntrack_tcp_timeout_max_retrans", "8")],
-            ..lo("link: 6 s outage past tcp_max_retrans", link_outage)
+            ..lo("link: 3.5 s outage past tcp_max_retrans", link_outage)
         },
         Scenario {
             topology: Topology::Link(lossy_link),
@@ -1952,8 +2107,18 @@ fn every_scenario_matches_the_kernel_flow_for_flow() {
                             diff.clone()
                         }
                     );
+                    for d in &o.counter_diffs {
+                        eprintln!("{}: counters differ: {d}", o.name);
+                    }
                     if !diff.is_empty() || o.comparison.compared() == 0 {
                         failures.push(format!("{}:\n{diff}", o.name));
+                    }
+                    if s.counters && !o.counter_diffs.is_empty() {
+                        failures.push(format!(
+                            "{}: DESTROY counters differ:\n{}",
+                            o.name,
+                            o.counter_diffs.join("\n")
+                        ));
                     }
                     outcomes.push(o);
                 }

@@ -205,11 +205,14 @@ pub const RULESET: &str = "table inet ctwasm_test {
 #[derive(Debug)]
 pub struct Lab {
     names: Vec<String>,
-    /// The interface each namespace's packets are captured on.
-    devices: Vec<&'static str>,
+    /// The namespaces whose conntrack a scenario observes, each with the interface its packets
+    /// are captured on (every packet its conntrack sees passes there once).
+    observed: Vec<(usize, &'static str)>,
     /// The hostile link between the namespaces, if the lab has one; stopped (and its TUN
     /// devices gone) before the namespaces are deleted.
     link: Option<ctwasm_live::link::Link>,
+    /// The CPUs the creating thread ran on before the lab pinned it to one.
+    restore_cpus: Option<Vec<usize>>,
 }
 
 fn fresh_name() -> String {
@@ -224,8 +227,9 @@ impl Lab {
     fn with(n: usize) -> Lab {
         let mut lab = Lab {
             names: Vec::new(),
-            devices: vec!["lo"],
+            observed: (0..n).map(|i| (i, "lo")).collect(),
             link: None,
+            restore_cpus: None,
         };
         for _ in 0..n {
             let name = fresh_name();
@@ -246,10 +250,19 @@ impl Lab {
     /// Two namespaces joined by a hostile link (`ctwasm_live::link`): TUN devices `tA`
     /// (10.201.0.1, fd00:201::1) and `tB` (10.201.0.2, fd00:201::2), point to point; what the
     /// first sends meets `impairments[0]`, what the second sends `impairments[1]`.
+    ///
+    /// The calling thread is pinned to one CPU first, and stays so until the lab is dropped: the
+    /// link's threads and everything the scenario starts run there too. On two CPUs, the link
+    /// writing an arriving packet and an application sending one could otherwise be processed
+    /// at once, and the capture (which sees an arriving packet before conntrack does and a
+    /// leaving one after) could not tell their order.
     pub fn link(impairments: [ctwasm_live::link::Impairments; 2], seed: u64) -> Lab {
         use ctwasm_live::link::{End, Link};
         let mut lab = Lab::with(2);
-        lab.devices = vec!["tA", "tB"];
+        let cpus = ctwasm_live::sys::thread_affinity().expect("the thread's CPUs");
+        ctwasm_live::sys::set_thread_affinity(&cpus[..1]).expect("pinned to one CPU");
+        lab.restore_cpus = Some(cpus);
+        lab.observed = vec![(0, "tA"), (1, "tB")];
         let ends = [
             End {
                 netns: Some(lab.names[0].clone()),
@@ -315,15 +328,68 @@ impl Lab {
         self.link.take().map(ctwasm_live::link::Link::stop)
     }
 
-    /// Where namespace `i`'s packets are captured: every packet its conntrack sees passes
-    /// there once.
-    pub fn capture_device(&self, i: usize) -> &'static str {
-        self.devices[i.min(self.devices.len() - 1)]
+    /// The observed namespaces (by index) and their capture interfaces.
+    pub fn observed(&self) -> &[(usize, &'static str)] {
+        &self.observed
+    }
+
+    /// A client and a server namespace with a router namespace between them (veth pairs
+    /// `vA`–`rA` on 10.202.1.0/24 and fd00:202:1::/64, `rB`–`vB` on 10.202.2.0/24 and
+    /// fd00:202:2::/64, the second with an MTU of 1280); the router forwards and has no route to
+    /// 10.202.3.0/24 or fd00:202:3::/64 (`unreachable`). The client (`.1` of the first net) and
+    /// the server (`.1` of the second) are observed; the router only routes.
+    pub fn routed() -> Lab {
+        let mut lab = Lab::with(3);
+        lab.observed = vec![(0, "vA"), (2, "vB")];
+        let (a, r, b) = (
+            lab.names[0].clone(),
+            lab.names[1].clone(),
+            lab.names[2].clone(),
+        );
+        for (left, left_ns, right, right_ns) in [("vA", &a, "rA", &r), ("rB", &r, "vB", &b)] {
+            run(Command::new("ip").args([
+                "-n", left_ns, "link", "add", left, "type", "veth", "peer", "name", right, "netns",
+                right_ns,
+            ]));
+        }
+        for i in 0..3 {
+            lab.exec(
+                i,
+                &["sysctl", "-qw", "net.ipv6.conf.all.router_solicitations=0"],
+            );
+        }
+        lab.exec(1, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        lab.exec(1, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        let addrs: [(usize, &str, &str, &str, u32); 4] = [
+            (0, "vA", "10.202.1.1/24", "fd00:202:1::1/64", 1500),
+            (1, "rA", "10.202.1.2/24", "fd00:202:1::2/64", 1500),
+            (1, "rB", "10.202.2.2/24", "fd00:202:2::2/64", 1280),
+            (2, "vB", "10.202.2.1/24", "fd00:202:2::1/64", 1280),
+        ];
+        for (i, dev, v4, v6, mtu) in addrs {
+            lab.exec(i, &["ip", "link", "set", dev, "mtu", &mtu.to_string()]);
+            lab.exec(i, &["ip", "addr", "add", v4, "dev", dev]);
+            lab.exec(i, &["ip", "addr", "add", v6, "dev", dev, "nodad"]);
+            lab.exec(i, &["ip", "link", "set", dev, "up"]);
+        }
+        for (i, v4, v6) in [
+            (0, "10.202.1.2", "fd00:202:1::2"),
+            (2, "10.202.2.2", "fd00:202:2::2"),
+        ] {
+            lab.exec(i, &["ip", "route", "add", "default", "via", v4]);
+            lab.exec(i, &["ip", "-6", "route", "add", "default", "via", v6]);
+        }
+        lab.exec(1, &["ip", "route", "add", "unreachable", "10.202.3.0/24"]);
+        lab.exec(
+            1,
+            &["ip", "-6", "route", "add", "unreachable", "fd00:202:3::/64"],
+        );
+        lab
     }
 
     pub fn veth() -> Lab {
         let mut lab = Lab::with(2);
-        lab.devices = vec!["vA", "vB"];
+        lab.observed = vec![(0, "vA"), (1, "vB")];
         let (a, b) = (&lab.names[0], &lab.names[1]);
         run(Command::new("ip").args([
             "-n",
@@ -451,6 +517,9 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         drop(self.link.take());
+        if let Some(cpus) = self.restore_cpus.take() {
+            let _ = ctwasm_live::sys::set_thread_affinity(&cpus);
+        }
         for name in &self.names {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }

@@ -198,3 +198,23 @@ pub fn keepalive(s: &TcpStream, idle: i32, interval: i32) {
         assert_eq!(rc, 0, "keepalive option {name}");
     }
 }
+
+/// `setsockopt` of an `int` on any socket (IP_TTL, IPV6_UNICAST_HOPS, IP_MTU_DISCOVER, ...).
+pub fn set_int_option(s: &impl std::os::fd::AsRawFd, level: i32, name: i32, value: i32) {
+    // SAFETY: the pointer and length describe `value`, a live `c_int`.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "socket option {level}/{name}: {}",
+        std::io::Error::last_os_error()
+    );
+}

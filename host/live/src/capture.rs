@@ -88,6 +88,12 @@ impl PacketSocket {
         }
     }
 
+    /// Packets the kernel dropped because the socket's buffer was full: a capture with drops
+    /// is not what conntrack saw.
+    pub fn drops(&self) -> io::Result<u32> {
+        sys::socket_drops(self.fd.as_fd())
+    }
+
     fn read_one(&mut self) -> io::Result<Option<CapturedPacket>> {
         let Some(meta) = sys::recv_packet(self.fd.as_fd(), &mut self.buf)? else {
             return Ok(None);
@@ -198,6 +204,17 @@ impl Observer {
                             let _ = tx.send(Observed::Trouble(format!("capture: {e}")));
                             break;
                         }
+                    }
+                }
+                match socket.drops() {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        let _ = tx.send(Observed::Trouble(format!(
+                            "the capturer dropped {n} packets (its buffer was full)"
+                        )));
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Observed::Trouble(format!("capture drops: {e}")));
                     }
                 }
             }));

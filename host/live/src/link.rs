@@ -14,7 +14,10 @@
 //!
 //! Two threads read the devices (each waits on its descriptor with a timeout, so the link stops
 //! promptly); one more holds the packets in flight in a time-ordered queue and writes each out
-//! when its time comes. The queue is bounded: past [`MAX_IN_FLIGHT`] packets, a new one is
+//! when its time comes. The threads run on the CPUs of the thread that starts the link: a
+//! caller comparing what conntrack saw with a capture pins itself and the link to one CPU, so
+//! that a packet arriving (written by the link) and one leaving (sent by an application) are
+//! never processed at once, in an order the capture could not tell. The queue is bounded: past [`MAX_IN_FLIGHT`] packets, a new one is
 //! dropped and counted, as a full router queue drops.
 
 use std::cmp::Reverse;

@@ -15,7 +15,8 @@
 //! * `ioctl(TIOCOUTQ)`: the bytes a Unix datagram socket still charges its sender;
 //! * `setns(CLONE_NEWNET)`: entering a network namespace;
 //! * `if_nametoindex`, `socket(AF_PACKET)`, `bind` and `recvmsg` for the packet capturer;
-//! * `ioctl(TUNSETIFF)`: attaching to a TUN device, for the link emulator.
+//! * `ioctl(TUNSETIFF)`: attaching to a TUN device, for the link emulator;
+//! * `sched_getaffinity`/`sched_setaffinity`: keeping a link and its traffic on one CPU.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -183,6 +184,37 @@ pub fn open_tun(name: &str) -> io::Result<File> {
         return Err(last_err(&format!("TUNSETIFF {name}")));
     }
     Ok(file)
+}
+
+/// The CPUs the calling thread may run on.
+pub fn thread_affinity() -> io::Result<Vec<usize>> {
+    // SAFETY: all-zero is a valid (empty) `cpu_set_t`; the call fills at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    if rc != 0 {
+        return Err(last_err("sched_getaffinity"));
+    }
+    // SAFETY: `CPU_ISSET` reads `set` within its size for every index below `CPU_SETSIZE`.
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Lets the calling thread (and the threads and processes it starts afterwards) run only on
+/// `cpus`.
+pub fn set_thread_affinity(cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: all-zero is a valid (empty) `cpu_set_t`; `CPU_SET` writes within its size for
+    // indices below `CPU_SETSIZE`, which the filter keeps to.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a live `cpu_set_t` of the size given.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if rc != 0 {
+        return Err(last_err("sched_setaffinity"));
+    }
+    Ok(())
 }
 
 /// Moves the calling thread into the network namespace `file` refers to.
