@@ -1654,6 +1654,73 @@ fn link_http_keepalive(run: &mut Run, f: Fam) {
     drop(server);
 }
 
+/// The other trackers across the lossy link: GRE version 0 both ways, and an SCTP association
+/// (set up, data, shut down) built by hand with its CRC32c, each side's packets sent from its
+/// own namespace through raw sockets. A lost packet is lost: what each side's conntrack saw is
+/// what the engine replays. (UDP-Lite is left out: Linux verifies an arriving UDP-Lite
+/// datagram's checksum with UDP's pseudo-header, so it tracks none that come from a wire; see
+/// "UDP-Lite from a wire" in `host/docs/kernel-behaviour.md`.)
+fn link_other_protocols(run: &mut Run, f: Fam) {
+    use ctwasm_core::wire::{build, sctp::chunk};
+    let (client_ip, server_ip) = link_addrs(f);
+    let any: IpAddr = match f {
+        Fam::V4 => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        Fam::V6 => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let raw = |ns: usize, proto: i32| {
+        run.inside(ns, || {
+            common::sockets::RawSocket::bind(any, proto).expect("raw socket")
+        })
+    };
+    let (gre_c, gre_s) = (raw(0, 47), raw(1, 47));
+    let v0 = [0x00, 0x00, 0x08, 0x00, 0x45, 0x00, 0x00, 0x14];
+    for _ in 0..3 {
+        gre_c.send_to(&v0, server_ip).expect("gre out");
+        std::thread::sleep(Duration::from_millis(20));
+        gre_s.send_to(&v0, client_ip).expect("gre back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (sctp_c, sctp_s) = (raw(0, 132), raw(1, 132));
+    let (tc, ts) = (SCTP_TAG_C, SCTP_TAG_S);
+    let data = build::sctp_chunk(chunk::DATA, 3, &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let sack = build::sctp_chunk(chunk::SACK, 0, &[0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0]);
+    let steps: [(bool, u32, Vec<u8>); 9] = [
+        (true, 0, build::sctp_init(chunk::INIT, tc)),
+        (false, tc, build::sctp_init(chunk::INIT_ACK, ts)),
+        (
+            true,
+            ts,
+            build::sctp_chunk(chunk::COOKIE_ECHO, 0, b"cookie"),
+        ),
+        (false, tc, build::sctp_chunk(chunk::COOKIE_ACK, 0, &[])),
+        (true, ts, data),
+        (false, tc, sack),
+        (
+            true,
+            ts,
+            build::sctp_chunk(chunk::SHUTDOWN, 0, &1u32.to_be_bytes()),
+        ),
+        (false, tc, build::sctp_chunk(chunk::SHUTDOWN_ACK, 0, &[])),
+        (
+            true,
+            ts,
+            build::sctp_chunk(chunk::SHUTDOWN_COMPLETE, 0, &[]),
+        ),
+    ];
+    for (from_client, vtag, c) in steps {
+        if from_client {
+            sctp_c
+                .send_to(&build::sctp(5000, 6000, vtag, &[c]), server_ip)
+                .expect("sctp out");
+        } else {
+            sctp_s
+                .send_to(&build::sctp(6000, 5000, vtag, &[c]), client_ip)
+                .expect("sctp back");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// TCP Fast Open: the first connection asks for a cookie, the second carries its request in
 /// the SYN; the server answers each and both close.
 fn link_tcp_fast_open(run: &mut Run, f: Fam) {
@@ -2060,6 +2127,11 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             topology: Topology::Link(clean_link),
             ..lo("link: tcp fast open", link_tcp_fast_open)
+        },
+        Scenario {
+            topology: Topology::Link(lossy_link),
+            sysctls: SCTP_SYSCTLS,
+            ..lo("link: gre and sctp, lossy", link_other_protocols)
         },
         crafted(
             "fragments: a reply's fragment lost",

@@ -123,6 +123,19 @@ fn mixed_traffic(ns: &Netns) {
     sctp_association(ns);
 }
 
+/// The state each event of [`sctp_association`] carries, the DESTROY's last: the NEW in
+/// CLOSED, the setup, the shutdown back to CLOSED.
+const SCTP_ASSOCIATION_STATES: [&str; 8] = [
+    "CLOSED",
+    "COOKIE_WAIT",
+    "COOKIE_ECHOED",
+    "ESTABLISHED",
+    "SHUTDOWN_SENT",
+    "SHUTDOWN_ACK_SENT",
+    "CLOSED",
+    "CLOSED",
+];
+
 /// An SCTP association from 127.0.0.1:5000 to 127.0.0.2:6000, hand-built (this kernel has no
 /// SCTP sockets; a raw socket of protocol 132 sends the packets and takes them in): set up,
 /// one DATA and its SACK, shut down.
@@ -264,19 +277,7 @@ fn watch_prints_the_kernels_new_update_and_destroy_for_tcp_udp_and_ping() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v["sctp_state"].as_str().map(str::to_string))
         .collect();
-    assert_eq!(
-        sctp_states,
-        [
-            "CLOSED",
-            "COOKIE_WAIT",
-            "COOKIE_ECHOED",
-            "ESTABLISHED",
-            "SHUTDOWN_SENT",
-            "SHUTDOWN_ACK_SENT",
-            "CLOSED",
-            "CLOSED"
-        ]
-    );
+    assert_eq!(sctp_states, SCTP_ASSOCIATION_STATES);
     assert!(stderr.contains("ENOBUFS=0"), "{stderr}");
 }
 
@@ -476,20 +477,7 @@ fn watch_prints_sctp_events_as_conntrack_tools_prints_them() {
         .lines()
         .filter_map(|l| l.split_whitespace().nth(4))
         .collect();
-    assert_eq!(
-        states,
-        [
-            "CLOSED",
-            "COOKIE_WAIT",
-            "COOKIE_ECHOED",
-            "ESTABLISHED",
-            "SHUTDOWN_SENT",
-            "SHUTDOWN_ACK_SENT",
-            "CLOSED",
-            "CLOSED"
-        ],
-        "{ours}"
-    );
+    assert_eq!(states, SCTP_ASSOCIATION_STATES, "{ours}");
     // In XML the tool names SCTP states from its TCP table (CLOSED, 1, prints SYN_SENT);
     // ctwasm prints what the tool prints.
     let ours = watch_beside_conntrack(&["-p", "sctp", "-o", "xml"], 0b111);

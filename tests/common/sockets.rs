@@ -179,24 +179,9 @@ impl RawSocket {
 /// Turns TCP keepalives on: the first probe after `idle` seconds without traffic, then one
 /// every `interval` seconds.
 pub fn keepalive(s: &TcpStream, idle: i32, interval: i32) {
-    use std::os::fd::AsRawFd;
-    for (level, name, value) in [
-        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval),
-    ] {
-        // SAFETY: the pointer and length describe `value`, a live `c_int`.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "keepalive option {name}");
-    }
+    set_int_option(s, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set_int_option(s, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle);
+    set_int_option(s, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval);
 }
 
 /// `setsockopt` of an `int` on any socket (IP_TTL, IPV6_UNICAST_HOPS, IP_MTU_DISCOVER, ...).
