@@ -62,6 +62,13 @@ impl Fam {
             Fam::V6 => "::1".parse().unwrap(),
         }
     }
+    /// The unspecified address: a raw socket bound to it takes the packets to every address.
+    fn any(self) -> IpAddr {
+        match self {
+            Fam::V4 => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            Fam::V6 => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        }
+    }
     fn tag(self) -> &'static str {
         match self {
             Fam::V4 => "v4",
@@ -1124,13 +1131,8 @@ impl PeerWire {
                 ],
             );
         }
-        // Bound to the unspecified address: it takes the packets to both addresses.
-        let any: IpAddr = match fam {
-            Fam::V4 => std::net::Ipv4Addr::UNSPECIFIED.into(),
-            Fam::V6 => std::net::Ipv6Addr::UNSPECIFIED.into(),
-        };
         let raw = run.inside(0, || {
-            common::sockets::RawSocket::bind(any, i32::from(proto))
+            common::sockets::RawSocket::bind(fam.any(), i32::from(proto))
                 .unwrap_or_else(|e| panic!("raw socket of protocol {proto}: {e}"))
         });
         PeerWire {
@@ -1661,15 +1663,10 @@ fn link_http_keepalive(run: &mut Run, f: Fam) {
 /// datagram's checksum with UDP's pseudo-header, so it tracks none that come from a wire; see
 /// "UDP-Lite from a wire" in `host/docs/kernel-behaviour.md`.)
 fn link_other_protocols(run: &mut Run, f: Fam) {
-    use ctwasm_core::wire::{build, sctp::chunk};
     let (client_ip, server_ip) = link_addrs(f);
-    let any: IpAddr = match f {
-        Fam::V4 => std::net::Ipv4Addr::UNSPECIFIED.into(),
-        Fam::V6 => std::net::Ipv6Addr::UNSPECIFIED.into(),
-    };
     let raw = |ns: usize, proto: i32| {
         run.inside(ns, || {
-            common::sockets::RawSocket::bind(any, proto).expect("raw socket")
+            common::sockets::RawSocket::bind(f.any(), proto).expect("raw socket")
         })
     };
     let (gre_c, gre_s) = (raw(0, 47), raw(1, 47));
@@ -1681,41 +1678,11 @@ fn link_other_protocols(run: &mut Run, f: Fam) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let (sctp_c, sctp_s) = (raw(0, 132), raw(1, 132));
-    let (tc, ts) = (SCTP_TAG_C, SCTP_TAG_S);
-    let data = build::sctp_chunk(chunk::DATA, 3, &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
-    let sack = build::sctp_chunk(chunk::SACK, 0, &[0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0]);
-    let steps: [(bool, u32, Vec<u8>); 9] = [
-        (true, 0, build::sctp_init(chunk::INIT, tc)),
-        (false, tc, build::sctp_init(chunk::INIT_ACK, ts)),
-        (
-            true,
-            ts,
-            build::sctp_chunk(chunk::COOKIE_ECHO, 0, b"cookie"),
-        ),
-        (false, tc, build::sctp_chunk(chunk::COOKIE_ACK, 0, &[])),
-        (true, ts, data),
-        (false, tc, sack),
-        (
-            true,
-            ts,
-            build::sctp_chunk(chunk::SHUTDOWN, 0, &1u32.to_be_bytes()),
-        ),
-        (false, tc, build::sctp_chunk(chunk::SHUTDOWN_ACK, 0, &[])),
-        (
-            true,
-            ts,
-            build::sctp_chunk(chunk::SHUTDOWN_COMPLETE, 0, &[]),
-        ),
-    ];
-    for (from_client, vtag, c) in steps {
+    for (from_client, l4) in common::sctp_association_packets() {
         if from_client {
-            sctp_c
-                .send_to(&build::sctp(5000, 6000, vtag, &[c]), server_ip)
-                .expect("sctp out");
+            sctp_c.send_to(&l4, server_ip).expect("sctp out");
         } else {
-            sctp_s
-                .send_to(&build::sctp(6000, 5000, vtag, &[c]), client_ip)
-                .expect("sctp back");
+            sctp_s.send_to(&l4, client_ip).expect("sctp back");
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -140,52 +140,26 @@ const SCTP_ASSOCIATION_STATES: [&str; 8] = [
 /// SCTP sockets; a raw socket of protocol 132 sends the packets and takes them in): set up,
 /// one DATA and its SACK, shut down.
 fn sctp_association(ns: &Netns) {
-    use ctwasm_core::wire::{build, sctp::chunk};
-    let (c, s) = (0x1111_1111, 0x2222_2222);
     let (a, b) = (
         std::net::IpAddr::from([127, 0, 0, 1]),
         std::net::IpAddr::from([127, 0, 0, 2]),
     );
-    let packets = [
-        (true, 0, build::sctp_init(chunk::INIT, c)),
-        (false, c, build::sctp_init(chunk::INIT_ACK, s)),
-        (true, s, build::sctp_chunk(chunk::COOKIE_ECHO, 0, b"cookie")),
-        (false, c, build::sctp_chunk(chunk::COOKIE_ACK, 0, &[])),
-        (
-            true,
-            s,
-            build::sctp_chunk(chunk::DATA, 3, &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
-        ),
-        (
-            false,
-            c,
-            build::sctp_chunk(chunk::SACK, 0, &[0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0]),
-        ),
-        (
-            true,
-            s,
-            build::sctp_chunk(chunk::SHUTDOWN, 0, &1u32.to_be_bytes()),
-        ),
-        (false, c, build::sctp_chunk(chunk::SHUTDOWN_ACK, 0, &[])),
-        (true, s, build::sctp_chunk(chunk::SHUTDOWN_COMPLETE, 0, &[])),
-    ];
     ns.inside(|| {
-        let raw = common::sockets::RawSocket::bind(Ipv4Addr::UNSPECIFIED.into(), 132)
+        // One socket takes every packet in; each side sends from its own address (127.0.0.2
+        // answers from itself, as the route would have it).
+        let _taker = common::sockets::RawSocket::bind(Ipv4Addr::UNSPECIFIED.into(), 132)
             .expect("raw SCTP socket");
-        for (from_client, vtag, chunk) in packets {
-            let (sport, dport, to) = if from_client {
-                (5000, 6000, b)
+        let client = common::sockets::RawSocket::bind(a, 132).expect("raw SCTP client");
+        let server = common::sockets::RawSocket::bind(b, 132).expect("raw SCTP server");
+        for (from_client, l4) in common::sctp_association_packets() {
+            let (sender, to) = if from_client {
+                (&client, b)
             } else {
-                (6000, 5000, a)
+                (&server, a)
             };
-            let l4 = build::sctp(sport, dport, vtag, &[chunk]);
-            // The source address follows the route: 127.0.0.2 answers from itself.
-            let from = if from_client { a } else { b };
-            let sender = common::sockets::RawSocket::bind(from, 132).expect("raw SCTP sender");
             sender.send_to(&l4, to).expect("SCTP packet");
             std::thread::sleep(Duration::from_millis(10));
         }
-        drop(raw);
     });
 }
 

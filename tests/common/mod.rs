@@ -596,3 +596,46 @@ pub fn write_pcap(path: &std::path::Path, packets: &[ctwasm_host::capture::Captu
     }
     std::fs::write(path, out).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
+
+/// A whole SCTP association, hand-built (this kernel has no SCTP sockets), as the packets each
+/// side sends in turn: `(from_client, SCTP bytes)`. The client is port 5000 with tag
+/// 0x11111111, the server port 6000 with tag 0x22222222: INIT, INIT ACK, COOKIE ECHO, COOKIE
+/// ACK, one DATA and its SACK, SHUTDOWN, SHUTDOWN ACK, SHUTDOWN COMPLETE; CRC32c filled in.
+pub fn sctp_association_packets() -> Vec<(bool, Vec<u8>)> {
+    use ctwasm_core::wire::{build, sctp::chunk};
+    let (c, s) = (0x1111_1111, 0x2222_2222);
+    let chunks = [
+        (true, 0, build::sctp_init(chunk::INIT, c)),
+        (false, c, build::sctp_init(chunk::INIT_ACK, s)),
+        (true, s, build::sctp_chunk(chunk::COOKIE_ECHO, 0, b"cookie")),
+        (false, c, build::sctp_chunk(chunk::COOKIE_ACK, 0, &[])),
+        (
+            true,
+            s,
+            build::sctp_chunk(chunk::DATA, 3, &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+        ),
+        (
+            false,
+            c,
+            build::sctp_chunk(chunk::SACK, 0, &[0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0]),
+        ),
+        (
+            true,
+            s,
+            build::sctp_chunk(chunk::SHUTDOWN, 0, &1u32.to_be_bytes()),
+        ),
+        (false, c, build::sctp_chunk(chunk::SHUTDOWN_ACK, 0, &[])),
+        (true, s, build::sctp_chunk(chunk::SHUTDOWN_COMPLETE, 0, &[])),
+    ];
+    chunks
+        .into_iter()
+        .map(|(from_client, vtag, chunk)| {
+            let (sport, dport) = if from_client {
+                (5000, 6000)
+            } else {
+                (6000, 5000)
+            };
+            (from_client, build::sctp(sport, dport, vtag, &[chunk]))
+        })
+        .collect()
+}
