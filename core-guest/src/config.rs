@@ -65,6 +65,9 @@ pub struct Sysctls {
     pub acct: bool,
     /// `nf_conntrack_timestamp`: start/stop times and the per-event timestamp.
     pub timestamp: bool,
+    /// `nf_conntrack_checksum`: verify the checksums of packets that arrive unverified (see
+    /// [`crate::batch::PACKET_FLAG_ARRIVED`]); a packet whose checksum is wrong is invalid.
+    pub checksum: bool,
     /// `nf_conntrack_tcp_loose`: pick up connections in mid-stream.
     pub tcp_loose: bool,
     /// `nf_conntrack_tcp_be_liberal`.
@@ -109,6 +112,7 @@ impl Default for Sysctls {
             events_retry_timeout: 15,
             acct: false,
             timestamp: false,
+            checksum: true,
             tcp_loose: true,
             tcp_be_liberal: false,
             tcp_max_retrans: 3,
@@ -198,6 +202,7 @@ impl Sysctls {
             "nf_conntrack_events_retry_timeout",
             "nf_conntrack_acct",
             "nf_conntrack_timestamp",
+            "nf_conntrack_checksum",
             "nf_conntrack_tcp_loose",
             "nf_conntrack_tcp_be_liberal",
             "nf_conntrack_tcp_max_retrans",
@@ -285,6 +290,7 @@ impl Sysctls {
             "events_retry_timeout" => self.events_retry_timeout = num()?,
             "acct" => self.acct = flag()?,
             "timestamp" => self.timestamp = flag()?,
+            "checksum" => self.checksum = flag()?,
             "tcp_loose" => self.tcp_loose = flag()?,
             "tcp_be_liberal" => self.tcp_be_liberal = flag()?,
             "tcp_max_retrans" => self.tcp_max_retrans = num()?,

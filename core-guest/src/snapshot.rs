@@ -56,8 +56,8 @@ pub(crate) const MAGIC: &[u8; 7] = b"CTWASM\x00";
 
 /// The format version this build writes and reads. Version 2 added the checksum; version 3
 /// the reassembly's sysctls and its incomplete datagrams; version 4 the SCTP timeouts and
-/// entries.
-pub const FORMAT_VERSION: u8 = 4;
+/// entries; version 5 `nf_conntrack_checksum`.
+pub const FORMAT_VERSION: u8 = 5;
 
 /// Bytes of the trailing checksum.
 const CHECKSUM_LEN: usize = 4;

@@ -80,6 +80,15 @@ pub enum Verdict {
     Queued = 8,
 }
 
+/// Where a packet met conntrack, as far as its checksums go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Sent by the local stack, or handed on by a device that verified it: trusted.
+    Sent,
+    /// Arrived from a device with its checksums unverified (PRE_ROUTING, `CHECKSUM_NONE`).
+    Arrived,
+}
+
 impl Verdict {
     /// The verdict with the highest discriminant: every byte from 0 to it is a verdict.
     pub const LAST: Verdict = Verdict::Queued;
@@ -259,7 +268,12 @@ impl Tracker {
             match frame {
                 Ok(p) => {
                     let ts = if p.ts_ns == 0 { now_ns } else { p.ts_ns };
-                    verdicts.push(self.ingest(ts, p.zone, p.bytes) as u8)
+                    let origin = if p.arrived() {
+                        Origin::Arrived
+                    } else {
+                        Origin::Sent
+                    };
+                    verdicts.push(self.ingest_from(ts, p.zone, origin, p.bytes) as u8)
                 }
                 Err(_) => {
                     self.stats.error = self.stats.error.wrapping_add(1);
@@ -269,10 +283,22 @@ impl Tracker {
         }
     }
 
-    /// Processes one L3 packet seen at `now_ns` in `zone`. Timers due by `now_ns` fire first.
+    /// Processes one L3 packet seen at `now_ns` in `zone`, as the local stack sent it (nothing
+    /// verifies its checksums). Timers due by `now_ns` fire first.
     pub fn ingest(&mut self, now_ns: u64, zone: u16, packet: &[u8]) -> Verdict {
+        self.ingest_from(now_ns, zone, Origin::Sent, packet)
+    }
+
+    /// Processes one L3 packet that arrived from a device with its checksums unverified: with
+    /// `nf_conntrack_checksum` set they are verified as the kernel verifies them (see
+    /// [`crate::batch::PACKET_FLAG_ARRIVED`]). Timers due by `now_ns` fire first.
+    pub fn ingest_arrived(&mut self, now_ns: u64, zone: u16, packet: &[u8]) -> Verdict {
+        self.ingest_from(now_ns, zone, Origin::Arrived, packet)
+    }
+
+    fn ingest_from(&mut self, now_ns: u64, zone: u16, origin: Origin, packet: &[u8]) -> Verdict {
         self.advance(now_ns);
-        let verdict = self.ingest_one(now_ns, zone, packet);
+        let verdict = self.ingest_one(now_ns, zone, origin, packet);
         self.count_verdict(verdict)
     }
 

@@ -7,13 +7,23 @@
 use super::defrag::{self, Reassembly};
 use super::ecache::Ecache;
 use super::table::{Entry, Life};
-use super::{NS_PER_S, Tracker, Verdict};
+use super::{NS_PER_S, Origin, Tracker, Verdict};
 use crate::event::{EventBits, Status};
 use crate::proto::{self, L4Packet, Outcome, PacketContext, ProtoState, Segment};
 use crate::tuple::{self, Direction, L4Tuple, Tuple};
 
 impl Tracker {
-    pub(super) fn ingest_one(&mut self, now_ns: u64, zone: u16, packet: &[u8]) -> Verdict {
+    pub(super) fn ingest_one(
+        &mut self,
+        now_ns: u64,
+        zone: u16,
+        origin: Origin,
+        packet: &[u8],
+    ) -> Verdict {
+        // The IP layer checks an arriving IPv4 header before anything else sees the packet.
+        if origin == Origin::Arrived && !proto::checksum::ip_header_holds(packet) {
+            return Verdict::Drop;
+        }
         // Fragments are reassembled first: conntrack sees whole datagrams only.
         if let Some(fragment) = defrag::fragment_of(zone, packet) {
             // The tracker's clock, which never goes back, dates the queue.
@@ -24,17 +34,30 @@ impl Tracker {
             {
                 Reassembly::Held => return Verdict::Queued,
                 Reassembly::Dropped => return Verdict::Drop,
-                Reassembly::Whole(whole) => return self.ingest_whole(now_ns, zone, &whole),
+                Reassembly::Whole(whole) => {
+                    return self.ingest_whole(now_ns, zone, origin, &whole);
+                }
                 Reassembly::AsIs => {}
             }
         }
-        self.ingest_whole(now_ns, zone, packet)
+        self.ingest_whole(now_ns, zone, origin, packet)
     }
 
     /// A packet that is not a fragment the reassembly holds: read it down to its flow and track
-    /// it.
-    fn ingest_whole(&mut self, now_ns: u64, zone: u16, packet: &[u8]) -> Verdict {
-        match proto::parse_packet(packet) {
+    /// it. A reassembled datagram is checked as arriving when the fragment that completed it
+    /// arrived.
+    fn ingest_whole(&mut self, now_ns: u64, zone: u16, origin: Origin, packet: &[u8]) -> Verdict {
+        let parsed = proto::parse_packet(packet);
+        // The protocols' error callbacks verify the checksum before anything else they decide
+        // (an ICMPv6 neighbour solicitation with a wrong checksum is invalid, not untracked).
+        if origin == Origin::Arrived
+            && self.config.sysctls.checksum
+            && !matches!(parsed, L4Packet::Invalid)
+            && !proto::checksum::arriving_checksum_holds(packet)
+        {
+            return Verdict::Invalid;
+        }
+        match parsed {
             L4Packet::Track { tuple, segment } => self.track(now_ns, zone, tuple, &segment),
             L4Packet::Error { quoted } => self.related(zone, &quoted),
             L4Packet::Untracked => Verdict::Untracked,

@@ -350,6 +350,7 @@ fn write_config(w: &mut Writer, c: &Config) {
         s.frag6_high_thresh,
         s.gre_timeout,
         s.gre_timeout_stream,
+        s.checksum as u32,
     ] {
         w.u32(v);
     }
@@ -369,7 +370,7 @@ fn read_config(r: &mut Reader<'_>) -> Result<Config, SnapshotError> {
         2 => RetryPolicy::OnDrain,
         _ => return Err(Invalid("retry policy")),
     };
-    let mut v = [0u32; 22];
+    let mut v = [0u32; 23];
     for x in &mut v {
         *x = r.u32()?;
     }
@@ -413,6 +414,7 @@ fn read_config(r: &mut Reader<'_>) -> Result<Config, SnapshotError> {
         frag6_high_thresh: v[19],
         gre_timeout: v[20],
         gre_timeout_stream: v[21],
+        checksum: flag(v[22])?,
         sctp_timeouts,
     };
     Ok(Config {

@@ -1247,13 +1247,151 @@ fn bogus_lengths_and_unknown_versions_are_invalid() {
     assert_eq!((t.stats().invalid, t.stats().frag_queues), (5, 1));
 }
 
+/// A packet that arrived unverified with a wrong checksum is invalid and makes no entry, in
+/// every protocol conntrack checks; the same bytes sent by the local stack, or arriving with
+/// `nf_conntrack_checksum` 0, are tracked. An IPv4 header whose own checksum is wrong never
+/// reaches conntrack when it arrives.
+#[test]
+fn arriving_packets_with_a_wrong_checksum_are_invalid() {
+    both_families(|v6| {
+        let r = Run::new(v6, |_| {});
+        let corrupt = |mut p: Vec<u8>| {
+            let l3 = crate::wire::parse_l3(&p).unwrap();
+            p[l3.l4_offset + 1] ^= 0x40;
+            p
+        };
+        let echo = if v6 {
+            build::icmpv6_echo(true, 9, 1)
+        } else {
+            build::icmp_echo(true, 9, 1)
+        };
+        let icmp = if v6 { ipproto::ICMPV6 } else { ipproto::ICMP };
+        let sctp = build::sctp(40003, 5001, 0, &[build::sctp_init(1, 7)]);
+        for (name, good) in [
+            (
+                "tcp",
+                r.ip(
+                    true,
+                    ipproto::TCP,
+                    &build::tcp(40001, 5001, 1, 0, SYN, 1000, 0),
+                ),
+            ),
+            (
+                "udp",
+                r.ip(true, ipproto::UDP, &build::udp(40002, 5001, 20)),
+            ),
+            ("icmp", r.ip(true, icmp, &echo)),
+            ("sctp", r.ip(true, ipproto::SCTP, &sctp)),
+        ] {
+            let bad = corrupt(good.clone());
+            let mut t = Tracker::new(Config::default());
+            assert_eq!(t.ingest_arrived(T0, 0, &bad), Verdict::Invalid, "{name}");
+            assert_eq!((t.stats().invalid, t.stats().entries), (1, 0), "{name}");
+            assert_eq!(t.ingest_arrived(T0, 0, &good), Verdict::New, "{name}: good");
+            let mut t = Tracker::new(Config::default());
+            assert_eq!(t.ingest(T0, 0, &bad), Verdict::New, "{name}: sent");
+            let mut config = Config::default();
+            config.sysctls.checksum = false;
+            let mut t = Tracker::new(config);
+            assert_eq!(
+                t.ingest_arrived(T0, 0, &bad),
+                Verdict::New,
+                "{name}: unchecked"
+            );
+        }
+    });
+    let mut p = build::ipv4(
+        [10, 0, 0, 1],
+        [10, 0, 0, 2],
+        ipproto::UDP,
+        &build::udp(1, 2, 3),
+    );
+    p[8] ^= 1; // the TTL: the header checksum no longer holds
+    let mut t = Tracker::new(Config::default());
+    assert_eq!(t.ingest_arrived(T0, 0, &p), Verdict::Drop);
+    assert_eq!((t.stats().drop, t.stats().entries), (1, 0));
+    assert_eq!(t.ingest(T0, 0, &p), Verdict::New, "sent: not checked");
+}
+
+/// UDP-Lite with its correct checksum arriving from a wire is invalid, as in Linux 6.18 (whose
+/// check uses UDP's pseudo-header); sent by the local stack it is tracked.
+#[test]
+fn arriving_udplite_with_its_correct_checksum_is_invalid_as_in_the_kernel() {
+    both_families(|v6| {
+        let r = Run::new(v6, |_| {});
+        let mut l4 = build::udp(40002, 5001, 20);
+        l4[4..8].fill(0);
+        let l3 = crate::wire::parse_l3(&r.ip(true, ipproto::UDPLITE, &l4)).unwrap();
+        let pseudo = crate::wire::checksum::pseudo_header(
+            l3.src.bytes(l3.family),
+            l3.dst.bytes(l3.family),
+            ipproto::UDPLITE,
+            l4.len() as u32,
+        );
+        let sum = crate::wire::checksum::combine(&[pseudo, crate::wire::checksum::sum(&l4)]);
+        l4[6..8].copy_from_slice(&(!sum).to_be_bytes());
+        let p = r.ip(true, ipproto::UDPLITE, &l4);
+        let mut t = Tracker::new(Config::default());
+        assert_eq!(t.ingest_arrived(T0, 0, &p), Verdict::Invalid);
+        assert_eq!(t.ingest(T0, 0, &p), Verdict::New);
+    });
+}
+
+/// The check waits for reassembly: every fragment is queued, and the datagram they make is
+/// judged whole when the last one arrives.
+#[test]
+fn a_fragmented_datagram_is_checked_once_reassembled() {
+    let whole = build::ipv4(
+        [10, 0, 0, 1],
+        [10, 0, 0, 2],
+        ipproto::UDP,
+        &build::udp(1, 2, 40),
+    );
+    let mut bad = whole.clone();
+    bad[20 + 30] ^= 1; // in the second fragment's data
+    for (packet, last) in [(&bad, Verdict::Invalid), (&whole, Verdict::New)] {
+        let fragments = build::ipv4_fragments(packet, 7, &[(0, 24, true), (24, 100, false)]);
+        let mut t = Tracker::new(Config::default());
+        assert_eq!(t.ingest_arrived(T0, 0, &fragments[0]), Verdict::Queued);
+        assert_eq!(t.ingest_arrived(T0, 0, &fragments[1]), last);
+    }
+}
+
+/// The batch flag reaches the check: the same corrupt packet framed as arrived is invalid,
+/// framed as sent is tracked; a frame with an unknown flag stops the batch as an error.
+#[test]
+fn the_arrived_flag_of_a_batch_frame_asks_for_the_check() {
+    let mut p = build::ipv4(
+        [10, 0, 0, 1],
+        [10, 0, 0, 2],
+        ipproto::UDP,
+        &build::udp(1, 2, 3),
+    );
+    p[21] ^= 1;
+    let mut b = Vec::new();
+    batch::push_packet_with(&mut b, T0, 0, batch::PACKET_FLAG_ARRIVED, &p);
+    batch::push_packet(&mut b, T0, 0, &p);
+    batch::push_packet_with(&mut b, T0, 0, 4, &p);
+    batch::push_packet(&mut b, T0, 0, &p);
+    let mut t = Tracker::new(Config::default());
+    let mut verdicts = Vec::new();
+    t.ingest_batch_at(T0, &b, &mut verdicts);
+    assert_eq!(verdicts, [Verdict::Invalid as u8, Verdict::New as u8]);
+    assert_eq!((t.stats().invalid, t.stats().error), (1, 1));
+}
+
 proptest::proptest! {
     #[test]
     fn arbitrary_bytes_never_panic_the_engine(packets in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120), 1..40)) {
         let mut t = Tracker::new(Config::default());
         let mut out = Vec::new();
         for (i, p) in packets.iter().enumerate() {
-            t.ingest(T0 + i as u64 * MS, 0, p);
+            // Every other packet as arriving unverified: the checks read the same bytes.
+            if i % 2 == 0 {
+                t.ingest(T0 + i as u64 * MS, 0, p);
+            } else {
+                t.ingest_arrived(T0 + i as u64 * MS, 0, p);
+            }
             t.take_events(usize::MAX, &mut out);
         }
         let n = batch::events(&out).count();
@@ -1274,6 +1412,12 @@ proptest::proptest! {
         let v = t.ingest(T0, 0, &p);
         let s = t.stats();
         proptest::prop_assert_eq!(v == Verdict::Invalid, s.invalid == 1);
+        // Arriving, a changed byte may also fail a checksum: counted the same way.
+        let mut t = Tracker::new(Config::default());
+        let v = t.ingest_arrived(T0, 0, &p);
+        let s = t.stats();
+        proptest::prop_assert_eq!(v == Verdict::Invalid, s.invalid == 1);
+        proptest::prop_assert_eq!(v == Verdict::Drop, s.drop == 1);
     }
 }
 

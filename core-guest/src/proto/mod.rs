@@ -5,6 +5,7 @@
 //! [`L4Tracker`] trait, and an entry holds its protocol's state inline as a [`ProtoState`]
 //! enum, dispatched by `match` on the hot path: no box and no virtual call per flow.
 
+pub mod checksum;
 pub mod generic;
 pub mod gre;
 pub mod icmp;

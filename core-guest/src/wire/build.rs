@@ -49,8 +49,9 @@ pub fn ipv4_fragments(whole: &[u8], ident: u16, cuts: &[(usize, usize, bool)]) -
         .map(|&(offset, len, more)| {
             let mut f = whole[..ipv4::HEADER_LEN].to_vec();
             f.extend_from_slice(&data[offset.min(data.len())..(offset + len).min(data.len())]);
+            let total_len = f.len();
             let mut view = ipv4::Packet::new_unchecked(&mut f[..]);
-            view.set_total_len(u16::try_from(ipv4::HEADER_LEN + len).unwrap_or(u16::MAX));
+            view.set_total_len(u16::try_from(total_len).unwrap_or(u16::MAX));
             view.set_ident(ident);
             set_ipv4_fragment(&mut f, u16::try_from(offset).unwrap_or(u16::MAX), more);
             f
