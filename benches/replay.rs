@@ -21,10 +21,10 @@ fn capture(flows: u32) -> Vec<CapturedPacket> {
         .map(|i| {
             let client = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
             let l4 = build::udp(1024 + (i % 60_000) as u16, 53, 32);
-            CapturedPacket {
-                ts_ns: 1_000_000_000 + u64::from(i) * 10_000,
-                l3: build::ipv4(client, [192, 0, 2, 1], 17, &l4),
-            }
+            CapturedPacket::new(
+                1_000_000_000 + u64::from(i) * 10_000,
+                build::ipv4(client, [192, 0, 2, 1], 17, &l4),
+            )
         })
         .collect()
 }

@@ -17,7 +17,7 @@ use ctwasm_host::backend::{BackendKind, TrackerSettings, open_backend};
 use ctwasm_host::capture::CaptureReader;
 use ctwasm_host::listener::{ListenerConfig, Listeners};
 use ctwasm_host::output::{self, ConntrackOptions};
-use ctwasm_host::replay::{ReplayOptions, ReplayReport, replay};
+use ctwasm_host::replay::{ArrivingChecksums, ReplayOptions, ReplayReport, replay};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 mod artifacts_cmd;
@@ -153,6 +153,13 @@ struct ReplayArgs {
     /// Packets per ingest call.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// The capture was taken where arriving packets' checksums are vouched for by the device
+    /// (a veth or bridge carrying packets a local stack sent, its checksums unfinished in the
+    /// capture): the kernel does not verify them, so neither does the replay. Without it,
+    /// packets the capture marks as arriving (Linux cooked headers, pcapng flags) are verified
+    /// as conntrack verifies what arrives unverified (nf_conntrack_checksum).
+    #[arg(long)]
+    offloaded_checksums: bool,
     /// Run the engine natively or as the WebAssembly component under wasmtime.
     #[arg(long, value_parser = clap::value_parser!(BackendKind), default_value = "component")]
     backend: BackendKind,
@@ -273,6 +280,11 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
     };
     let replay_options = ReplayOptions {
         batch: args.batch,
+        arriving: if args.offloaded_checksums {
+            ArrivingChecksums::Offloaded
+        } else {
+            ArrivingChecksums::Unverified
+        },
         flush_at_end: args.flush_at_end,
         expire_at_end: args.expire_at_end,
     };

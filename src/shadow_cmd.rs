@@ -25,6 +25,12 @@ pub struct ShadowArgs {
     /// Seconds between running counts.
     #[arg(long, default_value_t = 5.0, value_name = "SECS", value_parser = crate::values::seconds)]
     report_every: f64,
+    /// The interface is a veth or bridge whose arriving packets come from a local sender with
+    /// their checksums unfinished: the kernel does not verify them, so neither does the engine
+    /// (on loopback nothing arrives unverified; elsewhere arriving packets are verified as
+    /// conntrack verifies them).
+    #[arg(long)]
+    offloaded_checksums: bool,
     /// Print every flow side by side at the end, not only the divergent ones.
     #[arg(long, short = 'v')]
     verbose: bool,
@@ -48,6 +54,11 @@ pub fn run(args: ShadowArgs) -> Result<()> {
         duration: args.duration.map(Duration::from_secs_f64),
         overrides: crate::parse_sysctls(&args.sysctls)?,
         report_every: Duration::from_secs_f64(args.report_every.max(0.1)),
+        arriving: if args.offloaded_checksums {
+            ctwasm_host::replay::ArrivingChecksums::Offloaded
+        } else {
+            ctwasm_host::replay::ArrivingChecksums::Unverified
+        },
     };
     let metrics = args.metrics.start()?;
     let mut progress = |p: &ShadowProgress| match p {

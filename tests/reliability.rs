@@ -96,9 +96,7 @@ fn tcp_tuple(slot: u8) -> Tuple {
 
 /// Ingests one packet at `at`; returns its verdict.
 fn packet(sim: &mut Simulation<'_>, reader: &mut Reader, at: u64, l3: Vec<u8>) -> Verdict {
-    let v = sim
-        .ingest(&[CapturedPacket { ts_ns: at, l3 }], reader)
-        .unwrap();
+    let v = sim.ingest(&[CapturedPacket::new(at, l3)], reader).unwrap();
     Verdict::from_u8(v[0]).unwrap()
 }
 

@@ -36,6 +36,48 @@ pub struct CapturedPacket {
     pub ts_ns: u64,
     /// The IPv4 or IPv6 packet, starting at the IP header (possibly cut by the snap length).
     pub l3: Vec<u8>,
+    /// Which way it crossed the interface, where the capture says so.
+    pub direction: LinkDirection,
+}
+
+impl CapturedPacket {
+    /// A packet whose direction the capture does not say.
+    pub fn new(ts_ns: u64, l3: Vec<u8>) -> CapturedPacket {
+        CapturedPacket {
+            ts_ns,
+            l3,
+            direction: LinkDirection::Unknown,
+        }
+    }
+}
+
+/// Which way a packet crossed the interface it was captured on: Linux cooked headers carry it
+/// as the packet type, pcapng as `epb_flags`, a live packet socket as `sll_pkttype`; plain
+/// Ethernet and raw-IP captures do not say. It matters because conntrack verifies checksums
+/// only on packets that arrive (see `ctwasm_core::batch::PACKET_FLAG_ARRIVED`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LinkDirection {
+    #[default]
+    Unknown,
+    /// Received: to this host, broadcast, multicast, or to another host (promiscuous).
+    Inbound,
+    /// Sent by this host; also loopback's traffic, which conntrack meets on its way out.
+    Outbound,
+}
+
+impl LinkDirection {
+    /// From a Linux packet type (`PACKET_HOST` 0 ... `PACKET_OUTGOING` 4) and the interface's
+    /// `ARPHRD_*` type: everything on loopback counts as sent, since the local stack sent it
+    /// and conntrack tracked it at LOCAL_OUT (the received copy only passes the tap again).
+    pub fn from_linux(pkttype: u8, hatype: u16) -> LinkDirection {
+        const ARPHRD_LOOPBACK: u16 = 772;
+        match pkttype {
+            _ if hatype == ARPHRD_LOOPBACK => LinkDirection::Outbound,
+            0..=3 => LinkDirection::Inbound,
+            4 => LinkDirection::Outbound,
+            _ => LinkDirection::Unknown,
+        }
+    }
 }
 
 /// The container format a capture was read from.
@@ -451,6 +493,7 @@ fn pcap_record(
     let frame = l3_payload(link, big_endian, &raw.data).map(|l3| CapturedPacket {
         ts_ns,
         l3: l3.to_vec(),
+        direction: cooked_direction(link, &raw.data),
     });
     Ok((rest.len() - rem.len(), Some(frame)))
 }
@@ -506,10 +549,16 @@ fn pcapng_block(
                 )));
             };
             let ts_ns = scale_timestamp(packet.timestamp, iface);
+            // A cooked header's packet type, else the block's own flags.
+            let direction = match cooked_direction(iface.link, packet.data) {
+                LinkDirection::Unknown => packet.direction,
+                known => known,
+            };
             Some(
                 l3_payload(iface.link, big_endian, packet.data).map(|l3| CapturedPacket {
                     ts_ns,
                     l3: l3.to_vec(),
+                    direction,
                 }),
             )
         }
@@ -619,10 +668,12 @@ struct PacketBlock<'a> {
     interface: u32,
     timestamp: u64,
     data: &'a [u8],
+    direction: LinkDirection,
 }
 
-/// Reads an EPB or PB body. Their options are not needed and not parsed, so an odd comment
-/// option cannot make a good packet unreadable.
+/// Reads an EPB or PB body. Of the options only an EPB's `epb_flags` is read, for the packet's
+/// direction, and leniently: an option list that does not parse leaves the direction unknown
+/// rather than make a good packet unreadable.
 fn packet_block(kind: u32, body: &[u8], big_endian: bool) -> Result<PacketBlock<'_>, String> {
     let name = if kind == PCAPNG_EPB {
         "enhanced packet block"
@@ -654,11 +705,75 @@ fn packet_block(kind: u32, body: &[u8], big_endian: bool) -> Result<PacketBlock<
         .get(20..)
         .and_then(|d| d.get(..caplen as usize))
         .ok_or_else(|| format!("{name} captured length {caplen} runs past the block"))?;
+    let direction = if kind == PCAPNG_EPB {
+        let options = body.get(20 + (caplen as usize).next_multiple_of(4)..);
+        epb_direction(options.unwrap_or(&[]), big_endian)
+    } else {
+        LinkDirection::Unknown
+    };
     Ok(PacketBlock {
         interface,
         timestamp: (u64::from(hi) << 32) | u64::from(lo),
         data,
+        direction,
     })
+}
+
+/// The direction bits (0–1) of an EPB's `epb_flags` option (code 2, four bytes): 1 inbound, 2
+/// outbound.
+fn epb_direction(mut options: &[u8], big_endian: bool) -> LinkDirection {
+    const EPB_FLAGS: u16 = 2;
+    let u16_at = |b: &[u8], i: usize| -> Option<u16> {
+        let w: [u8; 2] = b.get(i..i + 2)?.try_into().ok()?;
+        Some(if big_endian {
+            u16::from_be_bytes(w)
+        } else {
+            u16::from_le_bytes(w)
+        })
+    };
+    while let (Some(code), Some(len)) = (u16_at(options, 0), u16_at(options, 2)) {
+        let len = usize::from(len);
+        let Some(value) = options.get(4..4 + len) else {
+            break;
+        };
+        if code == 0 {
+            break;
+        }
+        if code == EPB_FLAGS && len == 4 {
+            let w: [u8; 4] = value.try_into().expect("4 bytes");
+            let flags = if big_endian {
+                u32::from_be_bytes(w)
+            } else {
+                u32::from_le_bytes(w)
+            };
+            return match flags & 3 {
+                1 => LinkDirection::Inbound,
+                2 => LinkDirection::Outbound,
+                _ => LinkDirection::Unknown,
+            };
+        }
+        options = options.get(4 + len.next_multiple_of(4)..).unwrap_or(&[]);
+    }
+    LinkDirection::Unknown
+}
+
+/// The direction a Linux cooked header records (v1: packet type at 0, `ARPHRD_*` at 2; v2:
+/// `ARPHRD_*` at 8, packet type at 10).
+fn cooked_direction(link: u32, frame: &[u8]) -> LinkDirection {
+    let (pkttype, hatype) = match link {
+        linktype::LINUX_SLL => (
+            be16(frame, 0)
+                .ok()
+                .map(|t| u8::try_from(t).unwrap_or(u8::MAX)),
+            be16(frame, 2).ok(),
+        ),
+        linktype::LINUX_SLL2 => (frame.get(10).copied(), be16(frame, 8).ok()),
+        _ => return LinkDirection::Unknown,
+    };
+    match (pkttype, hatype) {
+        (Some(t), Some(h)) => LinkDirection::from_linux(t, h),
+        _ => LinkDirection::Unknown,
+    }
 }
 
 /// Strips the link-layer header of `frame`, or says why the frame carries no IP packet.
@@ -841,6 +956,10 @@ mod tests {
             self
         }
         fn packet(&mut self, interface: u32, ts: u64, data: &[u8]) -> &mut Ng {
+            self.packet_with(interface, ts, data, &[])
+        }
+        /// An EPB with raw option bytes after its (padded) data.
+        fn packet_with(&mut self, interface: u32, ts: u64, data: &[u8], options: &[u8]) -> &mut Ng {
             let mut body = Vec::new();
             body.extend_from_slice(&self.w32(interface));
             body.extend_from_slice(&self.w32((ts >> 32) as u32));
@@ -848,8 +967,111 @@ mod tests {
             body.extend_from_slice(&self.w32(data.len() as u32));
             body.extend_from_slice(&self.w32(data.len() as u32));
             body.extend_from_slice(data);
+            body.resize(body.len().next_multiple_of(4), 0);
+            body.extend_from_slice(options);
             self.block(PCAPNG_EPB, &body);
             self
+        }
+        /// One option: code, length, value padded to 4.
+        fn option(&self, code: u16, value: &[u8]) -> Vec<u8> {
+            let mut o = self.w16(code).to_vec();
+            o.extend_from_slice(&self.w16(value.len() as u16));
+            o.extend_from_slice(value);
+            o.resize(o.len().next_multiple_of(4), 0);
+            o
+        }
+    }
+
+    /// Linux cooked headers say which way each packet went (v1 and v2, loopback's copies
+    /// counted as sent); plain Ethernet does not.
+    #[test]
+    fn cooked_headers_carry_the_direction() {
+        let sll = |pkttype: u16, hatype: u16| {
+            let mut f = pkttype.to_be_bytes().to_vec();
+            f.extend_from_slice(&hatype.to_be_bytes());
+            f.extend_from_slice(&[0; 10]);
+            f.extend_from_slice(&0x0800u16.to_be_bytes());
+            f.extend_from_slice(&ipv4());
+            f
+        };
+        let sll2 = |pkttype: u8, hatype: u16| {
+            let mut f = 0x0800u16.to_be_bytes().to_vec();
+            f.extend_from_slice(&[0; 6]);
+            f.extend_from_slice(&hatype.to_be_bytes());
+            f.push(pkttype);
+            f.extend_from_slice(&[0; 9]);
+            f.extend_from_slice(&ipv4());
+            f
+        };
+        use LinkDirection::*;
+        for (pkttype, hatype, want) in [
+            (0, 1, Inbound),
+            (1, 1, Inbound),
+            (3, 1, Inbound),
+            (4, 1, Outbound),
+            (0, 772, Outbound),
+            (4, 772, Outbound),
+            (7, 1, Unknown),
+        ] {
+            let c = parse_capture(&pcap(113, true, false, &[(1, 0, &sll(pkttype, hatype))]));
+            assert_eq!(
+                c.unwrap().packets[0].direction,
+                want,
+                "v1 {pkttype} {hatype}"
+            );
+            let c = parse_capture(&pcap(
+                276,
+                true,
+                false,
+                &[(1, 0, &sll2(pkttype as u8, hatype))],
+            ));
+            assert_eq!(
+                c.unwrap().packets[0].direction,
+                want,
+                "v2 {pkttype} {hatype}"
+            );
+        }
+        let c = parse_capture(&pcap(1, true, false, &[(1, 0, &ethernet(0x0800, &ipv4()))]));
+        assert_eq!(c.unwrap().packets[0].direction, Unknown);
+    }
+
+    /// pcapng's `epb_flags` carries the direction, in either byte order, after other options;
+    /// an option list that does not parse leaves it unknown and the packet readable.
+    #[test]
+    fn pcapng_epb_flags_carry_the_direction() {
+        for big in [false, true] {
+            let mut ng = Ng::new(big);
+            let flags = |v: u32| {
+                let b = if big {
+                    v.to_be_bytes()
+                } else {
+                    v.to_le_bytes()
+                };
+                ng.option(2, &b)
+            };
+            let (inbound, outbound, neither) = (flags(1), flags(2 | 0x100), flags(0));
+            let comment = ng.option(1, b"a comment");
+            let end = ng.option(0, &[]);
+            let broken = [ng.w16(2).to_vec(), ng.w16(400).to_vec()].concat();
+            ng.interface(101, Some(9));
+            for options in [
+                [inbound.clone(), end.clone()].concat(),
+                [comment.clone(), outbound, end.clone()].concat(),
+                neither,
+                Vec::new(),
+                broken,
+                [comment, end, inbound].concat(),
+            ] {
+                ng.packet_with(0, 1, &ipv4(), &options);
+            }
+            let c = parse_capture(&ng.bytes).unwrap();
+            let got: Vec<_> = c.packets.iter().map(|p| p.direction).collect();
+            use LinkDirection::*;
+            assert_eq!(
+                got,
+                [Inbound, Outbound, Unknown, Unknown, Unknown, Unknown],
+                "big endian {big}"
+            );
         }
     }
 
@@ -862,10 +1084,7 @@ mod tests {
             assert_eq!(micro.format, CaptureFormat::Pcap);
             assert_eq!(
                 micro.packets,
-                vec![CapturedPacket {
-                    ts_ns: 10_500_000_000,
-                    l3: v4.clone()
-                }]
+                vec![CapturedPacket::new(10_500_000_000, v4.clone())]
             );
             let nano = parse_capture(&pcap(1, true, big, &[(10, 42, &frame)])).unwrap();
             assert_eq!(nano.packets[0].ts_ns, 10_000_000_042);

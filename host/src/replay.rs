@@ -16,7 +16,7 @@ use ctwasm_core::netlink::CtMessage;
 use ctwasm_core::{Delivery, Stats, Verdict};
 
 use crate::backend::Backend;
-use crate::capture::CapturedPacket;
+use crate::capture::{CapturedPacket, LinkDirection};
 use crate::listener::{ListenerStats, Listeners, ReceivedMessage};
 use crate::output;
 
@@ -30,6 +30,8 @@ const TAKE_CHUNK: u32 = 4096;
 pub struct ReplayOptions {
     /// Packets per `ingest` call.
     pub batch: usize,
+    /// What the capturing devices did with arriving packets' checksums.
+    pub arriving: ArrivingChecksums,
     /// `conntrack -F` after the last packet.
     pub flush_at_end: bool,
     /// After the last packet, let simulated time run until every entry has timed out.
@@ -40,10 +42,29 @@ impl Default for ReplayOptions {
     fn default() -> Self {
         ReplayOptions {
             batch: 1,
+            arriving: ArrivingChecksums::default(),
             flush_at_end: false,
             expire_at_end: false,
         }
     }
+}
+
+/// What the devices a capture was taken on did with the checksums of the packets that arrived
+/// there, which decides whether conntrack verified them (see
+/// `ctwasm_core::batch::PACKET_FLAG_ARRIVED`). Only packets the capture marks as arriving
+/// ([`LinkDirection::Inbound`]: Linux cooked headers, pcapng's `epb_flags`, live captures) are
+/// concerned; the rest are taken as sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ArrivingChecksums {
+    /// Nothing: they reach conntrack unverified and are checked (when `nf_conntrack_checksum`
+    /// is on): a network card (one that verified a good checksum gives the same answer), a
+    /// TUN device.
+    #[default]
+    Unverified,
+    /// The device vouched for them: a veth or bridge carrying packets a local stack sent, whose
+    /// checksums are left to be filled in (the capture shows them unfinished) and which the
+    /// kernel therefore does not check.
+    Offloaded,
 }
 
 /// What a run did.
@@ -51,7 +72,7 @@ impl Default for ReplayOptions {
 pub struct ReplayReport {
     pub packets: u64,
     /// Packets by verdict, indexed by `Verdict as u8`.
-    pub verdicts: [u64; 8],
+    pub verdicts: [u64; Verdict::COUNT],
     pub stats: Stats,
     pub listeners: Vec<(String, ListenerStats)>,
     /// Simulated time from the first packet to the last event read.
@@ -83,6 +104,8 @@ impl<F: FnMut(&EventFrame<'_>, &CtMessage) -> Result<()>> EventSink for F {
 pub struct Simulation<'a> {
     pub backend: &'a mut dyn Backend,
     pub listeners: Listeners,
+    /// Whether packets the capture marks as arriving reach the engine unverified.
+    pub arriving: ArrivingChecksums,
     now_ns: u64,
     events: Vec<u8>,
     results: Vec<Delivery>,
@@ -104,6 +127,7 @@ impl<'a> Simulation<'a> {
         Ok(Simulation {
             backend,
             listeners,
+            arriving: ArrivingChecksums::default(),
             now_ns: 0,
             events: Vec::new(),
             results: Vec::new(),
@@ -219,7 +243,13 @@ impl<'a> Simulation<'a> {
         let mut bytes = Vec::with_capacity(packets.iter().map(|p| p.borrow().l3.len() + 16).sum());
         for p in packets {
             let p = p.borrow();
-            batch::push_packet(&mut bytes, p.ts_ns.max(1), 0, &p.l3);
+            let flags = match (p.direction, self.arriving) {
+                (LinkDirection::Inbound, ArrivingChecksums::Unverified) => {
+                    batch::PACKET_FLAG_ARRIVED
+                }
+                _ => 0,
+            };
+            batch::push_packet_with(&mut bytes, p.ts_ns.max(1), 0, flags, &p.l3);
         }
         let mut verdicts = Vec::with_capacity(packets.len());
         let at = first;
@@ -262,7 +292,11 @@ impl<'a> Simulation<'a> {
         }
     }
 
-    pub fn report(&mut self, packets: u64, verdicts: [u64; 8]) -> Result<ReplayReport> {
+    pub fn report(
+        &mut self,
+        packets: u64,
+        verdicts: [u64; Verdict::COUNT],
+    ) -> Result<ReplayReport> {
         Ok(ReplayReport {
             packets,
             verdicts,
@@ -287,7 +321,8 @@ pub fn replay<P: Borrow<CapturedPacket>>(
     mut progress: impl FnMut(u64),
 ) -> Result<ReplayReport> {
     let mut sim = Simulation::new(backend, listeners)?;
-    let mut verdicts = [0u64; 8];
+    sim.arriving = options.arriving;
+    let mut verdicts = [0u64; Verdict::COUNT];
     let mut packets = packets.into_iter();
     let batch = options.batch.max(1);
     let mut chunk = Vec::with_capacity(batch.min(4096));
@@ -350,14 +385,16 @@ mod tests {
             let listeners =
                 Listeners::new([ListenerConfig::parse("reliable,faults=1,record").unwrap()]);
             let packets: Vec<CapturedPacket> = (0..3u16)
-                .map(|i| CapturedPacket {
-                    ts_ns: u64::MAX - 1_000 + u64::from(i),
-                    l3: build::ipv4(
-                        [10, 0, 0, 1],
-                        [10, 0, 0, 2],
-                        17,
-                        &build::udp(5000 + i, 53, 8),
-                    ),
+                .map(|i| {
+                    CapturedPacket::new(
+                        u64::MAX - 1_000 + u64::from(i),
+                        build::ipv4(
+                            [10, 0, 0, 1],
+                            [10, 0, 0, 2],
+                            17,
+                            &build::udp(5000 + i, 53, 8),
+                        ),
+                    )
                 })
                 .collect();
             let options = ReplayOptions {

@@ -277,7 +277,7 @@ pub fn run_with_listeners(
         ..Reads::default()
     };
     let mut samples: Vec<Sample> = Vec::new();
-    let mut verdicts = [0u64; 8];
+    let mut verdicts = [0u64; Verdict::COUNT];
 
     let gap_ns = if options.flow_rate > 0.0 {
         ((1e9 / options.flow_rate).round() as u64).max(1)
@@ -292,10 +292,10 @@ pub fn run_with_listeners(
     while i < options.flows {
         packets.clear();
         let end = (i + batch).min(options.flows);
-        packets.extend((i..end).map(|f| CapturedPacket {
-            ts_ns: START_NS + f * gap_ns,
-            l3: StressOptions::flow_packet(f),
-        }));
+        packets
+            .extend((i..end).map(|f| {
+                CapturedPacket::new(START_NS + f * gap_ns, StressOptions::flow_packet(f))
+            }));
         for v in sim.ingest(&packets, &mut reads)? {
             if let Some(v) = Verdict::from_u8(v) {
                 verdicts[v as usize] += 1;

@@ -93,6 +93,9 @@ impl Verdict {
     /// The verdict with the highest discriminant: every byte from 0 to it is a verdict.
     pub const LAST: Verdict = Verdict::Queued;
 
+    /// How many verdicts there are: the length of an array indexed by `Verdict as usize`.
+    pub const COUNT: usize = Verdict::LAST as usize + 1;
+
     pub fn from_u8(v: u8) -> Option<Verdict> {
         use Verdict::*;
         [

@@ -22,7 +22,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ctwasm_host::capture::CapturedPacket;
+use ctwasm_host::capture::{CapturedPacket, LinkDirection};
 
 use crate::ctnetlink::{CtnlError, EventSocket, KernelMessage, Received, SubscribeOptions};
 use crate::netns::in_netns;
@@ -109,6 +109,8 @@ impl PacketSocket {
         Ok(Some(CapturedPacket {
             ts_ns: meta.ts_ns.unwrap_or_else(wall_ns),
             l3: self.buf[..meta.len].to_vec(),
+            // Loopback's kept copy counts as sent: conntrack met it on its way out.
+            direction: LinkDirection::from_linux(meta.pkttype, meta.hatype),
         }))
     }
 }

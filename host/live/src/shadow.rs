@@ -34,7 +34,7 @@ use ctwasm_host::capture::CapturedPacket;
 use ctwasm_host::compare::{Agreement, Comparison, FlowLog};
 use ctwasm_host::listener::Listeners;
 use ctwasm_host::output::tuple_text;
-use ctwasm_host::replay::Simulation;
+use ctwasm_host::replay::{ArrivingChecksums, Simulation};
 
 use crate::capture::{Observed, Observer};
 use crate::ctnetlink::Conntrack;
@@ -53,6 +53,9 @@ pub struct ShadowOptions {
     pub overrides: Vec<(String, String)>,
     /// A running count this often.
     pub report_every: Duration,
+    /// What the interface does with arriving packets' checksums (a veth from a local sender
+    /// leaves them unfinished, and the kernel trusts them).
+    pub arriving: ArrivingChecksums,
 }
 
 /// Where a run stands.
@@ -190,7 +193,7 @@ impl<'a> Shadow<'a> {
                 // A capture's clock can step back by a few ns between CPUs; the engine's may not.
                 let p = CapturedPacket {
                     ts_ns: p.ts_ns.max(self.sim.now()),
-                    l3: p.l3,
+                    ..p
                 };
                 self.sim.ingest(std::slice::from_ref(&p), &mut self.ours)?;
             }
@@ -301,6 +304,7 @@ pub fn run_shadow(
     let mut ct = Conntrack::open(Some(netns))?;
     let table: Vec<CtMessage> = ct.dump()?.into_iter().map(|m| m.message).collect();
     let mut shadow = Shadow::new(&mut backend, &table)?;
+    shadow.sim.arriving = options.arriving;
 
     let started = Instant::now();
     let mut next_evict = started + Duration::from_secs(1);
