@@ -32,6 +32,7 @@ use ctwasm_core::proto::tcp::flag::{ACK, FIN, PSH, RST, SYN};
 use ctwasm_host::backend::BackendKind;
 use ctwasm_host::capture::CapturedPacket;
 use ctwasm_host::compare::{Comparison, FlowLog};
+use ctwasm_host::replay::ArrivingChecksums;
 use ctwasm_live::capture::{Observed, Observer};
 use ctwasm_live::ctnetlink::{Conntrack, KernelMessage};
 use ctwasm_live::link::Impairments;
@@ -168,6 +169,13 @@ fn run_scenario(s: &Scenario, fam: Fam) -> Outcome {
         .chain(s.sysctls)
         .map(|(n, v)| (format!("net.netfilter.{n}"), v.to_string()))
         .collect();
+    // A TUN device hands arriving packets on unverified, and conntrack checks them; a veth
+    // carries the sending stack's checksums unfinished, and conntrack trusts them (loopback
+    // has nothing arriving: its packets are tracked as they leave).
+    let arriving = match s.topology {
+        Topology::Link(_) => ArrivingChecksums::Unverified,
+        Topology::Loopback | Topology::Veth | Topology::Routed => ArrivingChecksums::Offloaded,
+    };
     let lab = match s.topology {
         Topology::Loopback => Lab::loopback(),
         Topology::Veth => Lab::veth(),
@@ -211,20 +219,23 @@ fn run_scenario(s: &Scenario, fam: Fam) -> Outcome {
     let observed = run.observer.take().expect("observing").finish();
     let link = run.lab.stop_link().map(|[ab, ba]| {
         format!(
-            "link a->b: {} sent, {} lost, {} cut, {} duplicated, {} late copies, {} held back; \
-             b->a: {} sent, {} lost, {} cut, {} duplicated, {} late copies, {} held back",
+            "link a->b: {} sent, {} lost, {} cut, {} duplicated, {} late copies, {} held back, \
+             {} corrupted; b->a: {} sent, {} lost, {} cut, {} duplicated, {} late copies, {} held \
+             back, {} corrupted",
             ab.sent,
             ab.lost,
             ab.outage_drops,
             ab.duplicated,
             ab.late_duplicates,
             ab.held_back,
+            ab.corrupted,
             ba.sent,
             ba.lost,
             ba.outage_drops,
             ba.duplicated,
             ba.late_duplicates,
-            ba.held_back
+            ba.held_back,
+            ba.corrupted
         )
     });
 
@@ -276,11 +287,23 @@ fn run_scenario(s: &Scenario, fam: Fam) -> Outcome {
         // Each namespace has its own table; name its flows apart.
         let mut k = FlowLog::new();
         k.extend(events[i].iter().map(|m| &m.message));
-        let replayed =
-            replay_capture(BackendKind::Native, &packets[i], &sysctls, until_ns).expect("replay");
+        let replayed = replay_capture(
+            BackendKind::Native,
+            &packets[i],
+            &sysctls,
+            arriving,
+            until_ns,
+        )
+        .expect("replay");
         // The component must read the very same messages off the same live capture.
-        let component = replay_capture(BackendKind::Component, &packets[i], &sysctls, until_ns)
-            .expect("replay through the component");
+        let component = replay_capture(
+            BackendKind::Component,
+            &packets[i],
+            &sysctls,
+            arriving,
+            until_ns,
+        )
+        .expect("replay through the component");
         assert!(
             component == replayed,
             "{}: the component's events differ from the native engine's on this capture",
@@ -1385,9 +1408,10 @@ fn link_addrs(f: Fam) -> (IpAddr, IpAddr) {
     }
 }
 
-/// 3 % loss, 3 % held back, 2 % duplicated (1 % again 200 ms later), both ways.
+/// 3 % loss, 3 % held back, 2 % duplicated (1 % again 200 ms later), 1 % with a bit flipped,
+/// both ways.
 fn lossy_link() -> ([Impairments; 2], u64) {
-    let imp = Impairments::lossy(0.03, 0.03, 0.02);
+    let imp = Impairments::lossy(0.03, 0.03, 0.02).corrupting(0.01);
     ([imp.clone(), imp], 0x5eed_0001)
 }
 
@@ -1656,14 +1680,41 @@ fn link_http_keepalive(run: &mut Run, f: Fam) {
     drop(server);
 }
 
-/// The other trackers across the lossy link: GRE version 0 both ways, and an SCTP association
-/// (set up, data, shut down) built by hand with its CRC32c, each side's packets sent from its
-/// own namespace through raw sockets. A lost packet is lost: what each side's conntrack saw is
-/// what the engine replays. (UDP-Lite is left out: Linux verifies an arriving UDP-Lite
-/// datagram's checksum with UDP's pseudo-header, so it tracks none that come from a wire; see
-/// "UDP-Lite from a wire" in `host/docs/kernel-behaviour.md`.)
+/// The other trackers across the link: GRE version 0 both ways, and an SCTP association (set
+/// up, data, shut down) built by hand with its CRC32c, each side's packets sent from its own
+/// namespace through raw sockets; and UDP-Lite between real sockets, once over the whole
+/// datagram and once with a checksum coverage of 12 bytes. Linux verifies an arriving UDP-Lite
+/// datagram's checksum with UDP's pseudo-header, so each side's conntrack finds every datagram
+/// that arrives invalid and tracks only what its own side sends (see "UDP-Lite from a wire" in
+/// `host/docs/kernel-behaviour.md`); the engine must agree.
 fn link_other_protocols(run: &mut Run, f: Fam) {
     let (client_ip, server_ip) = link_addrs(f);
+    for (port, coverage) in [(5006u16, 0), (5007, 12)] {
+        let client = run.inside(0, || {
+            common::sockets::udplite_bind(sa(client_ip, 40000 + port)).expect("udplite client")
+        });
+        let server = run.inside(1, || {
+            common::sockets::udplite_bind(sa(server_ip, port)).expect("udplite server")
+        });
+        if coverage > 0 {
+            // SOL_UDPLITE (136), UDPLITE_SEND_CSCOV (10).
+            common::sockets::set_int_option(&client, 136, 10, coverage);
+            common::sockets::set_int_option(&server, 136, 10, coverage);
+        }
+        server
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        for _ in 0..3 {
+            client
+                .send_to(b"lite over a wire", sa(server_ip, port))
+                .expect("udplite out");
+            if let Ok((n, from)) = server.recv_from(&mut buf) {
+                server.send_to(&buf[..n], from).expect("udplite back");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let raw = |ns: usize, proto: i32| {
         run.inside(ns, || {
             common::sockets::RawSocket::bind(f.any(), proto).expect("raw socket")
@@ -2098,7 +2149,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             topology: Topology::Link(lossy_link),
             sysctls: SCTP_SYSCTLS,
-            ..lo("link: gre and sctp, lossy", link_other_protocols)
+            ..lo("link: gre, sctp and udp-lite, lossy", link_other_protocols)
         },
         crafted(
             "fragments: a reply's fragment lost",

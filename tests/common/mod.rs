@@ -528,11 +528,13 @@ impl Drop for Lab {
 
 /// Runs the engine (`kind`: native or the component) with `sysctls` over `packets` (in capture
 /// order) and on to `until_ns`, the instant the kernel's table was last read, so both sides have
-/// had the same chance to time entries out; one lossless listener. Returns every message it read.
+/// had the same chance to time entries out; one lossless listener; arriving packets verified or
+/// not as `arriving` says the capturing device handled them. Returns every message it read.
 pub fn replay_capture(
     kind: BackendKind,
     packets: &[CapturedPacket],
     sysctls: &[(String, String)],
+    arriving: ctwasm_host::replay::ArrivingChecksums,
     until_ns: u64,
 ) -> Result<Vec<CtMessage>> {
     let settings = TrackerSettings {
@@ -541,6 +543,7 @@ pub fn replay_capture(
     };
     let mut backend = open_backend(kind, &settings, None)?;
     let mut sim = Simulation::new(backend.as_mut(), Listeners::lossless())?;
+    sim.arriving = arriving;
     let mut out = Vec::new();
     let mut sink = |_: &ctwasm_core::batch::EventFrame<'_>, m: &CtMessage| -> Result<()> {
         out.push(m.clone());
@@ -550,7 +553,7 @@ pub fn replay_capture(
         // A capture's clock can step back by a few ns between CPUs; the engine's may not.
         let p = CapturedPacket {
             ts_ns: p.ts_ns.max(sim.now()),
-            l3: p.l3.clone(),
+            ..p.clone()
         };
         sim.ingest(std::slice::from_ref(&p), &mut sink)?;
     }

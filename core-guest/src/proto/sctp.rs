@@ -27,8 +27,9 @@
 //! entry passes but does not refresh it either, so that a client reusing its port cannot keep an
 //! entry alive forever.
 //!
-//! The CRC32c is not verified, as no checksum is here (the kernel checks it only on packets
-//! entering from outside without hardware help).
+//! The CRC32c is verified only on packets that arrived unverified, before the tracker runs, as
+//! the kernel checks it only on packets entering from outside without hardware help: see
+//! [`super::checksum`].
 
 use super::{L4Tracker, Outcome, PacketContext, Segment};
 use crate::config::Sysctls;

@@ -6,7 +6,8 @@
 //! length field is the checksum coverage, not the length: 0 means the whole datagram, anything
 //! else must be at least the 8-byte header and at most the datagram; and the checksum is
 //! mandatory. A packet that breaks either is invalid (it creates no entry, refreshes none).
-//! As for every protocol here, the checksum itself is not verified.
+//! The checksum itself is verified only on packets that arrived unverified, before the tracker
+//! runs, with the kernel's own (UDP) pseudo-header: see [`super::checksum`].
 
 use super::{L4Tracker, Outcome, PacketContext, Segment};
 use crate::config::Sysctls;

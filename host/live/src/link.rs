@@ -65,6 +65,11 @@ pub struct Impairments {
     pub jitter: Duration,
     /// Times, from the link's start, when this direction carries nothing.
     pub outages: Vec<Range<Duration>>,
+    /// Probability that a packet arrives with one bit flipped past its fixed IP header (line
+    /// noise the link's CRC missed): the receiver's conntrack and stack find the transport
+    /// checksum wrong. Drawn from a generator of its own, so adding it leaves every other fate
+    /// of a seeded run as it was.
+    pub corrupt: f64,
 }
 
 impl Impairments {
@@ -82,7 +87,14 @@ impl Impairments {
             delay: Duration::from_millis(1),
             jitter: Duration::from_millis(1),
             outages: Vec::new(),
+            corrupt: 0.0,
         }
+    }
+
+    /// The same with a share `corrupt` of packets corrupted.
+    pub fn corrupting(mut self, corrupt: f64) -> Impairments {
+        self.corrupt = corrupt;
+        self
     }
 }
 
@@ -99,6 +111,8 @@ pub struct DirectionStats {
     pub duplicated: u64,
     pub late_duplicates: u64,
     pub held_back: u64,
+    /// Delivered with a bit flipped.
+    pub corrupted: u64,
     /// Dropped because [`MAX_IN_FLIGHT`] packets were already in flight.
     pub overflow: u64,
     /// The receiving side refused a write (the device was down, say).
@@ -233,6 +247,8 @@ struct Carrier {
     impairments: [Impairments; 2],
     cut_until: Arc<[AtomicU64; 2]>,
     rngs: [ChaCha8Rng; 2],
+    /// Corruption's own draws (see [`Impairments::corrupt`]).
+    noise: [ChaCha8Rng; 2],
     started: Instant,
     queue: BinaryHeap<InFlight>,
     next_seq: u64,
@@ -247,6 +263,10 @@ impl Carrier {
             rngs: [
                 ChaCha8Rng::seed_from_u64(seed),
                 ChaCha8Rng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
+            ],
+            noise: [
+                ChaCha8Rng::seed_from_u64(seed ^ 0x0bad_c0de_0000_0001),
+                ChaCha8Rng::seed_from_u64(seed ^ 0x0bad_c0de_0000_0002),
             ],
             started,
             queue: BinaryHeap::new(),
@@ -290,7 +310,7 @@ impl Carrier {
     /// Decides the fate of a packet the side `dir` sent at `at`. The draws are made in the same
     /// order for every packet, whatever the outcome, so the n-th packet's fate depends on the
     /// seed alone.
-    fn admit(&mut self, dir: usize, at: Instant, packet: Vec<u8>) {
+    fn admit(&mut self, dir: usize, at: Instant, mut packet: Vec<u8>) {
         let imp = &self.impairments[dir];
         let rng = &mut self.rngs[dir];
         let (lose, dup, late, hold, jitter) = (
@@ -299,6 +319,12 @@ impl Carrier {
             rng.random::<f64>() < imp.late_duplicate,
             rng.random::<f64>() < imp.reorder,
             rng.random::<f64>(),
+        );
+        let noise = &mut self.noise[dir];
+        let (garble, where_, bit) = (
+            noise.random::<f64>() < imp.corrupt,
+            noise.random::<f64>(),
+            noise.random_range(0..8u8),
         );
         let stats = &mut self.stats[dir];
         stats.sent += 1;
@@ -311,6 +337,9 @@ impl Carrier {
         if lose {
             stats.lost += 1;
             return;
+        }
+        if garble && flip_past_ip_header(&mut packet, where_, bit) {
+            stats.corrupted += 1;
         }
         let mut due = at + imp.delay + imp.jitter.mul_f64(jitter);
         if hold {
@@ -338,9 +367,57 @@ impl Carrier {
     }
 }
 
+/// Flips bit `bit` of the byte at the share `at` (0 to 1) of what follows the fixed IP header
+/// (20 bytes or the IPv4 header length; 40 for IPv6). Returns false for a packet with nothing
+/// after it.
+fn flip_past_ip_header(packet: &mut [u8], at: f64, bit: u8) -> bool {
+    let header = match packet.first().map(|b| b >> 4) {
+        Some(4) => usize::from(packet[0] & 0x0f) * 4,
+        Some(6) => 40,
+        _ => return false,
+    };
+    let Some(rest) = packet.len().checked_sub(header).filter(|&n| n > 0) else {
+        return false;
+    };
+    let i = header + ((rest as f64 * at) as usize).min(rest - 1);
+    packet[i] ^= 1 << bit;
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn corruption_flips_one_bit_past_the_ip_header_and_keeps_the_other_fates() {
+        let t0 = Instant::now();
+        let lossy = Impairments::lossy(0.3, 0.3, 0.2);
+        let mut plain = Carrier::new([lossy.clone(), lossy.clone()], 11, t0);
+        let mut noisy = Carrier::new([lossy.clone().corrupting(0.5), lossy], 11, t0);
+        let mut v4 = vec![0x45u8; 20];
+        v4.extend_from_slice(&[0u8; 30]);
+        for i in 0..200u64 {
+            let at = t0 + Duration::from_millis(i);
+            plain.admit(0, at, v4.clone());
+            noisy.admit(0, at, v4.clone());
+        }
+        let drain = |c: &mut Carrier| -> Vec<(Duration, Vec<u8>)> {
+            std::iter::from_fn(|| c.queue.pop())
+                .map(|Reverse((due, _, _, p))| (due - t0, p))
+                .collect()
+        };
+        let (a, b) = (drain(&mut plain), drain(&mut noisy));
+        let times = |v: &[(Duration, Vec<u8>)]| v.iter().map(|(d, _)| *d).collect::<Vec<_>>();
+        assert_eq!(times(&a), times(&b), "loss, copies and delays unchanged");
+        let changed = b.iter().filter(|(_, p)| *p != v4).count() as u64;
+        assert!(changed > 0 && noisy.stats[0].corrupted > 50);
+        for (_, p) in &b {
+            assert_eq!(&p[..20], &v4[..20], "the IP header is never touched");
+            let bits: u32 = p.iter().zip(&v4).map(|(x, y)| (x ^ y).count_ones()).sum();
+            assert!(bits <= 1);
+        }
+        assert_eq!(plain.stats[0].corrupted, 0);
+    }
 
     fn fates(carrier: &mut Carrier, dir: usize, n: usize) -> Vec<(u64, u64, u64)> {
         let at = carrier.started;
