@@ -264,3 +264,58 @@ fn the_readme_names_every_option_the_commands_take() {
         "the README's CLI section lacks: {missing:?}"
     );
 }
+
+/// A real capture taken with `tcpdump -i any` on loopback, whose UDP checksums are unfinished
+/// (the sender left them to an offload that loopback never performs), rewritten as if taken on
+/// an Ethernet card: its packets now arrive, and conntrack would find every checksum wrong and
+/// track nothing. `--offloaded-checksums` says the device vouched for them, and the kernel's
+/// lines come back. Both backends agree.
+#[test]
+fn arriving_packets_with_unfinished_checksums_are_invalid_unless_offloaded() {
+    let original = "tests/captures/udp-reqresp-any-v4.pcap";
+    let mut bytes = std::fs::read(original).unwrap();
+    // Classic pcap: a 24-byte file header, then per packet a 16-byte record header and the
+    // Linux cooked v2 header, whose ARPHRD type is at bytes 8..10 (big-endian).
+    let mut at = 24;
+    let mut packets = 0;
+    while at < bytes.len() {
+        let caplen = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        let sll = at + 16;
+        assert_eq!(&bytes[sll + 8..sll + 10], &772u16.to_be_bytes(), "loopback");
+        assert_eq!(bytes[sll + 10], 0, "packet type: to this host");
+        bytes[sll + 8..sll + 10].copy_from_slice(&1u16.to_be_bytes());
+        at += 16 + caplen;
+        packets += 1;
+    }
+    assert_eq!(packets, 4);
+    let dir = std::env::temp_dir().join(format!("ctwasm-cli-arriving-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let on_a_card = dir.join("udp-reqresp-on-a-card.pcap");
+    std::fs::write(&on_a_card, &bytes).unwrap();
+    let on_a_card = on_a_card.to_str().unwrap();
+
+    let (code, kernel_lines, stderr) = run(&["replay", original]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(kernel_lines.lines().count(), 3, "{kernel_lines}");
+    for backend in ["component", "native"] {
+        let (code, stdout, stderr) = run(&["replay", on_a_card, "--backend", backend]);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(stdout, "", "{backend}: nothing tracked");
+        assert!(
+            stderr.contains("verdicts: invalid=4"),
+            "{backend}: {stderr}"
+        );
+        assert!(stderr.contains("invalid=4 insert=0"), "{backend}: {stderr}");
+
+        let (code, stdout, stderr) = run(&[
+            "replay",
+            on_a_card,
+            "--backend",
+            backend,
+            "--offloaded-checksums",
+        ]);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(stdout, kernel_lines, "{backend}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
