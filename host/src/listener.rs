@@ -632,8 +632,17 @@ pub trait ExternalListener: fmt::Debug + Send {
     /// `NETLINK_BROADCAST_ERROR`: a message it misses fails the delivery.
     fn is_reliable(&self) -> bool;
     fn is_subscribed(&self, group: u8) -> bool;
-    /// Offers one message (its ctnetlink bytes) multicast to `group` at simulated `now_ns`.
-    fn offer(&mut self, now_ns: u64, group: u8, netlink: &[u8]) -> Offer;
+    /// Offers one event message (its frame: header and ctnetlink bytes), multicast to its
+    /// group at simulated `now_ns`.
+    fn offer(&mut self, now_ns: u64, frame: &EventFrame<'_>) -> Offer;
+    /// Offers several messages at once, in order, pushing one outcome each onto `offers`. A
+    /// listener whose outcome comes back over a network (a broker's acknowledgement) sends them
+    /// all before it waits, so a batch costs one round trip rather than one per message.
+    fn offer_all(&mut self, now_ns: u64, frames: &[EventFrame<'_>], offers: &mut Vec<Offer>) {
+        for frame in frames {
+            offers.push(self.offer(now_ns, frame));
+        }
+    }
     /// Whether the next message would probably be taken now (a hint for retry policies).
     fn has_room(&self) -> bool;
     /// The simulated instant the run starts at.
@@ -778,53 +787,86 @@ impl Listeners {
     /// [`Delivery::Failed`] when a listener with broadcast-error missed it (`-ENOBUFS`), else
     /// delivered.
     pub fn deliver(&mut self, now_ns: u64, frame: &EventFrame<'_>) -> Delivery {
-        let cost = message_cost(frame.netlink);
-        let recorded = if self.listeners.iter().any(|l| l.config.record) {
-            let mut bytes = Vec::with_capacity(batch::EVENT_HEADER_LEN + frame.netlink.len());
-            let start = batch::begin_event(
-                &mut bytes,
-                frame.events,
-                frame.group,
-                frame.flags,
-                frame.ts_ns,
-            );
-            bytes.extend_from_slice(frame.netlink);
-            batch::finish_event(&mut bytes, start);
-            bytes
-        } else {
-            Vec::new()
-        };
-        let mut outcome = Delivery::Delivered;
-        // Whether another listener exists, and whether one of them took the message.
-        let (mut others, mut taken) = (false, false);
-        for l in self
-            .listeners
-            .iter_mut()
-            .filter(|l| !l.config.delivered_only)
-        {
-            let offer = l.offer(now_ns, frame.group, cost, &recorded);
-            (others, taken) = (true, taken || offer == Offer::Queued);
-            if offer.missed() && l.config.broadcast_error {
-                outcome = Delivery::Failed;
-            }
-        }
-        for l in &mut self.external {
-            let offer = l.offer(now_ns, frame.group, frame.netlink);
-            (others, taken) = (true, taken || offer == Offer::Queued);
-            if offer.missed() && l.is_reliable() {
-                outcome = Delivery::Failed;
-            }
-        }
-        if outcome == Delivery::Delivered && (taken || !others) {
+        let mut outcome = Vec::with_capacity(1);
+        self.deliver_all(now_ns, std::slice::from_ref(frame), &mut outcome);
+        outcome[0]
+    }
+
+    /// [`Listeners::deliver`] for several messages at the same instant, in order, pushing one
+    /// outcome each onto `outcomes`. Each listener sees the messages in the order given, as it
+    /// would one by one; external listeners are offered the batch at once
+    /// ([`ExternalListener::offer_all`]).
+    pub fn deliver_all(
+        &mut self,
+        now_ns: u64,
+        frames: &[EventFrame<'_>],
+        outcomes: &mut Vec<Delivery>,
+    ) {
+        let recording = self.listeners.iter().any(|l| l.config.record);
+        let recorded: Vec<Vec<u8>> = frames
+            .iter()
+            .map(|frame| {
+                if !recording {
+                    return Vec::new();
+                }
+                let mut bytes = Vec::with_capacity(batch::EVENT_HEADER_LEN + frame.netlink.len());
+                let start = batch::begin_event(
+                    &mut bytes,
+                    frame.events,
+                    frame.group,
+                    frame.flags,
+                    frame.ts_ns,
+                );
+                bytes.extend_from_slice(frame.netlink);
+                batch::finish_event(&mut bytes, start);
+                bytes
+            })
+            .collect();
+        // Whether another listener exists, and per message whether one of them took it.
+        let others =
+            !self.external.is_empty() || self.listeners.iter().any(|l| !l.config.delivered_only);
+        let mut taken = vec![false; frames.len()];
+        let first = outcomes.len();
+        outcomes.resize(first + frames.len(), Delivery::Delivered);
+        let outcome = &mut outcomes[first..];
+        for (i, frame) in frames.iter().enumerate() {
+            let cost = message_cost(frame.netlink);
             for l in self
                 .listeners
                 .iter_mut()
-                .filter(|l| l.config.delivered_only)
+                .filter(|l| !l.config.delivered_only)
             {
-                l.offer(now_ns, frame.group, cost, &recorded);
+                let offer = l.offer(now_ns, frame.group, cost, &recorded[i]);
+                taken[i] |= offer == Offer::Queued;
+                if offer.missed() && l.config.broadcast_error {
+                    outcome[i] = Delivery::Failed;
+                }
             }
         }
-        outcome
+        let mut offers = Vec::with_capacity(frames.len());
+        for l in &mut self.external {
+            offers.clear();
+            l.offer_all(now_ns, frames, &mut offers);
+            debug_assert_eq!(offers.len(), frames.len(), "one outcome per message");
+            for (i, offer) in offers.iter().enumerate() {
+                taken[i] |= *offer == Offer::Queued;
+                if offer.missed() && l.is_reliable() {
+                    outcome[i] = Delivery::Failed;
+                }
+            }
+        }
+        for (i, frame) in frames.iter().enumerate() {
+            if outcome[i] == Delivery::Delivered && (taken[i] || !others) {
+                let cost = message_cost(frame.netlink);
+                for l in self
+                    .listeners
+                    .iter_mut()
+                    .filter(|l| l.config.delivered_only)
+                {
+                    l.offer(now_ns, frame.group, cost, &recorded[i]);
+                }
+            }
+        }
     }
 
     /// Lets every reader catch up to `now_ns`.

@@ -199,11 +199,11 @@ impl<'a> Simulation<'a> {
                 break;
             }
             self.results.clear();
-            for frame in batch::events(&self.events) {
-                let frame =
-                    frame.map_err(|e| anyhow::anyhow!("bad event framing at {}", e.offset))?;
-                self.results.push(self.listeners.deliver(now_ns, &frame));
-            }
+            let frames = batch::events(&self.events)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("bad event framing at {}", e.offset))?;
+            self.listeners
+                .deliver_all(now_ns, &frames, &mut self.results);
             self.backend.report_delivery(&self.results)?;
             self.backend.advance(now_ns)?;
         }

@@ -54,6 +54,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use ctwasm_core::batch::EventFrame;
 use ctwasm_core::netlink::{CtMessage, DecodeError};
 use ctwasm_core::{MessageKind, Tuple};
 use ctwasm_host::listener::{
@@ -254,11 +255,11 @@ impl ExternalListener for SocketListener {
         self.gone.is_none() && self.config.groups & group_bit(group) != 0
     }
 
-    fn offer(&mut self, _now_ns: u64, group: u8, netlink: &[u8]) -> Offer {
-        if !self.is_subscribed(group) {
+    fn offer(&mut self, _now_ns: u64, frame: &EventFrame<'_>) -> Offer {
+        if !self.is_subscribed(frame.group) {
             return Offer::NotSubscribed;
         }
-        match self.socket.send(netlink) {
+        match self.socket.send(frame.netlink) {
             Ok(_) => {
                 self.refusing = false;
                 self.stats.received += 1;
@@ -511,6 +512,16 @@ mod tests {
     const GROUP_NEW: u8 = NFNLGRP_CONNTRACK_NEW as u8;
     const GROUP_DESTROY: u8 = NFNLGRP_CONNTRACK_DESTROY as u8;
 
+    fn frame(group: u8, netlink: &[u8]) -> EventFrame<'_> {
+        EventFrame {
+            events: ctwasm_core::event::EventBits::NEW,
+            group,
+            flags: 0,
+            ts_ns: 0,
+            netlink,
+        }
+    }
+
     #[test]
     fn the_kernel_refuses_once_the_buffer_is_full_and_takes_again_after_a_read() {
         let (mut l, reader) = SocketListener::pair(SocketListenerConfig {
@@ -524,7 +535,7 @@ mod tests {
         let msg = [0u8; 200];
         let mut offers = Vec::new();
         for _ in 0..64 {
-            offers.push(l.offer(0, GROUP_NEW, &msg));
+            offers.push(l.offer(0, &frame(GROUP_NEW, &msg)));
         }
         let taken = offers.iter().filter(|o| **o == Offer::Queued).count();
         assert!((1..64).contains(&taken), "{offers:?}");
@@ -548,7 +559,7 @@ mod tests {
         let mut buf = [0u8; 512];
         assert_eq!(reader.recv(&mut buf).unwrap(), 200);
         assert!(l.has_room());
-        assert_eq!(l.offer(0, GROUP_NEW, &msg), Offer::Queued);
+        assert_eq!(l.offer(0, &frame(GROUP_NEW, &msg)), Offer::Queued);
         // Not subscribed: not offered at all.
         let mut only_destroy = SocketListener::pair(SocketListenerConfig {
             groups: group_bit(GROUP_DESTROY),
@@ -556,7 +567,10 @@ mod tests {
         })
         .unwrap()
         .0;
-        assert_eq!(only_destroy.offer(0, GROUP_NEW, &msg), Offer::NotSubscribed);
+        assert_eq!(
+            only_destroy.offer(0, &frame(GROUP_NEW, &msg)),
+            Offer::NotSubscribed
+        );
     }
 
     #[test]
@@ -604,7 +618,10 @@ mod tests {
         })
         .unwrap();
         drop(reader);
-        assert_eq!(l.offer(0, GROUP_NEW, &[1, 2, 3]), Offer::NotSubscribed);
+        assert_eq!(
+            l.offer(0, &frame(GROUP_NEW, &[1, 2, 3])),
+            Offer::NotSubscribed
+        );
         assert!(l.gone().is_some());
         assert!(!l.is_subscribed(GROUP_DESTROY));
     }
@@ -612,7 +629,7 @@ mod tests {
     #[test]
     fn the_reader_stops_at_the_end_of_the_stream_and_counts_what_does_not_decode() {
         let (mut l, socket) = SocketListener::pair(SocketListenerConfig::default()).unwrap();
-        assert_eq!(l.offer(0, GROUP_NEW, &[1, 2, 3]), Offer::Queued);
+        assert_eq!(l.offer(0, &frame(GROUP_NEW, &[1, 2, 3])), Offer::Queued);
         let end = l.end_handle().unwrap();
         drop(l);
         let reader = SocketReader::spawn(
