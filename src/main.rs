@@ -21,6 +21,7 @@ use ctwasm_host::replay::{ArrivingChecksums, ReplayOptions, ReplayReport, replay
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 mod artifacts_cmd;
+mod export_args;
 mod filter_args;
 mod ipfix_args;
 mod kernel_cmd;
@@ -150,6 +151,8 @@ struct ReplayArgs {
     filter: filter_args::FilterArgs,
     #[command(flatten)]
     ipfix: ipfix_args::IpfixArgs,
+    #[command(flatten)]
+    export: export_args::ExportArgs,
     /// Packets per ingest call.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -236,12 +239,20 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
         .iter()
         .map(|s| ListenerConfig::parse(s))
         .collect::<Result<_>>()?;
-    let listeners = if listeners.is_empty() {
-        Listeners::lossless()
-    } else {
+    let nats = args.export.start()?;
+    let mut listeners = if !listeners.is_empty() {
         listeners[0].record = true;
         Listeners::new(listeners)
+    } else if nats.is_some() {
+        // The stream decides; stdout prints each event once, as the stream took it.
+        Listeners::new([ListenerConfig::observer("stdout")])
+    } else {
+        Listeners::lossless()
     };
+    let nats = nats.map(|(export, report)| {
+        listeners.push_external(Box::new(export));
+        report
+    });
     let mut backend = open_backend(args.backend, &settings, args.component.as_deref())?;
 
     // Packets are counted as they are read: their number is known only at the file's end.
@@ -309,6 +320,9 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
     out.flush()?;
     if let Some(export) = export {
         export.finish(args.quiet);
+    }
+    if let Some(report) = &nats {
+        eprintln!("ctwasm: {}", export_args::summary(report));
     }
     if !args.quiet {
         print_summary(

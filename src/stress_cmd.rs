@@ -92,6 +92,8 @@ pub struct StressArgs {
     socket_spec: String,
     #[command(flatten)]
     metrics: crate::metrics_args::MetricsArgs,
+    #[command(flatten)]
+    export: crate::export_args::ExportArgs,
 }
 
 pub fn run(args: StressArgs) -> Result<()> {
@@ -145,10 +147,16 @@ pub fn run(args: StressArgs) -> Result<()> {
     };
     let started = Instant::now();
     let mut first = options.listener();
-    if args.socket.is_some() {
-        // The socket's reader decides; the in-process listener observes what the socket took,
-        // each message once (not every retry the socket's refusals cause, as a second netlink
-        // socket would), so the counts below are the socket's.
+    if args.socket.is_some() && args.export.is_set() {
+        return Err(anyhow!(
+            "--socket and --export: one deciding listener at a time (the counts are its own)"
+        ));
+    }
+    let export = args.export.start()?;
+    if args.socket.is_some() || export.is_some() {
+        // The socket's reader (or the stream) decides; the in-process listener observes what
+        // it took, each message once (not every retry its refusals cause, as a second netlink
+        // socket would), so the counts below are its own.
         first = ctwasm_host::listener::ListenerConfig {
             groups: first.groups,
             ..ctwasm_host::listener::ListenerConfig::observer(&first.name)
@@ -161,6 +169,10 @@ pub fn run(args: StressArgs) -> Result<()> {
         stream_end = Some(end);
         listeners.push_external(listener);
     }
+    let export_report = export.map(|(export, report)| {
+        listeners.push_external(Box::new(export));
+        report
+    });
     let metrics = args.metrics.start()?;
     let report =
         stress::run_with_listeners(backend.as_mut(), &options, listeners, &mut |p| match p {
@@ -202,6 +214,9 @@ pub fn run(args: StressArgs) -> Result<()> {
         }
     }
 
+    if let Some(report) = &export_report {
+        eprintln!("ctwasm stress: {}", crate::export_args::summary(report));
+    }
     if let Some(path) = &args.plot {
         plot(path, &report, &options)?;
     }
