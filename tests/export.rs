@@ -447,3 +447,60 @@ fn faults_give_clear_errors_and_lose_nothing() {
         "{stderr}"
     );
 }
+
+/// `replay --export`: the stream holds the capture's events in order, and with
+/// `--export-format json` each payload is the line `replay --format json` prints; stdout prints
+/// each event once, as the stream took it.
+#[test]
+fn a_replayed_capture_lands_in_the_stream_as_its_json_lines() {
+    if !common::require_program(
+        "a_replayed_capture_lands_in_the_stream_as_its_json_lines",
+        "nats-server",
+    ) {
+        return;
+    }
+    let dir = common::TempDir::new("export-replay");
+    let server = NatsServer::start(dir.path());
+    let capture = "tests/captures/mixed-v4.pcap";
+    let expected = ctwasm(&["replay", capture, "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(expected.status.success());
+    let expected = String::from_utf8(expected.stdout).unwrap();
+    let out = ctwasm(&[
+        "replay",
+        capture,
+        "--format",
+        "json",
+        "--export",
+        &server.url(),
+        "--stream",
+        "REPLAY",
+        "--subject",
+        "lab.ct",
+        "--export-host",
+        "tester",
+        "--export-format",
+        "json",
+    ])
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "stdout");
+    let messages = read_stream(&server.url(), "REPLAY");
+    let lines: Vec<&str> = expected.lines().collect();
+    assert!(lines.len() > 10, "{expected}");
+    assert_eq!(messages.len(), lines.len(), "{stderr}");
+    for ((subject, id, kind, payload), line) in messages.iter().zip(&lines) {
+        assert_eq!(std::str::from_utf8(payload).unwrap(), *line, "{id}");
+        assert!(subject.starts_with("lab.ct.tester.0."), "{subject}");
+        assert!(id.starts_with("tester.0."), "{id}");
+        let json: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            json["type"].as_str().unwrap().to_lowercase(),
+            *kind,
+            "{line}"
+        );
+    }
+}
