@@ -138,6 +138,63 @@ fn read_stream(url: &str, stream: &str) -> Vec<(String, String, String, Vec<u8>)
     })
 }
 
+/// `ctwasm stress` of `flows` connections (native engine, JSON summary) exporting to `url`'s
+/// stream `stream`, with an acknowledgement timeout of one second, started in the background.
+fn stress_exporting(url: &str, stream: &str, flows: u64, more: &[&str]) -> Child {
+    let flows = flows.to_string();
+    let args = [
+        "stress",
+        "--flows",
+        &flows,
+        "--backend",
+        "native",
+        "--format",
+        "json",
+        "--export",
+        url,
+        "--stream",
+        stream,
+        "--export-ack-timeout",
+        "1",
+    ];
+    ctwasm(&[&args[..], more].concat())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a stress run: its JSON summary and its stderr; it must have succeeded.
+fn stress_summary(stress: Child) -> (serde_json::Value, String) {
+    let out = stress.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("{summary}\n{stderr}");
+    (summary, stderr)
+}
+
+/// Every connection's DESTROY is in the stream's messages exactly once.
+fn assert_each_destroy_once(messages: &[(String, String, String, Vec<u8>)], flows: u64) {
+    let mut destroys: HashMap<&str, u32> = HashMap::new();
+    for (_, id, kind, _) in messages {
+        if kind == "destroy" {
+            *destroys.entry(id).or_default() += 1;
+        }
+    }
+    let sample: Vec<_> = messages
+        .iter()
+        .take(3)
+        .map(|m| (&m.0, &m.1, &m.2))
+        .collect();
+    assert_eq!(
+        destroys.len() as u64,
+        flows,
+        "one DESTROY per connection: {sample:?}"
+    );
+    assert!(destroys.values().all(|n| *n == 1), "no DESTROY twice");
+}
+
 /// The seed's stress through the export, with the server killed for three seconds mid-run:
 /// 100 000 connections and a flush; every DESTROY is in the stream exactly once, the engine's
 /// dying list drains, and the stream's de-duplication is what keeps the resent ones single.
@@ -153,38 +210,17 @@ fn every_destroy_reaches_the_stream_once_across_a_killed_server() {
     let mut server = NatsServer::start(dir.path());
     let url = server.url();
     let flows = 100_000u64;
-    let stress = ctwasm(&[
-        "stress",
-        "--flows",
-        &flows.to_string(),
-        "--backend",
-        "native",
-        "--format",
-        "json",
-        "--export",
+    let stress = stress_exporting(
         &url,
-        "--stream",
         "KILLED",
-        "--subject",
-        "ct",
-        "--export-host",
-        "fw1",
-        "--export-ack-timeout",
-        "1",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+        flows,
+        &["--subject", "ct", "--export-host", "fw1"],
+    );
     std::thread::sleep(Duration::from_millis(2000));
     server.kill();
     std::thread::sleep(Duration::from_secs(3));
     server.restart();
-    let out = stress.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    eprintln!("{summary}\n{stderr}");
+    let (summary, stderr) = stress_summary(stress);
     assert_eq!(summary["created"], flows, "{summary}");
     assert_eq!(summary["destroy_delivered"], flows, "{summary}");
     assert_eq!(summary["destroy_lost"], 0, "{summary}");
@@ -195,28 +231,14 @@ fn every_destroy_reaches_the_stream_once_across_a_killed_server() {
     );
 
     let messages = read_stream(&url, "KILLED");
-    let mut destroys: HashMap<String, u32> = HashMap::new();
     for (subject, id, kind, payload) in &messages {
         assert!(subject.starts_with("ct.fw1.0."), "{subject}");
         assert!(subject.ends_with(kind.as_str()), "{subject} {kind}");
         // The payload is the event frame: its length first, then the ctnetlink message.
         let len = u32::from_le_bytes(payload[..4].try_into().unwrap()) as usize;
         assert_eq!(len, payload.len(), "{id}");
-        if kind == "destroy" {
-            *destroys.entry(id.clone()).or_default() += 1;
-        }
     }
-    let sample: Vec<_> = messages
-        .iter()
-        .take(3)
-        .map(|m| (&m.0, &m.1, &m.2))
-        .collect();
-    assert_eq!(
-        destroys.len() as u64,
-        flows,
-        "one DESTROY per connection: {sample:?}"
-    );
-    assert!(destroys.values().all(|n| *n == 1), "no DESTROY twice");
+    assert_each_destroy_once(&messages, flows);
 }
 
 /// A cluster that is down at start and comes up later: every NEW and every DESTROY fails first,
@@ -234,27 +256,8 @@ fn destroys_wait_on_the_dying_list_until_a_late_server_takes_them() {
     let port = free_port();
     let url = format!("nats://127.0.0.1:{port}");
     let flows = 5_000u64;
-    let stress = ctwasm(&[
-        "stress",
-        "--flows",
-        &flows.to_string(),
-        "--backend",
-        "native",
-        "--format",
-        "json",
-        "--sysctl",
-        "net.netfilter.nf_conntrack_events_retry_timeout=2",
-        "--export",
-        &url,
-        "--stream",
-        "LATE",
-        "--export-ack-timeout",
-        "1",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let retry_sooner = "net.netfilter.nf_conntrack_events_retry_timeout=2";
+    let stress = stress_exporting(&url, "LATE", flows, &["--sysctl", retry_sooner]);
     // The flows, the quiet second and the flush all happen with nobody to take them.
     std::thread::sleep(Duration::from_secs(5));
     let mut server = NatsServer {
@@ -263,11 +266,7 @@ fn destroys_wait_on_the_dying_list_until_a_late_server_takes_them() {
         store: dir.path().to_path_buf(),
     };
     server.restart();
-    let out = stress.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    eprintln!("{summary}\n{stderr}");
+    let (summary, stderr) = stress_summary(stress);
     assert!(stderr.contains("no server of"), "{stderr}");
     assert_eq!(summary["destroy_delivered"], flows, "{summary}");
     assert_eq!(
@@ -275,15 +274,7 @@ fn destroys_wait_on_the_dying_list_until_a_late_server_takes_them() {
         "every DESTROY waited: {summary}"
     );
     assert_eq!(summary["dying_final"], 0, "{summary}");
-    let messages = read_stream(&url, "LATE");
-    let mut destroys: HashMap<String, u32> = HashMap::new();
-    for (_, id, kind, _) in &messages {
-        if kind == "destroy" {
-            *destroys.entry(id.clone()).or_default() += 1;
-        }
-    }
-    assert_eq!(destroys.len() as u64, flows);
-    assert!(destroys.values().all(|n| *n == 1), "no DESTROY twice");
+    assert_each_destroy_once(&read_stream(&url, "LATE"), flows);
 }
 
 /// Faults at the edges: no server at all, a server that answers garbage, a stream that exists

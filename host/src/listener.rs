@@ -621,6 +621,21 @@ impl Listener {
     }
 }
 
+/// An event frame as `take-events` framed it: its header, then its ctnetlink message.
+pub fn encode_frame(frame: &EventFrame<'_>) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(batch::EVENT_HEADER_LEN + frame.netlink.len());
+    let start = batch::begin_event(
+        &mut bytes,
+        frame.events,
+        frame.group,
+        frame.flags,
+        frame.ts_ns,
+    );
+    bytes.extend_from_slice(frame.netlink);
+    batch::finish_event(&mut bytes, start);
+    bytes
+}
+
 /// A listener outside the simulation: a real socket whose kernel decides each delivery.
 ///
 /// [`Listeners::deliver`] offers it the message's ctnetlink bytes after the simulated listeners;
@@ -806,20 +821,11 @@ impl Listeners {
         let recorded: Vec<Vec<u8>> = frames
             .iter()
             .map(|frame| {
-                if !recording {
-                    return Vec::new();
+                if recording {
+                    encode_frame(frame)
+                } else {
+                    Vec::new()
                 }
-                let mut bytes = Vec::with_capacity(batch::EVENT_HEADER_LEN + frame.netlink.len());
-                let start = batch::begin_event(
-                    &mut bytes,
-                    frame.events,
-                    frame.group,
-                    frame.flags,
-                    frame.ts_ns,
-                );
-                bytes.extend_from_slice(frame.netlink);
-                batch::finish_event(&mut bytes, start);
-                bytes
             })
             .collect();
         // Whether another listener exists, and per message whether one of them took it.

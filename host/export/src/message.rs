@@ -31,7 +31,7 @@
 
 use anyhow::{Result, anyhow, bail};
 use ctwasm_core::MessageKind;
-use ctwasm_core::batch::{self, EventFrame};
+use ctwasm_core::batch::EventFrame;
 use ctwasm_core::netlink::CtMessage;
 
 /// The payload format.
@@ -169,19 +169,7 @@ pub fn outgoing(
         msg_id.push_str(&format!(".{:016x}", fnv1a(&[frame.netlink])));
     }
     let payload = match format {
-        Format::Netlink => {
-            let mut bytes = Vec::with_capacity(batch::EVENT_HEADER_LEN + frame.netlink.len());
-            let start = batch::begin_event(
-                &mut bytes,
-                frame.events,
-                frame.group,
-                frame.flags,
-                frame.ts_ns,
-            );
-            bytes.extend_from_slice(frame.netlink);
-            batch::finish_event(&mut bytes, start);
-            bytes
-        }
+        Format::Netlink => ctwasm_host::listener::encode_frame(frame),
         Format::Json => ctwasm_host::output::format_json(frame, &msg).into_bytes(),
     };
     Ok(Some(Outgoing {
